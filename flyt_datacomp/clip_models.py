@@ -1,0 +1,87 @@
+"""Building open_clip models and tokenizers, including the tiny configs used offline.
+
+No weights are ever downloaded here: a model is built from an open_clip architecture name or an
+explicit config dict, randomly initialised, and optionally loaded from a local checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import open_clip
+import torch
+
+# A tiny CLIP that trains on a CPU in seconds: 32 px images, patch 8, 2+2 layers of width 64,
+# 16-token text context, the full BPE vocabulary so the bundled tokenizer works offline.
+TINY_CLIP_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def tiny_clip_config(**overrides: Any) -> dict[str, Any]:
+    """A copy of :data:`TINY_CLIP_CONFIG` with top-level or nested ``vision_cfg``/``text_cfg`` overrides."""
+    cfg = copy.deepcopy(TINY_CLIP_CONFIG)
+    for key, value in overrides.items():
+        if key in ("vision_cfg", "text_cfg"):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def create_clip(
+    arch: str | dict[str, Any],
+    *,
+    seed: int | None = None,
+    checkpoint: str | None = None,
+    pretrained: str | None = None,
+) -> open_clip.CLIP:
+    """Build a CLIP model from an open_clip architecture name or a config dict.
+
+    ``seed`` makes the random initialisation reproducible; ``checkpoint`` loads a local state dict
+    (a plain state dict or a dict holding ``state_dict``, as open_clip's training writes);
+    ``pretrained`` is an open_clip pretrained tag, only usable where its weights are reachable.
+    """
+    gen_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        if isinstance(arch, dict):
+            model = open_clip.CLIP(
+                embed_dim=arch["embed_dim"],
+                vision_cfg=open_clip.model.CLIPVisionCfg(**arch["vision_cfg"]),
+                text_cfg=open_clip.model.CLIPTextCfg(**arch["text_cfg"]),
+                quick_gelu=arch.get("quick_gelu", False),
+            )
+        else:
+            model = open_clip.create_model(arch, pretrained=pretrained)
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(gen_state)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def load_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """Load a local open_clip-style checkpoint into ``model`` (strips a DDP ``module.`` prefix)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model.load_state_dict(state)
+
+
+def context_length(arch: str | dict[str, Any]) -> int:
+    """The text context length of an architecture name or config."""
+    if isinstance(arch, dict):
+        return int(arch["text_cfg"].get("context_length", 77))
+    return int(open_clip.get_model_config(arch)["text_cfg"].get("context_length", 77))
+
+
+def tokenizer(arch: str | dict[str, Any]):
+    """open_clip's bundled BPE tokenizer with the architecture's context length (works offline)."""
+    return open_clip.get_tokenizer("ViT-B-32", context_length=context_length(arch))

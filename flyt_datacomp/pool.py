@@ -1,0 +1,253 @@
+"""Reading a DataComp pool's metadata: parquet + npz pairs in a folder at any fsspec URL.
+
+The pool is the concatenation of its metadata shards in a stable (sorted by file name) order;
+every later step (scores, training joins, sampling) addresses an example by its position in
+that order. Only the parquet columns and npz keys that a caller asks for are read, one shard at a
+time. Embeddings are returned as stored (float16); converting them is the consumer's choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+import zipfile
+from functools import cached_property
+from typing import Iterator, Sequence
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from .errors import FlytInputError
+from .uids import hex_to_uids, uid_order, uids_to_hex
+
+NPZ_EMBEDDING_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataShard:
+    """One parquet/npz pair: its URLs, row count and first row's pool position."""
+
+    index: int
+    parquet: str
+    npz: str | None
+    num_rows: int
+    offset: int
+
+
+@dataclasses.dataclass
+class ShardData:
+    """What :meth:`Pool.iter_shards` yields: requested columns and npz arrays of one shard."""
+
+    shard: MetadataShard
+    columns: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]
+
+
+class Pool:
+    """A DataComp metadata folder (local path or fsspec URL such as ``s3://bucket/metadata``)."""
+
+    def __init__(self, metadata_dir: str, *, progress: bool = True):
+        self.url = str(metadata_dir)
+        self.progress = progress
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise FlytInputError(f"cannot open metadata folder {self.url}: {exc}") from None
+        self.shards = self._discover()
+
+    # ------------------------------------------------------------------ discovery
+
+    def _discover(self) -> list[MetadataShard]:
+        if not self.fs.isdir(self.root):
+            raise FlytInputError(f"metadata folder {self.url} does not exist or is not a folder")
+        names = sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False))
+        stems = [n[: -len(".parquet")] for n in names if n.endswith(".parquet")]
+        if not stems:
+            raise FlytInputError(f"metadata folder {self.url} holds no .parquet files")
+        present = set(names)
+        shards, offset = [], 0
+        for i, stem in enumerate(stems):
+            parquet = self._join(stem + ".parquet")
+            npz = self._join(stem + ".npz") if stem + ".npz" in present else None
+            try:
+                with self.fs.open(parquet, "rb") as fh:
+                    pf = pq.ParquetFile(fh)
+                    rows = pf.metadata.num_rows
+                    schema_names = pf.schema_arrow.names
+            except Exception as exc:  # pyarrow raises several types for a bad file
+                raise FlytInputError(f"cannot read parquet file {parquet}: {exc}") from None
+            if "uid" not in schema_names:
+                raise FlytInputError(f"parquet file {parquet} has no 'uid' column (columns: {schema_names})")
+            if npz is not None:
+                self._check_npz_rows(npz, parquet, rows)
+            shards.append(MetadataShard(i, parquet, npz, rows, offset))
+            offset += rows
+        return shards
+
+    def _check_npz_rows(self, npz: str, parquet: str, rows: int) -> None:
+        """Compare every npz array's row count with the parquet's, reading only array headers."""
+        try:
+            with self.fs.open(npz, "rb") as fh, zipfile.ZipFile(fh) as zf:
+                for name in zf.namelist():
+                    with zf.open(name) as member:
+                        major, _ = np.lib.format.read_magic(member)
+                        read_header = (
+                            np.lib.format.read_array_header_1_0 if major == 1
+                            else np.lib.format.read_array_header_2_0
+                        )
+                        shape = read_header(member)[0]
+                    if not shape or shape[0] != rows:
+                        key = name.removesuffix(".npy")
+                        raise FlytInputError(
+                            f"npz file {npz} key {key!r} has {shape[0] if shape else 0} rows but "
+                            f"{parquet} has {rows}: the pair is misaligned"
+                        )
+        except FlytInputError:
+            raise
+        except Exception as exc:
+            raise FlytInputError(f"cannot read npz file {npz}: {exc}") from None
+
+    def _join(self, name: str) -> str:
+        path = posixpath.join(self.root, name)
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+    # ------------------------------------------------------------------ sizes and schema
+
+    @property
+    def size(self) -> int:
+        return sum(s.num_rows for s in self.shards)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @cached_property
+    def column_names(self) -> list[str]:
+        with self.fs.open(self.shards[0].parquet, "rb") as fh:
+            return list(pq.ParquetFile(fh).schema_arrow.names)
+
+    # ------------------------------------------------------------------ reading
+
+    def iter_shards(
+        self,
+        columns: Sequence[str] = (),
+        npz_keys: Sequence[str] = (),
+        *,
+        desc: str = "reading metadata",
+    ) -> Iterator[ShardData]:
+        """Yield each shard's requested parquet columns (numpy) and npz arrays, in pool order."""
+        columns, npz_keys = list(columns), list(npz_keys)
+        for shard in tqdm(self.shards, desc=desc, unit="shard", disable=not self.progress):
+            cols = self._read_columns(shard, columns) if columns else {}
+            arrays = self._read_npz(shard, npz_keys) if npz_keys else {}
+            yield ShardData(shard, cols, arrays)
+
+    def _read_columns(self, shard: MetadataShard, columns: list[str]) -> dict[str, np.ndarray]:
+        try:
+            with self.fs.open(shard.parquet, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                missing = [c for c in columns if c not in pf.schema_arrow.names]
+                if missing:
+                    raise FlytInputError(
+                        f"parquet file {shard.parquet} has no column {missing[0]!r} "
+                        f"(columns: {pf.schema_arrow.names})"
+                    )
+                table = pf.read(columns=columns)
+        except FlytInputError:
+            raise
+        except Exception as exc:
+            raise FlytInputError(f"cannot read parquet file {shard.parquet}: {exc}") from None
+        if table.num_rows != shard.num_rows:
+            raise FlytInputError(f"parquet file {shard.parquet} changed while reading")
+        out = {}
+        for name in columns:
+            col = table.column(name)
+            if name == "uid":
+                out[name] = _uid_column(col, shard.parquet)
+            else:
+                out[name] = col.to_numpy()
+        return out
+
+    def _read_npz(self, shard: MetadataShard, keys: list[str]) -> dict[str, np.ndarray]:
+        if shard.npz is None:
+            raise FlytInputError(f"parquet file {shard.parquet} has no matching .npz file beside it")
+        try:
+            with self.fs.open(shard.npz, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+                missing = [k for k in keys if k not in npz.files]
+                if missing:
+                    raise FlytInputError(f"npz file {shard.npz} has no key {missing[0]!r} (keys: {npz.files})")
+                arrays = {k: npz[k] for k in keys}
+        except FlytInputError:
+            raise
+        except Exception as exc:
+            raise FlytInputError(f"cannot read npz file {shard.npz}: {exc}") from None
+        for k, a in arrays.items():
+            if len(a) != shard.num_rows:
+                raise FlytInputError(
+                    f"npz file {shard.npz} key {k!r} has {len(a)} rows but {shard.parquet} has "
+                    f"{shard.num_rows}: the pair is misaligned"
+                )
+        return arrays
+
+    # ------------------------------------------------------------------ whole-pool views
+
+    @cached_property
+    def uids(self) -> np.ndarray:
+        """All uids (``u8,u8``) in pool order, checked for duplicates across the pool."""
+        uids = np.concatenate([d.columns["uid"] for d in self.iter_shards(["uid"], desc="reading uids")])
+        order = uid_order(uids)
+        self.__dict__["sorted_order"] = order
+        s = uids[order]
+        dup = (s["f0"][1:] == s["f0"][:-1]) & (s["f1"][1:] == s["f1"][:-1])
+        if dup.any():
+            i = int(np.flatnonzero(dup)[0])
+            where = [self._locate(int(p)) for p in np.sort(order[i:i + 2])]
+            raise FlytInputError(
+                f"uid {uids_to_hex(s[i:i + 1])[0]} appears more than once in the pool "
+                f"({where[0]} and {where[1]})"
+            )
+        return uids
+
+    @cached_property
+    def sorted_order(self) -> np.ndarray:
+        """The permutation that sorts :attr:`uids` (pool positions in uid order)."""
+        self.uids  # computes and stores it
+        return self.__dict__["sorted_order"]
+
+    def column(self, name: str, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """One parquet column over the whole pool, in pool order."""
+        parts = [d.columns[name] for d in self.iter_shards([name], desc=f"reading {name}")]
+        out = np.concatenate(parts)
+        return out.astype(dtype, copy=False) if dtype is not None else out
+
+    def embeddings(self, key: str) -> np.ndarray:
+        """One npz array over the whole pool (stays in its stored dtype, float16 for DataComp)."""
+        parts = [d.arrays[key] for d in self.iter_shards(npz_keys=[key], desc=f"reading {key}")]
+        return np.concatenate(parts)
+
+    def _locate(self, position: int) -> str:
+        for s in self.shards:
+            if s.offset <= position < s.offset + s.num_rows:
+                return f"{s.parquet} row {position - s.offset}"
+        return f"position {position}"
+
+
+def _uid_column(col, source: str) -> np.ndarray:
+    """Convert a pyarrow uid column to ``u8,u8`` without materialising Python strings."""
+    import pyarrow as pa
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if col.null_count:
+        i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise FlytInputError(f"missing uid at row {i} of {source}")
+    large = pa.types.is_large_string(col.type) or pa.types.is_large_binary(col.type)
+    if large or pa.types.is_string(col.type) or pa.types.is_binary(col.type):
+        offset_type = np.int64 if large else np.int32
+        offsets = np.frombuffer(col.buffers()[1], dtype=offset_type)[col.offset: col.offset + len(col) + 1]
+        lengths = np.diff(offsets)
+        if len(col) and (lengths == 32).all():
+            data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
+            return hex_to_uids(data.reshape(len(col), 32), source=source)
+    return hex_to_uids(col.to_numpy(zero_copy_only=False), source=source)

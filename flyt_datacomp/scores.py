@@ -1,0 +1,99 @@
+"""Score sources: turn ``--score SOURCE`` into one float per pool example, in pool order.
+
+A source is either a column of the pool's parquet files (``clip_l14_similarity_score``) or a
+parquet file of per-uid scores with columns ``uid`` and ``score``. Later work adds trained
+scoring models as sources.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from .errors import FlytInputError
+from .pool import Pool, _uid_column
+from .uids import lookup, uid_order, uids_to_hex
+
+
+@dataclasses.dataclass
+class Scores:
+    values: np.ndarray  # float64, aligned with pool positions
+    source: str  # what produced them, for sidecars
+    kind: str  # "column" or "file"
+
+
+def load_scores(pool: Pool, source: str) -> Scores:
+    """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
+    if source in pool.column_names:
+        values = pool.column(source).astype(np.float64)
+        scores = Scores(values, source, "column")
+        where = lambda i: pool._locate(i)  # noqa: E731
+    elif _is_file(source):
+        scores = Scores(_scores_from_file(pool, source), source, "file")
+        where = lambda i: f"pool {pool._locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"  # noqa: E731
+    else:
+        raise FlytInputError(
+            f"score source {source!r} is neither a column of the pool's parquet files "
+            f"(columns: {', '.join(pool.column_names)}) nor an existing file"
+        )
+    bad = ~np.isfinite(scores.values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise FlytInputError(
+            f"score source {source!r} has {int(bad.sum())} non-finite scores; the first, "
+            f"{scores.values[i]}, is at {where(i)}"
+        )
+    return scores
+
+
+def standardize(values: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation over the pool (float64)."""
+    std = values.std()
+    if not std > 0:
+        raise FlytInputError("cannot standardise scores: they are all equal")
+    return (values - values.mean()) / std
+
+
+def _is_file(source: str) -> bool:
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+        return fs.isfile(path)
+    except Exception:
+        return False
+
+
+def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
+    try:
+        with fsspec.open(source, "rb") as fh:
+            table = pq.read_table(fh)
+    except Exception as exc:
+        raise FlytInputError(f"cannot read score file {source} as parquet: {exc}") from None
+    missing = [c for c in ("uid", "score") if c not in table.column_names]
+    if missing:
+        raise FlytInputError(
+            f"score file {source} needs columns 'uid' and 'score'; missing {missing} "
+            f"(columns: {table.column_names})"
+        )
+    file_uids = _uid_column(table.column("uid"), source)
+    score_col = table.column("score")
+    if score_col.null_count:
+        raise FlytInputError(f"score file {source} has {score_col.null_count} missing scores")
+    file_scores = score_col.to_numpy().astype(np.float64)
+    order = uid_order(file_uids)
+    sorted_uids = file_uids[order]
+    dup = (sorted_uids["f0"][1:] == sorted_uids["f0"][:-1]) & (sorted_uids["f1"][1:] == sorted_uids["f1"][:-1])
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise FlytInputError(f"score file {source} lists uid {uids_to_hex(sorted_uids[i:i + 1])[0]} more than once")
+    pos = lookup(sorted_uids, pool.uids)
+    absent = pos < 0
+    if absent.any():
+        i = int(np.flatnonzero(absent)[0])
+        raise FlytInputError(
+            f"score file {source} has no score for {int(absent.sum())} of the pool's {pool.size} uids; "
+            f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool._locate(i)})"
+        )
+    return file_scores[order][pos]
