@@ -1,0 +1,197 @@
+"""Building FLYT's downstream training shards from an ImageFolder tree.
+
+``SRC/<class_dir>/<image files>`` (the ImageNet-train layout; class index = position of the class
+folder in sorted order, as torchvision's ImageFolder does) becomes small webdataset shards
+``{:08d}.tar`` of ``per_shard`` samples each, globally shuffled with a seed: ``<key>.jpg`` (the image
+re-encoded as RGB JPEG, optionally resized so its shorter side is ``image_size``), ``<key>.cls``
+(the integer label as text) and ``<key>.json`` (source path, label, class name). Beside them:
+``classes.json`` (``{"classnames": [...], "templates": [...]}``; derived from the folder names
+unless a class file is given) and ``build.json`` (provenance). Read them back with
+:class:`flyt_datacomp.flyt.data.DownstreamStream`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from flyt_datacomp.errors import FlytInputError
+from flyt_datacomp.io import provenance, write_json
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+DEFAULT_TEMPLATES = ["a photo of a {}."]
+
+
+def _classname(dirname: str) -> str:
+    return dirname.replace("_", " ").strip()
+
+
+def scan_image_folder(src: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Class folder names (sorted) and every (image path, label) of an ImageFolder tree."""
+    src = Path(src)
+    if not src.is_dir():
+        raise FlytInputError(f"source folder {src} does not exist or is not a folder")
+    class_dirs = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise FlytInputError(f"source folder {src} has no class folders (expected SRC/<class>/<images>)")
+    items: list[tuple[Path, int]] = []
+    for label, name in enumerate(class_dirs):
+        files = sorted(
+            p for p in (src / name).rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        )
+        if not files:
+            logger.warning("class folder %s holds no images (label %d stays unused)", src / name, label)
+        items.extend((p, label) for p in files)
+    if not items:
+        raise FlytInputError(
+            f"source folder {src} holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return class_dirs, items
+
+
+def _encode(path: Path, image_size: int | None) -> bytes:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except Exception as exc:
+        raise FlytInputError(f"cannot read image {path}: {exc}") from None
+    if image_size:
+        w, h = im.size
+        scale = image_size / min(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        if size != im.size:
+            im = im.resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _load_class_file(path: str | os.PathLike, num_classes: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FlytInputError(f"cannot read class file {path}: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("classnames"), list):
+        raise FlytInputError(f"class file {path} must be a JSON object with a 'classnames' list")
+    if len(obj["classnames"]) != num_classes:
+        raise FlytInputError(
+            f"class file {path} lists {len(obj['classnames'])} classes but the source has {num_classes} class folders"
+        )
+    obj.setdefault("templates", list(DEFAULT_TEMPLATES))
+    return obj
+
+
+def build_downstream_shards(
+    src_folder: str | os.PathLike,
+    out_folder: str | os.PathLike,
+    *,
+    per_shard: int = 100,
+    seed: int = 0,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    classes: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``out_folder`` (atomically: built in a temporary folder, then renamed); return build.json.
+
+    ``classes`` is an optional ``{"classnames", "templates"}`` JSON copied to ``classes.json``
+    (its class count must match); without it the class names come from the folder names
+    (underscores become spaces) with the template ``"a photo of a {}."``.
+    """
+    if per_shard < 1:
+        raise FlytInputError(f"--per-shard must be positive, got {per_shard}")
+    if image_size is not None and image_size < 1:
+        raise FlytInputError(f"--image-size must be positive, got {image_size}")
+    if seed < 0:
+        raise FlytInputError(f"--seed must be non-negative, got {seed}")
+    out = Path(out_folder)
+    if out.exists():
+        if not out.is_dir():
+            raise FlytInputError(f"output {out} exists and is not a folder")
+        if any(out.iterdir()) and not overwrite:
+            raise FlytInputError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
+    src = Path(src_folder)
+    class_dirs, items = scan_image_folder(src)
+    if classes is not None:
+        class_obj = _load_class_file(classes, len(class_dirs))
+    else:
+        class_obj = {"classnames": [_classname(c) for c in class_dirs], "templates": list(DEFAULT_TEMPLATES)}
+
+    order = np.random.default_rng(seed).permutation(len(items))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        num_shards = (len(items) + per_shard - 1) // per_shard
+        bar = tqdm(total=len(items), desc="building downstream shards", unit="img", disable=not progress)
+        for shard in range(num_shards):
+            with tarfile.open(tmp / f"{shard:08d}.tar", "w") as tar:
+                for n in range(shard * per_shard, min((shard + 1) * per_shard, len(items))):
+                    path, label = items[int(order[n])]
+                    key = f"{n:09d}"
+                    _add(tar, f"{key}.jpg", _encode(path, image_size))
+                    _add(tar, f"{key}.cls", str(label).encode())
+                    meta = {"src": path.relative_to(src).as_posix(), "label": label,
+                            "classname": class_obj["classnames"][label]}
+                    _add(tar, f"{key}.json", json.dumps(meta).encode())
+                    bar.update(1)
+        bar.close()
+        write_json(tmp / "classes.json", class_obj)
+        info = provenance(
+            src=str(src), output=str(out), count=len(items), per_shard=per_shard, seed=seed,
+            image_size=image_size, num_shards=num_shards, num_classes=len(class_dirs),
+            class_dirs=class_dirs, classes_file=None if classes is None else str(classes),
+        )
+        write_json(tmp / "build.json", info)
+        if out.exists():
+            shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote %d downstream samples in %d shard(s) to %s", len(items), num_shards, out)
+    return info
+
+
+downstream_group = click.Group("downstream", help="Downstream (target task) data for FLYT.")
+
+
+@downstream_group.command("build")
+@click.argument("src", type=click.Path(file_okay=False, path_type=str))
+@click.argument("out", type=click.Path(file_okay=False, path_type=str))
+@click.option("--per-shard", type=int, default=100, show_default=True, help="Samples per tar shard.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
+@click.option("--image-size", type=int, default=None, help="Resize so the shorter side is N pixels.")
+@click.option("--classes", "classes", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="A {classnames, templates} JSON to write as classes.json (default: folder names).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT folder.")
+def build_command(src: str, out: str, per_shard: int, seed: int, image_size: int | None,
+                  classes: str | None, overwrite: bool) -> None:
+    """Turn an ImageFolder tree SRC/<class>/<images> into shuffled webdataset shards in OUT."""
+    info = build_downstream_shards(
+        src, out, per_shard=per_shard, seed=seed, image_size=image_size, overwrite=overwrite, classes=classes,
+    )
+    click.echo(
+        f"wrote {info['count']} samples of {info['num_classes']} classes in {info['num_shards']} shard(s) to {out}"
+    )

@@ -1,0 +1,20 @@
+"""FLYT's math core: weighted CLIP loss, downstream losses, the functional AdamW and the bilevel step.
+
+Modules: ``losses`` (embedding-level losses), ``classes`` (downstream class sets and template
+draws), ``adamw`` (pure AdamW, its diagonal derivative, warm start), ``bilevel`` (the meta-gradient
+step, efficient forward-mode and naive oracle), ``distributed`` (data-parallel hook points).
+"""
+
+from flyt_datacomp.flyt.adamw import AdamState, AdamWConfig, adamw_step, warmup_adam_state
+from flyt_datacomp.flyt.bilevel import StepResult, flyt_step
+from flyt_datacomp.flyt.classes import ClassSet, load_classes, sample_class_texts
+from flyt_datacomp.flyt.losses import (
+    DownstreamLoss,
+    make_downstream_loss,
+    weighted_clip_loss,
+)
+
+__all__ = [
+    "AdamState", "AdamWConfig", "ClassSet", "DownstreamLoss", "StepResult", "adamw_step", "flyt_step",
+    "load_classes", "make_downstream_loss", "sample_class_texts", "warmup_adam_state", "weighted_clip_loss",
+]

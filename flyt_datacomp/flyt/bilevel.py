@@ -1,0 +1,356 @@
+"""The FLYT bilevel step as a pure function: meta-gradient of the downstream loss w.r.t. the scores.
+
+One step (paper 3.2): weights w = softmax(s) over the upstream batch; g = grad_theta L_up(theta, w);
+theta_plus = AdamW(theta, g, state); L_down = ell_DS(f_{theta_plus}(downstream batch)). We need
+dL_down/ds (and, by autograd through the scoring model, dL_down/dphi).
+
+Efficient method (default, forward mode; SPEC section 4, paper Appendix A):
+  1. embeddings e = f_theta(upstream) without a graph; at the embedding level (B x d, cheap) the
+     loss gradients G(w) = dL_up/de and G_tau(w) = dL_up/d(logit_scale), kept differentiable in w;
+  2. g = J_e(theta)^T G + G_tau * 1_logit_scale  (a plain backward through the encoders);
+  3. theta_plus = AdamW(theta, g, state), no graph;
+  4. v = grad_{theta_plus} L_down, a plain backward through the downstream loss;
+  5. u = diag(d theta_plus / d g) * v  (AdamW is coordinate-wise; closed form in ``adamw``);
+  6. J_e(theta) u: one Jacobian-vector product of the embedding function (torch.func.jvp, math
+     attention kernel because fused kernels lack forward-mode AD);
+  7. dL_down/dw = d/dw [<G(w), J_e u> + G_tau(w) u_tau], differentiated at the embedding level
+     with e, J_e u and u treated as constants; the softmax to s (and q_phi) by autograd.
+  This is exact: dL_down/dw = (dg/dw)^T u and <g(w), u> = <G(w), J_e u> + G_tau(w) u_tau.
+
+Micro-batching (``micro_batch_size``, GradCache-style): the embeddings of the whole batch come
+first without a graph; then step 2, 4 and 6 run per micro-batch by re-forwarding, each chunk
+contributing its rows' embedding gradients (2, 4) or J_e u rows (6). Class texts are encoded once
+per step (and re-forwarded chunk-wise for their backward). Sums go through
+``distributed.all_reduce_sum`` and per-example rows through ``distributed.all_gather_cat``.
+
+Naive method (``method="naive"``, the test oracle): grads with create_graph through the whole
+model, the differentiable AdamW step, L_down at theta_plus, autograd back to s.
+
+Adam's state is advanced exactly once per call (to the returned state); inputs are not mutated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from flyt_datacomp.flyt import distributed as D
+from flyt_datacomp.flyt.adamw import AdamState, AdamWConfig, Params, adamw_step, adamw_step_with_derivative
+from flyt_datacomp.flyt.losses import DownstreamLoss, weighted_clip_loss
+
+LOGIT_SCALE = "logit_scale"
+
+
+@dataclass
+class StepResult:
+    """Outputs of :func:`flyt_step`.
+
+    theta_plus / adam_state: the reference model's new parameters and optimiser state (commit them).
+    grad_scores: dL_down/ds for the (gathered) upstream batch, shape (B,).
+    grad_scoring: dL_down/dphi for ``scoring_params`` (empty if none were given).
+    grad_downstream: dL_down w.r.t. the downstream loss's own parameters (e.g. ``log_temperature``).
+    metrics: ``up_loss`` (at theta), ``down_loss`` (at theta_plus), ``weight_entropy`` (nats).
+    """
+
+    theta_plus: Params
+    adam_state: AdamState
+    grad_scores: Tensor
+    grad_scoring: Params = field(default_factory=dict)
+    grad_downstream: Params = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- encoders
+
+
+@contextlib.contextmanager
+def autodiff_kernels():
+    """Math attention (double backward and forward-mode AD work) and no fused MHA fast path."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _features(out) -> tuple[Tensor | None, Tensor | None]:
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"]
+    return out[0], out[1]
+
+
+def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor):
+    """(image features, text features) of an open_clip model evaluated at ``params``."""
+    return _features(functional_call(model, dict(params), (images, texts)))
+
+
+def encode_images(model: nn.Module, params: Mapping[str, Tensor], images: Tensor) -> Tensor:
+    return _features(functional_call(model, dict(params), (images, None)))[0]
+
+
+def encode_texts(model: nn.Module, params: Mapping[str, Tensor], texts: Tensor) -> Tensor:
+    return _features(functional_call(model, dict(params), (None, texts)))[1]
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _chunks(n: int, size: int | None) -> list[slice]:
+    size = n if not size or size >= n else int(size)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _leaves(tensors: Mapping[str, Tensor]) -> Params:
+    return {k: v.detach().requires_grad_(True) for k, v in tensors.items()}
+
+
+def _grads(outputs, leaves: Params, grad_outputs=None, **kw) -> Params:
+    """autograd.grad into a dict, with zeros for leaves the outputs do not depend on."""
+    grads = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs, allow_unused=True, **kw)
+    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+
+
+def _accumulate(total: Params, part: Params) -> None:
+    for k, v in part.items():
+        total[k] = total[k] + v
+
+
+def _weights(scores: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """A detached leaf copy of the scores and w = softmax(s) over the batch (with graph).
+
+    Computed in float32 at least (float64 when the model is float64).
+    """
+    s = scores.detach().to(torch.promote_types(dtype, torch.float32)).requires_grad_(True)
+    return s, torch.softmax(s, dim=0)
+
+
+def _entropy(w: Tensor) -> float:
+    w = w.detach()
+    return float(-(w * torch.log(w.clamp_min(torch.finfo(w.dtype).tiny))).sum())
+
+
+def _scoring_grads(scores: Tensor, scoring_params: Mapping[str, Tensor] | None, grad_scores: Tensor,
+                   group) -> Params:
+    """Chain dL/ds into the scoring model's parameters by autograd (then summed over ranks)."""
+    if not scoring_params:
+        return {}
+    local = D.local_rows(grad_scores, group).to(scores.dtype)
+    grads = torch.autograd.grad(scores, list(scoring_params.values()), local, allow_unused=True)
+    out = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(scoring_params.items(), grads)}
+    return D.all_reduce_sum(out, group)
+
+
+def _downstream_loss(loss: DownstreamLoss, loss_params: Params, image_features, labels, class_features,
+                     log_tau) -> Tensor:
+    return functional_call(loss, loss_params, (image_features, labels, class_features, log_tau.exp()))
+
+
+# ------------------------------------------------------------------------------- public API
+
+
+def flyt_step(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    adam_state: AdamState,
+    scores: Tensor,
+    upstream: tuple[Tensor, Tensor],
+    downstream: tuple[Tensor, Tensor],
+    class_tokens: Tensor,
+    downstream_loss: DownstreamLoss,
+    *,
+    downstream_params: Mapping[str, Tensor] | None = None,
+    scoring_params: Mapping[str, Tensor] | None = None,
+    cfg: AdamWConfig = AdamWConfig(),
+    method: str = "efficient",
+    micro_batch_size: int | None = None,
+    group=None,
+) -> StepResult:
+    """One FLYT bilevel step (pure: nothing passed in is modified).
+
+    model: the open_clip model, used only as an architecture (``functional_call``).
+    params: theta, name -> tensor, every entry trainable, including ``logit_scale`` (log tau).
+    adam_state: (exp_avg, exp_avg_sq, step) for theta; the result holds the state after one step.
+    scores: s for the upstream batch, shape (B,). If ``scoring_params`` is given, ``scores`` must be
+        q_phi(features) computed with a graph to those parameters; their gradient is returned.
+    upstream: (images, token ids) of the B upstream pairs.
+    downstream: (images, labels) of the B' downstream examples.
+    class_tokens: token ids of this step's K class prompts (one sampled template per class).
+    downstream_loss / downstream_params: the loss module and its parameters (default: its own).
+    cfg: the reference model's AdamW hyper-parameters (lr 5e-5, wd 0.2, betas (0.9, 0.98), eps 1e-6).
+    method: ``"efficient"`` (forward mode, default) or ``"naive"`` (double backward, the oracle).
+    micro_batch_size: chunk size for every encoder pass of the efficient method (None: no chunks).
+    group: an optional torch.distributed process group (see ``distributed``; untested for > 1 rank).
+    """
+    if downstream_params is None:
+        downstream_params = dict(downstream_loss.named_parameters())
+    if method == "naive":
+        if micro_batch_size is not None or D.world_size(group) > 1:
+            raise ValueError("the naive method supports neither micro-batching nor several ranks")
+        return _naive_step(model, params, adam_state, scores, upstream, downstream, class_tokens,
+                           downstream_loss, downstream_params, scoring_params, cfg)
+    if method != "efficient":
+        raise ValueError(f"unknown method {method!r} (use 'efficient' or 'naive')")
+    return _efficient_step(model, params, adam_state, scores, upstream, downstream, class_tokens,
+                           downstream_loss, downstream_params, scoring_params, cfg, micro_batch_size,
+                           group)
+
+
+# ------------------------------------------------------------------------------- naive (oracle)
+
+
+def _naive_step(model, params, adam_state, scores, upstream, downstream, class_tokens, loss,
+                loss_params, scoring_params, cfg) -> StepResult:
+    images, texts = upstream
+    ds_images, labels = downstream
+    theta = _leaves(params)
+    ds = _leaves(loss_params)
+    s, w = _weights(scores, theta[LOGIT_SCALE].dtype)
+    with autodiff_kernels():
+        img, txt = encode_pairs(model, theta, images, texts)
+        up = weighted_clip_loss(img, txt, theta[LOGIT_SCALE].exp(), w)
+        g = _grads(up, theta, create_graph=True)
+        theta_plus, new_state = adamw_step(theta, g, adam_state, cfg)
+        down = _downstream_loss(loss, ds, encode_images(model, theta_plus, ds_images), labels,
+                                encode_texts(model, theta_plus, class_tokens), theta_plus[LOGIT_SCALE])
+    grads = _grads(down, {"__scores__": s, **ds})
+    grad_s = grads.pop("__scores__")
+    return StepResult(
+        theta_plus={k: v.detach() for k, v in theta_plus.items()},
+        adam_state=AdamState({k: v.detach() for k, v in new_state.exp_avg.items()},
+                             {k: v.detach() for k, v in new_state.exp_avg_sq.items()}, new_state.step),
+        grad_scores=grad_s,
+        grad_scoring=_scoring_grads(scores, scoring_params, grad_s, None),
+        grad_downstream=grads,
+        metrics={"up_loss": float(up.detach()), "down_loss": float(down.detach()), "weight_entropy": _entropy(w)},
+    )
+
+
+# ------------------------------------------------------------------------------- efficient
+
+
+def _efficient_step(model, params, adam_state, scores, upstream, downstream, class_tokens, loss,
+                    loss_params, scoring_params, cfg, micro_batch_size, group) -> StepResult:
+    theta = {k: v.detach() for k, v in params.items()}
+    images, texts = upstream
+    up_chunks = _chunks(images.shape[0], micro_batch_size)
+    single = len(up_chunks) == 1 and D.world_size(group) == 1
+
+    # 1. Upstream embeddings (whole batch), then the loss gradients at the embedding level, kept
+    #    differentiable in w (create_graph on B x d tensors only).
+    if single:
+        leaves = _leaves(theta)
+        img_graph, txt_graph = encode_pairs(model, leaves, images, texts)
+        e_img, e_txt = img_graph.detach(), txt_graph.detach()
+    else:
+        with torch.no_grad():
+            parts = [encode_pairs(model, theta, images[c], texts[c]) for c in up_chunks]
+        e_img = D.all_gather_cat(torch.cat([p[0] for p in parts]), group)
+        e_txt = D.all_gather_cat(torch.cat([p[1] for p in parts]), group)
+    s, w = _weights(D.all_gather_cat(scores.detach(), group), theta[LOGIT_SCALE].dtype)
+    e_img_leaf, e_txt_leaf = e_img.requires_grad_(True), e_txt.requires_grad_(True)
+    log_tau = theta[LOGIT_SCALE].detach().requires_grad_(True)
+    up = weighted_clip_loss(e_img_leaf, e_txt_leaf, log_tau.exp(), w)
+    G_img, G_txt, G_tau = torch.autograd.grad(up, [e_img_leaf, e_txt_leaf, log_tau], create_graph=True)
+
+    # 2. g = J_e^T G (+ the direct logit-scale term), re-forwarding chunk by chunk if needed.
+    local_G_img, local_G_txt = D.local_rows(G_img.detach(), group), D.local_rows(G_txt.detach(), group)
+    if single:
+        g = _grads((img_graph, txt_graph), leaves, (local_G_img, local_G_txt))
+        del img_graph, txt_graph, leaves
+    else:
+        g = {k: torch.zeros_like(v) for k, v in theta.items()}
+        for c in up_chunks:
+            leaves = _leaves(theta)
+            _accumulate(g, _grads(encode_pairs(model, leaves, images[c], texts[c]), leaves,
+                                  (local_G_img[c], local_G_txt[c])))
+        g = D.all_reduce_sum(g, group)
+    g[LOGIT_SCALE] = g[LOGIT_SCALE] + G_tau.detach()
+
+    # 3. The reference update, no graph; Adam's state advances exactly once. Also d theta_plus / d g.
+    theta_plus, new_state, deriv = adamw_step_with_derivative(theta, g, adam_state, cfg)
+
+    # 4. v = grad of L_down at theta_plus (and the downstream loss's own parameters' gradient).
+    down, v, grad_ds = _downstream_grads(model, theta_plus, downstream, class_tokens, loss, loss_params,
+                                         micro_batch_size, group)
+
+    # 5. u = diag(d theta_plus / d g) v.
+    u = {k: deriv[k] * v[k] for k in theta}
+    del deriv
+
+    # 6. J_e(theta) u, chunk by chunk (forward mode).
+    ju_img, ju_txt = [], []
+    with torch.no_grad(), autodiff_kernels():
+        for c in up_chunks:
+            _, (ji, jt) = jvp(lambda p: encode_pairs(model, p, images[c], texts[c]), (theta,), (u,))
+            ju_img.append(ji)
+            ju_txt.append(jt)
+    ju_img = D.all_gather_cat(torch.cat(ju_img), group)
+    ju_txt = D.all_gather_cat(torch.cat(ju_txt), group)
+
+    # 7. dL_down/ds = d/ds [<G(w), J_e u> + G_tau(w) u_tau] at the embedding level.
+    inner = (G_img * ju_img).sum() + (G_txt * ju_txt).sum() + (G_tau * u[LOGIT_SCALE]).sum()
+    (grad_s,) = torch.autograd.grad(inner, s)
+
+    return StepResult(
+        theta_plus=theta_plus,
+        adam_state=new_state,
+        grad_scores=grad_s,
+        grad_scoring=_scoring_grads(scores, scoring_params, grad_s, group),
+        grad_downstream=grad_ds,
+        metrics={"up_loss": float(up.detach()), "down_loss": float(down.detach()), "weight_entropy": _entropy(w)},
+    )
+
+
+def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss, loss_params,
+                      micro_batch_size, group) -> tuple[Tensor, Params, Params]:
+    """L_down at theta_plus, its gradient v w.r.t. theta_plus, and w.r.t. the loss's parameters.
+
+    Without chunks: one forward with a graph (class texts encoded once) and one backward. With
+    chunks (GradCache): image and class-text embeddings without a graph, the loss and its embedding
+    gradients on the whole (gathered) batch, then a re-forward + backward per chunk. Class-text
+    chunks are split round-robin over ranks so that the summed v counts each of them once.
+    """
+    ds_images, labels = downstream
+    img_chunks = _chunks(ds_images.shape[0], micro_batch_size)
+    txt_chunks = _chunks(class_tokens.shape[0], micro_batch_size)
+    ds_leaves = _leaves(loss_params)
+    if len(img_chunks) == 1 and len(txt_chunks) == 1 and D.world_size(group) == 1:
+        leaves = _leaves(theta_plus)
+        down = _downstream_loss(loss, ds_leaves, encode_images(model, leaves, ds_images), labels,
+                                encode_texts(model, leaves, class_tokens), leaves[LOGIT_SCALE])
+        grads = _grads(down, {**{("theta", k): v for k, v in leaves.items()},
+                              **{("ds", k): v for k, v in ds_leaves.items()}})
+        v = {k: grads[("theta", k)] for k in leaves}
+        return down.detach(), v, {k: grads[("ds", k)] for k in ds_leaves}
+
+    with torch.no_grad():
+        img_e = D.all_gather_cat(torch.cat([encode_images(model, theta_plus, ds_images[c]) for c in img_chunks]),
+                                 group)
+        txt_e = torch.cat([encode_texts(model, theta_plus, class_tokens[c]) for c in txt_chunks])
+    all_labels = D.all_gather_cat(labels, group)
+    img_leaf, txt_leaf = img_e.requires_grad_(True), txt_e.requires_grad_(True)
+    log_tau = theta_plus[LOGIT_SCALE].detach().requires_grad_(True)
+    down = _downstream_loss(loss, ds_leaves, img_leaf, all_labels, txt_leaf, log_tau)
+    grads = _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
+                          **{("ds", k): p for k, p in ds_leaves.items()}})
+    G_img = D.local_rows(grads["img"], group)
+
+    v = {k: torch.zeros_like(p) for k, p in theta_plus.items()}
+    for c in img_chunks:
+        leaves = _leaves(theta_plus)
+        _accumulate(v, _grads(encode_images(model, leaves, ds_images[c]), leaves, G_img[c]))
+    for i, c in enumerate(txt_chunks):
+        if i % D.world_size(group) == D.rank(group):
+            leaves = _leaves(theta_plus)
+            _accumulate(v, _grads(encode_texts(model, leaves, class_tokens[c]), leaves, grads["txt"][c]))
+    v = D.all_reduce_sum(v, group)
+    v[LOGIT_SCALE] = v[LOGIT_SCALE] + grads["tau"]
+    return down.detach(), v, {k: grads[("ds", k)] for k in ds_leaves}
