@@ -1,0 +1,97 @@
+"""Time Soft Cap Sampling on the CPU against the reference-style implementation.
+
+    python bench/bench_sampling.py                      # M = N = 128,000,000, G = 100,000, alpha 0.15
+    python bench/bench_sampling.py --size 12800000 --group-size 10000
+
+Our ``scs`` (CPU path forced) runs the whole job. The reference style -- softmax over the pool and
+``rng.choice(M, G, replace=False, p=w)`` every round -- runs for ``--ref-rounds`` rounds in the same
+process and is extrapolated to all rounds. Peak RSS is read with ``resource.getrusage`` before the
+reference runs (ours alone) and at the end (the whole process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def _rss_gib() -> float:
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20
+
+
+def _current_rss_gib() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * resource.getpagesize() / 2**30
+    except OSError:  # pragma: no cover - non-Linux
+        return float("nan")
+
+
+def reference_round(scores: np.ndarray, counts: np.ndarray, alpha: float, g: int, rng) -> None:
+    logits = scores.astype(np.float64) - alpha * counts
+    logits -= logits.max()
+    w = np.exp(logits, out=logits)
+    w /= w.sum()
+    idx = rng.choice(scores.size, g, replace=False, p=w)
+    counts[idx] += 1
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=128_000_000, help="pool size M (default 128,000,000)")
+    ap.add_argument("--num-samples", type=int, default=None, help="N (default: M)")
+    ap.add_argument("--group-size", type=int, default=100_000, help="G (default 100,000)")
+    ap.add_argument("--alpha", type=float, default=0.15)
+    ap.add_argument("--ref-rounds", type=int, default=2, help="reference rounds to time (0: skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    from flyt_datacomp.sampling import scs
+
+    m = args.size
+    n = args.num_samples or m
+    g = args.group_size
+    rounds = math.ceil(n / g)
+    scores = np.random.default_rng(12345).standard_normal(m, dtype=np.float32)
+    scores *= 2
+    base_rss = _current_rss_gib()
+
+    t0 = time.perf_counter()
+    counts = scs(scores, alpha=args.alpha, group_size=g, num_samples=n, seed=args.seed, device="cpu")
+    ours = time.perf_counter() - t0
+    ours_peak = _rss_gib()
+    assert int(counts.sum()) == n
+    top = int(counts.max())
+    del counts
+
+    ref_line = "reference skipped"
+    ratio_txt = ""
+    if args.ref_rounds > 0:
+        rng = np.random.default_rng(args.seed)
+        ref_counts = np.zeros(m, dtype=np.int64)
+        t0 = time.perf_counter()
+        for _ in range(args.ref_rounds):
+            reference_round(scores, ref_counts, args.alpha, g, rng)
+        per_round = (time.perf_counter() - t0) / args.ref_rounds
+        ref_total = per_round * rounds
+        ref_line = f"reference {per_round:.2f} s/round x {rounds} rounds = {ref_total:.0f} s (extrapolated)"
+        ratio_txt = f" | speed-up {ref_total / ours:.0f}x"
+    print(
+        f"scs M={m:,} N={n:,} G={g:,} alpha={args.alpha} ({rounds} rounds): ours {ours:.1f} s (max count {top}) | "
+        f"{ref_line}{ratio_txt} | peak RSS ours {ours_peak:.2f} GiB "
+        f"({ours_peak - base_rss:.2f} GiB beyond the {scores.nbytes / 2**30:.2f} GiB scores + interpreter), "
+        f"process {_rss_gib():.2f} GiB",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,613 @@
+"""Samplers that turn per-example scores into repetition counts (SPEC section 3).
+
+Every public function takes a 1-D array of scores (logits; any float dtype, never modified) and
+returns a numpy ``int64`` array of the same length: how many copies of each pool example the subset
+holds.
+
+* :func:`threshold` -- keep the top fraction (or everything at or above a value) once each.
+* :func:`scs` -- Soft Cap Sampling (FLYT paper, Algorithm 2).
+* :func:`hcs` -- Hard Cap Sampling: sampling with replacement, at most ``cap`` copies each.
+* :func:`nocap` -- plain sampling with replacement from ``softmax(scores)``.
+
+The random samplers are exact (up to float64 rounding) and deterministic for a seed.
+
+How :func:`scs` is fast on a CPU
+--------------------------------
+One SCS round draws ``G`` distinct items from ``w_i = exp(s_i - alpha * c_i)`` by successive sampling
+without replacement. Successive sampling is the same as drawing i.i.d. from ``w`` and keeping first
+appearances. I.i.d. draws from ``w`` come from rejection sampling: a static proposal bins the items by
+log-weight (bins of width 0.2 below the maximum, uniform inside a bin, built once per chunk of the pool
+with a radix sort) and a draw of ``i`` is accepted with probability ``w_i / (its bin's upper bound)``;
+since SCS only lowers weights, the proposal stays valid and is rebuilt only when the total weight has
+halved since the last build. Items already chosen in the round are rejected too (they would only be
+repeats). A batch of proposals is a multiset; the order of first appearances of a multiset drawn in
+uniformly random order is recovered exactly by giving each distinct item an ``Exp(1) / multiplicity``
+key, so the ``need`` smallest keys are the next ``need`` items of the round. When rejection would need
+too many proposals (``G`` close to the pool size, very peaked weights, tiny pools) the rest of the
+round is drawn by exact Gumbel-top-k over the items not yet chosen. On a CUDA device each round is one
+Gumbel-top-k in torch. :func:`hcs` uses the same rejection idea with a cumulative-sum proposal.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import FlytInputError
+
+__all__ = ["threshold", "scs", "hcs", "nocap"]
+
+_CHUNK = 1 << 20  # elements per chunk in full-pool passes (bounds temporaries to a few MiB)
+_BLOCK_LOG2 = 6  # two-level search: coarse table of every 64th cumulative sum, then 6 halvings
+_NUM_BINS = 256  # SCS proposal: log-weight bins of this width below the maximum (last bin: the rest)
+_BIN_WIDTH = 0.2
+_MAX_BATCH = 1 << 23  # most proposals drawn at once
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_scores(scores: Any) -> np.ndarray:
+    """Return a read-only view (or float64 copy) of ``scores`` after checking it; float32/64 kept."""
+    a = np.asarray(scores)
+    if a.ndim != 1:
+        raise FlytInputError(f"scores must be a 1-D array, got shape {a.shape}")
+    if a.size == 0:
+        raise FlytInputError("scores is empty: the pool has no examples")
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise FlytInputError(f"scores must be a real (float) array, got dtype {a.dtype}")
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    for start in range(0, a.size, 16 * _CHUNK):
+        part = a[start:start + 16 * _CHUNK]
+        bad = ~np.isfinite(part)
+        if bad.any():
+            pos = start + int(np.argmax(bad))
+            raise FlytInputError(f"scores must be finite: scores[{pos}] is {a[pos]!r} (NaN or inf)")
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise FlytInputError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < minimum:
+        raise FlytInputError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_seed(seed: Any) -> int | None:
+    if seed is None:
+        return None
+    return _check_int("seed", seed, 0)
+
+
+def _check_alpha(alpha: Any) -> float:
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real):
+        raise FlytInputError(f"alpha must be a number, got {alpha!r}")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise FlytInputError(f"alpha must be a finite number > 0, got {alpha}")
+    return alpha
+
+
+# ----------------------------------------------------------------------------------------------
+# threshold
+# ----------------------------------------------------------------------------------------------
+
+
+def threshold(scores, *, fraction=None, value=None, datacomp_compatible: bool = False) -> np.ndarray:
+    """Keep examples once each: the top ``fraction`` of the pool, or every score ``>= value``.
+
+    ``fraction`` keeps exactly ``max(1, int(M * fraction))`` examples, ties at the cut broken by lower
+    pool position first. With ``datacomp_compatible=True`` it reproduces DataComp's
+    ``clip_score --fraction`` rule instead: ``t = -np.sort(-scores)[int(M * fraction)]`` and keep
+    ``scores >= t`` (so ``int(M * fraction) + 1`` or more examples; ``fraction == 1`` keeps all).
+    """
+    s = _check_scores(scores)
+    if (fraction is None) == (value is None):
+        raise FlytInputError("threshold needs exactly one of fraction and value")
+    m = s.size
+    if value is not None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or math.isnan(float(value)):
+            raise FlytInputError(f"threshold value must be a number, got {value!r}")
+        return np.greater_equal(s, np.float64(value)).astype(np.int64)
+    if isinstance(fraction, (bool, np.bool_)) or not isinstance(fraction, numbers.Real):
+        raise FlytInputError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    f = float(fraction)
+    if not (0.0 < f <= 1.0):
+        raise FlytInputError(f"fraction must be in (0, 1], got {fraction!r}")
+    if datacomp_compatible:
+        n = int(m * f)
+        if n >= m:
+            return np.ones(m, dtype=np.int64)
+        t = np.partition(s, m - 1 - n)[m - 1 - n]  # == -np.sort(-s)[n]
+        return (s >= t).astype(np.int64)
+    k = max(1, int(m * f))
+    if k >= m:
+        return np.ones(m, dtype=np.int64)
+    t = np.partition(s, m - k)[m - k]  # the k-th largest score
+    keep = s > t
+    missing = k - int(np.count_nonzero(keep))
+    keep[np.flatnonzero(s == t)[:missing]] = True
+    return keep.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# proposal: cumulative sums + two-level search
+# ----------------------------------------------------------------------------------------------
+
+
+class _Proposal:
+    """Static proposal over ``n`` items: cumulative float64 sums with a coarse search table.
+
+    ``fill(weights_chunk_fn)`` writes the (unnormalised) weights, then the cumulative sums are taken
+    in place. ``draw(rng, k)`` returns ``k`` i.i.d. draws, *sorted*, as positions in ``0..n-1``.
+    """
+
+    def __init__(self, capacity: int):
+        b = 1 << _BLOCK_LOG2
+        self.capacity = capacity
+        self.buf = np.empty((capacity // b + 1) * b, dtype=np.float64)
+        self.n = 0
+        self.total = 0.0
+        self.coarse = np.empty(0)
+
+    def set_cumsum(self, n: int) -> None:
+        """The first ``n`` entries of ``buf`` hold weights; turn them into the searchable cdf."""
+        b = 1 << _BLOCK_LOG2
+        self.n = n
+        length = (n // b + 1) * b
+        cdf = self.buf[:n]
+        np.cumsum(cdf, out=cdf)
+        self.buf[n:length] = np.inf
+        self.cdf = self.buf[:length]
+        self.total = float(cdf[-1])
+        self.coarse = np.ascontiguousarray(self.cdf[b - 1::b])
+
+    def draw(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        # sorted uniforms on [0, total) from exponential spacings (an exact sorted i.i.d. sample)
+        u = rng.standard_exponential(k + 1)
+        np.cumsum(u, out=u)
+        u *= self.total / u[-1]
+        u = u[:k]
+        np.minimum(u, np.nextafter(self.total, 0.0), out=u)
+        # position = number of cumulative sums <= u (searchsorted side='right'), in two levels
+        pos = np.searchsorted(self.coarse, u, side="right")
+        pos <<= _BLOCK_LOG2
+        step = 1 << (_BLOCK_LOG2 - 1)
+        cdf = self.cdf
+        probe = np.empty_like(pos)
+        while step:
+            np.add(pos, step - 1, out=probe)
+            np.add(pos, step, out=pos, where=cdf[probe] <= u)
+            step >>= 1
+        return pos
+
+
+# ----------------------------------------------------------------------------------------------
+# Soft Cap Sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def scs(scores, *, alpha, group_size, num_samples, seed, device=None, progress: bool = False) -> np.ndarray:
+    """Soft Cap Sampling: rounds of ``group_size`` distinct draws from ``softmax(s)``, then ``s -= alpha``
+    for each drawn example, until ``num_samples`` draws (the last round draws the remainder).
+
+    ``device``: ``None`` uses CUDA when torch sees one, else the CPU; ``"cpu"`` forces the numpy CPU
+    algorithm; a CUDA device runs one Gumbel-top-k per round in torch.
+    """
+    s = _check_scores(scores)
+    alpha = _check_alpha(alpha)
+    group_size = _check_int("group_size", group_size, 1)
+    num_samples = _check_int("num_samples", num_samples, 1)
+    seed = _check_seed(seed)
+    if group_size > s.size:
+        raise FlytInputError(f"group_size ({group_size}) must not exceed the pool size ({s.size})")
+    dev = _resolve_device(device)
+    if dev is not None:
+        return _scs_torch(s, alpha, group_size, num_samples, seed, dev, progress=progress)
+    return _scs_cpu(s, alpha, group_size, num_samples, np.random.default_rng(seed), progress=progress)
+
+
+def _resolve_device(device):
+    """None -> numpy CPU path; otherwise the torch device to run on."""
+    if device is None:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency
+            return None
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    if isinstance(device, str) and device.strip().lower() == "cpu":
+        return None
+    try:
+        import torch
+
+        dev = torch.device(device)
+    except Exception as exc:  # noqa: BLE001 - any bad device string
+        raise FlytInputError(f"device {device!r} is not a valid torch device: {exc}") from None
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlytInputError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, seed: int | None, device,
+               progress: bool = False, dtype=None) -> np.ndarray:
+    """SCS by exact Gumbel-top-k per round in torch on ``device`` (also runs on a CPU device)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cuda" else torch.float64
+    m = s.size
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(seed)
+    st = torch.from_numpy(np.array(s, copy=True)).to(device=device, dtype=dtype)
+    counts = torch.zeros(m, dtype=torch.int64, device=device)
+    keys = torch.empty(m, dtype=dtype, device=device)
+    tiny = torch.finfo(dtype).tiny
+    drawn = 0
+    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
+        while drawn < num_samples:
+            g = min(group_size, num_samples - drawn)
+            torch.rand(m, generator=gen, dtype=dtype, device=device, out=keys)
+            # Gumbel noise -log(-log(u)); u clamped away from 0 so log never sees 0 (u < 1 always)
+            keys.clamp_(min=tiny).log_().neg_().log_().neg_()
+            keys.add_(st)
+            keys.add_(counts.to(dtype), alpha=-alpha)
+            idx = torch.topk(keys, g, sorted=False).indices
+            counts[idx] += 1
+            drawn += g
+            bar.update(g)
+    return counts.cpu().numpy().astype(np.int64, copy=False)
+
+
+def _gumbel_top(s, counts, alpha, need, rng, big) -> np.ndarray:
+    """Exact: the ``need`` items not marked (``counts >= big``) with the largest ``log w + Gumbel`` keys.
+
+    That is successive sampling of ``need`` distinct items from ``w`` restricted to the unmarked items.
+    Done in chunks to bound memory; the chosen items come back marked (``+big``).
+    """
+    m = s.size
+    cand_idx, cand_key = [], []
+    for a in range(0, m, 4 * _CHUNK):
+        b = min(m, a + 4 * _CHUNK)
+        c = counts[a:b]
+        key = np.subtract(s[a:b], alpha * c, dtype=np.float64)
+        key += rng.gumbel(size=b - a)
+        key[c >= big] = -np.inf
+        if b - a > need:
+            top = np.argpartition(key, b - a - need)[b - a - need:]
+        else:
+            top = np.arange(b - a)
+        cand_idx.append(top + a)
+        cand_key.append(key[top])
+    idx = np.concatenate(cand_idx)
+    key = np.concatenate(cand_key)
+    if idx.size > need:
+        top = np.argpartition(key, idx.size - need)[idx.size - need:]
+        idx, key = idx[top], key[top]
+    if not np.all(np.isfinite(key)):  # pragma: no cover - guarded by group_size <= M
+        raise RuntimeError("internal error: Gumbel-top-k selected an excluded item")
+    idx = np.sort(idx)
+    counts[idx] += big
+    return idx
+
+
+class _BinnedProposal:
+    """Static SCS proposal: items binned by log-weight, uniform within a bin.
+
+    The pool is cut into chunks of ``_CHUNK`` items; inside each chunk the items are ordered by bin
+    (``order``, global ids, int32 where possible). Category ``(chunk, bin b)`` gives each of its items
+    the proposal weight ``exp(bound_b - shift)`` with ``bound_b = shift - b * _BIN_WIDTH >= log w_i``
+    (the last bin collects everything lower). A draw picks categories by one multinomial and an item
+    uniformly inside each; accepting item ``i`` with probability ``exp(log w_i - bound_b)`` (``w`` the
+    *current* weights, which only ever decrease) makes the accepted draws i.i.d. from ``w``. No search
+    is needed, and the acceptance is at least ``exp(-_BIN_WIDTH)`` right after a build.
+    """
+
+    def __init__(self, m: int):
+        self.m = m
+        self.order = np.empty(m, dtype=np.int32 if m < 2**31 else np.int64)
+
+    def build(self, s: np.ndarray, counts: np.ndarray, alpha: float) -> float:
+        """(Re)build from the current weights; returns their exact total ``sum exp(log w - shift)``."""
+        m, nb, width = self.m, _NUM_BINS, _BIN_WIDTH
+        shift = -np.inf
+        for a in range(0, m, _CHUNK):
+            b = min(m, a + _CHUNK)
+            lw = np.subtract(s[a:b], alpha * counts[a:b], dtype=np.float64)
+            shift = max(shift, float(lw.max()))
+        bounds = shift - width * np.arange(nb, dtype=np.float64)
+        bounds[-1] = shift - width * (nb - 1)
+        n_chunks = -(-m // _CHUNK)
+        sizes = np.zeros((n_chunks, nb), dtype=np.int64)
+        total = 0.0
+        for j, a in enumerate(range(0, m, _CHUNK)):
+            b = min(m, a + _CHUNK)
+            lw = np.subtract(s[a:b], alpha * counts[a:b], dtype=np.float64)
+            key = np.floor((shift - lw) * (1.0 / width))
+            np.clip(key, 0, nb - 1, out=key)
+            key = key.astype(np.intp)
+            # make sure log w <= bound of its bin exactly as computed in floats (rounding at edges)
+            key -= lw > bounds[key]
+            np.maximum(key, 0, out=key)
+            key8 = key.astype(np.uint8 if nb <= 256 else np.uint16)
+            self.order[a:b] = np.argsort(key8, kind="stable")
+            self.order[a:b] += a
+            sizes[j] = np.bincount(key8, minlength=nb)
+            lw -= shift
+            total += float(np.exp(lw, out=lw).sum())
+        flat = sizes.ravel()
+        starts = np.concatenate(([0], np.cumsum(flat)[:-1]))
+        keep = np.flatnonzero(flat)
+        self.starts = starts[keep]
+        self.sizes = flat[keep]
+        self.bounds = bounds[keep % nb]
+        mass = self.sizes * np.exp(self.bounds - shift)
+        self.total = float(mass.sum())
+        self.pvals = _normalised(mass)
+        self.shift = shift
+        return total
+
+    def draw(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` i.i.d. proposals as (item ids, their bins' log-weight bounds), grouped by category."""
+        per_cat = rng.multinomial(k, self.pvals)
+        nz = np.flatnonzero(per_cat)
+        cat = np.repeat(nz, per_cat[nz])
+        pos = rng.integers(0, self.sizes[cat])
+        pos += self.starts[cat]
+        return self.order[pos], self.bounds[cat]
+
+
+def _scs_cpu(s: np.ndarray, alpha: float, group_size: int, num_samples: int, rng: np.random.Generator, *,
+             progress: bool = False, rebuild_below: float = 0.5, max_draw_frac: float = 0.25,
+             stats: dict | None = None) -> np.ndarray:
+    """The exact CPU SCS algorithm (module docstring). Private knobs for tests:
+
+    ``rebuild_below``: rebuild the proposal when the current total weight is below this fraction of
+    the total at the last build (> 1: every round); ``max_draw_frac``: use Gumbel-top-k for the rest of
+    a round when rejection would need more than this fraction of the pool in proposals (0: always
+    Gumbel; inf: rejection whenever possible); ``stats``: a dict that receives path counters
+    (rebuilds, batches, gumbel_rounds, rounds).
+    """
+    from tqdm.auto import tqdm
+
+    m = s.size
+    # counts of items chosen in the current round carry +big until the round ends
+    wide = num_samples >= 2**30 - 1
+    cdtype = np.int64 if wide else np.int32
+    big = 1 << (62 if wide else 30)
+    counts = np.zeros(m, dtype=cdtype)
+    decay = math.exp(-alpha)
+    st = stats if stats is not None else {}
+    for key in ("rebuilds", "batches", "gumbel_rounds", "rounds"):
+        st.setdefault(key, 0)
+    use_rejection = m > 1 and max_draw_frac > 0
+    prop = _BinnedProposal(m) if use_rejection else None
+    weight = built_weight = 0.0  # current / at-build total of exp(log w - shift)
+
+    def rebuild():
+        nonlocal weight, built_weight
+        weight = built_weight = prop.build(s, counts, alpha)
+        st["rebuilds"] += 1
+
+    if use_rejection:
+        rebuild()
+    drawn = 0
+    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
+        while drawn < num_samples:
+            g = min(group_size, num_samples - drawn)
+            st["rounds"] += 1
+            if use_rejection and weight < rebuild_below * built_weight:
+                rebuild()
+            need = g
+            parts = []
+            round_weight = 0.0
+            idle = 0
+            while need > 0:
+                acc = (weight - round_weight) / prop.total if use_rejection else 0.0
+                k = need / acc * 1.02 + 16 if acc > 0 else math.inf
+                if not use_rejection or k > max_draw_frac * m or idle > 50:
+                    parts.append((_gumbel_top(s, counts, alpha, need, rng, big), None))
+                    st["gumbel_rounds"] += 1
+                    break
+                k = int(min(k, _MAX_BATCH))
+                st["batches"] += 1
+                items, bound = prop.draw(rng, k)
+                c = counts[items]
+                lw = np.subtract(s[items], alpha * c, dtype=np.float64)  # current log-weights
+                x = lw - bound
+                ok = rng.random(k) < np.exp(x, out=x)
+                ok &= c < big
+                sel = np.flatnonzero(ok)
+                if sel.size == 0:
+                    idle += 1
+                    continue
+                # sort the accepted draws by item, remembering where each came from
+                if m < 2**39:  # pack (item, position) into one int64 and sort that: cheaper than argsort
+                    packed = np.sort((items[sel].astype(np.int64) << 23) | sel)
+                    srt, src = packed >> 23, packed & ((1 << 23) - 1)
+                else:  # pragma: no cover - pools beyond 5e11 items
+                    o = np.argsort(items[sel], kind="stable")
+                    srt, src = items[sel][o], sel[o]
+                first = np.flatnonzero(np.concatenate(([True], srt[1:] != srt[:-1])))
+                distinct, lw_d = srt[first], lw[src[first]]
+                if distinct.size > need:
+                    mult = np.diff(np.append(first, srt.size))
+                    key = rng.standard_exponential(distinct.size) / mult
+                    pick = np.sort(np.argpartition(key, need - 1)[:need])
+                    distinct, lw_d = distinct[pick], lw_d[pick]
+                w = np.exp(lw_d - prop.shift)
+                round_weight += float(w.sum())
+                counts[distinct] += big
+                parts.append((distinct, w))
+                need -= distinct.size
+                idle = 0
+            for chosen, w in parts:
+                if use_rejection:
+                    if w is None:
+                        c = counts[chosen] - big
+                        w = np.exp(np.subtract(s[chosen], alpha * c, dtype=np.float64) - prop.shift)
+                    weight -= float(w.sum()) * (1.0 - decay)
+                counts[chosen] += 1 - big
+            drawn += g
+            bar.update(g)
+    del prop
+    return counts.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hard Cap Sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def hcs(scores, *, cap, num_samples, seed, progress: bool = False) -> np.ndarray:
+    """Hard Cap Sampling: ``num_samples`` sequential draws with replacement from ``softmax(s)``; an
+    example holding ``cap`` copies can no longer be drawn (the others are renormalised)."""
+    s = _check_scores(scores)
+    cap = _check_int("cap", cap, 1)
+    num_samples = _check_int("num_samples", num_samples, 1)
+    seed = _check_seed(seed)
+    if num_samples > cap * s.size:
+        raise FlytInputError(
+            f"num_samples ({num_samples}) exceeds cap * pool size ({cap} * {s.size} = {cap * s.size})")
+    return _hcs_cpu(s, cap, num_samples, np.random.default_rng(seed), progress=progress)
+
+
+def _hcs_cpu(s: np.ndarray, cap: int, num_samples: int, rng: np.random.Generator, *, progress: bool = False,
+             rebuild_below: float = 0.5, stats: dict | None = None) -> np.ndarray:
+    """Exact HCS by rejection from a static proposal over the items uncapped when it was built.
+
+    A batch of i.i.d. proposals is consumed in draw order: the k-th occurrence (0-based) of item i is
+    accepted iff ``c_i + k < cap``. Only the batch that completes the run needs the draw order (to keep
+    the first accepted draws); it gets it from a uniformly random permutation of the sorted draws.
+    """
+    from tqdm.auto import tqdm
+
+    m = s.size
+    counts = np.zeros(m, dtype=np.int64)
+    prop = _Proposal(m)
+    st = stats if stats is not None else {}
+    for key in ("rebuilds", "batches", "truncations"):
+        st.setdefault(key, 0)
+    itype = np.int32 if m < 2**31 else np.int64
+    cand = None  # None: all items; else the sorted item ids the proposal covers
+    shift = 0.0
+    weight = 0.0  # proposal mass of the covered items that are still uncapped
+
+    def rebuild():
+        nonlocal cand, shift, weight
+        open_ = counts < cap
+        cand = None if open_.all() else np.flatnonzero(open_).astype(itype)
+        del open_
+        n = m if cand is None else cand.size
+        buf = prop.buf
+        shift = -np.inf
+        for a in range(0, n, _CHUNK):
+            b = min(n, a + _CHUNK)
+            part = buf[a:b]
+            part[:] = s[a:b] if cand is None else s[cand[a:b]]
+            shift = max(shift, float(part.max()))
+        for a in range(0, n, _CHUNK):
+            part = buf[a:min(n, a + _CHUNK)]
+            part -= shift
+            np.exp(part, out=part)
+        prop.set_cumsum(n)
+        weight = prop.total
+        st["rebuilds"] += 1
+
+    rebuild()
+    drawn = 0
+    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="hcs") as bar:
+        while drawn < num_samples:
+            need = num_samples - drawn
+            if weight < rebuild_below * prop.total:
+                rebuild()
+            acc = max(weight / prop.total, 1e-9)
+            k = int(min(need / acc * 1.02 + 16, _MAX_BATCH))
+            st["batches"] += 1
+            pos = prop.draw(rng, k)
+            items = pos if cand is None else cand[pos].astype(np.int64)
+            first = np.flatnonzero(np.concatenate(([True], items[1:] != items[:-1])))
+            uniq = items[first]
+            mult = np.diff(np.append(first, items.size))
+            room = cap - counts[uniq]
+            take = np.minimum(mult, room)
+            total = int(take.sum())
+            if total > need:  # the completing batch: keep the first `need` accepted in draw order
+                st["truncations"] += 1
+                seq = rng.permutation(items)
+                order = np.argsort(seq, kind="stable")
+                srt = seq[order]
+                starts = np.flatnonzero(np.concatenate(([True], srt[1:] != srt[:-1])))
+                rank_sorted = np.arange(srt.size) - np.repeat(starts, np.diff(np.append(starts, srt.size)))
+                rank = np.empty_like(rank_sorted)
+                rank[order] = rank_sorted
+                ok = rank < cap - counts[seq]
+                ok &= np.cumsum(ok) <= need
+                sel = np.sort(seq[ok])
+                first = np.flatnonzero(np.concatenate(([True], sel[1:] != sel[:-1])))
+                uniq = sel[first]
+                take = np.diff(np.append(first, sel.size))
+                room = cap - counts[uniq]
+                total = need
+            counts[uniq] += take
+            full = uniq[(take == room) & (take > 0)]
+            if full.size:
+                weight -= float(np.exp(s[full].astype(np.float64) - shift).sum())
+            drawn += total
+            bar.update(total)
+    return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# no cap
+# ----------------------------------------------------------------------------------------------
+
+
+def nocap(scores, *, num_samples, seed) -> np.ndarray:
+    """Plain sampling with replacement: counts ~ Multinomial(num_samples, softmax(scores)).
+
+    Drawn in two exact stages (multinomial over chunk masses, then within each chunk) so that huge
+    pools stay fast and numerically well conditioned.
+    """
+    s = _check_scores(scores)
+    num_samples = _check_int("num_samples", num_samples, 1)
+    seed = _check_seed(seed)
+    rng = np.random.default_rng(seed)
+    m = s.size
+    shift = float(s.max())
+    bounds = list(range(0, m, _CHUNK)) + [m]
+    mass = np.array([np.exp(s[a:b].astype(np.float64) - shift).sum() for a, b in zip(bounds[:-1], bounds[1:])])
+    per_chunk = rng.multinomial(num_samples, _normalised(mass))
+    counts = np.zeros(m, dtype=np.int64)
+    for j, n in enumerate(per_chunk):
+        if n:
+            a, b = bounds[j], bounds[j + 1]
+            counts[a:b] = rng.multinomial(int(n), _normalised(np.exp(s[a:b].astype(np.float64) - shift)))
+    return counts
+
+
+def _normalised(w: np.ndarray) -> np.ndarray:
+    p = w / w.sum()
+    # numpy's multinomial rejects sum(p[:-1]) > 1 + 1e-12; rounding can only ever be far below that,
+    # but make the last entry absorb it so the check can never trip.
+    head = p[:-1].sum()
+    if head > 1.0:
+        p[:-1] /= head
+        p[-1] = 0.0
+    return p
