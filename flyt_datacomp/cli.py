@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from .downstream import downstream_group
 from .filter import filter_command
+from .train import train_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,6 +16,8 @@ def main() -> None:
 
 
 main.add_command(filter_command)
+main.add_command(train_command)
+main.add_command(downstream_group)
 
 if __name__ == "__main__":
     main()

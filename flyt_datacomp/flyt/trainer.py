@@ -1,0 +1,397 @@
+"""The FLYT training loop: data, reference model, scoring model, checkpoints and exact resume.
+
+Each step (paper Algorithm 1): scores s = q_phi(features) for an upstream batch, one pure bilevel
+step (``bilevel.flyt_step``) giving theta_plus, Adam's new state and dL_down/dphi; phi takes an
+AdamW step, theta moves to theta_plus (logit scale clamped to [0, ln 100]). Both learning rates
+follow a cosine schedule with linear warmup. A checkpoint holds everything that determines the
+rest of the run (models, both optimiser states, schedules (a function of the step), RNG states,
+the data positions), so an interrupted run resumes to the same result.
+
+Distributed: under torchrun (``WORLD_SIZE`` > 1) each rank reads B/W upstream and B'/W downstream
+examples and ``flyt_step`` all-reduces the sums (paper Appendix A).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..clip_models import TINY_CLIP_CONFIG, create_clip, tokenizer as make_tokenizer
+from ..errors import FlytInputError
+from ..io import atomic_path, provenance, sidecar_path, write_json
+from ..pool import Pool
+from . import distributed as D
+from .adamw import AdamState, AdamWConfig, warmup_adam_state
+from .bilevel import LOGIT_SCALE, flyt_step
+from .classes import load_classes, sample_class_texts
+from .config import TrainConfig
+from .data import DownstreamStream, FeatureTable, UidIndex, UpstreamStream, default_image_transform
+from .losses import make_downstream_loss
+from .models import GLUHead, MixingModel, save_scoring_model
+
+log = logging.getLogger(__name__)
+MAX_LOGIT_SCALE = math.log(100.0)
+SCORING_MODEL_FILE = "scoring_model.pt"
+MIXING_WEIGHTS_FILE = "mixing_weights.json"
+
+
+class TrainingDiverged(click.ClickException):
+    exit_code = 3
+
+
+def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` (step is 0-based)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pool_features(pool: Pool, cfg: TrainConfig) -> FeatureTable:
+    """The scoring model's input table, indexed by pool position."""
+    if cfg.model == "e-flyt":
+        return FeatureTable.from_pool_embeddings(pool, cfg.embedding_prefix)
+    missing = [c for c in cfg.inputs if c not in pool.column_names]
+    if missing:
+        raise FlytInputError(
+            f"M-FLYT input {missing[0]!r} is not a column of the pool at {pool.url} "
+            f"(columns: {', '.join(pool.column_names)})"
+        )
+    columns = []
+    for name in cfg.inputs:
+        col = pool.column(name).astype(np.float64)
+        bad = ~np.isfinite(col)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise FlytInputError(f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values, first at {pool._locate(i)}")
+        columns.append(col)
+    return FeatureTable(np.stack(columns, axis=1).astype(np.float32))
+
+
+class Trainer:
+    """Set up from a :class:`TrainConfig` and an output folder; :meth:`run` trains (or resumes)."""
+
+    def __init__(self, cfg: TrainConfig, output_dir: str | os.PathLike, *, progress: bool = True):
+        cfg.validate()
+        self.cfg = cfg
+        self.out = Path(output_dir)
+        self.group = D.default_group()
+        self.progress = progress and D.rank(self.group) == 0
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        )
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.world, self.rank = D.world_size(self.group), D.rank(self.group)
+        for name, size in (("batch_size", cfg.batch_size), ("downstream_batch_size", cfg.downstream_batch_size)):
+            if size % self.world:
+                raise FlytInputError(f"{name} {size} is not divisible by the {self.world} ranks")
+        self._setup_data_and_models()
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_data_and_models(self) -> None:
+        cfg = self.cfg
+        arch = TINY_CLIP_CONFIG if cfg.reference_arch == "tiny" else cfg.reference_arch
+        torch.manual_seed(cfg.seed)
+        self.model = create_clip(arch, seed=cfg.seed, checkpoint=cfg.reference_checkpoint,
+                                 pretrained=cfg.reference_pretrained).to(self.device)
+        self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
+        image_size = self.model.visual.image_size
+        transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0])
+        self.tokenizer = make_tokenizer(arch)
+        self.classes = load_classes(cfg.classes)
+
+        pool = Pool(cfg.metadata_dir, progress=self.progress)
+        features = pool_features(pool, cfg)
+        self.pool_size = pool.size
+        common = {"seed": cfg.seed, "shuffle_buffer": cfg.shuffle_buffer, "rank": self.rank, "world_size": self.world}
+        self.upstream = UpstreamStream(
+            cfg.shards_dir, UidIndex.from_pool(pool), features, image_transform=transform,
+            tokenizer=self.tokenizer, batch_size=cfg.batch_size // self.world, **common,
+        )
+        self.downstream = DownstreamStream(
+            cfg.downstream_dir, image_transform=transform, num_classes=self.classes.num_classes,
+            batch_size=cfg.downstream_batch_size // self.world, **common,
+        )
+        if cfg.model == "m-flyt":
+            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, features.arrays[0])
+        else:
+            dim = features.arrays[0].shape[1]
+            self.scoring = GLUHead(dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
+        self.scoring.to(self.device)
+        self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
+        trainable = list(self.scoring.parameters()) + list(self.loss.parameters())
+        self.scoring_opt = torch.optim.AdamW(
+            [{"params": list(self.scoring.parameters()), "weight_decay": cfg.weight_decay},
+             {"params": list(self.loss.parameters()), "weight_decay": 0.0}],
+            lr=cfg.scoring_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        ) if trainable else None
+        self.class_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+        self.adam = AdamState.zeros(self.theta)
+        self.step = 0
+        self.up_batches = 0
+        self.down_batches = 0
+        self.warmed = False
+
+    def _ref_cfg(self, lr: float) -> AdamWConfig:
+        c = self.cfg
+        return AdamWConfig(lr=lr, weight_decay=c.weight_decay, betas=(c.beta1, c.beta2), eps=c.eps)
+
+    # ------------------------------------------------------------------ data
+
+    def _upstream_iter(self) -> Iterator[dict[str, Any]]:
+        for batch in self.upstream.batches(self.up_batches):
+            self.up_batches += 1
+            yield batch
+
+    def _downstream_iter(self) -> Iterator[dict[str, Any]]:
+        for batch in self.downstream.batches(self.down_batches):
+            self.down_batches += 1
+            yield batch
+
+    def _to_device(self, x):
+        if isinstance(x, (tuple, list)):
+            return type(x)(self._to_device(v) for v in x)
+        return x.to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "warmed": self.warmed,
+            "theta": {k: v.cpu() for k, v in self.theta.items()},
+            "adam": {"exp_avg": {k: v.cpu() for k, v in self.adam.exp_avg.items()},
+                     "exp_avg_sq": {k: v.cpu() for k, v in self.adam.exp_avg_sq.items()},
+                     "step": self.adam.step},
+            "scoring": self.scoring.state_dict(),
+            "loss": self.loss.state_dict(),
+            "scoring_opt": self.scoring_opt.state_dict() if self.scoring_opt else None,
+            "class_gen": self.class_gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "data": {"upstream_batches": self.up_batches, "downstream_batches": self.down_batches},
+            "config": dataclasses.asdict(self.cfg),
+            "version": __version__,
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = self.checkpoint_dir / f"step_{self.step:07d}.pt"
+        if self.rank == 0:
+            with atomic_path(path) as tmp:
+                torch.save(self._state(), tmp)
+            write_json(self.checkpoint_dir / "latest.json", {"step": self.step, "path": path.name})
+            for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-2]:
+                old.unlink()
+        D.barrier()
+        return path
+
+    def latest_checkpoint(self) -> Path | None:
+        marker = self.checkpoint_dir / "latest.json"
+        if not marker.is_file():
+            return None
+        return self.checkpoint_dir / json.loads(marker.read_text())["path"]
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = state["config"]
+        now = dataclasses.asdict(self.cfg)
+        ignored = {"workers", "tensorboard", "device"}
+        diff = sorted(k for k in now if k not in ignored and saved.get(k) != now[k])
+        if diff:
+            detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
+            raise FlytInputError(f"cannot resume from {path}: the configuration changed ({detail})")
+        dev = self.device
+        self.step, self.warmed = state["step"], state["warmed"]
+        self.theta = {k: v.to(dev) for k, v in state["theta"].items()}
+        a = state["adam"]
+        self.adam = AdamState({k: v.to(dev) for k, v in a["exp_avg"].items()},
+                              {k: v.to(dev) for k, v in a["exp_avg_sq"].items()}, a["step"])
+        self.scoring.load_state_dict(state["scoring"])
+        self.loss.load_state_dict(state["loss"])
+        if self.scoring_opt is not None:
+            self.scoring_opt.load_state_dict(state["scoring_opt"])
+        self.class_gen.set_state(state["class_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.up_batches = state["data"]["upstream_batches"]
+        self.down_batches = state["data"]["downstream_batches"]
+
+    # ------------------------------------------------------------------ phases
+
+    def _warm_start(self) -> None:
+        """Optional plain CLIP pretraining on the unfiltered pool, then Adam's warm start."""
+        cfg = self.cfg
+        up = self._upstream_iter()
+
+        def batches(n: int):
+            for _ in range(n):
+                b = next(up)
+                yield self._to_device(b["images"]), self._to_device(b["texts"])
+
+        if cfg.reference_pretrain_steps:
+            self.theta, _ = warmup_adam_state(self.model, batches(cfg.reference_pretrain_steps),
+                                              params=self.theta, cfg=self._ref_cfg(cfg.reference_pretrain_lr))
+        if cfg.adam_warmup_steps:
+            self.theta, self.adam = warmup_adam_state(self.model, batches(cfg.adam_warmup_steps),
+                                                      params=self.theta, cfg=self._ref_cfg(cfg.reference_lr))
+        self._clamp_logit_scale()
+        self.warmed = True
+
+    def _clamp_logit_scale(self) -> None:
+        if LOGIT_SCALE in self.theta:
+            self.theta[LOGIT_SCALE] = self.theta[LOGIT_SCALE].clamp(0, MAX_LOGIT_SCALE)
+
+    def _one_step(self, up: dict[str, Any], down: dict[str, Any]) -> dict[str, float]:
+        cfg = self.cfg
+        ref_lr = cosine_lr(self.step, cfg.reference_lr, cfg.warmup_steps, cfg.steps)
+        scoring_lr = cosine_lr(self.step, cfg.scoring_lr, cfg.warmup_steps, cfg.steps)
+        class_tokens = self._to_device(self.tokenizer(sample_class_texts(self.classes, self.class_gen)))
+        feats = self._to_device(up["features"])
+        scoring_params = dict(self.scoring.named_parameters())
+        scores = self.scoring(*feats) if isinstance(feats, tuple) else self.scoring(feats)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with autocast:
+            res = flyt_step(
+                self.model, self.theta, self.adam, scores,
+                (self._to_device(up["images"]), self._to_device(up["texts"])),
+                (self._to_device(down["images"]), self._to_device(down["labels"])),
+                class_tokens, self.loss, scoring_params=scoring_params, cfg=self._ref_cfg(ref_lr),
+                micro_batch_size=cfg.micro_batch_size, group=self.group,
+            )
+        self._check_finite(res)
+        self.theta, self.adam = res.theta_plus, res.adam_state
+        self._clamp_logit_scale()
+        if self.scoring_opt is not None:
+            for group in self.scoring_opt.param_groups:
+                group["lr"] = scoring_lr
+            for name, p in self.scoring.named_parameters():
+                p.grad = res.grad_scoring[name].detach().to(p.dtype)
+            for name, p in self.loss.named_parameters():
+                p.grad = res.grad_downstream[name].detach().to(p.dtype)
+            self.scoring_opt.step()
+            self.scoring_opt.zero_grad(set_to_none=True)
+        metrics = {"step": self.step + 1, **{k: float(v) for k, v in res.metrics.items()},
+                   "reference_lr": ref_lr, "scoring_lr": scoring_lr}
+        if isinstance(self.scoring, MixingModel):
+            metrics["mixing_weights"] = self.scoring.mixing_weights()
+        if hasattr(self.loss, "temperature") and isinstance(self.loss.temperature, torch.Tensor):
+            metrics["downstream_temperature"] = float(self.loss.temperature)
+        return metrics
+
+    def _check_finite(self, res) -> None:
+        values = [torch.as_tensor(v) for v in res.metrics.values()] + list(res.grad_scoring.values())
+        if all(torch.isfinite(v).all() for v in values):
+            return
+        latest = self.latest_checkpoint()
+        where = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        bad = {k: float(v) for k, v in res.metrics.items()}
+        raise TrainingDiverged(f"non-finite loss or gradient at step {self.step + 1} ({bad}); {where}")
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self, *, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (resuming from the latest checkpoint if there is one).
+
+        ``stop_after`` ends this call after that many total steps (to test interruption).
+        """
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        latest = self.latest_checkpoint()
+        if latest is not None:
+            self.load_checkpoint(latest)
+            log.info("resumed from %s at step %d", latest, self.step)
+        elif self.rank == 0:
+            write_json(self.out / "config.json", provenance(config=dataclasses.asdict(cfg)))
+        metrics_path = self.out / "metrics.jsonl"
+        if self.rank == 0:
+            _truncate_metrics(metrics_path, self.step)
+        writer = _tensorboard(self.out) if cfg.tensorboard and self.rank == 0 else None
+        if not self.warmed:
+            self._warm_start()
+        up, down = self._upstream_iter(), self._downstream_iter()
+        end = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="FLYT", unit="step", disable=not self.progress)
+        try:
+            while self.step < end:
+                t0 = time.perf_counter()
+                metrics = self._one_step(next(up), next(down))
+                self.step += 1
+                metrics["step_time"] = time.perf_counter() - t0
+                if self.rank == 0:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(json.dumps(metrics) + "\n")
+                    if writer is not None:
+                        for k, v in metrics.items():
+                            if isinstance(v, float):
+                                writer.add_scalar(k, v, self.step)
+                bar.set_postfix(down=f"{metrics['down_loss']:.3f}", H=f"{metrics['weight_entropy']:.2f}")
+                bar.update(1)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        if self.step >= cfg.steps:
+            return self.finish()
+        return {"step": self.step, "finished": False}
+
+    def finish(self) -> dict[str, Any]:
+        """Write the final scoring model (and the mixing weights for M-FLYT)."""
+        meta = {"config": dataclasses.asdict(self.cfg), "steps": self.step, "pool_size": self.pool_size}
+        result: dict[str, Any] = {"step": self.step, "finished": True,
+                                  "scoring_model": str(self.out / SCORING_MODEL_FILE)}
+        if self.rank != 0:
+            return result
+        model_path = self.out / SCORING_MODEL_FILE
+        save_scoring_model(model_path, self.scoring, meta)
+        write_json(sidecar_path(model_path), provenance(output=str(model_path), kind=self.scoring.kind, **meta))
+        if isinstance(self.scoring, MixingModel):
+            weights = self.scoring.mixing_weights()
+            write_json(self.out / MIXING_WEIGHTS_FILE, weights)
+            result["mixing_weights"] = weights
+        return result
+
+
+def format_mixing_weights(weights: dict[str, float]) -> str:
+    """The learned weights as a small table (the paper's Table 2, left)."""
+    width = max(len("input"), *(len(k) for k in weights))
+    lines = [f"{'input':<{width}}  weight (on the standardised input)", f"{'-' * width}  {'-' * 10}"]
+    lines += [f"{k:<{width}}  {v:+.4f}" for k, v in sorted(weights.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop metric lines logged after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FlytInputError("--tensorboard needs the tensorboard package: pip install 'flyt-datacomp[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,141 @@
+"""The FLYT trainer: end to end on a tiny demo pool, exact resume, bad input."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from flyt_datacomp.flyt.config import build_config
+from flyt_datacomp.flyt.models import load_scoring_model
+from flyt_datacomp.flyt.trainer import TrainingDiverged, Trainer, cosine_lr
+from flyt_datacomp.train import train_command
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_config(pool, **overrides):
+    values = dict(
+        metadata_dir=str(pool.metadata_dir), shards_dir=str(pool.shards_dir),
+        downstream_dir=str(pool.downstream_dir), classes=str(pool.classes_path),
+        steps=4, warmup_steps=1, batch_size=16, downstream_batch_size=10, reference_pretrain_steps=1,
+        adam_warmup_steps=1, checkpoint_every=2, shuffle_buffer=40,
+    )
+    values.update(overrides)
+    return build_config("m-flyt-demo", {}, values)
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 1.0, 4, 10) == pytest.approx(0.25)
+    assert cosine_lr(3, 1.0, 4, 10) == pytest.approx(1.0)
+    assert cosine_lr(4, 1.0, 4, 10) == pytest.approx(1.0)
+    assert cosine_lr(7, 1.0, 4, 10) == pytest.approx(0.5)
+    assert cosine_lr(10, 1.0, 4, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_writes_model_weights_metrics(tiny_demo_pool, tmp_path):
+    out = tmp_path / "run"
+    result = Trainer(small_config(tiny_demo_pool), out, progress=False).run()
+    assert result["finished"] and result["step"] == 4
+    model, meta = load_scoring_model(out / "scoring_model.pt")
+    assert model.input_names == ["clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score"]
+    weights = json.loads((out / "mixing_weights.json").read_text())
+    assert weights == pytest.approx(model.mixing_weights())
+    assert any(abs(v) > 0 for v in weights.values())
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]
+    assert {"up_loss", "down_loss", "weight_entropy", "mixing_weights", "step_time"} <= set(lines[0])
+    # standardisation statistics are the pool's
+    from flyt_datacomp.pool import Pool
+
+    pool = Pool(str(tiny_demo_pool.metadata_dir), progress=False)
+    col = pool.column("noise_score").astype("float64")
+    assert model.mean[2].item() == pytest.approx(col.mean(), rel=1e-5)
+    assert model.std[2].item() == pytest.approx(col.std(), rel=1e-5)
+    assert json.loads((out / "scoring_model.pt.json").read_text())["kind"] == "m-flyt"
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_demo_pool, tmp_path):
+    cfg = small_config(tiny_demo_pool)
+    Trainer(cfg, tmp_path / "a", progress=False).run()
+    first = Trainer(small_config(tiny_demo_pool), tmp_path / "b", progress=False)
+    assert first.run(stop_after=2) == {"step": 2, "finished": False}
+    assert (tmp_path / "b" / "checkpoints" / "latest.json").exists()
+    Trainer(small_config(tiny_demo_pool), tmp_path / "b", progress=False).run()  # a fresh process would do this
+    a, _ = load_scoring_model(tmp_path / "a" / "scoring_model.pt")
+    b, _ = load_scoring_model(tmp_path / "b" / "scoring_model.pt")
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
+    la = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    lb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda line: {k: v for k, v in json.loads(line).items() if k != "step_time"}  # noqa: E731
+    assert [strip(x) for x in la] == [strip(x) for x in lb]
+
+
+def test_resume_with_changed_config_is_refused(tiny_demo_pool, tmp_path):
+    Trainer(small_config(tiny_demo_pool), tmp_path / "r", progress=False).run(stop_after=2)
+    with pytest.raises(Exception, match="configuration changed .*scoring_lr"):
+        Trainer(small_config(tiny_demo_pool, scoring_lr=0.5), tmp_path / "r", progress=False).run()
+
+
+def test_non_finite_loss_stops_with_clear_message(tiny_demo_pool, tmp_path, monkeypatch):
+    import flyt_datacomp.flyt.trainer as trainer_module
+
+    real = trainer_module.flyt_step
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        res = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            res.metrics["down_loss"] = float("nan")
+        return res
+
+    monkeypatch.setattr(trainer_module, "flyt_step", flaky)
+    with pytest.raises(TrainingDiverged, match=r"non-finite .* step 3.*last good checkpoint is .*step_0000002\.pt"):
+        Trainer(small_config(tiny_demo_pool), tmp_path / "nan", progress=False).run()
+    assert (tmp_path / "nan" / "checkpoints" / "step_0000002.pt").exists()
+    assert not (tmp_path / "nan" / "scoring_model.pt").exists()
+
+
+def _cli(args):
+    return CliRunner().invoke(train_command, [*args, "--quiet"])
+
+
+def test_cli_bad_inputs(tiny_demo_pool, tmp_path):
+    p = tiny_demo_pool
+    base = ["--metadata-dir", str(p.metadata_dir), "--shards-dir", str(p.shards_dir),
+            "--downstream-dir", str(p.downstream_dir), "--classes", str(p.classes_path),
+            "--output-dir", str(tmp_path / "o"), "--steps", "1", "--batch-size", "8",
+            "--downstream-batch-size", "4", "--reference-pretrain-steps", "0"]
+    r = _cli(["--preset", "no-such-preset", *base])
+    assert r.exit_code != 0 and "no-such-preset" in r.output
+    r = _cli(["--preset", "m-flyt-demo", *base, "--shards-dir", str(tmp_path / "missing")])
+    assert r.exit_code != 0 and "missing" in r.output, r.output
+    r = _cli(["--preset", "m-flyt-demo", *base, "--inputs", "clip_b32_similarity_score,not_a_column"])
+    assert r.exit_code != 0 and "'not_a_column' is not a column" in r.output, r.output
+    (tmp_path / "empty").mkdir()
+    r = _cli(["--preset", "m-flyt-demo", *base, "--downstream-dir", str(tmp_path / "empty")])
+    assert r.exit_code != 0 and "empty downstream set" in r.output, r.output
+    r = _cli(["--preset", "m-flyt-demo", *base, "--downstream-loss", "mse"])
+    assert r.exit_code != 0 and "downstream_loss" in r.output, r.output
+    r = _cli(["--preset", "m-flyt-demo", *base, "--config", str(tmp_path / "nope.json")])
+    assert r.exit_code != 0 and "does not exist" in r.output
+    (tmp_path / "cfg.json").write_text(json.dumps({"stepz": 3}))
+    r = _cli(["--preset", "m-flyt-demo", *base, "--config", str(tmp_path / "cfg.json")])
+    assert r.exit_code != 0 and "unknown training option(s) stepz" in r.output
+    r = _cli(["--model", "m-flyt", *base])
+    assert r.exit_code != 0 and "inputs" in r.output
+
+
+def test_checkpoint_features_must_match(tiny_demo_pool, tmp_path):
+    """A run resumed with other input columns is refused (the checkpoint's features differ)."""
+    Trainer(small_config(tiny_demo_pool), tmp_path / "f", progress=False).run(stop_after=2)
+    with pytest.raises(Exception, match="inputs"):
+        Trainer(small_config(tiny_demo_pool, inputs=["clip_b32_similarity_score", "noise_score"]),
+                tmp_path / "f", progress=False).run()
