@@ -1,8 +1,8 @@
 """Score sources: turn ``--score SOURCE`` into one float per pool example, in pool order.
 
-A source is either a column of the pool's parquet files (``clip_l14_similarity_score``) or a
-parquet file of per-uid scores with columns ``uid`` and ``score``. Later work adds trained
-scoring models as sources.
+A source is a column of the pool's parquet files (``clip_l14_similarity_score``), a parquet file
+of per-uid scores with columns ``uid`` and ``score``, or a trained FLYT scoring model checkpoint
+(``scoring_model.pt`` from ``flyt-datacomp train``), applied to every pool example shard by shard.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ def load_scores(pool: Pool, source: str) -> Scores:
     if source in pool.column_names:
         values = pool.column(source).astype(np.float64)
         scores = Scores(values, source, "column")
+        where = lambda i: pool._locate(i)  # noqa: E731
+    elif _is_file(source) and source.endswith(".pt"):
+        scores = Scores(_scores_from_model(pool, source), source, "model")
         where = lambda i: pool._locate(i)  # noqa: E731
     elif _is_file(source):
         scores = Scores(_scores_from_file(pool, source), source, "file")
@@ -97,3 +100,40 @@ def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
             f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool._locate(i)})"
         )
     return file_scores[order][pos]
+
+
+def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
+    """Apply a trained scoring model to the whole pool (its inputs read shard by shard)."""
+    import torch
+
+    from .flyt.models import MixingModel, load_scoring_model
+
+    model, meta = load_scoring_model(source)
+    model.eval()
+    if isinstance(model, MixingModel):
+        missing = [c for c in model.input_names if c not in pool.column_names]
+        if missing:
+            raise FlytInputError(
+                f"scoring model {source} was trained on inputs {model.input_names}, but the pool has "
+                f"no column {missing[0]!r} (columns: {', '.join(pool.column_names)})"
+            )
+        columns, keys = model.input_names, []
+    else:
+        prefix = meta.get("config", {}).get("embedding_prefix", "b32")
+        columns, keys = [], [f"{prefix}_img", f"{prefix}_txt"]
+    parts = []
+    with torch.no_grad():
+        for shard in pool.iter_shards(columns, keys, desc="scoring the pool"):
+            if columns:
+                x = np.stack([shard.columns[c].astype(np.float64) for c in columns], axis=1)
+                out = model.double()(torch.from_numpy(x))
+            else:
+                img, txt = (torch.from_numpy(shard.arrays[k].astype(np.float32)) for k in keys)
+                if img.shape[1] != model.embed_dim:
+                    raise FlytInputError(
+                        f"scoring model {source} expects {model.embed_dim}-dim embeddings but {keys[0]} "
+                        f"in {shard.shard.npz} has {img.shape[1]}"
+                    )
+                out = model(img, txt)
+            parts.append(out.double().numpy())
+    return np.concatenate(parts) if parts else np.zeros(0)

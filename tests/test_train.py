@@ -139,3 +139,37 @@ def test_checkpoint_features_must_match(tiny_demo_pool, tmp_path):
     with pytest.raises(Exception, match="inputs"):
         Trainer(small_config(tiny_demo_pool, inputs=["clip_b32_similarity_score", "noise_score"]),
                 tmp_path / "f", progress=False).run()
+
+
+def test_trained_model_scores_the_pool_as_a_filter_source(tiny_demo_pool, tmp_path):
+    import numpy as np
+
+    from flyt_datacomp.pool import Pool
+    from flyt_datacomp.scores import load_scores
+
+    out = tmp_path / "s"
+    Trainer(small_config(tiny_demo_pool, steps=2), out, progress=False).run()
+    model, _ = load_scoring_model(out / "scoring_model.pt")
+    pool = Pool(str(tiny_demo_pool.metadata_dir), progress=False)
+    got = load_scores(pool, str(out / "scoring_model.pt"))
+    assert got.kind == "model" and got.values.shape == (pool.size,)
+    x = np.stack([pool.column(c).astype(np.float64) for c in model.input_names], 1)
+    expect = ((x - x.mean(0)) / x.std(0)) @ model.weight.detach().double().numpy()
+    np.testing.assert_allclose(got.values, expect, rtol=1e-4, atol=1e-6)
+
+
+def test_e_flyt_trains_and_scores(tiny_demo_pool, tmp_path):
+    from flyt_datacomp.flyt.models import GLUHead
+    from flyt_datacomp.pool import Pool
+    from flyt_datacomp.scores import load_scores
+
+    cfg = small_config(tiny_demo_pool, model="e-flyt", inputs=[], embedding_prefix="b32", steps=2,
+                       downstream_loss="ce_temp")
+    out = tmp_path / "e"
+    Trainer(cfg, out, progress=False).run()
+    model, _ = load_scoring_model(out / "scoring_model.pt")
+    assert isinstance(model, GLUHead)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["downstream_temperature"] != pytest.approx(1 / 0.07, rel=1e-9)  # it was trained
+    scores = load_scores(Pool(str(tiny_demo_pool.metadata_dir), progress=False), str(out / "scoring_model.pt"))
+    assert scores.values.std() > 0

@@ -294,7 +294,7 @@ class Trainer:
         if isinstance(self.scoring, MixingModel):
             metrics["mixing_weights"] = self.scoring.mixing_weights()
         if hasattr(self.loss, "temperature") and isinstance(self.loss.temperature, torch.Tensor):
-            metrics["downstream_temperature"] = float(self.loss.temperature)
+            metrics["downstream_temperature"] = float(self.loss.temperature.detach())
         return metrics
 
     def _check_finite(self, res) -> None:

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flyt_datacomp.errors import FlytInputError
+from flyt_datacomp.flyt.models import GLUHead, MixingModel, load_scoring_model, save_scoring_model
+
+
+def test_mixing_model_is_linear_on_standardised_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal([1.0, -2.0, 5.0], [0.5, 2.0, 0.1], size=(1000, 3))
+    m = MixingModel.from_pool_features(["a", "b", "c"], feats)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    x = torch.tensor(feats[:7], dtype=torch.float64)
+    z = (feats[:7] - feats.mean(0)) / feats.std(0)
+    np.testing.assert_allclose(m(x).detach().numpy(), z @ np.array([0.5, -1.0, 2.0]), rtol=1e-5)
+    assert m.mixing_weights() == pytest.approx({"a": 0.5, "b": -1.0, "c": 2.0})
+    save_scoring_model(tmp_path / "m.pt", m, {"note": 1})
+    m2, meta = load_scoring_model(tmp_path / "m.pt")
+    assert meta == {"note": 1} and m2.input_names == ["a", "b", "c"]
+    torch.testing.assert_close(m2(x), m(x))
+    with pytest.raises(FlytInputError, match="expects 3 input scores"):
+        m(torch.zeros(2, 2))
+
+
+def test_mixing_model_rejects_bad_statistics():
+    with pytest.raises(FlytInputError, match="positive std"):
+        MixingModel.from_pool_features(["a", "b"], np.stack([np.ones(10), np.arange(10.0)], 1))
+    with pytest.raises(FlytInputError, match="distinct"):
+        MixingModel(["a", "a"], [0, 0], [1, 1])
+
+
+def test_glu_head_cosine_init_tracks_cosine_similarity(tmp_path):
+    torch.manual_seed(0)
+    img, txt = torch.randn(256, 32), torch.randn(256, 32)
+    txt[:128] = img[:128] + 0.3 * torch.randn(128, 32)  # half matched pairs: a wide cosine range
+    head = GLUHead(32, 64, cosine_init=True)
+    with torch.no_grad():
+        s = head(img, txt)
+    cos = F.cosine_similarity(img, txt)
+    assert torch.corrcoef(torch.stack([s, cos]))[0, 1] > 0.99
+    plain = GLUHead(32, 64)
+    with torch.no_grad():
+        assert torch.corrcoef(torch.stack([plain(img, txt), cos]))[0, 1] < 0.9
+    save_scoring_model(tmp_path / "e.pt", head)
+    again, _ = load_scoring_model(tmp_path / "e.pt")
+    torch.testing.assert_close(again(img, txt), head(img, txt))
+
+
+def test_load_scoring_model_errors(tmp_path):
+    with pytest.raises(FlytInputError, match="does not exist"):
+        load_scoring_model(tmp_path / "none.pt")
+    torch.save({"kind": "other"}, tmp_path / "x.pt")
+    with pytest.raises(FlytInputError, match="not a flyt-datacomp scoring model"):
+        load_scoring_model(tmp_path / "x.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(FlytInputError, match="cannot read"):
+        load_scoring_model(tmp_path / "junk.pt")
