@@ -187,7 +187,10 @@ def flyt_step(
     cfg: the reference model's AdamW hyper-parameters (lr 5e-5, wd 0.2, betas (0.9, 0.98), eps 1e-6).
     method: ``"efficient"`` (forward mode, default) or ``"naive"`` (double backward, the oracle).
     micro_batch_size: chunk size for every encoder pass of the efficient method (None: no chunks).
-    group: an optional torch.distributed process group (see ``distributed``; untested for > 1 rank).
+    group: an optional torch.distributed process group (see ``distributed``). With several ranks each
+        passes its own B/W upstream rows (and their scores) and B'/W downstream rows, the same
+        class_tokens, params and state; every rank gets the global result (grad_scores for the
+        gathered batch, rank order; grad_scoring summed over ranks; global metrics).
     """
     if downstream_params is None:
         downstream_params = dict(downstream_loss.named_parameters())
@@ -315,8 +318,9 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
 
     Without chunks: one forward with a graph (class texts encoded once) and one backward. With
     chunks (GradCache): image and class-text embeddings without a graph, the loss and its embedding
-    gradients on the whole (gathered) batch, then a re-forward + backward per chunk. Class-text
-    chunks are split round-robin over ranks so that the summed v counts each of them once.
+    gradients on the whole (gathered) batch, then a re-forward + backward per chunk. The class
+    texts are split into one contiguous share per rank (encoded there, all-gathered, and
+    back-propagated only there), so the summed v counts each of them once.
     """
     ds_images, labels = downstream
     img_chunks = _chunks(ds_images.shape[0], micro_batch_size)
@@ -331,10 +335,24 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
         v = {k: grads[("theta", k)] for k in leaves}
         return down.detach(), v, {k: grads[("ds", k)] for k in ds_leaves}
 
+    # Class texts: each rank encodes (and later back-propagates) only its own contiguous share of
+    # the K prompts, so the summed v counts every prompt once and the forward work is split too.
+    world, me = D.world_size(group), D.rank(group)
+    share = -(-class_tokens.shape[0] // world)
+    own = slice(min(me * share, class_tokens.shape[0]), min((me + 1) * share, class_tokens.shape[0]))
+    own_tokens = class_tokens[own]
+    own_chunks = _chunks(own_tokens.shape[0], micro_batch_size) if own_tokens.shape[0] else []
     with torch.no_grad():
         img_e = D.all_gather_cat(torch.cat([encode_images(model, theta_plus, ds_images[c]) for c in img_chunks]),
                                  group)
-        txt_e = torch.cat([encode_texts(model, theta_plus, class_tokens[c]) for c in txt_chunks])
+        parts = [encode_texts(model, theta_plus, own_tokens[c]) for c in own_chunks]
+        if world > 1:
+            pad = share - own_tokens.shape[0]
+            if pad or not parts:
+                parts.append((parts[0] if parts else img_e).new_zeros(pad, img_e.shape[1]))
+            txt_e = D.all_gather_cat(torch.cat(parts), group)[:class_tokens.shape[0]]
+        else:
+            txt_e = torch.cat(parts)
     all_labels = D.all_gather_cat(labels, group)
     img_leaf, txt_leaf = img_e.requires_grad_(True), txt_e.requires_grad_(True)
     log_tau = theta_plus[LOGIT_SCALE].detach().requires_grad_(True)
@@ -342,15 +360,15 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
     grads = _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
                           **{("ds", k): p for k, p in ds_leaves.items()}})
     G_img = D.local_rows(grads["img"], group)
+    G_txt = grads["txt"][own]
 
     v = {k: torch.zeros_like(p) for k, p in theta_plus.items()}
     for c in img_chunks:
         leaves = _leaves(theta_plus)
         _accumulate(v, _grads(encode_images(model, leaves, ds_images[c]), leaves, G_img[c]))
-    for i, c in enumerate(txt_chunks):
-        if i % D.world_size(group) == D.rank(group):
-            leaves = _leaves(theta_plus)
-            _accumulate(v, _grads(encode_texts(model, leaves, class_tokens[c]), leaves, grads["txt"][c]))
+    for c in own_chunks:
+        leaves = _leaves(theta_plus)
+        _accumulate(v, _grads(encode_texts(model, leaves, own_tokens[c]), leaves, G_txt[c]))
     v = D.all_reduce_sum(v, group)
     v[LOGIT_SCALE] = v[LOGIT_SCALE] + grads["tau"]
     return down.detach(), v, {k: grads[("ds", k)] for k in ds_leaves}
