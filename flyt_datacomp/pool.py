@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from .errors import FlytInputError
-from .uids import hex_to_uids, uid_order, uids_to_hex
+from .uids import first_duplicate, hex_to_uids, uid_order, uids_to_hex
 
 NPZ_EMBEDDING_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
 
@@ -200,9 +200,8 @@ class Pool:
         order = uid_order(uids)
         self.__dict__["sorted_order"] = order
         s = uids[order]
-        dup = (s["f0"][1:] == s["f0"][:-1]) & (s["f1"][1:] == s["f1"][:-1])
-        if dup.any():
-            i = int(np.flatnonzero(dup)[0])
+        i = first_duplicate(s)
+        if i is not None:
             where = [self._locate(int(p)) for p in np.sort(order[i:i + 2])]
             raise FlytInputError(
                 f"uid {uids_to_hex(s[i:i + 1])[0]} appears more than once in the pool "

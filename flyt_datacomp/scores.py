@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from .errors import FlytInputError
 from .pool import Pool, _uid_column
-from .uids import lookup, uid_order, uids_to_hex
+from .uids import first_duplicate, lookup, uid_order, uids_to_hex
 
 
 @dataclasses.dataclass
@@ -87,9 +87,8 @@ def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
     file_scores = score_col.to_numpy().astype(np.float64)
     order = uid_order(file_uids)
     sorted_uids = file_uids[order]
-    dup = (sorted_uids["f0"][1:] == sorted_uids["f0"][:-1]) & (sorted_uids["f1"][1:] == sorted_uids["f1"][:-1])
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
+    i = first_duplicate(sorted_uids)
+    if i is not None:
         raise FlytInputError(f"score file {source} lists uid {uids_to_hex(sorted_uids[i:i + 1])[0]} more than once")
     pos = lookup(sorted_uids, pool.uids)
     absent = pos < 0

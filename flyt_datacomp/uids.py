@@ -174,6 +174,13 @@ def is_sorted(uids: np.ndarray) -> bool:
     return bool(ok.all())
 
 
+def first_duplicate(sorted_uids: np.ndarray) -> int | None:
+    """Index of the first entry equal to its successor in a sorted uid array, or None."""
+    f0, f1 = sorted_uids["f0"], sorted_uids["f1"]
+    dup = (f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1])
+    return int(np.flatnonzero(dup)[0]) if dup.any() else None
+
+
 def lookup(sorted_uids: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Positions of ``query`` uids in the strictly sorted ``sorted_uids``; -1 where absent."""
     f0s, f1s = sorted_uids["f0"], sorted_uids["f1"]
@@ -209,9 +216,8 @@ def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
     kept = uids[keep]
     order = uid_order(kept)
     kept = kept[order]
-    dup = (kept["f0"][1:] == kept["f0"][:-1]) & (kept["f1"][1:] == kept["f1"][:-1])
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
+    i = first_duplicate(kept)
+    if i is not None:
         raise FlytInputError(f"uid {uids_to_hex(kept[i:i + 1])[0]} appears more than once in the subset input")
     return np.repeat(kept, counts[keep][order])
 

@@ -112,14 +112,13 @@ class CrossEntropyLoss(DownstreamLoss):
         return F.cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
 
 
-class LearnedTemperatureCrossEntropyLoss(DownstreamLoss):
-    """``ce_temp``: the ``ce`` loss with a learned multiplier tau_DS = exp(log_temperature).
+class _LearnedTemperature(DownstreamLoss):
+    """A downstream loss with its own learned multiplier tau_DS = exp(log_temperature).
 
     The parameter stores the log (like open_clip's logit_scale), initialised to log(1/0.07); it is
-    trained by the downstream gradient only. No clamp is applied here.
+    trained by the downstream gradient only and kept separate from the reference model's upstream
+    tau (paper C.7: sharing them hurt). No clamp is applied here.
     """
-
-    name = "ce_temp"
 
     def __init__(self, init_temperature: float = 1 / 0.07):
         super().__init__()
@@ -129,32 +128,27 @@ class LearnedTemperatureCrossEntropyLoss(DownstreamLoss):
     def temperature(self) -> Tensor:
         return self.log_temperature.exp()
 
+
+class LearnedTemperatureCrossEntropyLoss(_LearnedTemperature):
+    """``ce_temp``: the ``ce`` loss with a learned tau_DS (paper C.8)."""
+
+    name = "ce_temp"
+
     def forward(self, image_features, labels, class_features, logit_scale=None):
-        tau = self.log_temperature.exp()
-        return F.cross_entropy(_class_logits(image_features, class_features, tau), labels)
+        return F.cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
 
 
-class ClipPairsLoss(DownstreamLoss):
-    """``clip``: the CLIP loss on (image, templated class-name text) pairs, with its own tau_DS.
+class ClipPairsLoss(_LearnedTemperature):
+    """``clip``: the CLIP loss on (image, templated class-name text) pairs, with a learned tau_DS.
 
     The text of pair i is the class prompt of label c_i (repeated labels give repeated texts, which
-    count as negatives like any other pair). The multiplier is a separate learned downstream
-    temperature (paper C.7/C.8: sharing the reference model's upstream tau hurt), stored as its log
-    and initialised to 1/0.07; it is trained by the downstream gradient only.
+    count as negatives like any other pair).
     """
 
     name = "clip"
 
-    def __init__(self, init_temperature: float = 1 / 0.07):
-        super().__init__()
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
-
-    @property
-    def temperature(self) -> Tensor:
-        return self.log_temperature.exp()
-
     def forward(self, image_features, labels, class_features, logit_scale=None):
-        return clip_loss(image_features, class_features[labels], self.log_temperature.exp())
+        return clip_loss(image_features, class_features[labels], self.temperature)
 
 
 DOWNSTREAM_LOSSES = {cls.name: cls for cls in (CrossEntropyLoss, LearnedTemperatureCrossEntropyLoss, ClipPairsLoss)}
