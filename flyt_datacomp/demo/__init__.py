@@ -1,0 +1,12 @@
+"""The built-in demo pool: a small but complete DataComp-format pool made from real digits, offline.
+
+``build_demo_pool()`` renders scikit-learn's bundled 8x8 digit scans into a captioned pool with a
+known mix of good and bad examples, scores it with two small scorer CLIPs, and writes it exactly
+like a real DataComp pool (metadata shards, img2dataset image shards) plus a labelled downstream
+set; ``type_breakdown()`` reports which kinds of examples a subset kept.
+"""
+
+from .build import DemoPool, build_demo_pool, default_cache_dir
+from .report import type_breakdown
+
+__all__ = ["DemoPool", "build_demo_pool", "default_cache_dir", "type_breakdown"]

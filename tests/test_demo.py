@@ -1,0 +1,280 @@
+"""The built-in demo pool: layout, formats, ground truth, determinism and caching."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from flyt_datacomp.demo import build_demo_pool, type_breakdown
+
+N = 600
+KW = dict(seed=3, pool_size=N, num_metadata_shards=2, shard_size=200, scorer_steps=3, progress=False)
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    return build_demo_pool(tmp_path_factory.mktemp("cache_a"), **KW)
+
+
+@pytest.fixture(scope="module")
+def pool_b(tmp_path_factory):
+    return build_demo_pool(tmp_path_factory.mktemp("cache_b"), **KW)
+
+
+def _metadata(pool):
+    files = sorted(pool.metadata_dir.glob("*.parquet"))
+    return files, pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def _tar_members(path):
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def _shard_samples(pool):
+    """{uid: (key, json dict, jpg bytes, txt)} over all image shards."""
+    out = {}
+    for tar_path in sorted(pool.shards_dir.glob("*.tar")):
+        members = _tar_members(tar_path)
+        keys = sorted({name.split(".", 1)[0] for name in members})
+        for key in keys:
+            meta = json.loads(members[f"{key}.json"])
+            out[meta["uid"]] = (key, meta, members[f"{key}.jpg"], members[f"{key}.txt"].decode())
+    return out
+
+
+def _truth(pool):
+    return pq.read_table(pool.truth_path).to_pydict()
+
+
+def test_layout(pool):
+    root = pool.root
+    assert root.name.startswith("demo-v1-seed3-n600")
+    assert pool.pool_size == N
+    assert (root / "build.json").exists()
+    build = json.loads((root / "build.json").read_text())
+    assert build["parameters"]["pool_size"] == N and build["package"] == "flyt-datacomp"
+    stems = sorted(p.stem for p in pool.metadata_dir.iterdir())
+    assert len(stems) == 4 and stems[0::2] == stems[1::2]  # parquet + npz pairs
+    assert {p.suffix for p in pool.metadata_dir.iterdir()} == {".parquet", ".npz"}
+    assert all(HEX32.match(s) for s in stems)
+    names = sorted(p.name for p in pool.shards_dir.iterdir())
+    assert names == sorted(f"{i:08d}{ext}" for i in range(3) for ext in (".tar", ".parquet", "_stats.json"))
+    classes = json.loads(pool.classes_path.read_text())
+    assert classes["classnames"][0] == "zero" and classes["classnames"][9] == "nine"
+    assert len(classes["classnames"]) == 10 and all("{}" in t for t in classes["templates"])
+    assert not list(root.parent.glob(".*tmp"))  # no temporary build folder left behind
+
+
+def test_metadata_columns_and_uids(pool):
+    files, table = _metadata(pool)
+    schema = table.schema
+    assert schema.field("uid").type == pa.string()
+    for col in ("url", "text", "sha256"):
+        assert schema.field(col).type == pa.string()
+    for col in ("original_width", "original_height"):
+        assert schema.field(col).type == pa.int64()
+    for col in ("clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score"):
+        assert pa.types.is_floating(schema.field(col).type)
+    assert schema.field("face_bboxes").type == pa.list_(pa.list_(pa.float64()))
+    assert all(len(b) == 0 for b in table["face_bboxes"].to_pylist())
+    uids = table["uid"].to_pylist()
+    assert len(uids) == N and len(set(uids)) == N
+    assert all(HEX32.match(u) for u in uids)
+    scores = table["clip_b32_similarity_score"].to_numpy()
+    assert np.all(np.abs(scores) <= 1.0 + 1e-6) and np.std(scores) > 0
+
+
+def test_npz_aligned_and_normalised(pool):
+    files, _ = _metadata(pool)
+    for f in files:
+        rows = pq.read_metadata(f).num_rows
+        t = pq.read_table(f, columns=["uid", "clip_b32_similarity_score", "clip_l14_similarity_score"])
+        with np.load(f.with_suffix(".npz")) as npz:
+            assert set(npz.files) == {"b32_img", "b32_txt", "l14_img", "l14_txt", "dedup"}
+            for key in ("b32_img", "b32_txt", "l14_img", "l14_txt"):
+                arr = npz[key]
+                assert arr.dtype == np.float16 and arr.shape[0] == rows
+                assert np.allclose(np.linalg.norm(arr.astype(np.float32), axis=1), 1.0, atol=3e-3)
+            assert npz["b32_img"].shape[1] < npz["l14_img"].shape[1]  # two different model sizes
+            assert npz["dedup"].shape == (rows,)
+            # DataComp's score is the cosine of the stored embeddings
+            for name in ("b32", "l14"):
+                cos = (npz[f"{name}_img"].astype(np.float32) * npz[f"{name}_txt"].astype(np.float32)).sum(1)
+                assert np.allclose(cos, t[f"clip_{name}_similarity_score"].to_numpy(), atol=5e-3)
+
+
+def test_image_shards(pool):
+    _, table = _metadata(pool)
+    meta = {u: (txt, sha) for u, txt, sha in zip(table["uid"].to_pylist(), table["text"].to_pylist(),
+                                                  table["sha256"].to_pylist())}
+    samples = _shard_samples(pool)
+    for uid, (key, js, jpg, txt) in samples.items():
+        assert re.fullmatch(r"\d{9}", key) and key != uid and js["key"] == key
+        assert js["status"] == "success" and js["caption"] == txt == meta[uid][0]
+        assert js["sha256"] == meta[uid][1]
+        assert js["width"] == js["height"] == 32 and js["url"].startswith("https://")
+        img = Image.open(io.BytesIO(jpg))
+        assert img.format == "JPEG" and img.size == (32, 32) and img.mode == "RGB"
+    # ~10% of the pool "failed to download": present in metadata, absent from the shards
+    assert set(samples) <= set(meta)
+    missing = 1 - len(samples) / N
+    assert 0.05 < missing < 0.16
+    for stats_path in sorted(pool.shards_dir.glob("*_stats.json")):
+        stats = json.loads(stats_path.read_text())
+        idx = int(stats_path.name[:8])
+        members = _tar_members(pool.shards_dir / f"{idx:08d}.tar")
+        n_jpg = sum(name.endswith(".jpg") for name in members)
+        assert stats["successes"] == n_jpg
+        shard_table = pq.read_table(pool.shards_dir / f"{idx:08d}.parquet").to_pydict()
+        assert stats["count"] == len(shard_table["uid"]) == 200
+        assert sum(s == "success" for s in shard_table["status"]) == n_jpg
+        # positional keys: shard index * shard size + position
+        assert shard_table["key"][0] == f"{idx * 200:09d}"
+
+
+def test_type_mix_and_truth(pool):
+    truth = _truth(pool)
+    _, table = _metadata(pool)
+    assert sorted(truth["uid"]) == sorted(table["uid"].to_pylist())
+    types = np.array(truth["type"])
+    expected = {"correct": 0.4, "wrong": 0.3, "clutter": 0.2, "near_duplicate": 0.1}
+    for t, frac in expected.items():
+        assert abs(np.mean(types == t) - frac) < 0.02, t
+    digit, cap = np.array(truth["digit"]), np.array(truth["caption_digit"])
+    assert np.all(digit[types == "correct"] == cap[types == "correct"])
+    assert np.all(digit[types == "near_duplicate"] == cap[types == "near_duplicate"])
+    assert np.all(digit[types == "wrong"] != cap[types == "wrong"])
+    assert np.all(digit[types == "clutter"] == -1)
+    assert np.all((cap >= 0) & (cap <= 9)) and np.all(digit[types != "clutter"] >= 0)
+    # captions name the caption digit
+    from flyt_datacomp.demo.digits import DIGIT_WORDS
+
+    text = dict(zip(table["uid"].to_pylist(), table["text"].to_pylist()))
+    for u, c in zip(truth["uid"], cap):
+        assert DIGIT_WORDS[c] in text[u] or str(c) in text[u]
+    # near-duplicates copy an earlier correct example (pool order = truth order = shard keys)
+    pos = {u: i for i, u in enumerate(truth["uid"])}
+    type_of = dict(zip(truth["uid"], truth["type"]))
+    for u, t, src in zip(truth["uid"], truth["type"], truth["source_uid"]):
+        if t == "near_duplicate":
+            assert type_of[src] == "correct" and pos[src] < pos[u]
+        else:
+            assert src is None
+    files, _ = _metadata(pool)  # dedup flags the near-duplicates
+    dedup = np.concatenate([np.load(f.with_suffix(".npz"))["dedup"] for f in files]).astype(bool)
+    assert np.array_equal(dedup, np.array([type_of[u] == "near_duplicate" for u in table["uid"].to_pylist()]))
+
+
+def test_splits_disjoint_and_downstream(pool):
+    from sklearn.datasets import load_digits
+
+    splits = json.loads((pool.root / "splits.json").read_text())
+    a, b, c = (set(splits[k]) for k in ("pool_source", "downstream_train", "test"))
+    assert not (a & b) and not (a & c) and not (b & c)
+    assert (len(a), len(b), len(c)) == (898, 449, 450)
+    assert a | b | c == set(range(1797))
+    truth = _truth(pool)
+    scans = {s for s in truth["scan_index"] if s >= 0}
+    assert scans <= a  # the pool only uses pool-source scans
+    targets = load_digits().target
+    for folder, key in ((pool.downstream_dir, "downstream_train"), (pool.downstream_test_dir, "test")):
+        labels = []
+        for tar_path in sorted(folder.glob("*.tar")):
+            members = _tar_members(tar_path)
+            keys = sorted({n.split(".", 1)[0] for n in members})
+            assert set(members) == {f"{k}.{e}" for k in keys for e in ("jpg", "cls")}
+            assert len(keys) <= 100
+            for k in keys:
+                labels.append(int(members[f"{k}.cls"].decode()))
+                assert Image.open(io.BytesIO(members[f"{k}.jpg"])).size == (32, 32)
+        assert labels == targets[splits[key]].tolist()
+        assert set(labels) == set(range(10))
+
+
+def test_deterministic(pool, pool_b):
+    files_a, table_a = _metadata(pool)
+    files_b, table_b = _metadata(pool_b)
+    assert [f.name for f in files_a] == [f.name for f in files_b]
+    assert table_a.equals(table_b)
+    for fa, fb in zip(files_a, files_b):
+        assert fa.read_bytes() == fb.read_bytes()
+        with np.load(fa.with_suffix(".npz")) as za, np.load(fb.with_suffix(".npz")) as zb:
+            for key in za.files:
+                assert np.array_equal(za[key], zb[key]), key
+    for rel in ("truth.parquet", "shards/00000000.tar", "downstream/00000000.tar"):
+        assert (pool.root / rel).read_bytes() == (pool_b.root / rel).read_bytes(), rel
+
+
+def test_cache_reuse_and_other_seed(pool, tmp_path, monkeypatch):
+    import flyt_datacomp.demo.build as build_mod
+
+    stamp = (pool.root / "build.json").stat().st_mtime_ns
+    calls = []
+    monkeypatch.setattr(build_mod, "_build", lambda *a, **k: calls.append(a))
+    again = build_demo_pool(pool.root.parent, **KW)
+    assert again == pool and calls == []
+    assert (pool.root / "build.json").stat().st_mtime_ns == stamp
+    # default cache folder comes from the environment
+    monkeypatch.setenv("FLYT_DATACOMP_CACHE", str(pool.root.parent))
+    assert build_demo_pool(**KW) == pool and calls == []
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    import flyt_datacomp.demo.build as build_mod
+
+    def boom(root, params, progress):
+        (root / "metadata").mkdir()
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(build_mod, "_build", boom)
+    with pytest.raises(RuntimeError):
+        build_demo_pool(tmp_path, **KW)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_type_breakdown(pool):
+    truth = _truth(pool)
+    uids = [u for u, t in zip(truth["uid"], truth["type"]) if t in ("correct", "wrong")][:50]
+    rep = type_breakdown(pool.truth_path, uids)
+    assert rep["n_selected"] == 50 and rep["n_pool"] == N
+    assert rep["selected"]["clutter"] == 0 and rep["selected"]["near_duplicate"] == 0
+    assert abs(sum(rep["selected"].values()) - 1) < 1e-9
+    assert abs(rep["pool"]["correct"] - 0.4) < 0.02
+    # weights, and a subset file (u8,u8) as input
+    clutter = [u for u, t in zip(truth["uid"], truth["type"]) if t == "clutter"][:1]
+    rep = type_breakdown(pool.truth_path, uids[:1] + clutter, counts=[1, 3])
+    assert rep["selected"]["clutter"] == pytest.approx(0.75)
+    arr = np.array([(int(u[:16], 16), int(u[16:], 16)) for u in clutter * 2], dtype=np.dtype("u8,u8"))
+    assert type_breakdown(pool.truth_path, arr)["selected"]["clutter"] == 1.0
+    from flyt_datacomp.errors import FlytInputError
+
+    with pytest.raises(FlytInputError):
+        type_breakdown(pool.truth_path, ["0" * 32])
+
+
+@pytest.mark.slow
+def test_default_pool_scores_are_informative(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    pool = build_demo_pool(tmp_path, progress=False)
+    _, table = _metadata(pool)
+    truth = _truth(pool)
+    type_of = dict(zip(truth["uid"], truth["type"]))
+    types = np.array([type_of[u] for u in table["uid"].to_pylist()])
+    keep = types != "near_duplicate"
+    y = types[keep] == "correct"
+    auc = {c: roc_auc_score(y, table[c].to_numpy()[keep])
+           for c in ("clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score")}
+    assert auc["clip_b32_similarity_score"] > 0.65, auc
+    assert auc["clip_l14_similarity_score"] > 0.65, auc
+    assert abs(auc["noise_score"] - 0.5) < 0.03, auc
