@@ -32,6 +32,35 @@ def tiny_clip_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+def named_tiny_configs() -> dict[str, dict[str, Any]]:
+    """Offline configs selectable by name (``--reference-arch tiny-resnet``).
+
+    ``tiny`` is the ViT above; ``tiny-resnet`` swaps in a small ModifiedResNet image tower (layers
+    [1, 1, 1, 1], width 16), which learns the digits demo from scratch far more readily than the
+    tiny ViT does on these CPUs.
+    """
+    return {
+        "tiny": tiny_clip_config(),
+        "tiny-resnet": tiny_clip_config(
+            vision_cfg={"layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
+            image_mean=(0.0, 0.0, 0.0), image_std=(0.5, 0.5, 0.5),
+        ),
+    }
+
+
+def image_normalization(arch: str | dict[str, Any]) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """(mean, std) for a config dict that sets ``image_mean``/``image_std``; (None, None) means
+    open_clip's defaults (OpenAI's statistics)."""
+    if isinstance(arch, dict):
+        return arch.get("image_mean"), arch.get("image_std")
+    return None, None
+
+
+def resolve_arch(name: str) -> str | dict[str, Any]:
+    """A named tiny config as a dict, or an open_clip architecture name unchanged."""
+    return named_tiny_configs().get(name, name)
+
+
 def create_clip(
     arch: str | dict[str, Any],
     *,

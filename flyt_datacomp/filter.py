@@ -27,7 +27,6 @@ from .scores import load_scores, standardize
 from .uids import write_subset
 
 SAMPLERS = ("threshold", "scs", "hcs", "nocap")
-DEMO_SCORE = "clip_l14_similarity_score"
 
 
 @dataclasses.dataclass
@@ -176,17 +175,20 @@ def print_summary(result: FilterResult, seconds: float) -> None:
     click.echo(f"histogram: {result.histogram}")
 
 
-def _demo_defaults(cfg_kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Fill in the demo pool's folder, score, sampler settings and output location."""
+def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str, Any], Any]:
+    """Fill in the demo pool's folder, score, sampler settings and output location.
+
+    Without ``--score`` the demo trains M-FLYT on the pool (``--preset m-flyt-demo``, a few minutes
+    on a CPU the first time, then reused from its finished run) and samples from its scores.
+    """
     from .demo import build_demo_pool
 
-    demo = build_demo_pool()
+    demo = build_demo_pool(progress=progress)
     kw = dict(cfg_kwargs)
     if kw["metadata_dir"] is None:
         kw["metadata_dir"] = str(demo.metadata_dir)
     if kw["score"] is None:
-        kw["score"] = DEMO_SCORE
-        kw["standardize"] = True
+        kw["score"] = _train_demo_model(demo, progress)
     if kw["sampler"] == "scs":
         kw["scs_alpha"] = 0.5 if kw["scs_alpha"] is None else kw["scs_alpha"]
         kw["scs_batch"] = max(1, demo.pool_size // 100) if kw["scs_batch"] is None else kw["scs_batch"]
@@ -194,6 +196,18 @@ def _demo_defaults(cfg_kwargs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         kw["output"] = Path(demo.root) / "outputs" / "demo_subset.npy"
         kw["overwrite"] = True  # the demo's own default output is replaced on every run
     return kw, demo
+
+
+def _train_demo_model(demo: Any, progress: bool) -> str:
+    from .flyt.config import build_config
+    from .flyt.trainer import Trainer, format_mixing_weights
+    from .train import demo_paths
+
+    run_dir = Path(demo.root) / "runs" / "m-flyt-demo"
+    click.echo(f"training M-FLYT on the demo pool -> {run_dir}")
+    result = Trainer(build_config("m-flyt-demo", demo_paths(demo), {}), run_dir, progress=progress).run()
+    click.echo(format_mixing_weights(result["mixing_weights"]))
+    return result["scoring_model"]
 
 
 @click.command("filter", context_settings={"help_option_names": ["-h", "--help"]})
@@ -220,7 +234,7 @@ def filter_command(demo: bool, quiet: bool, **kwargs: Any) -> None:
     start = time.perf_counter()
     demo_pool = None
     if demo:
-        kwargs, demo_pool = _demo_defaults(kwargs)
+        kwargs, demo_pool = _demo_defaults(kwargs, progress=not quiet)
     for required in ("metadata_dir", "score", "output"):
         if kwargs[required] is None:
             raise click.UsageError(f"missing option --{required.replace('_', '-')} (or use --demo)")
@@ -228,9 +242,11 @@ def filter_command(demo: bool, quiet: bool, **kwargs: Any) -> None:
     result = run_filter(cfg)
     print_summary(result, time.perf_counter() - start)
     if demo_pool is not None:
-        from .demo import print_type_breakdown
+        from .demo import format_type_breakdown, type_breakdown
 
-        print_type_breakdown(demo_pool, result.pool.uids, result.counts)
+        keep = result.counts > 0
+        report = type_breakdown(demo_pool.truth_path, result.pool.uids[keep], result.counts[keep])
+        click.echo(format_type_breakdown(report))
 
 
 def main() -> None:

@@ -63,12 +63,15 @@ def train_command(preset: str | None, config_file: str | None, output_dir: Path,
     from .flyt import distributed as D
     from .flyt.trainer import Trainer, format_mixing_weights
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("flyt_datacomp").setLevel(logging.WARNING if quiet else logging.INFO)
     if opts.get("inputs"):
         opts["inputs"] = [s.strip() for s in opts["inputs"].split(",") if s.strip()]
     file_values = load_config_file(config_file) if config_file else {}
     if preset == "m-flyt-demo":
-        file_values = {**_demo_paths(quiet), **file_values}
+        from .demo import build_demo_pool
+
+        file_values = {**demo_paths(build_demo_pool(progress=not quiet)), **file_values}
     cfg = build_config(preset, file_values, opts)
     D.init_from_env()
     try:
@@ -82,15 +85,14 @@ def train_command(preset: str | None, config_file: str | None, output_dir: Path,
             click.echo(format_mixing_weights(result["mixing_weights"]))
 
 
-def _demo_paths(quiet: bool) -> dict[str, str]:
-    from .demo import build_demo_pool
-
-    demo = build_demo_pool(progress=not quiet)
+def demo_paths(demo) -> dict[str, str]:
+    """The m-flyt-demo preset's data and reference-model paths inside a built demo pool."""
     return {
         "metadata_dir": str(demo.metadata_dir),
         "shards_dir": str(demo.shards_dir),
         "downstream_dir": str(demo.downstream_dir),
         "classes": str(demo.classes_path),
+        "reference_checkpoint": str(demo.reference_checkpoint),
     }
 
 

@@ -58,7 +58,7 @@ def _truth(pool):
 
 def test_layout(pool):
     root = pool.root
-    assert root.name.startswith("demo-v1-seed3-n600")
+    assert root.name.startswith("demo-v2-seed3-n600")
     assert pool.pool_size == N
     assert (root / "build.json").exists()
     build = json.loads((root / "build.json").read_text())

@@ -7,6 +7,6 @@ set; ``type_breakdown()`` reports which kinds of examples a subset kept.
 """
 
 from .build import DemoPool, build_demo_pool, default_cache_dir
-from .report import type_breakdown
+from .report import format_type_breakdown, type_breakdown
 
-__all__ = ["DemoPool", "build_demo_pool", "default_cache_dir", "type_breakdown"]
+__all__ = ["DemoPool", "build_demo_pool", "default_cache_dir", "type_breakdown", "format_type_breakdown"]

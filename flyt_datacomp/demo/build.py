@@ -2,7 +2,7 @@
 
 :func:`build_demo_pool` writes, once per (version, seed, size and options), into the cache folder::
 
-    demo-v1-seed0-n20000/
+    demo-v2-seed0-n20000/
       metadata/<32-hex>.parquet + .npz   DataComp metadata shards (SPEC §1), plus ``noise_score``
       shards/{:08d}.tar + .parquet + _stats.json   img2dataset layout, ~10% "failed downloads"
       downstream/{:08d}.tar              labelled webdataset (jpg + cls) of the downstream-train digits
@@ -45,7 +45,7 @@ from . import digits as D
 # torch, open_clip and the scorers are imported only when a pool is actually built, so that
 # returning an already built pool from the cache stays fast.
 
-VERSION_TAG = "demo-v1"
+VERSION_TAG = "demo-v2"
 DEFAULT_POOL_SIZE = 20000
 DEFAULT_METADATA_SHARDS = 4
 DEFAULT_SHARD_SIZE = 1000
@@ -69,6 +69,7 @@ class DemoPool:
     classes_path: Path
     truth_path: Path
     pool_size: int
+    reference_checkpoint: Path
 
     @classmethod
     def at(cls, root: str | os.PathLike, pool_size: int) -> "DemoPool":
@@ -82,6 +83,7 @@ class DemoPool:
             classes_path=root / "classes.json",
             truth_path=root / "truth.parquet",
             pool_size=pool_size,
+            reference_checkpoint=root / "scorers" / "b32.pt",
         )
 
 
@@ -102,7 +104,7 @@ def _scorer_steps(scorer_steps: int | Sequence[int]) -> tuple[int, int]:
 
 
 def pool_dir_name(seed: int, pool_size: int, params: dict) -> str:
-    """``demo-v1-seed0-n20000``; non-default options add a short hash so builds never collide."""
+    """``demo-v2-seed0-n20000``; non-default options add a short hash so builds never collide."""
     name = f"{VERSION_TAG}-seed{seed}-n{pool_size}"
     extra = {k: params[k] for k in ("num_metadata_shards", "shard_size", "scorer_steps")}
     defaults = {
@@ -226,6 +228,7 @@ def _decode_grey(data: bytes) -> np.ndarray:
 
 
 def _build(root: Path, params: dict, progress: bool) -> None:
+    import torch
     from tqdm.auto import tqdm
 
     from . import scorers as S
@@ -262,6 +265,10 @@ def _build(root: Path, params: dict, progress: bool) -> None:
         img = S.embed_images(model, decoded)
         txt = S.embed_texts(model, spec.config, captions)
         scores[spec.name] = (img.astype(np.float64) * txt.astype(np.float64)).sum(1)
+        # kept as a reference-model initialisation for FLYT on the demo (the analogue of
+        # starting from a CLIP trained on other, clean data, like OpenAI's)
+        (root / "scorers").mkdir(exist_ok=True)
+        torch.save(model.state_dict(), root / "scorers" / f"{spec.name}.pt")
         emb[f"{spec.name}_img"] = img.astype(np.float16)
         emb[f"{spec.name}_txt"] = txt.astype(np.float16)
         del model

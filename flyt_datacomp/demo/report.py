@@ -56,3 +56,16 @@ def type_breakdown(
         "n_unique": int(len(set(sel.tolist()))),
         "n_pool": int(len(pool_types)),
     }
+
+
+def format_type_breakdown(report: dict) -> str:
+    """A small table: share of each true example type in the subset (entries) vs in the pool."""
+    lines = [
+        f"{'example type':<15}{'subset':>9}{'pool':>9}",
+        f"{'-' * 15}{'-' * 9:>9}{'-' * 9:>9}",
+    ]
+    for t in report["pool"]:
+        lines.append(f"{t:<15}{report['selected'][t]:>9.1%}{report['pool'][t]:>9.1%}")
+    lines.append(f"({report['n_unique']:,} distinct examples, {int(report['n_selected']):,} entries, "
+                 f"pool of {report['n_pool']:,})")
+    return "\n".join(lines)

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..clip_models import create_clip, tiny_clip_config, tokenizer
+from ..clip_models import create_clip, named_tiny_configs, tiny_clip_config, tokenizer
 from .digits import CAPTION_TEMPLATES, DigitBank, all_captions, caption_index, draw_placement, render_digits
 
 # Pixel normalisation of the scorers: black stays 0, so the (mostly black) background carries no
 # signal and the digits dominate a fresh model's features.
-PIXEL_MEAN = (0.0, 0.0, 0.0)
-PIXEL_STD = (0.5, 0.5, 0.5)
+PIXEL_MEAN = named_tiny_configs()["tiny-resnet"]["image_mean"]
+PIXEL_STD = named_tiny_configs()["tiny-resnet"]["image_std"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,12 @@ class ScorerSpec:
 # Small ModifiedResNet image towers: a tiny ViT (patch 8) learns these digits slowly and its
 # contrastive training sits at the uniform solution (loss ln 256) for hundreds of steps; a conv
 # tower learns them in a few dozen steps. "b32" is the smaller model, "l14" the wider one.
-B32_CONFIG = tiny_clip_config(vision_cfg={"layers": [1, 1, 1, 1], "width": 16, "head_width": 32})
+B32_CONFIG = named_tiny_configs()["tiny-resnet"]
 L14_CONFIG = tiny_clip_config(
     embed_dim=96,
     vision_cfg={"layers": [1, 1, 1, 1], "width": 24, "head_width": 32},
     text_cfg={"width": 96, "heads": 3, "layers": 2},
+    image_mean=PIXEL_MEAN, image_std=PIXEL_STD,
 )
 SCORERS = (ScorerSpec("b32", B32_CONFIG, 101), ScorerSpec("l14", L14_CONFIG, 202))
 

@@ -30,7 +30,7 @@ class TrainConfig:
     shuffle_buffer: int = 10_000
     workers: int = 0
     # reference model
-    reference_arch: str = "ViT-B-32"  # an open_clip architecture name, or "tiny"
+    reference_arch: str = "ViT-B-32"  # an open_clip architecture name, or "tiny" / "tiny-resnet"
     reference_checkpoint: str | None = None
     reference_pretrained: str | None = None  # an open_clip pretrained tag (needs reachable weights)
     reference_pretrain_steps: int = 0  # plain CLIP steps on the unfiltered pool before FLYT
@@ -118,9 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "m-flyt-demo": {
         "model": "m-flyt",
         "inputs": ["clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score"],
-        "reference_arch": "tiny",
-        "reference_pretrain_steps": 60,
-        "reference_pretrain_lr": 2e-3,
+        "reference_arch": "tiny-resnet",  # initialised from the demo's b32 scorer CLIP
         "adam_warmup_steps": 5,
         "downstream_loss": "ce",
         "classes": "digits",

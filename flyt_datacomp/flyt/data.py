@@ -263,11 +263,12 @@ def shuffle_buffer(samples: Iterable[Any], size: int, rng: np.random.Generator) 
 # --------------------------------------------------------------------------- decoding helpers
 
 
-def default_image_transform(image_size: int | tuple[int, int]) -> Callable:
-    """open_clip's evaluation transform (resize, centre crop, normalise) for ``image_size``."""
+def default_image_transform(image_size: int | tuple[int, int], mean=None, std=None) -> Callable:
+    """open_clip's evaluation transform (resize, centre crop, normalise) for ``image_size``;
+    ``mean``/``std`` default to open_clip's (OpenAI's) pixel statistics."""
     import open_clip
 
-    return open_clip.image_transform(image_size, is_train=False)
+    return open_clip.image_transform(image_size, is_train=False, mean=mean, std=std)
 
 
 def decode_image(data: bytes, transform: Callable, where: str) -> torch.Tensor:

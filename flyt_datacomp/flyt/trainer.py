@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..clip_models import TINY_CLIP_CONFIG, create_clip, tokenizer as make_tokenizer
+from ..clip_models import create_clip, image_normalization, resolve_arch, tokenizer as make_tokenizer
 from ..errors import FlytInputError
 from ..io import atomic_path, provenance, sidecar_path, write_json
 from ..pool import Pool
@@ -105,13 +105,14 @@ class Trainer:
 
     def _setup_data_and_models(self) -> None:
         cfg = self.cfg
-        arch = TINY_CLIP_CONFIG if cfg.reference_arch == "tiny" else cfg.reference_arch
+        arch = resolve_arch(cfg.reference_arch)
         torch.manual_seed(cfg.seed)
         self.model = create_clip(arch, seed=cfg.seed, checkpoint=cfg.reference_checkpoint,
                                  pretrained=cfg.reference_pretrained).to(self.device)
         self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
         image_size = self.model.visual.image_size
-        transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0])
+        transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0],
+                                            *image_normalization(arch))
         self.tokenizer = make_tokenizer(arch)
         self.classes = load_classes(cfg.classes)
 
