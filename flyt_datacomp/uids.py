@@ -225,13 +225,13 @@ def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def subset_stats(counts: np.ndarray) -> dict[str, Any]:
     """Distinct uids, total entries, max repetitions and the histogram of repetition counts."""
     counts = np.asarray(counts)
-    counts = counts[counts > 0]
-    values, freq = np.unique(counts, return_counts=True)
+    hist = np.bincount(counts[counts > 0]) if counts.size and counts.max() > 0 else np.zeros(1, np.int64)
+    values = np.flatnonzero(hist[1:]) + 1
     return {
-        "distinct_uids": int(len(counts)),
-        "total_entries": int(counts.sum()),
-        "max_repetitions": int(counts.max()) if len(counts) else 0,
-        "repetition_histogram": {str(int(v)): int(f) for v, f in zip(values, freq)},
+        "distinct_uids": int(hist[1:].sum()),
+        "total_entries": int((hist * np.arange(len(hist))).sum()),
+        "max_repetitions": int(len(hist) - 1),
+        "repetition_histogram": {str(int(v)): int(hist[v]) for v in values},
     }
 
 

@@ -9,14 +9,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import FlytInputError
+from ..uids import UID_DTYPE, uids_to_hex
 from .digits import EXAMPLE_TYPES
 
 
 def _hex_uids(uids) -> np.ndarray:
     """Hex uid strings from hex strings or a ``u8,u8`` structured array (a subset file)."""
     arr = np.asarray(uids)
-    if arr.dtype.names is not None and arr.dtype.names[:2] == ("f0", "f1"):
-        return np.array([f"{int(a):016x}{int(b):016x}" for a, b in zip(arr["f0"], arr["f1"])], dtype=object)
+    if arr.dtype == UID_DTYPE:
+        return uids_to_hex(arr).astype(object)
     return np.array([str(u).lower() for u in arr.reshape(-1)], dtype=object)
 
 
