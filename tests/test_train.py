@@ -223,3 +223,16 @@ def test_torchrun_two_processes_on_cpu(tiny_demo_pool, tmp_path):
     model, _ = load_scoring_model(out / "scoring_model.pt")
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and any(abs(v) > 0 for v in model.mixing_weights().values())
+
+
+def test_dataloader_workers_run_is_deterministic_and_resumes_exactly(tiny_demo_pool, tmp_path):
+    """With 2 DataLoader workers (each yielding whole batches) a run interrupted and resumed ends
+    where an uninterrupted one does; the join counters reach the model's sidecar without workers."""
+    cfg = lambda: small_config(tiny_demo_pool, steps=4, workers=2)  # noqa: E731
+    a = Trainer(cfg(), tmp_path / "a", progress=False).run()
+    Trainer(cfg(), tmp_path / "b", progress=False).run(stop_after=2)
+    b = Trainer(cfg(), tmp_path / "b", progress=False).run()
+    assert a["mixing_weights"] == b["mixing_weights"]
+    Trainer(small_config(tiny_demo_pool, steps=1), tmp_path / "w0", progress=False).run()
+    meta = json.loads((tmp_path / "w0" / "scoring_model.pt.json").read_text())
+    assert meta["upstream_join"]["joined"] > 0

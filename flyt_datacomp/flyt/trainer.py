@@ -38,7 +38,9 @@ from .adamw import AdamState, AdamWConfig, warmup_adam_state
 from .bilevel import LOGIT_SCALE, flyt_step
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
-from .data import DownstreamStream, FeatureTable, UidIndex, UpstreamStream, default_image_transform
+from .data import (
+    BatchIterableDataset, DownstreamStream, FeatureTable, UidIndex, UpstreamStream, default_image_transform,
+)
 from .losses import make_downstream_loss
 from .models import GLUHead, MixingModel, save_scoring_model
 
@@ -155,13 +157,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
+    def _batches(self, stream, start: int) -> Iterator[dict[str, Any]]:
+        """Decoded batches from ``start``: in this process, or from ``cfg.workers`` DataLoader
+        workers (each producing whole batches, so the sequence is the same either way)."""
+        if self.cfg.workers == 0:
+            return stream.batches(start)
+        dataset = BatchIterableDataset(stream, num_workers=self.cfg.workers, start_batch=start)
+        return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=self.cfg.workers,
+                                                pin_memory=self.device.type == "cuda"))
+
     def _upstream_iter(self) -> Iterator[dict[str, Any]]:
-        for batch in self.upstream.batches(self.up_batches):
+        for batch in self._batches(self.upstream, self.up_batches):
             self.up_batches += 1
             yield batch
 
     def _downstream_iter(self) -> Iterator[dict[str, Any]]:
-        for batch in self.downstream.batches(self.down_batches):
+        for batch in self._batches(self.downstream, self.down_batches):
             self.down_batches += 1
             yield batch
 
@@ -215,7 +226,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False)
         saved = state["config"]
         now = dataclasses.asdict(self.cfg)
-        ignored = {"workers", "tensorboard", "device"}
+        ignored = {"tensorboard", "device"}  # workers stay: they change the data order
         diff = sorted(k for k in now if k not in ignored and saved.get(k) != now[k])
         if diff:
             detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in diff)
@@ -359,6 +370,9 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Write the final scoring model (and the mixing weights for M-FLYT)."""
         meta = {"config": dataclasses.asdict(self.cfg), "steps": self.step, "pool_size": self.pool_size}
+        if self.cfg.workers == 0:  # with workers the join counters live in the worker processes
+            meta["upstream_join"] = self.upstream.counters()
+            log.info("upstream join: %s", meta["upstream_join"])
         result: dict[str, Any] = {"step": self.step, "finished": True,
                                   "scoring_model": str(self.out / SCORING_MODEL_FILE)}
         if self.rank != 0:
