@@ -102,6 +102,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "classes": "imagenet",
         "steps": 5000, "warmup_steps": 100, "batch_size": 4096, "downstream_batch_size": 3072,
         "reference_lr": 5e-5, "scoring_lr": 1e-3, "weight_decay": 0.2,
+        "micro_batch_size": 512, "workers": 8,
     },
     # paper Table 7, E-FLYT-Base (reference and feature extractor from OpenAI's ViT-B/32)
     "e-flyt-base": {
@@ -113,6 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "classes": "imagenet",
         "steps": 5000, "warmup_steps": 100, "batch_size": 4096, "downstream_batch_size": 3072,
         "reference_lr": 5e-5, "scoring_lr": 1e-3, "weight_decay": 0.2,
+        "micro_batch_size": 512, "workers": 8,
     },
     # the built-in digits demo pool on a CPU, in a few minutes
     "m-flyt-demo": {
