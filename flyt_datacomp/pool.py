@@ -202,7 +202,7 @@ class Pool:
         s = uids[order]
         i = first_duplicate(s)
         if i is not None:
-            where = [self._locate(int(p)) for p in np.sort(order[i:i + 2])]
+            where = [self.locate(int(p)) for p in np.sort(order[i:i + 2])]
             raise FlytInputError(
                 f"uid {uids_to_hex(s[i:i + 1])[0]} appears more than once in the pool "
                 f"({where[0]} and {where[1]})"
@@ -226,7 +226,7 @@ class Pool:
         parts = [d.arrays[key] for d in self.iter_shards(npz_keys=[key], desc=f"reading {key}")]
         return np.concatenate(parts)
 
-    def _locate(self, position: int) -> str:
+    def locate(self, position: int) -> str:
         for s in self.shards:
             if s.offset <= position < s.offset + s.num_rows:
                 return f"{s.parquet} row {position - s.offset}"

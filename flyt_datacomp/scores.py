@@ -28,15 +28,15 @@ class Scores:
 def load_scores(pool: Pool, source: str) -> Scores:
     """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
     if source in pool.column_names:
-        values = pool.column(source).astype(np.float64)
+        values = _as_float(pool.column(source), f"column {source!r} of the pool at {pool.url}")
         scores = Scores(values, source, "column")
-        where = lambda i: pool._locate(i)  # noqa: E731
+        where = pool.locate
     elif _is_file(source) and source.endswith(".pt"):
         scores = Scores(_scores_from_model(pool, source), source, "model")
-        where = lambda i: pool._locate(i)  # noqa: E731
+        where = pool.locate
     elif _is_file(source):
         scores = Scores(_scores_from_file(pool, source), source, "file")
-        where = lambda i: f"pool {pool._locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"  # noqa: E731
+        where = lambda i: f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"  # noqa: E731
     else:
         raise FlytInputError(
             f"score source {source!r} is neither a column of the pool's parquet files "
@@ -50,6 +50,13 @@ def load_scores(pool: Pool, source: str) -> Scores:
             f"{scores.values[i]}, is at {where(i)}"
         )
     return scores
+
+
+def _as_float(values: np.ndarray, what: str) -> np.ndarray:
+    """Scores as float64; a non-numeric column is an input error naming it."""
+    if values.dtype.kind not in "biuf":
+        raise FlytInputError(f"{what} holds {values.dtype} values, not numbers; scores must be numeric")
+    return values.astype(np.float64)
 
 
 def standardize(values: np.ndarray) -> np.ndarray:
@@ -84,7 +91,7 @@ def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
     score_col = table.column("score")
     if score_col.null_count:
         raise FlytInputError(f"score file {source} has {score_col.null_count} missing scores")
-    file_scores = score_col.to_numpy().astype(np.float64)
+    file_scores = _as_float(score_col.to_numpy(), f"column 'score' of score file {source}")
     order = uid_order(file_uids)
     sorted_uids = file_uids[order]
     i = first_duplicate(sorted_uids)
@@ -96,7 +103,7 @@ def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
         i = int(np.flatnonzero(absent)[0])
         raise FlytInputError(
             f"score file {source} has no score for {int(absent.sum())} of the pool's {pool.size} uids; "
-            f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool._locate(i)})"
+            f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool.locate(i)})"
         )
     return file_scores[order][pos]
 

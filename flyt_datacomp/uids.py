@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -313,10 +313,3 @@ def random_uids(n: int, seed: int) -> np.ndarray:
     out["f0"] = rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
     out["f1"] = rng.integers(0, np.iinfo(np.uint64).max, n, dtype=np.uint64, endpoint=True)
     return out
-
-
-def as_uid_array(values: Sequence[str] | np.ndarray, *, source: str = "input") -> np.ndarray:
-    """Accept either hex strings or an existing ``u8,u8`` array."""
-    if isinstance(values, np.ndarray) and values.dtype == UID_DTYPE:
-        return values
-    return hex_to_uids(values, source=source)

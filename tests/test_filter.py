@@ -1,6 +1,5 @@
 """The `filter` command end to end on tiny DataComp-format pools."""
 
-import io
 import json
 import subprocess
 import sys
@@ -227,3 +226,15 @@ def test_subset_reshards_to_exact_copies(pool_dir, tmp_path):
         got[uid] = got.get(uid, 0) + 1
     expect = {u: int(requested[u]) for u in kept if u in requested}
     assert got == expect
+
+
+def test_non_numeric_scores_and_empty_files(pool_dir, tmp_path):
+    root, hexes = pool_dir
+    base = ["--metadata-dir", str(root)]
+    _bad(tmp_path, [*base, "--score", "text"], "not numbers")
+    pq.write_table(pa.table({"uid": list(hexes), "score": ["high"] * len(hexes)}), tmp_path / "str.parquet")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "str.parquet")], "'score' of score file")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "empty.parquet")], "cannot read score file")
+    (root / "0000.parquet").write_bytes(b"")
+    _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score"], "0000.parquet")

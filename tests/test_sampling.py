@@ -8,7 +8,6 @@ errors. The same checker is shown to reject deliberately wrong samplers.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 

@@ -78,7 +78,7 @@ def pool_features(pool: Pool, cfg: TrainConfig) -> FeatureTable:
         bad = ~np.isfinite(col)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise FlytInputError(f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values, first at {pool._locate(i)}")
+            raise FlytInputError(f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values, first at {pool.locate(i)}")
         columns.append(col)
     return FeatureTable(np.stack(columns, axis=1).astype(np.float32))
 
