@@ -97,7 +97,9 @@ def create_clip(
 
 def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     """Load a local open_clip-style checkpoint into ``model`` (strips a DDP ``module.`` prefix)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from . import torch_io
+
+    state = torch_io.load(path, "reference model checkpoint")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items()}

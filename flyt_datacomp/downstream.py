@@ -18,17 +18,16 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.io import provenance, write_json
+from flyt_datacomp.io import provenance, temp_sibling, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +140,11 @@ def build_downstream_shards(
 
     order = np.random.default_rng(seed).permutation(len(items))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = temp_sibling(out, create=False)
+    tmp.mkdir()  # a normal folder (0777 minus the umask), unlike mkdtemp's private one
     try:
         num_shards = (len(items) + per_shard - 1) // per_shard
-        bar = tqdm(total=len(items), desc="building downstream shards", unit="img", disable=not progress)
+        bar = progress_bar(total=len(items), desc="building downstream shards", unit="img", disable=not progress)
         for shard in range(num_shards):
             with tarfile.open(tmp / f"{shard:08d}.tar", "w") as tar:
                 for n in range(shard * per_shard, min((shard + 1) * per_shard, len(items))):

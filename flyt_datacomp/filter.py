@@ -18,15 +18,17 @@ import click
 import numpy as np
 
 from . import sampling
-from .errors import FlytInputError
-from .io import sidecar_path
-from .plots import save_repetition_histogram
+from .errors import FlytInputError, quote
+from .io import OutputSet, check_free_space, format_bytes, is_url, local_path
 from .pool import Pool
+from .process import install_signal_handlers
 from .scales import SCALES, get_scale
 from .scores import load_scores, standardize
-from .uids import write_subset
+from .uids import subset_file_bytes, subset_outputs, write_subset
 
 SAMPLERS = ("threshold", "scs", "hcs", "nocap")
+# More entries than any DataComp scale needs (xlarge draws 1.28e10): a 2.2 TB subset file.
+MAX_SUBSET_ENTRIES = 2**37
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ class FilterConfig:
 
     metadata_dir: str
     score: str
-    output: Path
+    output: str | Path  # a local path or an fsspec URL
     sampler: str = "scs"
     scale: str | None = None
     fraction: float | None = None
@@ -50,24 +52,27 @@ class FilterConfig:
     temperature: float = 1.0
     overwrite: bool = False
     progress: bool = True
+    allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
 
 
 @dataclasses.dataclass
 class FilterResult:
-    output: Path
-    sidecar: Path
-    histogram: Path
+    output: str | Path
+    sidecar: str | Path
+    histogram: str | Path
     counts: np.ndarray
     pool: Pool
     stats: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def histogram_path(output: Path) -> Path:
-    return output.with_suffix(".png")
+def histogram_path(output: str | Path) -> str | Path:
+    return subset_outputs(output)[2]
 
 
-def check_options(cfg: FilterConfig) -> None:
-    """Reject options that are invalid or do not apply to the chosen sampler, before any work."""
+def check_options(cfg: FilterConfig) -> OutputSet:
+    """Reject options that are invalid or do not apply to the chosen sampler, and outputs that
+    could not be written, before any work. Returns the checked output set."""
     if cfg.sampler not in SAMPLERS:
         raise FlytInputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
     applies = {
@@ -85,18 +90,33 @@ def check_options(cfg: FilterConfig) -> None:
         raise FlytInputError("--datacomp-compatible applies only to --sampler threshold")
     if cfg.sampler == "threshold" and (cfg.fraction is None) == (cfg.threshold is None):
         raise FlytInputError("--sampler threshold needs exactly one of --fraction or --threshold")
+    if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
+        raise FlytInputError(f"--fraction must be in (0, 1], got {cfg.fraction}")
     if cfg.sampler == "hcs" and cfg.hcs_cap is None:
         raise FlytInputError("--sampler hcs needs --hcs-cap")
     if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
         raise FlytInputError(f"--temperature must be a positive number, got {cfg.temperature}")
     if cfg.scale is not None:
         get_scale(cfg.scale)
-    if cfg.output.suffix != ".npy":
-        raise FlytInputError(f"--output must be a .npy file, got {cfg.output}")
-    if not cfg.overwrite:
-        for path in (cfg.output, sidecar_path(cfg.output), histogram_path(cfg.output)):
-            if path.exists():
-                raise FlytInputError(f"output {path} already exists; pass --overwrite to replace it")
+    if not str(cfg.output).endswith(".npy"):
+        raise FlytInputError(f"--output must be a .npy file, got {quote(str(cfg.output))}")
+    outputs = OutputSet(subset_outputs(cfg.output), overwrite=cfg.overwrite)
+    outputs.preflight()
+    if cfg.num_samples is not None:
+        check_subset_size(cfg.num_samples, cfg.output)
+    return outputs
+
+
+def check_subset_size(entries: int, output: str | Path) -> None:
+    """Refuse a subset that no DataComp scale needs or that the output's disk cannot hold."""
+    if entries > MAX_SUBSET_ENTRIES:
+        raise FlytInputError(
+            f"--num-samples {entries:,} would write a {format_bytes(subset_file_bytes(entries))} subset file; "
+            f"the most this tool writes is {MAX_SUBSET_ENTRIES:,} entries (DataComp's largest scale, "
+            "xlarge, draws 12.8 billion)"
+        )
+    if not is_url(output):
+        check_free_space(local_path(output).parent, subset_file_bytes(entries), f"the subset file {output}")
 
 
 def resolve_sampler_params(cfg: FilterConfig, pool_size: int) -> dict[str, Any]:
@@ -128,16 +148,30 @@ def run_sampler(name: str, scores: np.ndarray, params: dict[str, Any], progress:
 
 
 def run_filter(cfg: FilterConfig) -> FilterResult:
-    """Pool + score source + sampler -> subset file, sidecar and histogram. Returns what it wrote."""
+    """Pool + score source + sampler -> subset file, sidecar and histogram. Returns what it wrote.
+
+    Every check that can fail runs before the expensive steps; the three output files are
+    committed together, so the output path holds either the previous complete set or the new one.
+    """
     check_options(cfg)
     start = time.perf_counter()
     pool = Pool(cfg.metadata_dir, progress=cfg.progress)
+    params = resolve_sampler_params(cfg, pool.size)
+    if "num_samples" in params:
+        check_subset_size(params["num_samples"], cfg.output)
     scores = load_scores(pool, cfg.score)
     logits = standardize(scores.values) if cfg.standardize else scores.values
     logits = logits / cfg.temperature
-    params = resolve_sampler_params(cfg, pool.size)
+    degenerate = sampling.score_independence(cfg.sampler, logits, params)
+    if degenerate and not cfg.allow_score_independent:
+        raise FlytInputError(
+            f"{degenerate}. Pass --allow-score-independent to write this subset anyway."
+        )
     counts = run_sampler(cfg.sampler, logits, params, cfg.progress)
-    uids = pool.uids
+    notes = [n for n in (degenerate, sampling.concentration(counts)) if n]
+    if scores.extra_uids:
+        notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
+                     "they were ignored")
     info = {
         "inputs": {
             "metadata_dir": cfg.metadata_dir,
@@ -145,22 +179,20 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
             "metadata_shards": len(pool.shards),
             "score_source": scores.source,
             "score_kind": scores.kind,
+            "score_file_extra_uids": scores.extra_uids,
         },
         "score_transform": {"standardize": cfg.standardize, "temperature": cfg.temperature},
         "sampler": cfg.sampler,
         "sampler_params": {k: v for k, v in params.items() if k != "seed"},
         "scale": cfg.scale,
         "seed": cfg.seed,
-        "histogram": str(histogram_path(cfg.output)),
+        "warnings": notes,
+        "seconds": round(time.perf_counter() - start, 3),
     }
-    stats = write_subset(cfg.output, uids, counts, info={**info, "seconds": round(time.perf_counter() - start, 3)})
-    try:
-        save_repetition_histogram(counts, histogram_path(cfg.output), title=f"{cfg.sampler} on {scores.source}")
-    except BaseException:
-        cfg.output.unlink(missing_ok=True)
-        sidecar_path(cfg.output).unlink(missing_ok=True)
-        raise
-    return FilterResult(cfg.output, sidecar_path(cfg.output), histogram_path(cfg.output), counts, pool, stats)
+    stats = write_subset(cfg.output, pool.uids, counts, info=info, overwrite=cfg.overwrite,
+                         histogram_title=f"{cfg.sampler} on {scores.source}")
+    sidecar, histogram = subset_outputs(cfg.output)[1:]
+    return FilterResult(cfg.output, sidecar, histogram, counts, pool, stats, notes)
 
 
 def print_summary(result: FilterResult, seconds: float) -> None:
@@ -173,27 +205,24 @@ def print_summary(result: FilterResult, seconds: float) -> None:
     click.echo(f"subset:    {result.output}")
     click.echo(f"sidecar:   {result.sidecar}")
     click.echo(f"histogram: {result.histogram}")
+    for note in result.notes:
+        click.echo(f"warning: {note}", err=True)
 
 
 def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str, Any], Any]:
-    """Fill in the demo pool's folder, score, sampler settings and output location.
-
-    Without ``--score`` the demo trains M-FLYT on the pool (``--preset m-flyt-demo``, a few minutes
-    on a CPU the first time, then reused from its finished run) and samples from its scores.
-    """
+    """Fill in the demo pool's folder, sampler settings and output location (building the pool
+    the first time). The score is left to the caller: without ``--score`` the demo trains M-FLYT."""
     from .demo import build_demo_pool
 
     demo = build_demo_pool(progress=progress)
     kw = dict(cfg_kwargs)
     if kw["metadata_dir"] is None:
         kw["metadata_dir"] = str(demo.metadata_dir)
-    if kw["score"] is None:
-        kw["score"] = _train_demo_model(demo, progress)
     if kw["sampler"] == "scs":
         kw["scs_alpha"] = 0.5 if kw["scs_alpha"] is None else kw["scs_alpha"]
         kw["scs_batch"] = max(1, demo.pool_size // 100) if kw["scs_batch"] is None else kw["scs_batch"]
     if kw["output"] is None:
-        kw["output"] = Path(demo.root) / "outputs" / "demo_subset.npy"
+        kw["output"] = str(Path(demo.root) / "outputs" / "demo_subset.npy")
         kw["overwrite"] = True  # the demo's own default output is replaced on every run
     return kw, demo
 
@@ -225,19 +254,25 @@ def _train_demo_model(demo: Any, progress: bool) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--standardize", is_flag=True, help="Z-score the scores over the pool before the softmax.")
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Divide the scores by this before the softmax.")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Subset file to write (.npy).")
+@click.option("--output", metavar="PATH", help="Subset file to write (.npy): a local path or any fsspec URL.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--allow-score-independent", is_flag=True,
+              help="Write a subset even when the sampler's counts would not depend on the scores.")
 @click.option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def filter_command(demo: bool, quiet: bool, **kwargs: Any) -> None:
     """Filter a DataComp pool by a score into a subset file (the paper's SCS by default)."""
+    install_signal_handlers()
     start = time.perf_counter()
     demo_pool = None
     if demo:
         kwargs, demo_pool = _demo_defaults(kwargs, progress=not quiet)
-    for required in ("metadata_dir", "score", "output"):
+    for required in ("metadata_dir", "output") if demo else ("metadata_dir", "score", "output"):
         if kwargs[required] is None:
             raise click.UsageError(f"missing option --{required.replace('_', '-')} (or use --demo)")
+    if demo_pool is not None and kwargs["score"] is None:
+        OutputSet(subset_outputs(kwargs["output"]), overwrite=kwargs["overwrite"]).preflight()  # before training
+        kwargs["score"] = _train_demo_model(demo_pool, progress=not quiet)
     cfg = FilterConfig(progress=not quiet, **kwargs)
     result = run_filter(cfg)
     print_summary(result, time.perf_counter() - start)

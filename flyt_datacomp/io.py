@@ -1,58 +1,513 @@
-"""Atomic output files and their JSON sidecars.
+"""Output files: atomic writes, output sets committed together, and their JSON sidecars.
 
-Every output of the package is written to a temporary file in the destination folder and renamed
-into place only once complete, so a failure never leaves a half-written file behind. Every output
-also gets a sidecar ``<output>.json`` recording what made it.
+Every output of the package is first written to a temporary file beside its destination and only
+then moved into place, so a failure never leaves a half-written file at an output path. Temporary
+files are named ``.<name>.<host>-<pid>-<token>.flyt-tmp``: a later run recognises the ones whose
+process is gone and removes them. They are created like a normal file (mode 0666 minus the umask),
+so collaborators can read outputs on shared file systems.
+
+:class:`OutputSet` writes several files that belong together (a subset, its sidecar and its
+histogram) and commits them as one: nothing at the destination changes until every file is
+complete; the renames run with SIGINT/SIGTERM/SIGHUP deferred and are rolled back if one fails, and
+a commit cut short by ``kill -9`` or a power cut leaves a journal that the next run on the same
+output completes. Outputs at fsspec URLs (``s3://...``) are staged locally and uploaded object by
+object under a temporary name, then moved into place, so no partial object is ever visible.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
+import hashlib
 import json
+import logging
 import os
+import re
+import secrets
+import shutil
+import signal
+import socket
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from . import __version__
+from .errors import FlytInputError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".flyt-tmp"  # a file being written
+BACKUP_SUFFIX = ".flyt-old"  # the previous version of an output, kept during a commit
+JOURNAL_SUFFIX = ".flyt-commit"  # a commit in progress
+_OURS = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9a-f]+(?P<kind>\.flyt-(?:tmp|old|commit))$")
+
+
+# --------------------------------------------------------------------------- paths and names
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for a non-local fsspec URL (``s3://...``); local paths and ``file://`` are not."""
+    text = str(path)
+    if "://" not in text:
+        return False
+    return text.split("://", 1)[0] not in ("file", "local")
+
+
+def local_path(path: str | os.PathLike) -> Path:
+    """A local path, with a ``file://`` prefix removed."""
+    text = str(path)
+    return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def sidecar_path(output: str | os.PathLike) -> Any:
+    """The sidecar of ``out.npy`` is ``out.npy.json`` (a str for URLs, a Path otherwise)."""
+    if is_url(output):
+        return str(output) + ".json"
+    output = local_path(output)
+    return output.with_name(output.name + ".json")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def _token_name(target_name: str, suffix: str) -> str:
+    return f".{target_name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def _create_exclusive(path: Path) -> None:
+    """Create an empty file that must not exist yet, honouring the umask like a normal write."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def temp_sibling(target: Path, suffix: str = TEMP_SUFFIX, *, create: bool = True) -> Path:
+    """A fresh, recognisable temporary path in ``target``'s folder (created empty by default)."""
+    while True:
+        path = target.parent / _token_name(target.name, suffix)
+        if not create:
+            if not os.path.lexists(path):
+                return path
+            continue
+        try:
+            _create_exclusive(path)
+            return path
+        except FileExistsError:  # pragma: no cover - a 32-bit token collision
+            continue
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_gone(match: re.Match) -> bool:
+    """True when the file's writer ran on this host and has exited."""
+    return match["host"] == _host() and not _process_alive(int(match["pid"]))
+
+
+# --------------------------------------------------------------------------- single files
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    ``suffix`` sets the temporary file's extension (some writers, like ``np.save`` or
-    matplotlib, choose their format from it); by default it is the target's own suffix.
+    On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    The temporary name ends in ``.flyt-tmp``: writers that pick a format from the extension
+    (``np.save``, matplotlib) must be given a file handle or an explicit format.
     """
-    path = Path(path)
+    path = local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
-        dir=path.parent,
-    )
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp = temp_sibling(path)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+            tmp.unlink()
         raise
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(dumps(obj))
 
 
-def sidecar_path(output: str | os.PathLike) -> Path:
-    """The sidecar of ``out.npy`` is ``out.npy.json``."""
-    output = Path(output)
-    return output.with_name(output.name + ".json")
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_DEFERRED_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP for the duration of the block (main thread only).
+
+    A signal that arrives meanwhile is acted on when the block ends, so a Ctrl-C can never cut a
+    commit in half. (Python runs signal handlers in the main thread whichever thread the OS
+    delivers a signal to, so swapping the handlers is reliable where masking one thread is not.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if pending:
+            sig, handler = pending[0], old[pending[0]]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
+
+
+# --------------------------------------------------------------------------- output sets
+
+
+class OutputExistsError(FlytInputError):
+    """An output path is taken and the caller did not ask to replace it."""
+
+
+class OutputSet:
+    """Files written together and committed as one (see the module docstring).
+
+    Use :meth:`preflight` before any long work (it fails early on a folder that cannot be written,
+    a directory in the way, or an existing output without ``overwrite``), then::
+
+        with outputs:                      # stages a temporary file per target
+            write(outputs.staged(target))  # write each file completely
+        # committed here; on an exception nothing at the destination changed
+
+    Without ``overwrite`` the commit refuses to replace a file that appeared after the run began
+    (it uses an exclusive, no-replace link), so two runs on one output never silently replace each
+    other's result.
+    """
+
+    def __init__(self, targets: Sequence[str | os.PathLike], *, overwrite: bool, option: str = "--output"):
+        if not targets:
+            raise ValueError("an output set needs at least one target")
+        self.remote = is_url(targets[0])
+        if any(is_url(t) != self.remote for t in targets):
+            raise FlytInputError("outputs of one set must all be local or all be URLs")
+        self.targets = [str(t) if self.remote else local_path(t) for t in targets]
+        self.overwrite = overwrite
+        self.option = option
+        self._staged: dict[Any, Path] = {}
+        self._stage_dir: Path | None = None
+
+    # ------------------------------------------------------------------ checks before work
+
+    def preflight(self) -> None:
+        """Fail now, with a clear message, if the outputs cannot be written later."""
+        if self.remote:
+            self._preflight_remote()
+            return
+        for folder in dict.fromkeys(t.parent for t in self.targets):
+            ensure_writable_folder(folder, self.option)
+        for target in self.targets:
+            recover_interrupted(target)
+        for target in self.targets:
+            if target.is_dir():
+                raise FlytInputError(f"output path {target} is a directory; choose another {self.option}")
+            if not self.overwrite and os.path.lexists(target):
+                raise OutputExistsError(f"output {target} already exists; pass --overwrite to replace it")
+
+    def _preflight_remote(self) -> None:
+        import fsspec
+
+        for target in self.targets:
+            try:
+                fs, path = fsspec.core.url_to_fs(target)
+            except (ImportError, ValueError) as exc:
+                raise FlytInputError(f"cannot open output location {target}: {exc}") from None
+            parent = path.rsplit("/", 1)[0] if "/" in path else path
+            try:
+                fs.makedirs(parent, exist_ok=True)
+                probe = f"{parent}/{_token_name('write-probe', TEMP_SUFFIX)}"
+                fs.pipe_file(probe, b"")
+                fs.rm_file(probe)
+            except Exception as exc:
+                raise FlytInputError(f"output location {target} is not writable: {exc}") from None
+            if fs.isdir(path):
+                raise FlytInputError(f"output path {target} is a directory; choose another {self.option}")
+            if not self.overwrite and fs.exists(path):
+                raise OutputExistsError(f"output {target} already exists; pass --overwrite to replace it")
+
+    # ------------------------------------------------------------------ staging and commit
+
+    def staged(self, target: str | os.PathLike) -> Path:
+        """The local temporary file to write ``target``'s content into."""
+        key = str(target) if self.remote else local_path(target)
+        try:
+            return self._staged[key]
+        except KeyError:
+            raise KeyError(f"{target} is not a target of this output set") from None
+
+    def __enter__(self) -> "OutputSet":
+        try:
+            if self.remote:
+                self._stage_dir = Path(tempfile.mkdtemp(prefix="flyt-stage-"))
+                for i, target in enumerate(self.targets):
+                    self._staged[target] = self._stage_dir / f"{i}-{target.rsplit('/', 1)[-1]}"
+                    _create_exclusive(self._staged[target])
+            else:
+                for target in self.targets:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._staged[target] = temp_sibling(target)
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self.remote:
+                    self._commit_remote()
+                else:
+                    self._commit_local()
+        finally:
+            self._discard()
+
+    def _discard(self) -> None:
+        for tmp in self._staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if self._stage_dir is not None:
+            shutil.rmtree(self._stage_dir, ignore_errors=True)
+        self._staged = {}
+
+    def _commit_local(self) -> None:
+        entries = []
+        for target in self.targets:
+            tmp = self._staged[target]
+            _fsync(tmp)
+            entries.append({"temp": str(tmp), "target": str(target), "backup": None})
+        journal = temp_sibling(self.targets[0], JOURNAL_SUFFIX, create=False)
+        done: list[dict] = []
+        with signals_deferred():
+            try:
+                if self.overwrite:
+                    for e in entries:
+                        if os.path.lexists(e["target"]) and not os.path.isdir(e["target"]):
+                            backup = temp_sibling(Path(e["target"]), BACKUP_SUFFIX, create=False)
+                            _link_or_copy(Path(e["target"]), backup)
+                            e["backup"] = str(backup)
+                _write_journal(journal, entries)
+                try:
+                    for e in entries:
+                        _place(Path(e["temp"]), Path(e["target"]), replace=self.overwrite)
+                        done.append(e)
+                except BaseException:
+                    _roll_back(done)
+                    raise
+            except FileExistsError as exc:
+                raise OutputExistsError(
+                    f"output {exc.filename} appeared while this run was working (another run writing the "
+                    f"same output?); it was left untouched and none of this run's outputs were written; "
+                    f"pass --overwrite to replace it or choose another {self.option}"
+                ) from None
+            except OSError as exc:
+                where = exc.filename or self.targets[0]
+                raise FlytInputError(f"cannot write output {where}: {exc.strerror}; nothing was changed") from None
+            finally:
+                for e in entries:
+                    if e["backup"]:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(e["backup"])
+                with contextlib.suppress(FileNotFoundError):
+                    journal.unlink()
+
+    def _commit_remote(self) -> None:
+        import fsspec
+
+        moved = []
+        for target in self.targets:
+            fs, path = fsspec.core.url_to_fs(target)
+            if not self.overwrite and fs.exists(path):
+                raise OutputExistsError(
+                    f"output {target} appeared while this run was working; it was left untouched; "
+                    f"pass --overwrite to replace it or choose another {self.option}"
+                )
+            parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+            tmp = f"{parent}/{_token_name(name, TEMP_SUFFIX)}" if parent else _token_name(name, TEMP_SUFFIX)
+            try:
+                fs.put_file(str(self._staged[target]), tmp)
+                fs.mv(tmp, path)
+                moved.append(target)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    if fs.exists(tmp):
+                        fs.rm_file(tmp)
+                if isinstance(exc, Exception):
+                    done = f" ({', '.join(moved)} already written)" if moved else ""
+                    raise FlytInputError(f"cannot upload output {target}: {exc}{done}") from None
+                raise
+
+
+def ensure_writable_folder(folder: str | os.PathLike, option: str = "--output") -> None:
+    """Create ``folder`` if needed and check that a file can be written in it, before any work."""
+    folder = local_path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FlytInputError(f"cannot create output folder {folder} ({exc.strerror}); choose another {option}") from None
+    if not folder.is_dir():
+        raise FlytInputError(f"output folder {folder} is not a folder; choose another {option}")
+    try:
+        temp_sibling(folder / "write-probe").unlink()
+    except OSError as exc:
+        raise FlytInputError(f"output folder {folder} is not writable ({exc.strerror}); choose another {option}") from None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV):
+            raise
+        shutil.copy2(src, dst)
+
+
+def _place(tmp: Path, target: Path, *, replace: bool) -> None:
+    """Move ``tmp`` onto ``target``: replacing it, or (``replace=False``) only if it is absent."""
+    if replace:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # atomic, and fails if target exists
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "exists", str(target)) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise
+        _create_exclusive(target)  # no hard links here: reserve the name, then fill it
+        os.replace(tmp, target)
+        return
+    os.unlink(tmp)
+
+
+def _roll_back(done: list[dict]) -> None:
+    for e in reversed(done):
+        with contextlib.suppress(OSError):
+            if e["backup"]:
+                os.replace(e["backup"], e["target"])
+                e["backup"] = None
+            else:
+                os.unlink(e["target"])
+
+
+def _write_journal(journal: Path, entries: list[dict]) -> None:
+    with atomic_path(journal) as tmp:
+        tmp.write_text(json.dumps({"host": _host(), "pid": os.getpid(), "entries": entries}))
+
+
+def recover_interrupted(target: Path) -> None:
+    """Finish commits to ``target`` that a dead process left half done; remove its stale files.
+
+    A journal exists only after every file of its set was complete, so the commit is rolled
+    forward: the remaining temporary files are moved into place.
+    """
+    folder = target.parent
+    if not folder.is_dir():
+        return
+    prefix = f".{target.name}."
+    for name in sorted(os.listdir(folder)):
+        m = _OURS.match(name)
+        if not (name.startswith(prefix) and m and m["kind"] == JOURNAL_SUFFIX and _owner_gone(m)):
+            continue
+        path = folder / name
+        try:
+            entries = json.loads(path.read_text())["entries"]
+        except (OSError, ValueError, KeyError, TypeError):
+            entries = []
+        for e in entries:
+            with contextlib.suppress(OSError):
+                if os.path.exists(e["temp"]):
+                    os.replace(e["temp"], e["target"])
+                if e.get("backup") and os.path.exists(e["backup"]):
+                    os.unlink(e["backup"])
+        log.warning("completed an interrupted commit of %s left by a killed run", ", ".join(e["target"] for e in entries))
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    for name in sorted(os.listdir(folder)):
+        m = _OURS.match(name)
+        if m and name.startswith(prefix) and m["kind"] != JOURNAL_SUFFIX and _owner_gone(m):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+                log.info("removed %s, left by a run that was killed", folder / name)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove every temporary file in ``folder`` whose writer on this host has exited."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            m = _OURS.match(name)
+            if m and m["kind"] == TEMP_SUFFIX and _owner_gone(m):
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
+                    removed.append(folder / name)
+    return removed
+
+
+def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
+    """Refuse, before any work, to write ``nbytes`` into a local folder that cannot hold them."""
+    folder = local_path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise FlytInputError(
+            f"{what} would take {format_bytes(nbytes)} but {probe} has only {format_bytes(free)} free"
+        )
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+# --------------------------------------------------------------------------- sidecars
 
 
 def provenance(**fields: Any) -> dict:

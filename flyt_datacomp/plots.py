@@ -6,11 +6,12 @@ import os
 
 import numpy as np
 
-from .io import atomic_path
-
 
 def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
-    """Bar chart of how many examples were selected 1, 2, 3, ... times (log scale), as a PNG."""
+    """Bar chart of how many examples were selected 1, 2, 3, ... times (log scale), as a PNG.
+
+    Writes ``path`` directly: callers stage it (see :class:`flyt_datacomp.io.OutputSet`).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +27,6 @@ def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, ti
         ax.set_ylabel("number of examples")
         ax.set_title(title or "Repetitions per selected example")
         fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png")
+        fig.savefig(path, format="png")
     finally:
         plt.close(fig)

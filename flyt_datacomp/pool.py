@@ -17,9 +17,9 @@ from typing import Iterator, Sequence
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from .errors import FlytInputError
+from .progress import progress_bar
 from .uids import first_duplicate, hex_to_uids, uid_order, uids_to_hex
 
 NPZ_EMBEDDING_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
@@ -136,15 +136,19 @@ class Pool:
         npz_keys: Sequence[str] = (),
         *,
         desc: str = "reading metadata",
+        no_missing: Sequence[str] = (),
     ) -> Iterator[ShardData]:
-        """Yield each shard's requested parquet columns (numpy) and npz arrays, in pool order."""
+        """Yield each shard's requested parquet columns (numpy) and npz arrays, in pool order.
+
+        A null in one of the ``no_missing`` columns is an input error naming its file and row.
+        """
         columns, npz_keys = list(columns), list(npz_keys)
-        for shard in tqdm(self.shards, desc=desc, unit="shard", disable=not self.progress):
-            cols = self._read_columns(shard, columns) if columns else {}
+        for shard in progress_bar(self.shards, desc=desc, unit="shard", disable=not self.progress):
+            cols = self._read_columns(shard, columns, no_missing) if columns else {}
             arrays = self._read_npz(shard, npz_keys) if npz_keys else {}
             yield ShardData(shard, cols, arrays)
 
-    def _read_columns(self, shard: MetadataShard, columns: list[str]) -> dict[str, np.ndarray]:
+    def _read_columns(self, shard: MetadataShard, columns: list[str], no_missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
         try:
             with self.fs.open(shard.parquet, "rb") as fh:
                 pf = pq.ParquetFile(fh)
@@ -164,6 +168,12 @@ class Pool:
         out = {}
         for name in columns:
             col = table.column(name)
+            if name in no_missing and col.null_count:
+                first = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+                raise FlytInputError(
+                    f"column {name!r} has {col.null_count} missing values (nulls) in {shard.parquet}; "
+                    f"the first is at row {first}"
+                )
             if name == "uid":
                 out[name] = _uid_column(col, shard.parquet)
             else:
@@ -215,9 +225,10 @@ class Pool:
         self.uids  # computes and stores it
         return self.__dict__["sorted_order"]
 
-    def column(self, name: str, dtype: np.dtype | str | None = None) -> np.ndarray:
-        """One parquet column over the whole pool, in pool order."""
-        parts = [d.columns[name] for d in self.iter_shards([name], desc=f"reading {name}")]
+    def column(self, name: str, dtype: np.dtype | str | None = None, *, allow_missing: bool = True) -> np.ndarray:
+        """One parquet column over the whole pool, in pool order (nulls an error unless allowed)."""
+        no_missing = () if allow_missing else (name,)
+        parts = [d.columns[name] for d in self.iter_shards([name], desc=f"reading {name}", no_missing=no_missing)]
         out = np.concatenate(parts)
         return out.astype(dtype, copy=False) if dtype is not None else out
 

@@ -244,7 +244,7 @@ def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, s
                progress: bool = False, dtype=None) -> np.ndarray:
     """SCS by exact Gumbel-top-k per round in torch on ``device`` (also runs on a CPU device)."""
     import torch
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     device = torch.device(device)
     if dtype is None:
@@ -260,7 +260,7 @@ def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, s
     keys = torch.empty(m, dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
     drawn = 0
-    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
+    with progress_bar(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
         while drawn < num_samples:
             g = min(group_size, num_samples - drawn)
             torch.rand(m, generator=gen, dtype=dtype, device=device, out=keys)
@@ -384,7 +384,7 @@ def _scs_cpu(s: np.ndarray, alpha: float, group_size: int, num_samples: int, rng
     Gumbel; inf: rejection whenever possible); ``stats``: a dict that receives path counters
     (rebuilds, batches, gumbel_rounds, rounds).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     m = s.size
     # counts of items chosen in the current round carry +big until the round ends
@@ -408,7 +408,7 @@ def _scs_cpu(s: np.ndarray, alpha: float, group_size: int, num_samples: int, rng
     if use_rejection:
         rebuild()
     drawn = 0
-    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
+    with progress_bar(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
         while drawn < num_samples:
             g = min(group_size, num_samples - drawn)
             st["rounds"] += 1
@@ -496,7 +496,7 @@ def _hcs_cpu(s: np.ndarray, cap: int, num_samples: int, rng: np.random.Generator
     accepted iff ``c_i + k < cap``. Only the batch that completes the run needs the draw order (to keep
     the first accepted draws); it gets it from a uniformly random permutation of the sorted draws.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     m = s.size
     counts = np.zeros(m, dtype=np.int64)
@@ -532,7 +532,7 @@ def _hcs_cpu(s: np.ndarray, cap: int, num_samples: int, rng: np.random.Generator
 
     rebuild()
     drawn = 0
-    with tqdm(total=num_samples, disable=not progress, unit="sample", desc="hcs") as bar:
+    with progress_bar(total=num_samples, disable=not progress, unit="sample", desc="hcs") as bar:
         while drawn < num_samples:
             need = num_samples - drawn
             if weight < rebuild_below * prop.total:
@@ -611,3 +611,57 @@ def _normalised(w: np.ndarray) -> np.ndarray:
         p[:-1] /= head
         p[-1] = 0.0
     return p
+
+
+# ----------------------------------------------------------------------------------------------
+# diagnostics: draws that ignore the scores, draws that concentrate on a few examples
+# ----------------------------------------------------------------------------------------------
+
+# SCS can move an example's count away from the mean by at most about (s_max - s_min) / alpha
+# copies (its score is penalised alpha per copy). Below this many such spreads per mean count the
+# scores still shape the subset; above it every count is within ~10% of N / M.
+_SCS_UNIFORM_RATIO = 10.0
+
+
+def score_independence(sampler: str, scores: np.ndarray, params: dict[str, Any]) -> str | None:
+    """Why ``sampler`` with ``params`` would give (nearly) the same counts whatever the scores
+    are, or None when the scores matter. Only SCS and HCS can degenerate this way."""
+    m = int(np.asarray(scores).size)
+    if sampler not in ("scs", "hcs"):
+        return None
+    n = _check_int("num_samples", params["num_samples"], 1)
+    if sampler == "scs":
+        g = _check_int("group_size", params["group_size"], 1)
+        alpha = _check_alpha(params["alpha"])
+        if g >= m:
+            return (f"every SCS round draws the whole pool (group size G = {g:,} >= pool size {m:,}), so every "
+                    f"example gets the same count ({n / m:,.1f} on average) and the scores are ignored; "
+                    "lower --scs-batch (the paper uses about pool size / 1280)")
+        s = np.asarray(scores)
+        spread = (float(s.max()) - float(s.min())) / alpha
+        if n / m > _SCS_UNIFORM_RATIO * (1.0 + spread):
+            return (f"--num-samples {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
+                    f"example's count by at most about {spread:,.1f} copies from the mean (score range / alpha): "
+                    "every example would get nearly the same count whatever its score; lower --num-samples "
+                    "(DataComp draws as many samples as the pool holds) or --scs-alpha")
+        return None
+    cap = _check_int("cap", params["cap"], 1)
+    if n == cap * m:
+        return (f"--num-samples {n:,} = cap x pool size ({cap} x {m:,}): every example gets exactly "
+                f"{cap} copies and the scores are ignored; lower --num-samples or raise --hcs-cap")
+    return None
+
+
+def concentration(counts: np.ndarray, *, max_share: float = 0.05, min_mean_copies: float = 10.0) -> str | None:
+    """A warning when a draw puts its entries on a tiny share of the pool, many copies each
+    (the signature of a collapsed scoring model or scores on too large a scale), else None."""
+    counts = np.asarray(counts)
+    distinct = int(np.count_nonzero(counts))
+    entries = int(counts.sum())
+    if distinct == 0 or entries / distinct < min_mean_copies or distinct >= max_share * counts.size:
+        return None
+    return (f"the subset holds only {distinct:,} distinct examples ({100 * distinct / counts.size:.2f}% of the pool), "
+            f"{entries / distinct:.1f} copies each on average (max {int(counts.max())}): the scores are very "
+            "peaked. Likely causes: a collapsed scoring model (check the weight entropy in its metrics.jsonl), "
+            "scores on too large a scale (try --standardize or a --temperature above 1), or a too small "
+            "--scs-alpha")

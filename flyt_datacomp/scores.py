@@ -13,7 +13,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from .errors import FlytInputError
+from .errors import FlytInputError, quote
 from .pool import Pool, _uid_column
 from .uids import first_duplicate, lookup, uid_order, uids_to_hex
 
@@ -22,31 +22,33 @@ from .uids import first_duplicate, lookup, uid_order, uids_to_hex
 class Scores:
     values: np.ndarray  # float64, aligned with pool positions
     source: str  # what produced them, for sidecars
-    kind: str  # "column" or "file"
+    kind: str  # "column", "file" or "model"
+    extra_uids: int = 0  # a score file's uids that are not in the pool (ignored)
 
 
 def load_scores(pool: Pool, source: str) -> Scores:
     """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
     if source in pool.column_names:
-        values = _as_float(pool.column(source), f"column {source!r} of the pool at {pool.url}")
+        values = _as_float(pool.column(source, allow_missing=False), f"column {source!r} of the pool at {pool.url}")
         scores = Scores(values, source, "column")
         where = pool.locate
     elif _is_file(source) and source.endswith(".pt"):
         scores = Scores(_scores_from_model(pool, source), source, "model")
         where = pool.locate
     elif _is_file(source):
-        scores = Scores(_scores_from_file(pool, source), source, "file")
+        values, extra = _scores_from_file(pool, source)
+        scores = Scores(values, source, "file", extra_uids=extra)
         where = lambda i: f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"  # noqa: E731
     else:
         raise FlytInputError(
-            f"score source {source!r} is neither a column of the pool's parquet files "
+            f"score source {quote(source)} is neither a column of the pool's parquet files "
             f"(columns: {', '.join(pool.column_names)}) nor an existing file"
         )
     bad = ~np.isfinite(scores.values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise FlytInputError(
-            f"score source {source!r} has {int(bad.sum())} non-finite scores; the first, "
+            f"score source {quote(source)} has {int(bad.sum())} non-finite scores; the first, "
             f"{scores.values[i]}, is at {where(i)}"
         )
     return scores
@@ -75,7 +77,8 @@ def _is_file(source: str) -> bool:
         return False
 
 
-def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
+def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
+    """The file's scores in pool order, and how many of its uids are not in the pool."""
     try:
         with fsspec.open(source, "rb") as fh:
             table = pq.read_table(fh)
@@ -105,7 +108,7 @@ def _scores_from_file(pool: Pool, source: str) -> np.ndarray:
             f"score file {source} has no score for {int(absent.sum())} of the pool's {pool.size} uids; "
             f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool.locate(i)})"
         )
-    return file_scores[order][pos]
+    return file_scores[order][pos], len(file_uids) - pool.size  # every pool uid matched one distinct file uid
 
 
 def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
@@ -129,7 +132,7 @@ def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
         columns, keys = [], [f"{prefix}_img", f"{prefix}_txt"]
     parts = []
     with torch.no_grad():
-        for shard in pool.iter_shards(columns, keys, desc="scoring the pool"):
+        for shard in pool.iter_shards(columns, keys, desc="scoring the pool", no_missing=columns):
             if columns:
                 x = np.stack([shard.columns[c].astype(np.float64) for c in columns], axis=1)
                 out = model.double()(torch.from_numpy(x))

@@ -62,7 +62,9 @@ def train_command(preset: str | None, config_file: str | None, output_dir: Path,
     """Train a FLYT scoring model (M-FLYT or E-FLYT) by the paper's bilevel method."""
     from .flyt import distributed as D
     from .flyt.trainer import Trainer, format_mixing_weights
+    from .process import install_signal_handlers
 
+    install_signal_handlers()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("flyt_datacomp").setLevel(logging.WARNING if quiet else logging.INFO)
     if opts.get("inputs"):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FlytInputError
-from .io import atomic_path, provenance, sidecar_path, write_json
+from .errors import FlytInputError, quote
+from .io import OutputSet, dumps, file_sha256, is_url, provenance, sidecar_path
 
 UID_DTYPE = np.dtype("u8,u8")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -92,7 +92,7 @@ def _as_ascii_matrix(hex_uids: Any, source: str) -> np.ndarray:
             except UnicodeEncodeError:
                 bad = np.flatnonzero([not s.isascii() for s in arr])
                 i = int(bad[0])
-                raise FlytInputError(f"malformed uid {arr[i]!r} at row {i} of {source}: not ASCII") from None
+                raise FlytInputError(f"malformed uid {quote(str(arr[i]))} at row {i} of {source}: not ASCII") from None
         else:
             arr = arr.astype("S1")
     if arr.dtype.kind != "S":
@@ -114,7 +114,7 @@ def _describe(values: Any, i: int) -> str:
         v = bytes(v)
     if isinstance(v, bytes):
         v = v.decode("ascii", "replace")
-    return repr(str(v))
+    return quote(str(v))
 
 
 def check_uid_array(uids: Any, *, source: str) -> np.ndarray:
@@ -202,8 +202,8 @@ def lookup(sorted_uids: np.ndarray, query: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- subset files
 
 
-def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The sorted subset array: each uid repeated ``counts`` times (uids must be distinct)."""
+def distinct_sorted(uids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uids with a positive count, sorted, and their counts (uids must be distinct)."""
     uids = check_uid_array(uids, source="subset uids")
     counts = np.asarray(counts)
     if counts.shape != uids.shape:
@@ -219,7 +219,34 @@ def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
     i = first_duplicate(kept)
     if i is not None:
         raise FlytInputError(f"uid {uids_to_hex(kept[i:i + 1])[0]} appears more than once in the subset input")
-    return np.repeat(kept, counts[keep][order])
+    return kept, counts[keep][order].astype(np.int64)
+
+
+def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The sorted subset array: each uid repeated ``counts`` times (uids must be distinct)."""
+    kept, reps = distinct_sorted(uids, counts)
+    return np.repeat(kept, reps)
+
+
+def _save_subset(fh, kept: np.ndarray, reps: np.ndarray, chunk: int = 1 << 20) -> str:
+    """Write ``np.repeat(kept, reps)`` to ``fh`` in ``np.save``'s exact format, a chunk of distinct
+    uids at a time (memory stays bounded however many entries there are); return its sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    class _Hashing:
+        def write(self, data):
+            h.update(data)
+            return fh.write(data)
+
+    out = _Hashing()
+    header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False,
+              "shape": (int(reps.sum()),)}
+    np.lib.format.write_array_header_1_0(out, header)
+    for a in range(0, len(kept), chunk):
+        out.write(np.repeat(kept[a:a + chunk], reps[a:a + chunk]).tobytes())
+    return h.hexdigest()
 
 
 def subset_stats(counts: np.ndarray) -> dict[str, Any]:
@@ -235,29 +262,55 @@ def subset_stats(counts: np.ndarray) -> dict[str, Any]:
     }
 
 
+def subset_outputs(path: str | os.PathLike, *, histogram: bool = True) -> list:
+    """The files a subset is written as: the ``.npy``, its ``.npy.json`` sidecar, its ``.png``."""
+    if not str(path).endswith(".npy"):
+        raise FlytInputError(f"subset output {path} must end in .npy")
+    files = [path if is_url(path) else Path(path), sidecar_path(path)]
+    if histogram:
+        files.append(str(path)[: -len(".npy")] + ".png" if is_url(path) else Path(path).with_suffix(".png"))
+    return files
+
+
+def subset_file_bytes(entries: int) -> int:
+    """Size of a subset ``.npy`` holding ``entries`` uids (128-byte header + 16 bytes per entry)."""
+    return 128 + UID_DTYPE.itemsize * int(entries)
+
+
 def write_subset(
     path: str | os.PathLike,
     uids: np.ndarray,
     counts: np.ndarray,
     *,
     info: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    histogram_title: str | None = None,
 ) -> dict[str, Any]:
-    """Write a DataComp subset file plus its JSON sidecar, atomically; return the sidecar dict.
+    """Write a DataComp subset file and its JSON sidecar (and, with ``histogram_title``, the
+    repetition histogram PNG) as one atomic output set; return the sidecar dict.
 
     ``uids`` are distinct ``u8,u8`` uids and ``counts`` their repetition counts (0 = left out).
-    ``info`` (sampler, parameters, seed, score source, ...) is recorded in the sidecar.
+    ``info`` (sampler, parameters, seed, score source, ...) is recorded in the sidecar, together
+    with the sha256 of the subset (and histogram) file, so a reader can check the set belongs
+    together. ``path`` may be an fsspec URL. Without ``overwrite`` existing files are never replaced.
     """
-    path = Path(path)
-    if path.suffix != ".npy":
-        raise FlytInputError(f"subset output {path} must end in .npy")
-    subset = expand_subset(uids, counts)
-    if not is_sorted(subset):  # cheap insurance: an unsorted file silently corrupts resharding
+    files = subset_outputs(path, histogram=histogram_title is not None)
+    outputs = OutputSet(files, overwrite=overwrite)
+    outputs.preflight()
+    kept, reps = distinct_sorted(uids, counts)
+    if not is_sorted(kept):  # cheap insurance: an unsorted file silently corrupts resharding
         raise RuntimeError("internal error: subset is not sorted")
     meta = provenance(output=str(path), **subset_stats(counts), **(info or {}))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, subset, allow_pickle=False)
-        write_json(sidecar_path(path), meta)
+    with outputs:
+        with open(outputs.staged(files[0]), "wb") as fh:
+            meta["files"] = {"subset_sha256": _save_subset(fh, kept, reps)}
+        if histogram_title is not None:
+            from .plots import save_repetition_histogram
+
+            meta["histogram"] = str(files[2])
+            save_repetition_histogram(counts, outputs.staged(files[2]), title=histogram_title)
+            meta["files"]["histogram_sha256"] = file_sha256(outputs.staged(files[2]))
+        outputs.staged(files[1]).write_text(dumps(meta))
     return meta
 
 

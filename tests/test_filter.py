@@ -85,9 +85,15 @@ def test_same_seed_same_bytes_and_scale_defaults(pool_dir, tmp_path):
     assert side["sampler_params"]["group_size"] == 1  # ceil(300 / 1280 rounds)
     assert side["sampler_params"]["alpha"] == 0.15
     d = tmp_path / "d.npy"
-    run([*common, "--output", str(d), "--scale", "small", "--num-samples", "400"])
+    # small's G = 10K is clamped to this 200-row pool: every round takes the whole pool, so the
+    # draw ignores the scores; refused unless accepted explicitly
+    r = run([*common, "--output", str(d), "--scale", "small", "--num-samples", "400"], expect_ok=False)
+    assert r.exit_code == 2 and "whole pool" in r.output and not d.exists()
+    run([*common, "--output", str(d), "--scale", "small", "--num-samples", "400", "--allow-score-independent"])
     side = json.loads((tmp_path / "d.npy.json").read_text())
     assert side["sampler_params"] == {"alpha": 0.5, "group_size": 200, "num_samples": 400}
+    assert "whole pool" in side["warnings"][0]
+    assert (read_subset(d)[1] == 2).all()
 
 
 def test_score_file_join_by_uid(pool_dir, tmp_path):

@@ -56,5 +56,5 @@ def test_load_scoring_model_errors(tmp_path):
     with pytest.raises(FlytInputError, match="not a flyt-datacomp scoring model"):
         load_scoring_model(tmp_path / "x.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(FlytInputError, match="cannot read"):
+    with pytest.raises(FlytInputError, match="not a PyTorch file"):
         load_scoring_model(tmp_path / "junk.pt")

@@ -229,7 +229,7 @@ def _decode_grey(data: bytes) -> np.ndarray:
 
 def _build(root: Path, params: dict, progress: bool) -> None:
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     from . import scorers as S
 
@@ -248,7 +248,7 @@ def _build(root: Path, params: dict, progress: bool) -> None:
     captions = ex.captions
     uids = _random_hex(rngs["uids"], n)
     jpegs, decoded = [], np.empty_like(ex.images)
-    for i in tqdm(range(n), desc="demo: encode jpeg", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="demo: encode jpeg", disable=not progress, leave=False):
         jpegs.append(_jpeg(ex.images[i]))
         decoded[i] = _decode_grey(jpegs[-1])
     sha = [hashlib.sha256(b).hexdigest() for b in jpegs]
@@ -347,12 +347,12 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _write_image_shards(out: Path, uids, captions, urls, sha, jpegs, downloaded, shard_size, progress):
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     out.mkdir()
     n = len(uids)
     n_shards = (n + shard_size - 1) // shard_size
-    for s in tqdm(range(n_shards), desc="demo: image shards", disable=not progress, leave=False):
+    for s in progress_bar(range(n_shards), desc="demo: image shards", disable=not progress, leave=False):
         rows = []
         with tarfile.open(out / f"{s:08d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
             for i in range(s * shard_size, min(n, (s + 1) * shard_size)):

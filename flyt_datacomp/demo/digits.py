@@ -239,7 +239,7 @@ def make_pool(rng: np.random.Generator, bank: DigitBank, n: int, progress: bool 
     - ``near_duplicate``: a lightly perturbed copy of an earlier ``correct`` example, captioned
       with a random template naming the same digit.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     counts = type_counts(n)
     types = np.array([t for t in EXAMPLE_TYPES for _ in range(counts[t])], dtype=object)
@@ -274,7 +274,7 @@ def make_pool(rng: np.random.Generator, bank: DigitBank, n: int, progress: bool 
 
     source = np.full(n, -1, dtype=np.int64)
     correct_so_far: list[int] = []
-    for i in tqdm(range(n), desc="demo: pool examples", disable=not progress, leave=False):
+    for i in progress_bar(range(n), desc="demo: pool examples", disable=not progress, leave=False):
         t = types[i]
         if t == "correct":
             correct_so_far.append(i)

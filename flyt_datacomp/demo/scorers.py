@@ -94,7 +94,7 @@ def train_scorer(
     AdamW (betas 0.9/0.98, eps 1e-6, weight decay on >=2-dim weights only) with 10%
     linear warmup then cosine decay. Returns the model in eval mode.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     rng = np.random.default_rng(seed)
     model = create_clip(config, seed=seed)
@@ -121,7 +121,7 @@ def train_scorer(
     )
     labels = torch.arange(batch_size)
     losses: list[float] = []
-    bar = tqdm(range(steps), desc=f"demo: train {desc}", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc=f"demo: train {desc}", disable=not progress, leave=False)
     for step in bar:
         which = rng.integers(0, len(bank), size=batch_size)
         images = to_tensor(render_digits(bank, which, draw_placement(rng, batch_size)))

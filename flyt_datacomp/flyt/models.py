@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import __version__, torch_io
 from ..errors import FlytInputError
-from ..io import atomic_path
 
 
 class MixingModel(nn.Module):
@@ -119,8 +118,12 @@ class GLUHead(nn.Module):
 SCORING_MODELS = {MixingModel.kind: MixingModel, GLUHead.kind: GLUHead}
 
 
+# what each kind's config must hold to rebuild the model
+_CONFIG_FIELDS = {MixingModel.kind: ("input_names", "mean", "std"), GLUHead.kind: ("embed_dim", "hidden_dim")}
+
+
 def save_scoring_model(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
-    """Save a scoring model atomically as a self-describing checkpoint."""
+    """Save a scoring model atomically as a self-describing checkpoint (plain values only)."""
     payload = {
         "kind": model.kind,
         "config": model.config(),
@@ -128,25 +131,35 @@ def save_scoring_model(path: str | os.PathLike, model: nn.Module, meta: dict[str
         "version": __version__,
         "meta": meta or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    torch_io.save(payload, path)
 
 
 def load_scoring_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a scoring model from :func:`save_scoring_model`'s file; returns (model, meta)."""
-    if not os.path.isfile(path):
-        raise FlytInputError(f"scoring model checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FlytInputError(f"cannot read scoring model checkpoint {path}: {exc}") from None
+    payload = torch_io.load(path, "scoring model checkpoint")
     kind = payload.get("kind") if isinstance(payload, dict) else None
     if kind not in SCORING_MODELS:
-        raise FlytInputError(f"{path} is not a flyt-datacomp scoring model checkpoint (kind {kind!r})")
-    config = payload["config"]
+        raise FlytInputError(
+            f"{path} is not a flyt-datacomp scoring model checkpoint: it has no 'kind' of "
+            f"{' or '.join(SCORING_MODELS)} (found {kind!r}); scoring models are the scoring_model.pt "
+            "files that `flyt-datacomp train` writes"
+        )
+    config, state = payload.get("config"), payload.get("state_dict")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise FlytInputError(f"scoring model checkpoint {path} lacks its 'config' or 'state_dict' entry")
+    missing = [f for f in _CONFIG_FIELDS[kind] if f not in config]
+    if missing:
+        raise FlytInputError(
+            f"scoring model checkpoint {path} ({kind}) lacks config field(s) {', '.join(missing)}; "
+            f"a {kind} model needs {', '.join(_CONFIG_FIELDS[kind])}"
+        )
     if kind == MixingModel.kind:
         model = MixingModel(config["input_names"], config["mean"], config["std"])
     else:
         model = GLUHead(config["embed_dim"], config["hidden_dim"], cosine_init=False)
-    model.load_state_dict(payload["state_dict"])
-    return model, payload.get("meta", {})
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise FlytInputError(f"scoring model checkpoint {path} does not match its config: {str(exc).splitlines()[0]}") from None
+    meta = payload.get("meta", {})
+    return model, meta if isinstance(meta, dict) else {}

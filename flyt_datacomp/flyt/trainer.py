@@ -26,16 +26,17 @@ from typing import Any, Iterator
 import click
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .. import __version__
 from ..clip_models import create_clip, image_normalization, resolve_arch, tokenizer as make_tokenizer
 from ..errors import FlytInputError
-from ..io import atomic_path, provenance, sidecar_path, write_json
+from ..io import atomic_path, ensure_writable_folder, provenance, sidecar_path, write_json
 from ..pool import Pool
 from . import distributed as D
 from .adamw import AdamState, AdamWConfig, warmup_adam_state
 from .bilevel import LOGIT_SCALE, flyt_step
+from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, verify_checkpoint
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
 from .data import (
@@ -90,6 +91,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(output_dir)
+        ensure_writable_folder(self.out, "--output-dir")
         self.group = D.default_group()
         self.progress = progress and D.rank(self.group) == 0
         self.device = torch.device(
@@ -147,6 +149,7 @@ class Trainer:
         self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.adam = AdamState.zeros(self.theta)
         self.step = 0
+        self.collapse = CollapseWatch(cfg.batch_size, cfg.steps)
         self.up_batches = 0
         self.down_batches = 0
         self.warmed = False
@@ -206,24 +209,22 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        path = self.checkpoint_dir / f"step_{self.step:07d}.pt"
+        path = checkpoint_path(self.checkpoint_dir, self.step)
         if self.rank == 0:
-            with atomic_path(path) as tmp:
-                torch.save(self._state(), tmp)
-            write_json(self.checkpoint_dir / "latest.json", {"step": self.step, "path": path.name})
-            for old in sorted(self.checkpoint_dir.glob("step_*.pt"))[:-2]:
-                old.unlink()
+            save_checkpoint(self.checkpoint_dir, self.step, self._state())
         D.barrier()
         return path
 
     def latest_checkpoint(self) -> Path | None:
-        marker = self.checkpoint_dir / "latest.json"
-        if not marker.is_file():
+        """The checkpoint a resume would start from (the newest usable one), or None."""
+        try:
+            found = find_resume_point(self.checkpoint_dir)
+        except FlytInputError:
             return None
-        return self.checkpoint_dir / json.loads(marker.read_text())["path"]
+        return found[0] if found else None
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def load_checkpoint(self, path: Path, state: dict[str, Any] | None = None) -> None:
+        state = verify_checkpoint(path) if state is None else state
         saved = state["config"]
         now = dataclasses.asdict(self.cfg)
         ignored = {"tensorboard", "device"}  # workers stay: they change the data order
@@ -327,10 +328,13 @@ class Trainer:
         """
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        latest = self.latest_checkpoint()
-        if latest is not None:
-            self.load_checkpoint(latest)
-            log.info("resumed from %s at step %d", latest, self.step)
+        found = find_resume_point(self.checkpoint_dir)
+        if found is not None:
+            latest, state, notes = found
+            self.load_checkpoint(latest, state)
+            for note in notes:
+                log.warning("resume: %s", note)
+            log.log(logging.WARNING if notes else logging.INFO, "resumed from %s at step %d", latest, self.step)
         elif self.rank == 0:
             write_json(self.out / "config.json", provenance(config=dataclasses.asdict(cfg)))
         metrics_path = self.out / "metrics.jsonl"
@@ -341,7 +345,7 @@ class Trainer:
             self._warm_start()
         up, down = self._upstream_iter(), self._downstream_iter()
         end = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="FLYT", unit="step", disable=not self.progress)
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc="FLYT", unit="step", disable=not self.progress)
         try:
             while self.step < end:
                 t0 = time.perf_counter()
@@ -355,6 +359,7 @@ class Trainer:
                         for k, v in metrics.items():
                             if isinstance(v, float):
                                 writer.add_scalar(k, v, self.step)
+                self.collapse.update(metrics["weight_entropy"], self.step)
                 bar.set_postfix(down=f"{metrics['down_loss']:.3f}", H=f"{metrics['weight_entropy']:.2f}")
                 bar.update(1)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -369,7 +374,8 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Write the final scoring model (and the mixing weights for M-FLYT)."""
-        meta = {"config": dataclasses.asdict(self.cfg), "steps": self.step, "pool_size": self.pool_size}
+        meta = {"config": dataclasses.asdict(self.cfg), "steps": self.step, "pool_size": self.pool_size,
+                "warnings": [self.collapse.message] if self.collapse.message else []}
         if self.cfg.workers == 0:  # with workers the join counters live in the worker processes
             meta["upstream_join"] = self.upstream.counters()
             log.info("upstream join: %s", meta["upstream_join"])
@@ -387,6 +393,35 @@ class Trainer:
         return result
 
 
+class CollapseWatch:
+    """Warns once when the batch weights collapse onto one or two examples for many steps.
+
+    The weights w = softmax(scores) over a batch of B have entropy ln B when uniform; below
+    ``fraction * ln B`` (about exp(0.1 ln B) examples carry the weight: 1.6 of 128, 2.3 of 4096) the
+    meta-gradient comes from almost nothing. Collapse is reported after ``patience`` such steps in a
+    row (20, or a tenth of a short run).
+    """
+
+    def __init__(self, batch_size: int, steps: int, fraction: float = 0.1):
+        self.limit = fraction * math.log(batch_size)
+        self.patience = max(3, min(20, steps // 10))
+        self.run = 0
+        self.message: str | None = None
+
+    def update(self, entropy: float, step: int) -> None:
+        self.run = self.run + 1 if entropy < self.limit else 0
+        if self.run == self.patience and self.message is None:
+            self.message = (
+                f"the batch weights have collapsed: their entropy stayed below {self.limit:.2f} nats (uniform: "
+                f"{self.limit * 10:.2f}) for {self.patience} steps up to step {step}, so each step learns from one "
+                "or two examples and the scoring model will rank the pool poorly. Likely causes: a scoring "
+                "learning rate too high for these features (--scoring-lr), a downstream loss that gives "
+                "little signal (plain CE with temperature 1 on a weak reference: try --downstream-loss ce_temp), "
+                "or scoring features on a large scale"
+            )
+            log.warning("warning: %s", self.message)
+
+
 def format_mixing_weights(weights: dict[str, float]) -> str:
     """The learned weights as a small table (the paper's Table 2, left)."""
     width = max(len("input"), *(len(k) for k in weights))
@@ -396,10 +431,22 @@ def format_mixing_weights(weights: dict[str, float]) -> str:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop metric lines logged after the checkpoint we resume from."""
+    """On resume, drop metric lines logged after the checkpoint we resume from, and any line a
+    kill cut short (a partial last line is what a kill in the middle of an append leaves)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep, broken = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            step_of_line = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            broken += bool(line.strip())
+            continue
+        if step_of_line <= step:
+            keep.append(line)
+    if broken:
+        log.warning("metrics: dropped %d unreadable line(s) of %s (cut short by a kill?)", broken, path)
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))
 

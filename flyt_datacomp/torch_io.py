@@ -1,0 +1,67 @@
+"""Reading and writing torch files safely.
+
+Every checkpoint this package reads goes through :func:`load`: ``torch.load`` with
+``weights_only=True`` (a planted pickle cannot run code), and one clear error for each way a file
+can be wrong (missing, not a torch file at all, truncated or corrupt, holding arbitrary objects).
+What the package saves holds only tensors, numbers, strings, lists, tuples and dicts, so it always
+loads this way.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+import torch
+
+from .errors import FlytInputError, quote
+from .io import atomic_path
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+_PICKLE_MAGIC = b"\x80"  # the legacy format starts with a pickle protocol opcode
+
+
+class UnusableCheckpoint(FlytInputError):
+    """A torch file that cannot be loaded (the message says why)."""
+
+
+def save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a partial file."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """Load a torch file with ``weights_only=True``; raise :class:`UnusableCheckpoint` if it is
+    missing, not a torch file, truncated or corrupt, or holds objects beyond plain values."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnusableCheckpoint(f"{what} {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        raise UnusableCheckpoint(f"{what} {path} is empty")
+    if not (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
+        text = head.decode("utf-8", "replace")
+        kind = "a text file" if text.isprintable() or text.strip().isprintable() else "some other kind of file"
+        raise UnusableCheckpoint(
+            f"{what} {path} is not a PyTorch file: it looks like {kind} (it starts with {quote(text[:24], 40)})"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise UnusableCheckpoint(
+                f"{what} {path} holds Python objects other than tensors and plain values; it was not "
+                "loaded, because unpickling them could run arbitrary code (this package never writes such files)"
+            ) from None
+        raise UnusableCheckpoint(f"{what} {path} is corrupt ({_first_line(exc)})") from None
+    except Exception as exc:  # zip/stream errors from a truncated or damaged file
+        raise UnusableCheckpoint(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else type(exc).__name__
+    return first.split(". ")[0][:200]
