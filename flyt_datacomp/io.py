@@ -49,6 +49,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """The JSON content of ``path``, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def sidecar_path(output: str | os.PathLike) -> Path:
     """The sidecar of ``out.npy`` is ``out.npy.json``."""
     output = Path(output)
