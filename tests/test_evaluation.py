@@ -548,8 +548,10 @@ def test_run_refuses_another_subset_in_the_same_work_dir(dc, pool, tmp_path):
     write_subset(other, uids, counts + 1)
     r = invoke(run_args(dc, {**pool, "subset": other}, work, evalsets), code=2)
     assert "another subset" in r.output
-    r = invoke(run_args(dc, pool, work, tmp_path / "no-evalsets"), code=2)
-    assert "--evalsets" in r.output
+    n = len(calls(dc))
+    r = invoke(run_args(dc, pool, tmp_path / "work2", tmp_path / "no-evalsets"), code=2)
+    assert "--evalsets" in r.output and len(calls(dc)) == n  # refused before the first stage
+    invoke(run_args(dc, pool, work, tmp_path / "no-evalsets"))  # every stage done: evalsets not needed
 
 
 # --------------------------------------------------------------------------- the real DataComp

@@ -29,7 +29,8 @@ from ..errors import ExternalToolError, FlytInputError
 
 ENV_DIR = "DATACOMP_DIR"
 ENV_PYTHON = "DATACOMP_PYTHON"
-# DataComp's resharder relies on webdataset internals that changed in 0.2.86.
+# resharder.py uses webdataset.writer.gopen.Pipe, gone in webdataset 0.2.86 (the script then fails
+# at import; 0.2.85 runs it).
 WEBDATASET_TOO_NEW = (0, 2, 86)
 TAIL_LINES = 30
 
@@ -177,15 +178,18 @@ def _probe(python: str, root: str) -> Environment:
 # --------------------------------------------------------------------------- output folders
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool, what: str = "output folder",
-                       hint: str = "pass --overwrite to replace its contents") -> Path:
-    """Make sure ``path`` is an empty folder: created when absent, emptied with ``overwrite``,
-    refused (with ``hint``) when it holds anything otherwise."""
+def check_output_dir(path: Path, *, overwrite: bool, what: str = "output folder",
+                     hint: str = "pass --overwrite to replace its contents") -> None:
+    """Refuse (with ``hint``) an output folder that holds anything, unless ``overwrite``."""
     if path.exists() and not path.is_dir():
         raise FlytInputError(f"{what} {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise FlytInputError(f"{what} {path} is not empty; {hint}")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FlytInputError(f"{what} {path} is not empty; {hint}")
+
+
+def empty_output_dir(path: Path) -> Path:
+    """Create ``path`` or delete everything in it."""
+    if path.is_dir():
         for child in path.iterdir():
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -193,6 +197,14 @@ def prepare_output_dir(path: Path, *, overwrite: bool, what: str = "output folde
                 child.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"
 
 
 # --------------------------------------------------------------------------- running scripts

@@ -69,17 +69,44 @@ def _stage(title: str) -> None:
     click.secho(f"== {title}", bold=True)
 
 
-def check_prerequisites(checkout: Checkout, subset: Path, scale: str, evalsets: Path) -> None:
-    """Everything the stages need, checked before the first one starts."""
-    for script in ("resharder.py", "train.py", "evaluate.py"):
-        checkout.script(script)
-    checkout.require_old_webdataset()
-    checkout.require_torch("train.py")
-    checkout.scale_config(scale)
-    read_subset(subset)
-    if not evalsets.is_dir():
-        raise FlytInputError(f"--evalsets {evalsets} does not exist: download the evaluation sets there "
-                             "with DataComp's download_evalsets.py")
+def finished_reshard(layout: Layout, subset: Path, subset_sha: str) -> dict[str, Any] | None:
+    """The record of a checked reshard of this subset in the work folder; refuses another subset's."""
+    record = reshard_stage.read_record(layout.resharded)
+    if record is not None and record["inputs"]["subset_sha256"] != subset_sha:
+        raise FlytInputError(
+            f"{layout.resharded} holds the shards of another subset ({record['inputs']['subset']}), not "
+            f"{subset}; use another --work-dir for this subset"
+        )
+    return record
+
+
+def finished_training(layout: Layout, scale: str) -> dict[str, Any] | None:
+    """The record of a finished training run at this scale; refuses one at another scale."""
+    record = train_stage.read_record(layout.experiment)
+    if record is not None and record["parameters"]["scale"] != scale:
+        raise FlytInputError(
+            f"{layout.experiment} was trained at scale {record['parameters']['scale']}, not {scale}; "
+            "use another --work-dir or --exp-name"
+        )
+    return record
+
+
+def check_prerequisites(checkout: Checkout, scale: str, evalsets: Path, *, reshard: bool, train: bool,
+                        evaluate: bool) -> None:
+    """What the stages still to run need, checked before the first one starts."""
+    if reshard:
+        checkout.script("resharder.py")
+        checkout.require_old_webdataset()
+    if train:
+        checkout.script("train.py")
+        checkout.scale_config(scale)
+    if train or evaluate:
+        checkout.require_torch("train.py" if train else "evaluate.py")
+    if evaluate:
+        checkout.script("evaluate.py")
+        if not evalsets.is_dir():
+            raise FlytInputError(f"--evalsets {evalsets} does not exist: download the evaluation sets there "
+                                 "with DataComp's download_evalsets.py")
 
 
 def run_pipeline(
@@ -101,34 +128,26 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the missing stages in order; return the submission record."""
-    check_prerequisites(checkout, subset, scale, evalsets)
+    read_subset(subset)
     layout = Layout(work_dir, exp_name)
-    subset_sha = reshard_stage.file_sha256(subset)
+    resharded = finished_reshard(layout, subset, reshard_stage.file_sha256(subset))
+    trained = finished_training(layout, scale)
+    evaluated = not evaluate_stage.unevaluated(layout.results)
+    check_prerequisites(checkout, scale, evalsets, reshard=resharded is None, train=trained is None,
+                        evaluate=not evaluated)
 
     _stage("reshard")
-    record = reshard_stage.read_record(layout.resharded)
-    if record is not None:
-        if record["inputs"]["subset_sha256"] != subset_sha:
-            raise FlytInputError(
-                f"{layout.resharded} holds the shards of another subset ({record['inputs']['subset']}); "
-                "use another --work-dir for this subset"
-            )
-        click.echo(f"complete ({record['written']['samples']:,} samples), skipped")
+    if resharded is not None:
+        click.echo(f"complete ({resharded['written']['samples']:,} samples in {layout.resharded}), skipped")
     else:
-        record = reshard_stage.reshard(
+        resharded = reshard_stage.reshard(
             checkout, subset, shards_dir, layout.resharded, workers=workers, shuffle_bufsize=shuffle_bufsize,
             overwrite=True, verify_copies=verify_copies, extra_args=reshard_args,
             log_path=layout.log("reshard"), progress=progress,
         )
 
     _stage("train")
-    trained = train_stage.read_record(layout.experiment)
     if trained is not None:
-        if trained["parameters"]["scale"] != scale:
-            raise FlytInputError(
-                f"{layout.experiment} was trained at scale {trained['parameters']['scale']}, not {scale}; "
-                "use another --work-dir or --exp-name"
-            )
         click.echo(f"complete ({trained['checkpoint']}), skipped")
     else:
         trained = train_stage.train(
@@ -137,7 +156,7 @@ def run_pipeline(
         )
 
     _stage("evaluate")
-    if not evaluate_stage.unevaluated(layout.results):
+    if evaluated:
         click.echo(f"complete ({layout.results}), skipped")
     else:
         evaluate_stage.evaluate(checkout, layout.experiment, evalsets, resume=True, extra_args=evaluate_args,
@@ -146,10 +165,10 @@ def run_pipeline(
     _stage("report")
     scores = aggregate(read_results(layout.results))
     click.echo(format_scores(scores))
-    submission = write_submission(layout, subset, record, trained, scores)
+    submission = write_submission(layout, checkout, subset, resharded, trained, scores)
     _stage(f"submission: {layout.submission}")
     click.echo(f"dataset size: {submission['dataset_size']:,} (the subset's entries)")
-    click.echo("to submit, fill in the placeholders and run in the DataComp checkout:")
+    click.echo("to submit, fill in the placeholders and run:")
     click.echo(f"  {submission['submit_command']}")
     return submission
 
@@ -161,7 +180,7 @@ def _copy(src: Path, dst: Path, info: dict[str, Any]) -> None:
         write_json(sidecar_path(dst), provenance(output=str(dst), source=str(src), **info))
 
 
-def write_submission(layout: Layout, subset: Path, reshard_record: dict[str, Any],
+def write_submission(layout: Layout, checkout: Checkout, subset: Path, reshard_record: dict[str, Any],
                      train_record: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
     """Results, the subset file and the ``--dataset-size`` value for DataComp's ``evaluate.py --submit``.
 
@@ -182,7 +201,7 @@ def write_submission(layout: Layout, subset: Path, reshard_record: dict[str, Any
     })
     size = int(coverage["entries"])
     command = shlex.join([
-        "python", "evaluate.py", "--track=filtering", f"--train_output_dir={layout.experiment.resolve()}",
+        checkout.python, str(checkout.root / "evaluate.py"), "--track=filtering", f"--train_output_dir={layout.experiment.resolve()}",
         f"--samples={samples.resolve()}", f"--dataset-size={size}", "--submit",
         "--method_name=<METHOD>", "--author=<AUTHORS>", "--email=<EMAIL>",
         "--hf_username=<HF_USER>", "--hf_repo_name=<HF_REPO>",

@@ -34,7 +34,7 @@ from ..errors import FlytInputError, OutputCheckError
 from ..io import provenance, read_json_or_none, write_json
 from ..shards import index_shards, list_tars, open_folder
 from ..uids import read_subset, uids_to_hex
-from .datacomp import Checkout, prepare_output_dir, run_script
+from .datacomp import Checkout, check_output_dir, empty_output_dir, human_bytes, run_script
 
 PAPER_SHUFFLE_BUFSIZE = 1_500_000  # the FLYT paper's buffer for repeated subsets
 ENTRY_OVERHEAD_BYTES = 400  # one buffered copy: a small dict and its "<uid>-k" key string
@@ -141,19 +141,15 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
-
-
 def check_buffer_fits(est: BufferEstimate, available: int | None) -> None:
     """Refuse a shuffle buffer that ``workers`` workers cannot hold in the memory available."""
     if available is None or est.total_bytes <= available:
         return
     raise FlytInputError(
-        f"the resharder's shuffle buffer needs about {gib(est.bytes_per_worker)} per worker "
+        f"the resharder's shuffle buffer needs about {human_bytes(est.bytes_per_worker)} per worker "
         f"({est.held_per_worker:,} samples, {est.distinct_fraction:.0%} of them distinct examples of "
-        f"{est.sample_bytes / 1e3:,.1f} kB), {gib(est.total_bytes)} for {est.workers} workers, but only "
-        f"{gib(available)} of memory is available; lower --workers or --shuffle-bufsize "
+        f"{est.sample_bytes / 1e3:,.1f} kB), {human_bytes(est.total_bytes)} for {est.workers} workers, but only "
+        f"{human_bytes(available)} of memory is available; lower --workers or --shuffle-bufsize "
         "(0 turns shuffling off)"
     )
 
@@ -276,7 +272,7 @@ def reshard(
     if shuffle_bufsize is not None and shuffle_bufsize < 0:
         raise FlytInputError(f"--shuffle-bufsize must be 0 (off) or positive, got {shuffle_bufsize}")
     check_stats_files(shards_dir)
-    prepare_output_dir(output_dir, overwrite=overwrite)
+    check_output_dir(output_dir, overwrite=overwrite)
 
     index = index_shards(shards_dir, progress=progress)
     images = index.images_of(uids)
@@ -289,12 +285,13 @@ def reshard(
     if bufsize:
         click.echo(f"shuffle buffer:           {bufsize:,} samples per worker; mean sample "
                    f"{index.mean_sample_bytes / 1e3:,.1f} kB in the shards; about "
-                   f"{gib(est.bytes_per_worker)} per worker, {gib(est.total_bytes)} for "
+                   f"{human_bytes(est.bytes_per_worker)} per worker, {human_bytes(est.total_bytes)} for "
                    f"{effective_workers} worker(s)")
         check_buffer_fits(est, available_memory_bytes())
     else:
         click.echo("shuffle buffer:           off (copies of an example stay side by side)")
 
+    empty_output_dir(output_dir)  # DataComp's resharder needs it to exist, and to be empty
     cmd = [checkout.python, script, "-i", shards_dir, "-o", output_dir.resolve(), "-s", subset.resolve(),
            "-j", str(workers), "--shuffle-bufsize", str(bufsize), *extra_args]
     run = run_script(cmd, name="DataComp's resharder.py", log_path=log_path)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..errors import FlytInputError, OutputCheckError
 from ..io import provenance, read_json_or_none, write_json
-from .datacomp import Checkout, prepare_output_dir, run_script
+from .datacomp import Checkout, check_output_dir, empty_output_dir, run_script
 
 RECORD_FILE = "flyt_train.json"
 FAILURE_LINE = "Error running training"
@@ -67,9 +67,10 @@ def train(
     check_data_dir(data_dir)
     exp_dir = output_dir / exp_name
     if not resume:
-        prepare_output_dir(exp_dir, overwrite=overwrite, what="experiment folder",
-                           hint="pass --resume to continue it from its latest checkpoint, or --overwrite "
-                                "to delete it and train from scratch")
+        check_output_dir(exp_dir, overwrite=overwrite, what="experiment folder",
+                         hint="pass --resume to continue it from its latest checkpoint, or --overwrite "
+                              "to delete it and train from scratch")
+        empty_output_dir(exp_dir)
     args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
             "--exp_name", exp_name, *extra_args]
     run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
