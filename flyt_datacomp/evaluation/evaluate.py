@@ -44,7 +44,8 @@ def evaluate(
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
 ) -> Results:
-    """Check the prerequisites, run DataComp's ``evaluate.py``, check that every task has a result."""
+    """Check the prerequisites, run DataComp's ``evaluate.py``, check that every task has a result
+    and that the 38 scored ones have a main metric."""
     script = checkout.script("evaluate.py")
     checkout.require_torch("evaluate.py")
     if not (train_output_dir / "info.pkl").is_file():
@@ -72,4 +73,7 @@ def evaluate(
         raise OutputCheckError(
             f"evaluate.py finished but {results_file} lacks {len(left)} task(s): {', '.join(left)}"
         )
-    return read_results(results_file)
+    results = read_results(results_file)
+    if not results.complete:
+        raise OutputCheckError(f"evaluate.py finished but {results_file} cannot be averaged: {results.problems()}")
+    return results
