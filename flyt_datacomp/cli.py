@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .downstream import downstream_group
+from .evaluation.cli import eval_group
 from .filter import filter_command
 from .train import train_command
 
@@ -18,6 +19,7 @@ def main() -> None:
 main.add_command(filter_command)
 main.add_command(train_command)
 main.add_command(downstream_group)
+main.add_command(eval_group)
 
 if __name__ == "__main__":
     main()

@@ -510,6 +510,14 @@ def format_bytes(n: float) -> str:
 # --------------------------------------------------------------------------- sidecars
 
 
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """The JSON content of ``path``, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def provenance(**fields: Any) -> dict:
     """The fields every sidecar carries, plus ``fields``."""
     return {

@@ -1,0 +1,79 @@
+"""``eval evaluate``: DataComp's ``evaluate.py`` on a finished training run.
+
+``evaluate.py --train_output_dir OUT/NAME --data_dir EVALSETS`` reads ``OUT/NAME/info.pkl`` and
+appends one line per task of its ``tasklist.yml`` to ``OUT/NAME/eval_results.jsonl`` (or to
+``--output_dir``), skipping the tasks the file already has. A run is complete when every task has
+a line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import FlytInputError, OutputCheckError
+from .datacomp import Checkout, run_script
+from .report import RESULTS_FILE, TASKS, Results, read_results
+
+
+def option_value(args: Sequence[str], flag: str) -> str | None:
+    """The value given to ``flag`` in pass-through arguments (``--flag V`` or ``--flag=V``)."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None
+
+
+def unevaluated(results_file: Path) -> list[str]:
+    """The tasks of DataComp's task list that have no line in ``results_file`` yet."""
+    if not results_file.is_file():
+        return [name for _, name in TASKS]
+    done = read_results(results_file).evaluated
+    return [name for _, name in TASKS if name not in done]
+
+
+def evaluate(
+    checkout: Checkout,
+    train_output_dir: Path,
+    data_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    extra_args: Sequence[str] = (),
+    log_path: Path | None = None,
+) -> Results:
+    """Check the prerequisites, run DataComp's ``evaluate.py``, check that every task has a result
+    and that the 38 scored ones have a main metric."""
+    script = checkout.script("evaluate.py")
+    checkout.require_torch("evaluate.py")
+    if not (train_output_dir / "info.pkl").is_file():
+        raise FlytInputError(
+            f"--train-output-dir {train_output_dir} has no info.pkl: give the OUT/NAME folder of a "
+            "finished train.py run"
+        )
+    if not data_dir.is_dir():
+        raise FlytInputError(f"--data-dir {data_dir} does not exist: download the evaluation sets there "
+                             "with DataComp's download_evalsets.py")
+    out_dir = Path(option_value(extra_args, "--output_dir") or train_output_dir)
+    results_file = out_dir / RESULTS_FILE
+    if results_file.exists() and not resume:
+        if not overwrite:
+            raise FlytInputError(
+                f"{results_file} already exists; pass --resume to evaluate only the tasks it lacks, "
+                "or --overwrite to evaluate every task again"
+            )
+        results_file.unlink()
+    cmd = [checkout.python, script, "--train_output_dir", train_output_dir.resolve(),
+           "--data_dir", data_dir.resolve(), *extra_args]
+    run_script(cmd, name="DataComp's evaluate.py", log_path=log_path)
+    left = unevaluated(results_file)
+    if left:
+        raise OutputCheckError(
+            f"evaluate.py finished but {results_file} lacks {len(left)} task(s): {', '.join(left)}"
+        )
+    results = read_results(results_file)
+    if not results.complete:
+        raise OutputCheckError(f"evaluate.py finished but {results_file} cannot be averaged: {results.problems()}")
+    return results

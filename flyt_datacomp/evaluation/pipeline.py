@@ -1,0 +1,223 @@
+"""``eval run``: reshard, train, evaluate and report a subset, resumably, and prepare a submission.
+
+Work folder layout::
+
+    WORK/reshard/            resharded shards + flyt_reshard.json (written once the count check passed)
+    WORK/train/NAME/         train.py's output + flyt_train.json (written once training finished);
+                             evaluate.py appends NAME/eval_results.jsonl here
+    WORK/logs/               each stage's full output
+    WORK/submission/         what a leaderboard entry needs
+
+A stage whose output is complete is skipped, so a crashed run is resumed by running the same
+command again: a partial reshard is redone from scratch, train.py resumes from its latest
+checkpoint, evaluate.py evaluates only the tasks not yet in the results file. A work folder made
+for another subset or scale is refused rather than reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from ..errors import FlytInputError
+from ..io import atomic_path, provenance, read_json_or_none, sidecar_path, write_json
+from ..uids import read_subset
+from . import evaluate as evaluate_stage
+from . import reshard as reshard_stage
+from . import train as train_stage
+from .datacomp import Checkout
+from .report import RESULTS_FILE, aggregate, format_scores, read_results
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The folders of one ``eval run`` work folder."""
+
+    root: Path
+    exp_name: str
+
+    @property
+    def resharded(self) -> Path:
+        return self.root / "reshard"
+
+    @property
+    def train_output(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def experiment(self) -> Path:
+        return self.train_output / self.exp_name
+
+    @property
+    def results(self) -> Path:
+        return self.experiment / RESULTS_FILE
+
+    @property
+    def submission(self) -> Path:
+        return self.root / "submission"
+
+    def log(self, stage: str) -> Path:
+        return self.root / "logs" / f"{stage}.log"
+
+
+def _stage(title: str) -> None:
+    click.secho(f"== {title}", bold=True)
+
+
+def finished_reshard(layout: Layout, subset: Path, subset_sha: str) -> dict[str, Any] | None:
+    """The record of a checked reshard of this subset in the work folder; refuses another subset's."""
+    record = reshard_stage.read_record(layout.resharded)
+    if record is not None and record["inputs"]["subset_sha256"] != subset_sha:
+        raise FlytInputError(
+            f"{layout.resharded} holds the shards of another subset ({record['inputs']['subset']}), not "
+            f"{subset}; use another --work-dir for this subset"
+        )
+    return record
+
+
+def finished_training(layout: Layout, scale: str) -> dict[str, Any] | None:
+    """The record of a finished training run at this scale; refuses one at another scale."""
+    record = train_stage.read_record(layout.experiment)
+    if record is not None and record["parameters"]["scale"] != scale:
+        raise FlytInputError(
+            f"{layout.experiment} was trained at scale {record['parameters']['scale']}, not {scale}; "
+            "use another --work-dir or --exp-name"
+        )
+    return record
+
+
+def check_prerequisites(checkout: Checkout, scale: str, evalsets: Path, *, reshard: bool, train: bool,
+                        evaluate: bool) -> None:
+    """What the stages still to run need, checked before the first one starts."""
+    if reshard:
+        checkout.script("resharder.py")
+        checkout.require_old_webdataset()
+    if train:
+        checkout.script("train.py")
+        checkout.scale_config(scale)
+    if train or evaluate:
+        checkout.require_torch("train.py" if train else "evaluate.py")
+    if evaluate:
+        checkout.script("evaluate.py")
+        if not evalsets.is_dir():
+            raise FlytInputError(f"--evalsets {evalsets} does not exist: download the evaluation sets there "
+                                 "with DataComp's download_evalsets.py")
+
+
+def run_pipeline(
+    checkout: Checkout,
+    subset: Path,
+    shards_dir: str,
+    scale: str,
+    work_dir: Path,
+    evalsets: Path,
+    *,
+    exp_name: str = "flyt",
+    workers: int | None = None,
+    shuffle_bufsize: int | None = None,
+    num_gpus: int = 1,
+    verify_copies: bool = False,
+    reshard_args: Sequence[str] = (),
+    train_args: Sequence[str] = (),
+    evaluate_args: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the missing stages in order; return the submission record."""
+    read_subset(subset)
+    layout = Layout(work_dir, exp_name)
+    resharded = finished_reshard(layout, subset, reshard_stage.file_sha256(subset))
+    trained = finished_training(layout, scale)
+    evaluated = not evaluate_stage.unevaluated(layout.results)
+    check_prerequisites(checkout, scale, evalsets, reshard=resharded is None, train=trained is None,
+                        evaluate=not evaluated)
+
+    _stage("reshard")
+    if resharded is not None:
+        click.echo(f"complete ({resharded['written']['samples']:,} samples in {layout.resharded}), skipped")
+    else:
+        resharded = reshard_stage.reshard(
+            checkout, subset, shards_dir, layout.resharded, workers=workers, shuffle_bufsize=shuffle_bufsize,
+            overwrite=True, verify_copies=verify_copies, extra_args=reshard_args,
+            log_path=layout.log("reshard"), progress=progress,
+        )
+
+    _stage("train")
+    if trained is not None:
+        click.echo(f"complete ({trained['checkpoint']}), skipped")
+    else:
+        trained = train_stage.train(
+            checkout, str(layout.resharded.resolve()), scale, layout.train_output, exp_name, num_gpus=num_gpus,
+            resume=True, extra_args=train_args, log_path=layout.log("train"),
+        )
+
+    _stage("evaluate")
+    if evaluated:
+        click.echo(f"complete ({layout.results}), skipped")
+    else:
+        evaluate_stage.evaluate(checkout, layout.experiment, evalsets, resume=True, extra_args=evaluate_args,
+                                log_path=layout.log("evaluate"))
+
+    _stage("report")
+    scores = aggregate(read_results(layout.results))
+    click.echo(format_scores(scores))
+    submission = write_submission(layout, checkout, subset, resharded, trained, scores)
+    _stage(f"submission: {layout.submission}")
+    click.echo(f"dataset size: {submission['dataset_size']:,} (the subset's entries)")
+    click.echo("to submit, fill in the placeholders and run:")
+    click.echo(f"  {submission['submit_command']}")
+    return submission
+
+
+def _copy(src: Path, dst: Path, info: dict[str, Any]) -> None:
+    """Copy ``src`` to ``dst`` atomically and give it a sidecar."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        write_json(sidecar_path(dst), provenance(output=str(dst), source=str(src), **info))
+
+
+def write_submission(layout: Layout, checkout: Checkout, subset: Path, reshard_record: dict[str, Any],
+                     train_record: dict[str, Any], scores: dict[str, float]) -> dict[str, Any]:
+    """Results, the subset file and the ``--dataset-size`` value for DataComp's ``evaluate.py --submit``.
+
+    The dataset size is the subset's number of entries (repetitions included): what the uploaded
+    sample file holds and what DataComp's baselines report (their sizes count the selected pool
+    entries, not the images a participant happened to download). Without it, evaluate.py shows the
+    scale's number of samples seen instead.
+    """
+    out = layout.submission
+    out.mkdir(parents=True, exist_ok=True)
+    coverage = reshard_record["coverage"]
+    original = sidecar_path(subset)
+    _copy(layout.results, out / "results.jsonl", {"scores": scores})
+    samples = out / "samples" / subset.name
+    _copy(subset, samples, {
+        "subset_sha256": reshard_record["inputs"]["subset_sha256"],
+        "subset_sidecar": read_json_or_none(original),
+    })
+    size = int(coverage["entries"])
+    command = shlex.join([
+        checkout.python, str(checkout.root / "evaluate.py"), "--track=filtering", f"--train_output_dir={layout.experiment.resolve()}",
+        f"--samples={samples.resolve()}", f"--dataset-size={size}", "--submit",
+        "--method_name=<METHOD>", "--author=<AUTHORS>", "--email=<EMAIL>",
+        "--hf_username=<HF_USER>", "--hf_repo_name=<HF_REPO>",
+    ])
+    record = provenance(
+        output=str(out),
+        scale=train_record["parameters"]["scale"],
+        model=train_record["scale_config"].get("model"),
+        checkpoint=train_record["checkpoint"],
+        dataset_size=size,
+        subset={"entries": size, "distinct_uids": coverage["distinct_uids"],
+                "entries_with_image": size - int(coverage["entries_without_image"]),
+                "samples_resharded": reshard_record["written"]["samples"]},
+        scores=scores,
+        files={"results": "results.jsonl", "samples": f"samples/{subset.name}"},
+        submit_command=command,
+    )
+    write_json(out / "submission.json", record)
+    return record

@@ -1,0 +1,99 @@
+"""``eval train``: DataComp's ``train.py`` on resharded data, through torchrun for several GPUs.
+
+``train.py --scale S --data_dir D --output_dir OUT --exp_name NAME`` trains the scale's fixed recipe
+on every ``.tar`` in D (the resharded shards, not the subset file) and writes
+``OUT/NAME/checkpoints/epoch_latest.pt`` and, once training has returned, ``OUT/NAME/info.pkl``. It
+always asks open_clip to resume from the latest checkpoint in ``OUT/NAME``, and it exits 0 even when
+open_clip reported a failure (it prints "Error running training"), so that line counts as a failure
+here. A finished run gets ``OUT/NAME/flyt_train.json``, which ``eval run`` uses to skip the stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import FlytInputError, OutputCheckError
+from ..io import provenance, read_json_or_none, write_json
+from .datacomp import Checkout, check_output_dir, empty_output_dir, run_script
+
+RECORD_FILE = "flyt_train.json"
+FAILURE_LINE = "Error running training"
+
+
+def check_data_dir(data_dir: str) -> None:
+    """A local data folder must hold the resharded ``.tar`` shards (or resharder output folders)."""
+    if "::" in data_dir or "://" in data_dir:
+        return  # several sources or a cloud URL: train.py resolves those itself
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise FlytInputError(f"--data-dir {path} does not exist or is not a folder")
+    if not any(path.glob("*.tar")) and not any(path.glob("*/meta.json")):
+        raise FlytInputError(
+            f"--data-dir {path} holds no .tar shards: give the output folder of `eval reshard` "
+            "(train.py reads resharded shards, not the subset file)"
+        )
+
+
+def train_command(checkout: Checkout, script: Path, args: list[str], num_gpus: int) -> list[str]:
+    """``python train.py ...``, or the same under torchrun (``torch.distributed.run``) for N GPUs."""
+    if num_gpus > 1:
+        return [checkout.python, "-m", "torch.distributed.run", "--nproc_per_node", str(num_gpus),
+                str(script), *args]
+    return [checkout.python, str(script), *args]
+
+
+def train(
+    checkout: Checkout,
+    data_dir: str,
+    scale: str,
+    output_dir: Path,
+    exp_name: str,
+    *,
+    num_gpus: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    extra_args: Sequence[str] = (),
+    log_path: Path | None = None,
+) -> dict[str, Any]:
+    """Check the prerequisites, run DataComp's ``train.py``, check its outputs; return the record."""
+    script = checkout.script("train.py")
+    checkout.require_torch("train.py")
+    config = checkout.scale_config(scale)
+    if num_gpus < 1:
+        raise FlytInputError(f"--num-gpus must be at least 1, got {num_gpus}")
+    if not exp_name or "/" in exp_name:
+        raise FlytInputError(f"--exp-name must be a plain folder name, got {exp_name!r}")
+    check_data_dir(data_dir)
+    exp_dir = output_dir / exp_name
+    if not resume:
+        check_output_dir(exp_dir, overwrite=overwrite, what="experiment folder",
+                         hint="pass --resume to continue it from its latest checkpoint, or --overwrite "
+                              "to delete it and train from scratch")
+        empty_output_dir(exp_dir)
+    args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
+            "--exp_name", exp_name, *extra_args]
+    run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
+                     log_path=log_path, fail_markers=(FAILURE_LINE,))
+    checkpoint = exp_dir / "checkpoints" / "epoch_latest.pt"
+    for needed in (exp_dir / "info.pkl", checkpoint):
+        if not needed.is_file():
+            raise OutputCheckError(f"train.py finished but wrote no {needed}")
+    record = provenance(
+        output=str(exp_dir),
+        inputs={"data_dir": data_dir, "datacomp_dir": str(checkout.root)},
+        parameters={"scale": scale, "exp_name": exp_name, "num_gpus": num_gpus, "extra_args": list(extra_args)},
+        scale_config=config,
+        checkpoint=str(checkpoint),
+        seconds=round(run.seconds, 3),
+    )
+    write_json(exp_dir / RECORD_FILE, record)
+    return record
+
+
+def read_record(exp_dir: Path) -> dict[str, Any] | None:
+    """The record of a finished training run in ``exp_dir`` whose outputs are all still there."""
+    record = read_json_or_none(exp_dir / RECORD_FILE)
+    if not isinstance(record, dict) or not (exp_dir / "info.pkl").is_file() or not Path(record.get("checkpoint", "")).is_file():
+        return None
+    return record

@@ -1,0 +1,162 @@
+"""Which uids have an image in a folder of img2dataset shards, and how large the samples are.
+
+img2dataset writes ``{:08d}.tar`` shards, each with a ``{:08d}.parquet`` listing every url it tried
+(``status == "success"`` for the ones written to the tar; DataComp's download keeps the ``uid``
+column) and a ``{:08d}_stats.json``. A tar holds one sample per downloaded image, keyed by
+position, whose ``.json`` member carries the ``uid``. This module reads that index from the
+parquet files where they have ``uid`` and ``status`` columns and from the tars' ``.json`` members
+otherwise. Only a fraction of a pool downloads, so callers use it to tell which subset or pool
+entries can appear in training data at all.
+
+The folder may be any fsspec URL. Shards are read concurrently (I/O bound) with a progress bar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import posixpath
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+from .progress import progress_bar
+
+from .errors import FlytInputError
+from .uids import UID_DTYPE, hex_to_uids, lookup, uid_order
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """One image shard: its tar's name and size, its image count and where the uids came from."""
+
+    name: str
+    tar_bytes: int
+    num_images: int
+    source: str  # "parquet" or "tar"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardIndex:
+    """The images of a shards folder: one uid per image, in shard order (a uid may repeat)."""
+
+    root: str
+    shards: tuple[ShardInfo, ...]
+    uids: np.ndarray
+
+    @property
+    def num_images(self) -> int:
+        return len(self.uids)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.tar_bytes for s in self.shards)
+
+    @property
+    def mean_sample_bytes(self) -> float:
+        """Mean tar bytes per sample (payload plus tar headers), 0 for an empty folder."""
+        return self.total_bytes / self.num_images if self.num_images else 0.0
+
+    def image_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted distinct uids and how many images each has (more than 1 only for duplicates)."""
+        ordered = self.uids[uid_order(self.uids)]
+        if len(ordered) == 0:
+            return ordered, np.zeros(0, dtype=np.int64)
+        new = np.ones(len(ordered), dtype=bool)
+        new[1:] = (ordered["f0"][1:] != ordered["f0"][:-1]) | (ordered["f1"][1:] != ordered["f1"][:-1])
+        starts = np.flatnonzero(new)
+        return ordered[starts], np.diff(np.append(starts, len(ordered))).astype(np.int64)
+
+    def images_of(self, query: np.ndarray) -> np.ndarray:
+        """For each uid of ``query``, how many images of it the folder holds (0 = not downloaded)."""
+        distinct, counts = self.image_counts()
+        pos = lookup(distinct, query)
+        out = np.zeros(len(query), dtype=np.int64)
+        out[pos >= 0] = counts[pos[pos >= 0]]
+        return out
+
+
+def open_folder(root: str | os.PathLike) -> tuple[Any, str]:
+    """The fsspec filesystem and path of a folder URL; a clear error when it is not a folder."""
+    root = str(root)
+    try:
+        fs, path = fsspec.core.url_to_fs(root)
+        is_dir = fs.isdir(path)
+    except (ImportError, ValueError, OSError) as exc:
+        raise FlytInputError(f"cannot open shards folder {root}: {exc}") from None
+    if not is_dir:
+        raise FlytInputError(f"shards folder {root} does not exist or is not a folder")
+    return fs, path.rstrip("/")
+
+
+def list_tars(fs: Any, path: str) -> list[str]:
+    """Names of the ``.tar`` files directly inside ``path``, sorted."""
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    return sorted(n for n in names if n.endswith(".tar"))
+
+
+def _uids_from_parquet(fs: Any, path: str) -> list[str] | None:
+    """Successful downloads' uids from an img2dataset parquet, or None when it cannot tell."""
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as fh:
+        schema = pq.read_schema(fh)
+        if "uid" not in schema.names or "status" not in schema.names:
+            return None
+        fh.seek(0)
+        table = pq.read_table(fh, columns=["uid", "status"])
+    uid = table.column("uid").to_pylist()
+    status = table.column("status").to_pylist()
+    return [u for u, s in zip(uid, status) if s == "success"]
+
+
+def _uids_from_tar(fs: Any, path: str) -> list[str]:
+    """The ``uid`` of every sample's ``.json`` member, in tar order (what DataComp's resharder reads)."""
+    out = []
+    with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        for member in tar:
+            base = posixpath.basename(member.name)
+            if not member.isfile() or "." not in base or base.split(".", 1)[1].lower() != "json":
+                continue
+            try:
+                uid = json.loads(tar.extractfile(member).read()).get("uid")
+            except (ValueError, AttributeError) as exc:
+                raise FlytInputError(f"{path}: member {member.name} is not a JSON object: {exc}") from None
+            if not isinstance(uid, str):
+                raise FlytInputError(f"{path}: member {member.name} has no uid")
+            out.append(uid)
+    return out
+
+
+def _read_shard(fs: Any, folder: str, name: str) -> tuple[ShardInfo, np.ndarray]:
+    tar_path = f"{folder}/{name}"
+    stem = name[: -len(".tar")]
+    try:
+        hexes = _uids_from_parquet(fs, f"{folder}/{stem}.parquet")
+        source = "parquet"
+        if hexes is None:
+            hexes, source = _uids_from_tar(fs, tar_path), "tar"
+        size = int(fs.size(tar_path))
+    except (OSError, tarfile.TarError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise FlytInputError(f"cannot read shard {tar_path}: {exc}") from None
+    uids = hex_to_uids(np.asarray(hexes, dtype=object), source=f"{tar_path} ({source})") if hexes \
+        else np.zeros(0, dtype=UID_DTYPE)
+    return ShardInfo(name, size, len(uids), source), uids
+
+
+def index_shards(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> ShardIndex:
+    """Read which uid each image of a shards folder belongs to (see the module docstring)."""
+    fs, folder = open_folder(root)
+    names = list_tars(fs, folder)
+    if not names:
+        raise FlytInputError(f"shards folder {root} holds no .tar shards")
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
+        results = list(progress_bar(pool.map(lambda n: _read_shard(fs, folder, n), names), total=len(names),
+                            desc="indexing shards", unit="shard", disable=not progress))
+    infos = tuple(r[0] for r in results)
+    uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
+    return ShardIndex(str(root), infos, uids)

@@ -1,0 +1,571 @@
+"""`flyt-datacomp eval`: DataComp's scripts run as subprocesses, checks of their outputs, the report.
+
+The DataComp scripts here are stand-ins (tests/datacomp_standin/) with DataComp's options and
+output formats, run by a "DataComp python" that is this Python with a fake webdataset version
+installed in front. A slow test runs the real checkout when DATACOMP_DIR and DATACOMP_PYTHON are set.
+"""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from flyt_datacomp.cli import main as cli_main
+from flyt_datacomp.evaluation import reshard as reshard_mod
+from flyt_datacomp.evaluation.report import TASKS
+from flyt_datacomp.shards import index_shards
+from flyt_datacomp.uids import hex_to_uids, read_subset, write_subset
+from poolgen import write_image_shards, write_metadata
+
+STANDIN = Path(__file__).parent / "datacomp_standin"
+STANDIN_TASKS = json.loads((STANDIN / "tasklist.json").read_text())
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def fake_python(tmp_path, webdataset_version="0.2.31"):
+    """This Python, with a webdataset distribution of the given version found first."""
+    site = tmp_path / f"site-{webdataset_version}"
+    dist = site / f"webdataset-{webdataset_version}.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: webdataset\nVersion: {webdataset_version}\n")
+    exe = tmp_path / f"python-wds-{webdataset_version}"
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH="{site}${{PYTHONPATH:+:$PYTHONPATH}}" exec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.fixture
+def dc(tmp_path, monkeypatch):
+    """A stand-in DataComp checkout and python; calls are recorded in dc['calls']."""
+    root = tmp_path / "datacomp"
+    shutil.copytree(STANDIN, root)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("STANDIN_CALLS", str(calls))
+    for var in ("STANDIN_FAIL", "STANDIN_DROP", "STANDIN_TRAIN_ERROR", "DATACOMP_DIR", "DATACOMP_PYTHON"):
+        monkeypatch.delenv(var, raising=False)
+    return {"dir": root, "python": fake_python(tmp_path), "calls": calls,
+            "args": ["--datacomp-dir", str(root), "--datacomp-python", fake_python(tmp_path / "py")]}
+
+
+def calls(dc, script=None):
+    if not dc["calls"].exists():
+        return []
+    rows = [json.loads(line) for line in dc["calls"].read_text().splitlines()]
+    return [r for r in rows if script is None or r["script"] == script]
+
+
+def write_img2dataset_parquets(shards_dir, kept, failed, per_shard):
+    """img2dataset's per-shard parquet: the shard's samples as successes plus some failed urls."""
+    for shard, start in enumerate(range(0, len(kept), per_shard)):
+        rows = kept[start:start + per_shard]
+        bad = failed[shard * 2:shard * 2 + 2]
+        pq.write_table(pa.table({"uid": rows + bad, "status": ["success"] * len(rows) + ["failed_to_download"] * len(bad)}),
+                       shards_dir / f"{shard:08d}.parquet")
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """Image shards with about 15% of the pool missing, and a subset with repeated uids (some of
+    them without an image)."""
+    _, hexes = write_metadata(tmp_path / "metadata", sizes=(40, 30, 50), with_npz=False)
+    hexes = list(hexes)
+    kept = write_image_shards(tmp_path / "shards", hexes, per_shard=25, keep_fraction=0.85)
+    rng = np.random.default_rng(3)
+    counts = np.zeros(len(hexes), dtype=np.int64)
+    chosen = rng.choice(len(hexes), 70, replace=False)
+    counts[chosen] = rng.integers(1, 5, len(chosen))
+    subset = tmp_path / "subset.npy"
+    write_subset(subset, hex_to_uids(hexes), counts)
+    kept_set = set(kept)
+    expected = {u: int(c) for u, c in zip(hexes, counts) if c and u in kept_set}
+    missing = int(sum(c for u, c in zip(hexes, counts) if c and u not in kept_set))
+    assert missing > 0 and max(expected.values()) > 1
+    return {"hexes": hexes, "kept": kept, "subset": subset, "shards": tmp_path / "shards", "expected": expected,
+            "entries": int(counts.sum()), "missing": missing}
+
+
+def invoke(args, code=0):
+    result = CliRunner().invoke(cli_main, ["eval", *map(str, args)])
+    assert result.exit_code == code, (result.output, result.exception)
+    return result
+
+
+def copies_in(folder):
+    """Copies per uid in resharded tars, read independently of the package."""
+    got = {}
+    for tar in sorted(Path(folder).glob("*.tar")):
+        with tarfile.open(tar) as fh:
+            for name in fh.getnames():
+                if name.endswith(".json"):
+                    uid = name[:-5].rsplit("-", 1)[0]
+                    got[uid] = got.get(uid, 0) + 1
+    return got
+
+
+def reshard_args(dc, pool, out, *extra):
+    return ["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", out, "--quiet", *dc["args"],
+            *extra]
+
+
+# --------------------------------------------------------------------------- shards index
+
+
+def test_shard_index_from_parquet_and_tars(pool, tmp_path):
+    from_tars = index_shards(pool["shards"], progress=False)
+    assert {s.source for s in from_tars.shards} == {"tar"}
+    assert list(from_tars.uids) == list(hex_to_uids(pool["kept"]))
+    sizes = sum(p.stat().st_size for p in pool["shards"].glob("*.tar"))
+    assert from_tars.mean_sample_bytes == pytest.approx(sizes / len(pool["kept"]))
+    failed = [u for u in pool["hexes"] if u not in set(pool["kept"])]
+    write_img2dataset_parquets(pool["shards"], pool["kept"], failed, per_shard=25)
+    from_parquet = index_shards(pool["shards"], progress=False)
+    assert {s.source for s in from_parquet.shards} == {"parquet"}
+    assert list(from_parquet.uids) == list(from_tars.uids)  # failed downloads are not images
+    query = hex_to_uids([pool["kept"][0], failed[0], pool["kept"][-1]])
+    assert from_parquet.images_of(query).tolist() == [1, 0, 1]
+
+
+def test_shard_index_errors(tmp_path):
+    from flyt_datacomp.errors import FlytInputError
+
+    with pytest.raises(FlytInputError, match="does not exist"):
+        index_shards(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FlytInputError, match="no .tar shards"):
+        index_shards(tmp_path / "empty")
+    (tmp_path / "empty" / "00000000.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(FlytInputError, match="cannot read shard"):
+        index_shards(tmp_path / "empty", progress=False)
+
+
+# --------------------------------------------------------------------------- pure parts of reshard
+
+
+def test_coverage_counts_copies_times_images():
+    cov = reshard_mod.coverage(np.array([3, 1, 2, 5]), np.array([1, 0, 2, 0]))
+    assert (cov.entries, cov.distinct_uids, cov.max_repetitions) == (11, 4, 5)
+    assert (cov.entries_without_image, cov.uids_without_image) == (6, 2)
+    assert cov.expected_samples == 3 * 1 + 2 * 2 and cov.uids_with_several_images == 1
+
+
+def simulate_distinct_in_buffer(counts, bufsize, seed=0):
+    """webdataset's shuffle (fill to bufsize, then draw uniformly) over a stream where each example's
+    copies come one after another; mean number of distinct examples held in the steady state."""
+    rng, buf, held, seen = random.Random(seed), [], {}, []
+    stream = iter([i for i, k in enumerate(counts) for _ in range(k)])
+    for u in stream:
+        for v in [u] + ([next(stream, None)] if len(buf) + 1 < bufsize else []):
+            if v is not None:
+                buf.append(v)
+                held[v] = held.get(v, 0) + 1
+        if len(buf) >= bufsize:
+            j = rng.randrange(len(buf))
+            v, buf[j] = buf[j], buf[-1]
+            buf.pop()
+            held[v] -= 1
+            if not held[v]:
+                del held[v]
+            seen.append(len(held))
+    seen = np.array(seen)
+    return seen[len(seen) // 4: 3 * len(seen) // 4].mean()
+
+
+@pytest.mark.parametrize("kind", ["unique", "geometric", "zipf"])
+def test_buffer_estimate_matches_simulated_shuffle(kind):
+    rng = np.random.default_rng(0)
+    counts = {"unique": np.ones(20_000, np.int64), "geometric": rng.geometric(0.2, 7_000),
+              "zipf": np.minimum(rng.zipf(1.8, 7_000), 60)}[kind]
+    est = reshard_mod.estimate_buffer(1000, 1, counts, np.ones_like(counts), sample_bytes=5000.0)
+    simulated = simulate_distinct_in_buffer(counts, 1000)
+    assert est.held_per_worker == 1000
+    assert est.held_per_worker * est.distinct_fraction == pytest.approx(simulated, rel=0.06)
+    per_sample = est.distinct_fraction * 5000 + reshard_mod.ENTRY_OVERHEAD_BYTES
+    assert est.bytes_per_worker == int(1000 * per_sample)
+
+
+def test_buffer_estimate_small_share_and_workers():
+    counts, images = np.full(100, 2), np.ones(100, np.int64)
+    images[:10] = 0  # without an image: never buffered
+    est = reshard_mod.estimate_buffer(10_000, 4, counts, images, sample_bytes=1000.0)
+    assert est.held_per_worker == 45  # each worker's share of the 180 samples written
+    assert est.distinct_fraction == pytest.approx(1.5 / 2)
+    assert est.total_bytes == 4 * est.bytes_per_worker
+    assert reshard_mod.estimate_buffer(0, 4, counts, images, 1000.0).bytes_per_worker == 0
+
+
+# --------------------------------------------------------------------------- eval reshard
+
+
+def test_reshard_passes_arguments_and_checks_counts(dc, pool, tmp_path):
+    out = tmp_path / "resharded"
+    r = invoke(reshard_args(dc, pool, out, "--workers", "2", "--verify-copies", "--", "--shard-size", "40"))
+    (call,) = calls(dc, "resharder")
+    argv = call["argv"]
+    assert argv[argv.index("-i") + 1] == str(pool["shards"]) and argv[argv.index("-o") + 1] == str(out.resolve())
+    assert argv[argv.index("-s") + 1] == str(pool["subset"].resolve())
+    assert argv[argv.index("-j") + 1] == "2"
+    assert argv[argv.index("--shuffle-bufsize") + 1] == "1500000"  # repeated uids: the paper's buffer
+    assert argv[-2:] == ["--shard-size", "40"]  # passed through unchanged
+    expected = sum(pool["expected"].values())
+    assert copies_in(out) == pool["expected"]
+    assert len(list(out.glob("*.tar"))) == -(-expected // 40)
+    assert f"subset entries:           {pool['entries']:,}" in r.output
+    assert f"entries without an image: {pool['missing']:,}" in r.output
+    assert f"samples written:          {expected:,}" in r.output
+    assert "[INFO] output" in r.output  # the child's output is streamed
+    assert "all match the subset" in r.output
+    record = json.loads((out / "flyt_reshard.json").read_text())
+    assert record["written"]["samples"] == expected and record["coverage"]["entries"] == pool["entries"]
+    assert record["parameters"]["shuffle_bufsize"] == 1_500_000 and record["version"]
+
+
+def test_reshard_buffer_defaults_and_override(dc, pool, tmp_path):
+    uids, _ = read_subset(pool["subset"])
+    once = tmp_path / "once.npy"
+    write_subset(once, uids, np.ones(len(uids), np.int64))
+    invoke(reshard_args(dc, {**pool, "subset": once}, tmp_path / "a"))
+    invoke(reshard_args(dc, pool, tmp_path / "b", "--shuffle-bufsize", "0"))
+    invoke(reshard_args(dc, pool, tmp_path / "c", "--shuffle-bufsize", "777"))
+    bufs = [c["argv"][c["argv"].index("--shuffle-bufsize") + 1] for c in calls(dc, "resharder")]
+    assert bufs == ["0", "0", "777"]
+
+
+def test_reshard_refuses_a_buffer_that_does_not_fit(dc, pool, tmp_path, monkeypatch):
+    monkeypatch.setattr(reshard_mod, "available_memory_bytes", lambda: 100_000)
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--workers", "3"), code=2)
+    assert "--workers" in r.output and "--shuffle-bufsize" in r.output and "per worker" in r.output
+    assert "3 workers" in r.output and not calls(dc, "resharder")
+    monkeypatch.setattr(reshard_mod, "available_memory_bytes", lambda: 10**12)
+    invoke(reshard_args(dc, pool, tmp_path / "out", "--workers", "3"))
+
+
+def test_reshard_prerequisite_errors(dc, pool, tmp_path):
+    out = tmp_path / "out"
+    base = ["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", out]
+    r = invoke([*base, "--datacomp-dir", tmp_path / "pool-only", "--datacomp-python", dc["python"]], code=2)
+    assert "does not exist" in r.output
+    (tmp_path / "empty-checkout").mkdir()
+    r = invoke([*base, "--datacomp-dir", tmp_path / "empty-checkout", "--datacomp-python", dc["python"]], code=2)
+    assert "resharder.py not found" in r.output
+    r = invoke([*base, "--datacomp-dir", dc["dir"], "--datacomp-python", tmp_path / "no-such-python"], code=2)
+    assert "cannot be started" in r.output and "--datacomp-python" in r.output
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'libpython3.10.so: cannot open shared object file' >&2\nexit 127\n")
+    broken.chmod(0o755)
+    r = invoke([*base, "--datacomp-dir", dc["dir"], "--datacomp-python", broken], code=2)
+    assert "does not run" in r.output and "exit code 127" in r.output and "libpython3.10.so" in r.output
+    new = fake_python(tmp_path / "new", "0.2.86")
+    r = invoke([*base, "--datacomp-dir", dc["dir"], "--datacomp-python", new], code=2)
+    assert "webdataset 0.2.86" in r.output and "older than 0.2.86" in r.output
+    out.mkdir()
+    (out / "old.tar").write_bytes(b"x")
+    r = invoke([*base, *dc["args"]], code=2)
+    assert "is not empty" in r.output and "--overwrite" in r.output
+    (pool["shards"] / "00000001_stats.json").unlink()
+    r = invoke([*base, *dc["args"], "--overwrite"], code=2)
+    assert "00000001.tar" in r.output and "_stats.json" in r.output
+    assert not calls(dc, "resharder")
+
+
+def test_reshard_overwrite_replaces_contents(dc, pool, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale_99.tar").write_bytes(b"x")
+    invoke(reshard_args(dc, pool, out, "--overwrite"))
+    assert not (out / "stale_99.tar").exists() and copies_in(out) == pool["expected"]
+
+
+def test_reshard_env_defaults(dc, pool, tmp_path, monkeypatch):
+    monkeypatch.setenv("DATACOMP_DIR", str(dc["dir"]))
+    monkeypatch.setenv("DATACOMP_PYTHON", dc["python"])
+    invoke(["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", tmp_path / "o", "--quiet"])
+    assert len(calls(dc, "resharder")) == 1
+
+
+def test_reshard_child_failure_reports_exit_code_and_tail(dc, pool, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL", "resharder")
+    log = tmp_path / "reshard.log"
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", log), code=3)
+    assert "failed with exit code 7" in r.output
+    assert "RuntimeError: simulated failure" in r.output.split("Its last lines:")[1]
+    assert str(log) in r.output and "simulated failure" in log.read_text()
+    assert not (tmp_path / "out" / "flyt_reshard.json").exists()
+
+
+def test_reshard_count_mismatch_is_an_error(dc, pool, tmp_path, monkeypatch):
+    monkeypatch.setenv("STANDIN_DROP", "1")
+    r = invoke(reshard_args(dc, pool, tmp_path / "out"), code=4)
+    expected = sum(pool["expected"].values())
+    assert f"wrote {expected - 1:,} samples" in r.output and f"but {expected:,} subset entries" in r.output
+    assert not (tmp_path / "out" / "flyt_reshard.json").exists()
+
+
+def test_verify_copies_catches_a_wrong_uid(tmp_path):
+    got = {"a" * 32: 2, "b" * 32: 1}
+    bad = reshard_mod.compare_copies({"a" * 32: 2, "b" * 32: 2}, got)
+    assert bad == [f"{'b' * 32}: expected 2, found 1"]
+    assert reshard_mod.compare_copies({"a" * 32: 2, "b" * 32: 1}, got) == []
+
+
+# --------------------------------------------------------------------------- eval train / evaluate
+
+
+@pytest.fixture
+def resharded(dc, pool, tmp_path):
+    out = tmp_path / "resharded"
+    invoke(reshard_args(dc, pool, out))
+    return out
+
+
+def train_args(dc, data, out, *extra):
+    return ["train", "--data-dir", data, "--scale", "debug", "--output-dir", out, "--exp-name", "exp", *dc["args"],
+            *extra]
+
+
+def test_train_passes_arguments_and_records(dc, resharded, tmp_path):
+    out = tmp_path / "train"
+    r = invoke(train_args(dc, resharded, out, "--", "--num_checkpoints", "3", "--seed", "4"))
+    (call,) = calls(dc, "train")
+    assert call["argv"] == ["--scale", "debug", "--data_dir", str(resharded), "--output_dir", str(out.resolve()),
+                            "--exp_name", "exp", "--num_checkpoints", "3", "--seed", "4"]
+    assert (out / "exp" / "checkpoints" / "epoch_3.pt").exists() and not (out / "exp" / "checkpoints" / "epoch_4.pt").exists()
+    assert "Train Epoch: 3" in r.output
+    record = json.loads((out / "exp" / "flyt_train.json").read_text())
+    assert record["scale_config"]["train_num_samples"] == 128_000 and record["parameters"]["scale"] == "debug"
+
+
+def test_train_errors(dc, resharded, tmp_path, monkeypatch):
+    out = tmp_path / "train"
+    r = invoke(["train", "--data-dir", resharded, "--scale", "tiny", "--output-dir", out, "--exp-name", "e",
+                *dc["args"]], code=2)
+    assert "unknown scale 'tiny'" in r.output and "debug" in r.output and "xlarge" in r.output
+    (tmp_path / "no-shards").mkdir()
+    r = invoke(train_args(dc, tmp_path / "no-shards", out), code=2)
+    assert "no .tar shards" in r.output and "subset file" in r.output
+    monkeypatch.setenv("STANDIN_TRAIN_ERROR", "1")
+    r = invoke(train_args(dc, resharded, out), code=3)
+    assert "exited 0 but reported an error" in r.output and "Error running training" in r.output
+    monkeypatch.delenv("STANDIN_TRAIN_ERROR")
+    r = invoke(train_args(dc, resharded, out), code=2)
+    assert "is not empty" in r.output and "--resume" in r.output
+    r = invoke(train_args(dc, resharded, out, "--resume"))
+    assert "resuming from epoch 5" in r.output
+    r = invoke(train_args(dc, resharded, out, "--overwrite"))
+    assert "resuming" not in r.output and "Train Epoch: 1" in r.output
+
+
+def test_train_through_torchrun(dc, resharded, tmp_path):
+    invoke(train_args(dc, resharded, tmp_path / "train", "--num-gpus", "2"))
+    ranks = sorted((c["rank"], c["world_size"]) for c in calls(dc, "train"))
+    assert ranks == [(0, 2), (1, 2)]
+    assert (tmp_path / "train" / "exp" / "info.pkl").exists()
+
+
+@pytest.fixture
+def trained(dc, resharded, tmp_path):
+    invoke(train_args(dc, resharded, tmp_path / "train"))
+    return tmp_path / "train" / "exp"
+
+
+def test_evaluate_runs_reports_and_resumes(dc, trained, tmp_path, monkeypatch):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    monkeypatch.setenv("STANDIN_FAIL", "evaluate")
+    r = invoke(base, code=3)
+    assert "simulated crash" in r.output
+    assert len((trained / "eval_results.jsonl").read_text().splitlines()) == 10
+    monkeypatch.delenv("STANDIN_FAIL")
+    r = invoke(base, code=2)
+    assert "already exists" in r.output and "--resume" in r.output
+    r = invoke([*base, "--resume", "--", "--batch_size", "8"])
+    assert calls(dc, "evaluate")[-1]["argv"][-2:] == ["--batch_size", "8"]
+    assert "Found 10 eval result(s)" in r.output and "Average:" in r.output
+    assert len((trained / "eval_results.jsonl").read_text().splitlines()) == 40
+    r = invoke(["evaluate", "--train-output-dir", tmp_path, "--data-dir", evalsets, *dc["args"]], code=2)
+    assert "no info.pkl" in r.output
+
+
+# --------------------------------------------------------------------------- eval report
+
+
+def results_file(path, rng, drop=(), extra_lines=()):
+    """An eval_results.jsonl like evaluate.py writes: 40 lines, FairFace/UTKFace without a main metric."""
+    values = {}
+    with open(path, "w") as fh:
+        for task in STANDIN_TASKS:
+            if task["name"] in drop:
+                continue
+            if task["main_metric"] is None:
+                metrics = {"main_metric": None, "acc_race_binary": 0.5}
+            else:
+                values[task["name"]] = v = float(rng.uniform(0.05, 0.95))
+                metrics = {task["main_metric"]: v, "main_metric": v}
+            fh.write(json.dumps({"key": task["key"], "dataset": task["name"], "metrics": metrics}) + "\n")
+        for line in extra_lines:
+            fh.write(json.dumps(line) + "\n")
+    return values
+
+
+def independent_scores(values):
+    """The Table-1 columns from the task list's tags (VTAB, retrieval) and the ImageNet shift sets."""
+    by_tag = lambda prefix: [t["name"] for t in STANDIN_TASKS if any(g.startswith(prefix) for g in t["tags"])]
+    shifts = ["ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R", "ObjectNet"]
+    mean = lambda names: sum(values[n] for n in names) / len(names)
+    assert len(by_tag("vtab")) == 13 and len(by_tag("retrieval")) == 3 and len(values) == 38
+    return {"ImageNet": values["ImageNet 1k"], "ImageNet dist. shifts": mean(shifts), "VTAB": mean(by_tag("vtab")),
+            "Retrieval": mean(by_tag("retrieval")), "Average": mean(list(values))}
+
+
+def test_report_equals_independent_groups(tmp_path):
+    rng = np.random.default_rng(0)
+    values = results_file(tmp_path / "eval_results.jsonl", rng)
+    expect = independent_scores(values)
+    r = invoke(["report", tmp_path / "eval_results.jsonl"])
+    assert r.stdout.splitlines() == [f"{k}: {v:.3f}" for k, v in expect.items()]
+    data = json.loads(invoke(["report", tmp_path, "--json"]).stdout)
+    assert data["complete"] and data["num_tasks"] == 38 and data["missing"] == []
+    for k, v in expect.items():
+        assert data["scores"][k] == pytest.approx(v, abs=1e-12)
+    assert data["tasks"]["ImageNet 1k"] == pytest.approx(values["ImageNet 1k"], rel=1e-14)
+
+
+def test_report_finds_file_in_train_output(tmp_path):
+    exp = tmp_path / "out" / "myexp"
+    exp.mkdir(parents=True)
+    results_file(exp / "eval_results.jsonl", np.random.default_rng(1))
+    assert invoke(["report", tmp_path / "out"]).stdout == invoke(["report", exp]).stdout
+    r = invoke(["report", tmp_path / "nothing-here"], code=2)
+    assert "does not exist" in r.output
+
+
+def test_report_incomplete_names_missing_tasks(tmp_path):
+    drop = ("ImageNet-O", "SVHN", "WinoGAViL")
+    results_file(tmp_path / "eval_results.jsonl", np.random.default_rng(2), drop=drop)
+    r = invoke(["report", tmp_path / "eval_results.jsonl"], code=2)
+    assert "incomplete" in r.output and "3 of 38 tasks are missing" in r.output
+    assert all(name in r.output for name in drop)
+    assert "Average: incomplete" in r.stdout and "ImageNet: 0." in r.stdout
+    data = json.loads(invoke(["report", tmp_path, "--json"], code=2).stdout)
+    assert not data["complete"] and sorted(data["missing"]) == sorted(drop) and data["scores"]["Average"] is None
+
+
+def test_report_refuses_duplicates_unknown_and_malformed(tmp_path):
+    extra = [{"key": "imagenet1k", "dataset": "ImageNet 1k", "metrics": {"main_metric": 0.3}}]
+    results_file(tmp_path / "dup.jsonl", np.random.default_rng(3), extra_lines=extra)
+    assert "more than one line: ImageNet 1k" in invoke(["report", tmp_path / "dup.jsonl"], code=2).output
+    extra = [{"key": "my/task", "dataset": "My Task", "metrics": {"main_metric": 0.3}}]
+    results_file(tmp_path / "extra.jsonl", np.random.default_rng(3), extra_lines=extra)
+    assert "does not score: My Task" in invoke(["report", tmp_path / "extra.jsonl"], code=2).output
+    (tmp_path / "bad.jsonl").write_text('{"key": "x", "dataset": "X", "metrics": {"main_metric": 1}}\nnot json\n')
+    assert "line 2 of" in invoke(["report", tmp_path / "bad.jsonl"], code=2).output
+
+
+def test_numbers_are_read_as_datacomp_reads_them(tmp_path):
+    # pandas 1.5.1 (DataComp's pin) reads these JSON numbers so, checked against it
+    from flyt_datacomp.evaluation.report import pandas_float
+
+    assert pandas_float("0.3625") == 0.36250000000000004 != float("0.3625")
+    assert pandas_float("0.123456789012345678") == 0.12345678901234501
+    assert pandas_float("3.5e-1") == 0.35000000000000003 and pandas_float("-0.0625") == -0.0625
+    assert pandas_float("0.5634000000000001") == 0.5634
+    path = tmp_path / "eval_results.jsonl"
+    results_file(path, np.random.default_rng(4))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    for line in lines:
+        if line["dataset"] == "ImageNet 1k":
+            line["metrics"]["main_metric"] = 0.3625  # 18125 of 50000 right: an exact tie
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert invoke(["report", path]).stdout.splitlines()[0] == "ImageNet: 0.363"  # as aggregate_scores.py
+
+
+def test_builtin_task_list_matches_standin():
+    assert [(t["key"], t["name"]) for t in STANDIN_TASKS] == list(TASKS)
+
+
+# --------------------------------------------------------------------------- eval run
+
+
+def run_args(dc, pool, work, evalsets, *extra):
+    return ["run", pool["subset"], "--shards-dir", pool["shards"], "--scale", "debug", "--work-dir", work,
+            "--evalsets", evalsets, "--quiet", "--verify-copies", *dc["args"], *extra]
+
+
+def test_run_end_to_end_resume_and_submission(dc, pool, tmp_path, monkeypatch):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    monkeypatch.setenv("STANDIN_FAIL", "train")
+    r = invoke(run_args(dc, pool, work, evalsets, "--train-args", "--num_checkpoints 4"), code=3)
+    assert "DataComp's train.py failed with exit code 7" in r.output and "illegal memory access" in r.output
+    assert (work / "logs" / "train.log").is_file()
+    monkeypatch.delenv("STANDIN_FAIL")
+    r = invoke(run_args(dc, pool, work, evalsets, "--train-args", "--num_checkpoints 4"))
+    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "train", "evaluate"]
+    assert "complete (" in r.output.split("== train")[0]  # reshard skipped on the second run
+    assert "resuming from epoch 2" in r.output
+    sub = work / "submission"
+    info = json.loads((sub / "submission.json").read_text())
+    assert info["dataset_size"] == pool["entries"] and f"--dataset-size={pool['entries']}" in info["submit_command"]
+    assert info["subset"]["entries_with_image"] == pool["entries"] - pool["missing"]
+    assert info["subset"]["samples_resharded"] == sum(pool["expected"].values())
+    assert (sub / "samples" / "subset.npy").read_bytes() == pool["subset"].read_bytes()
+    assert json.loads((sub / "samples" / "subset.npy.json").read_text())["subset_sidecar"]["total_entries"] == pool["entries"]
+    results = (work / "train" / "flyt" / "eval_results.jsonl").read_text()
+    assert (sub / "results.jsonl").read_text() == results and (sub / "results.jsonl.json").is_file()
+    values = {json.loads(line)["dataset"]: json.loads(line)["metrics"]["main_metric"] for line in results.splitlines()}
+    expect = independent_scores({k: v for k, v in values.items() if v is not None})
+    assert all(f"{k}: {v:.3f}" in r.output for k, v in expect.items())
+    assert info["scores"]["Average"] == pytest.approx(expect["Average"])
+    # everything complete: a third run skips every stage and rewrites the submission
+    r = invoke(run_args(dc, pool, work, evalsets))
+    assert len(calls(dc)) == 4 and r.output.count("skipped") == 3
+    # a crashed evaluation resumes where it stopped
+    lines = results.splitlines()
+    (work / "train" / "flyt" / "eval_results.jsonl").write_text("\n".join(lines[:25]) + "\n")
+    invoke(run_args(dc, pool, work, evalsets))
+    assert [c["script"] for c in calls(dc)][-1] == "evaluate"
+    assert (work / "train" / "flyt" / "eval_results.jsonl").read_text().splitlines() == lines
+
+
+def test_run_refuses_another_subset_in_the_same_work_dir(dc, pool, tmp_path):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets))
+    uids, counts = read_subset(pool["subset"])
+    other = tmp_path / "other.npy"
+    write_subset(other, uids, counts + 1)
+    r = invoke(run_args(dc, {**pool, "subset": other}, work, evalsets), code=2)
+    assert "another subset" in r.output
+    n = len(calls(dc))
+    r = invoke(run_args(dc, pool, tmp_path / "work2", tmp_path / "no-evalsets"), code=2)
+    assert "--evalsets" in r.output and len(calls(dc)) == n  # refused before the first stage
+    invoke(run_args(dc, pool, work, tmp_path / "no-evalsets"))  # every stage done: evalsets not needed
+
+
+# --------------------------------------------------------------------------- the real DataComp
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (os.environ.get("DATACOMP_DIR") and os.environ.get("DATACOMP_PYTHON")),
+                    reason="needs a DataComp checkout (DATACOMP_DIR) and its python (DATACOMP_PYTHON)")
+def test_real_datacomp_reshard_and_aggregate(pool, tmp_path):
+    out = tmp_path / "out"
+    invoke(["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", out, "--workers", "2",
+            "--verify-copies", "--quiet"])
+    assert copies_in(out) == pool["expected"]
+    results_file(tmp_path / "eval_results.jsonl", np.random.default_rng(5))
+    real = subprocess.run([os.environ["DATACOMP_PYTHON"], Path(os.environ["DATACOMP_DIR"]) / "aggregate_scores.py",
+                           "--input", tmp_path / "eval_results.jsonl"], capture_output=True, text=True, check=True)
+    assert invoke(["report", tmp_path / "eval_results.jsonl"]).stdout == real.stdout
