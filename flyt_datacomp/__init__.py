@@ -1,6 +1,7 @@
 """flyt-datacomp: FLYT data filtering (M-FLYT, E-FLYT, Soft Cap Sampling) for DataComp."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("flyt-datacomp")

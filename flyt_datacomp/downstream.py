@@ -24,10 +24,11 @@ from typing import Any
 import click
 import numpy as np
 from PIL import Image
-from .progress import progress_bar
 
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.io import provenance, temp_sibling, write_json
+
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 

@@ -242,7 +242,9 @@ def _train_demo_model(demo: Any, progress: bool) -> str:
 @click.command("filter", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--metadata-dir", metavar="URL", help="Pool metadata folder (local path or any fsspec URL).")
 @click.option("--scale", type=click.Choice(list(SCALES)), help="DataComp scale: sets the default --num-samples and SCS settings.")
-@click.option("--score", "score", metavar="SOURCE", help="A metadata column (e.g. clip_l14_similarity_score) or a parquet file with uid and score columns.")
+@click.option("--score", "score", metavar="SOURCE",
+              help="A metadata column (e.g. clip_l14_similarity_score), a parquet file with uid and score columns, "
+                   "or a trained scoring_model.pt.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="scs", show_default=True)
 @click.option("--fraction", type=float, help="threshold: keep this top fraction of the pool.")
 @click.option("--threshold", type=float, help="threshold: keep examples with score >= this value.")

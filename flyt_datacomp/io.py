@@ -30,8 +30,9 @@ import signal
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from . import __version__
 from .errors import FlytInputError
@@ -274,7 +275,7 @@ class OutputSet:
         except KeyError:
             raise KeyError(f"{target} is not a target of this output set") from None
 
-    def __enter__(self) -> "OutputSet":
+    def __enter__(self) -> OutputSet:
         try:
             if self.remote:
                 self._stage_dir = Path(tempfile.mkdtemp(prefix="flyt-stage-"))

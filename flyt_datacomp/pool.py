@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import zipfile
+from collections.abc import Iterator, Sequence
 from functools import cached_property
-from typing import Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -204,11 +204,10 @@ class Pool:
     # ------------------------------------------------------------------ whole-pool views
 
     @cached_property
-    def uids(self) -> np.ndarray:
-        """All uids (``u8,u8``) in pool order, checked for duplicates across the pool."""
+    def _uid_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(uids in pool order, the permutation that sorts them), checked for duplicates."""
         uids = np.concatenate([d.columns["uid"] for d in self.iter_shards(["uid"], desc="reading uids")])
         order = uid_order(uids)
-        self.__dict__["sorted_order"] = order
         s = uids[order]
         i = first_duplicate(s)
         if i is not None:
@@ -217,13 +216,17 @@ class Pool:
                 f"uid {uids_to_hex(s[i:i + 1])[0]} appears more than once in the pool "
                 f"({where[0]} and {where[1]})"
             )
-        return uids
+        return uids, order
 
-    @cached_property
+    @property
+    def uids(self) -> np.ndarray:
+        """All uids (``u8,u8``) in pool order, checked for duplicates across the pool."""
+        return self._uid_index[0]
+
+    @property
     def sorted_order(self) -> np.ndarray:
         """The permutation that sorts :attr:`uids` (pool positions in uid order)."""
-        self.uids  # computes and stores it
-        return self.__dict__["sorted_order"]
+        return self._uid_index[1]
 
     def column(self, name: str, dtype: np.dtype | str | None = None, *, allow_missing: bool = True) -> np.ndarray:
         """One parquet column over the whole pool, in pool order (nulls an error unless allowed)."""

@@ -244,6 +244,7 @@ def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, s
                progress: bool = False, dtype=None) -> np.ndarray:
     """SCS by exact Gumbel-top-k per round in torch on ``device`` (also runs on a CPU device)."""
     import torch
+
     from .progress import progress_bar
 
     device = torch.device(device)
@@ -466,7 +467,7 @@ def _scs_cpu(s: np.ndarray, alpha: float, group_size: int, num_samples: int, rng
                 counts[chosen] += 1 - big
             drawn += g
             bar.update(g)
-    del prop
+    prop = None  # free the proposal's buffers before the counts are converted
     return counts.astype(np.int64)
 
 

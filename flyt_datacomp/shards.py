@@ -24,9 +24,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
-from .progress import progress_bar
 
 from .errors import FlytInputError
+from .progress import progress_bar
 from .uids import UID_DTYPE, hex_to_uids, lookup, uid_order
 
 

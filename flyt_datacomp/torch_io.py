@@ -48,17 +48,32 @@ def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise UnusableCheckpoint(
             f"{what} {path} is not a PyTorch file: it looks like {kind} (it starts with {quote(text[:24], 40)})"
         )
+    unsafe = _unsafe_globals(path)
+    if unsafe:
+        raise UnusableCheckpoint(
+            f"{what} {path} holds Python objects other than tensors and plain values ({', '.join(unsafe[:3])}); "
+            "it was not loaded, because unpickling them could run arbitrary code (this package never writes such files)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
-            raise UnusableCheckpoint(
-                f"{what} {path} holds Python objects other than tensors and plain values; it was not "
-                "loaded, because unpickling them could run arbitrary code (this package never writes such files)"
-            ) from None
-        raise UnusableCheckpoint(f"{what} {path} is corrupt ({_first_line(exc)})") from None
+    except pickle.UnpicklingError as exc:  # weights_only refused an object (a legacy-format file)
+        raise UnusableCheckpoint(
+            f"{what} {path} holds objects that a weights-only load refuses, or is corrupt ({_first_line(exc)})"
+        ) from None
     except Exception as exc:  # zip/stream errors from a truncated or damaged file
         raise UnusableCheckpoint(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
+
+
+def _unsafe_globals(path: str) -> list[str]:
+    """Names of the non-allow-listed Python objects a zip-format torch file would unpickle
+    (found without unpickling anything); empty when unknown (an old torch, a damaged file)."""
+    finder = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if finder is None:
+        return []
+    try:
+        return list(finder(path))
+    except Exception:
+        return []
 
 
 def _first_line(exc: BaseException) -> str:

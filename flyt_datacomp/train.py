@@ -16,6 +16,7 @@ import click
 
 from .flyt.config import PRESETS, build_config, load_config_file
 
+
 def _options(fn):
     specs = [
         ("--model", str, "m-flyt or e-flyt"),

@@ -6,12 +6,12 @@ import shutil
 
 import pytest
 import torch
+from test_train import small_config
 
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.flyt.checkpoints import find_resume_point, save_checkpoint
 from flyt_datacomp.flyt.models import MixingModel, load_scoring_model, save_scoring_model
 from flyt_datacomp.flyt.trainer import CollapseWatch, Trainer
-from test_train import small_config
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_bilevel import B_DOWN, CFG, B, build_setup
 
 from flyt_datacomp.flyt.bilevel import flyt_step
 from flyt_datacomp.flyt.losses import make_downstream_loss
-
-from test_bilevel import B, B_DOWN, CFG, build_setup
 
 WORLD = 2
 # (name, downstream loss, micro_batch_size, number of class prompts used or None for all).

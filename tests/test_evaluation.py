@@ -19,13 +19,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.evaluation import reshard as reshard_mod
 from flyt_datacomp.evaluation.report import TASKS
 from flyt_datacomp.shards import index_shards
 from flyt_datacomp.uids import hex_to_uids, read_subset, write_subset
-from poolgen import write_image_shards, write_metadata
 
 STANDIN = Path(__file__).parent / "datacomp_standin"
 STANDIN_TASKS = json.loads((STANDIN / "tasklist.json").read_text())
@@ -421,9 +421,13 @@ def results_file(path, rng, drop=(), extra_lines=()):
 
 def independent_scores(values):
     """The Table-1 columns from the task list's tags (VTAB, retrieval) and the ImageNet shift sets."""
-    by_tag = lambda prefix: [t["name"] for t in STANDIN_TASKS if any(g.startswith(prefix) for g in t["tags"])]
+    def by_tag(prefix):
+        return [t["name"] for t in STANDIN_TASKS if any(g.startswith(prefix) for g in t["tags"])]
+
     shifts = ["ImageNet Sketch", "ImageNet v2", "ImageNet-A", "ImageNet-O", "ImageNet-R", "ObjectNet"]
-    mean = lambda names: sum(values[n] for n in names) / len(names)
+    def mean(names):
+        return sum(values[n] for n in names) / len(names)
+
     assert len(by_tag("vtab")) == 13 and len(by_tag("retrieval")) == 3 and len(values) == 38
     return {"ImageNet": values["ImageNet 1k"], "ImageNet dist. shifts": mean(shifts), "VTAB": mean(by_tag("vtab")),
             "Retrieval": mean(by_tag("retrieval")), "Average": mean(list(values))}

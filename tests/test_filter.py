@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import UID_DTYPE, hex_to_uids, read_subset, uid_order
-from poolgen import write_image_shards, write_metadata
 
 
 def run(args, expect_ok=True):

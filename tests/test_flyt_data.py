@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.downstream import build_downstream_shards, downstream_group
 from flyt_datacomp.errors import FlytInputError
@@ -30,7 +31,6 @@ from flyt_datacomp.flyt.data import (
 )
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import hex_to_uids, random_uids, uids_to_hex
-from poolgen import write_image_shards, write_metadata
 
 IMG = 8  # tiny images keep decoding cheap
 
@@ -456,13 +456,16 @@ def test_downstream_build_same_seed_same_shards(tmp_path):
     a = build_downstream_shards(src, tmp_path / "a", per_shard=5, seed=3, progress=False)
     build_downstream_shards(src, tmp_path / "b", per_shard=5, seed=3, progress=False)
     build_downstream_shards(src, tmp_path / "c", per_shard=5, seed=4, progress=False)
-    order = lambda d: [json.loads(s["json"])["src"] for t in sorted(d.glob("*.tar")) for s in iter_tar(str(t))]
+    def order(d):
+        return [json.loads(s["json"])["src"] for t in sorted(d.glob("*.tar")) for s in iter_tar(str(t))]
+
     assert order(tmp_path / "a") == order(tmp_path / "b") != order(tmp_path / "c")
     assert a["num_shards"] == 2
 
 
 def test_open_clip_transform_and_tokenizer(pool_setup):
-    from flyt_datacomp.clip_models import TINY_CLIP_CONFIG, tokenizer as clip_tokenizer
+    from flyt_datacomp.clip_models import TINY_CLIP_CONFIG
+    from flyt_datacomp.clip_models import tokenizer as clip_tokenizer
     from flyt_datacomp.flyt.data import default_image_transform
 
     ps = pool_setup

@@ -2,11 +2,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from poolgen import write_metadata
 
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import hex_to_uids
-from poolgen import write_metadata
 
 
 def test_discovers_pairs_in_stable_order_and_reads_columns(tmp_path):
@@ -94,14 +94,14 @@ def test_malformed_and_duplicate_uids(tmp_path):
     bad = t.set_column(0, "uid", pa.array(["xyz"] + t.column("uid").to_pylist()[1:]))
     pq.write_table(bad, first)
     with pytest.raises(FlytInputError, match=rf"malformed uid 'xyz' at row 0 of .*{first.name}"):
-        Pool(str(root), progress=False).uids
+        _ = Pool(str(root), progress=False).uids
     second = sorted(root.glob("*.parquet"))[1]
     pq.write_table(t, first)
     t2 = pq.read_table(second)
     dup = t2.set_column(0, "uid", pa.array([t.column("uid")[2].as_py()] + t2.column("uid").to_pylist()[1:]))
     pq.write_table(dup, second)
     with pytest.raises(FlytInputError, match=r"appears more than once in the pool .*row 2 and .*row 0"):
-        Pool(str(root), progress=False).uids
+        _ = Pool(str(root), progress=False).uids
 
 
 def test_missing_column_named(tmp_path):

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from poolgen import write_metadata
 
 import flyt_datacomp.filter as filter_module
 import flyt_datacomp.io as io_module
 from flyt_datacomp.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import read_subset, uids_to_hex
-from poolgen import write_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

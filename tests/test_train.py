@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from flyt_datacomp.flyt.config import build_config
 from flyt_datacomp.flyt.models import load_scoring_model
-from flyt_datacomp.flyt.trainer import TrainingDiverged, Trainer, cosine_lr
+from flyt_datacomp.flyt.trainer import Trainer, TrainingDiverged, cosine_lr
 from flyt_datacomp.train import train_command
 
 
@@ -198,10 +198,9 @@ def test_demo_preset_learns_informative_weights_and_ignores_noise(default_demo_p
 def test_torchrun_two_processes_on_cpu(tiny_demo_pool, tmp_path):
     """`torchrun --nproc_per_node 2 -m flyt_datacomp.train` (gloo) trains and writes one model."""
     import os
+    import socket
     import subprocess
     import sys
-
-    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

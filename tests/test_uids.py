@@ -5,8 +5,16 @@ import pytest
 
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.uids import (
-    UID_DTYPE, expand_subset, hex_to_uids, is_sorted, lookup, random_uids, read_subset,
-    uid_order, uids_to_hex, write_subset,
+    UID_DTYPE,
+    expand_subset,
+    hex_to_uids,
+    is_sorted,
+    lookup,
+    random_uids,
+    read_subset,
+    uid_order,
+    uids_to_hex,
+    write_subset,
 )
 
 

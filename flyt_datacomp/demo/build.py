@@ -29,9 +29,9 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -72,7 +72,7 @@ class DemoPool:
     reference_checkpoint: Path
 
     @classmethod
-    def at(cls, root: str | os.PathLike, pool_size: int) -> "DemoPool":
+    def at(cls, root: str | os.PathLike, pool_size: int) -> DemoPool:
         root = Path(root)
         return cls(
             root=root,
@@ -229,8 +229,8 @@ def _decode_grey(data: bytes) -> np.ndarray:
 
 def _build(root: Path, params: dict, progress: bool) -> None:
     import torch
-    from ..progress import progress_bar
 
+    from ..progress import progress_bar
     from . import scorers as S
 
     seed, n = params["seed"], params["pool_size"]

@@ -16,8 +16,9 @@ convergence both exceed 0.98 and the scores would leave a filter nothing to lear
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

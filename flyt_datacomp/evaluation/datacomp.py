@@ -20,8 +20,9 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -154,7 +155,7 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(python: str, root: str) -> Environment:
     try:
         proc = subprocess.run([python, "-c", _PROBE, root], capture_output=True, text=True, timeout=300)

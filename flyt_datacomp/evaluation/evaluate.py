@@ -8,8 +8,8 @@ a line.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import FlytInputError, OutputCheckError
 from .datacomp import Checkout, run_script

@@ -19,8 +19,9 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -201,7 +202,8 @@ def write_submission(layout: Layout, checkout: Checkout, subset: Path, reshard_r
     })
     size = int(coverage["entries"])
     command = shlex.join([
-        checkout.python, str(checkout.root / "evaluate.py"), "--track=filtering", f"--train_output_dir={layout.experiment.resolve()}",
+        checkout.python, str(checkout.root / "evaluate.py"), "--track=filtering",
+        f"--train_output_dir={layout.experiment.resolve()}",
         f"--samples={samples.resolve()}", f"--dataset-size={size}", "--submit",
         "--method_name=<METHOD>", "--author=<AUTHORS>", "--email=<EMAIL>",
         "--hf_username=<HF_USER>", "--hf_repo_name=<HF_REPO>",

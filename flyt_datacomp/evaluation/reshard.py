@@ -24,8 +24,9 @@ import math
 import os
 import posixpath
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 import numpy as np

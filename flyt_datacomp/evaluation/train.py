@@ -10,8 +10,9 @@ here. A finished run gets ``OUT/NAME/flyt_train.json``, which ``eval run`` uses 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import FlytInputError, OutputCheckError
 from ..io import provenance, read_json_or_none, write_json

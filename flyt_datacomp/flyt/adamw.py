@@ -47,7 +47,7 @@ class AdamState:
     step: int = 0
 
     @staticmethod
-    def zeros(params: Mapping[str, Tensor]) -> "AdamState":
+    def zeros(params: Mapping[str, Tensor]) -> AdamState:
         return AdamState({k: torch.zeros_like(p) for k, p in params.items()},
                          {k: torch.zeros_like(p) for k, p in params.items()}, 0)
 

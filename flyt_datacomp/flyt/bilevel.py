@@ -168,7 +168,7 @@ def flyt_step(
     *,
     downstream_params: Mapping[str, Tensor] | None = None,
     scoring_params: Mapping[str, Tensor] | None = None,
-    cfg: AdamWConfig = AdamWConfig(),
+    cfg: AdamWConfig | None = None,
     method: str = "efficient",
     micro_batch_size: int | None = None,
     group=None,
@@ -192,6 +192,7 @@ def flyt_step(
         class_tokens, params and state; every rank gets the global result (grad_scores for the
         gathered batch, rank order; grad_scoring summed over ranks; global metrics).
     """
+    cfg = AdamWConfig() if cfg is None else cfg
     if downstream_params is None:
         downstream_params = dict(downstream_loss.named_parameters())
     if method == "naive":
@@ -292,7 +293,7 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
     ju_img, ju_txt = [], []
     with torch.no_grad(), autodiff_kernels():
         for c in up_chunks:
-            _, (ji, jt) = jvp(lambda p: encode_pairs(model, p, images[c], texts[c]), (theta,), (u,))
+            _, (ji, jt) = jvp(lambda p, c=c: encode_pairs(model, p, images[c], texts[c]), (theta,), (u,))
             ju_img.append(ji)
             ju_txt.append(jt)
     ju_img = D.all_gather_cat(torch.cat(ju_img), group)

@@ -46,7 +46,8 @@ import json
 import logging
 import posixpath
 import tarfile
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -139,7 +140,7 @@ class UidIndex:
         self.size = len(pool_uids)
 
     @classmethod
-    def from_pool(cls, pool) -> "UidIndex":
+    def from_pool(cls, pool) -> UidIndex:
         """Build from a :class:`flyt_datacomp.pool.Pool` (reuses its sort)."""
         return cls(pool.uids, pool.sorted_order)
 
@@ -181,7 +182,7 @@ class FeatureTable:
         return len(self.arrays) == 2
 
     @classmethod
-    def from_pool_embeddings(cls, pool, prefix: str = "b32") -> "FeatureTable":
+    def from_pool_embeddings(cls, pool, prefix: str = "b32") -> FeatureTable:
         """E-FLYT features from a pool's npz keys ``<prefix>_img`` / ``<prefix>_txt`` (float16)."""
         return cls(pool.embeddings(f"{prefix}_img"), pool.embeddings(f"{prefix}_txt"))
 
@@ -322,7 +323,7 @@ class ShardStream:
 
     # -------------------------------------------------------------- configuration
 
-    def with_slot(self, **changes: int) -> "ShardStream":
+    def with_slot(self, **changes: int) -> ShardStream:
         """A copy reading another slot (``rank``, ``world_size``, ``worker_id``, ``num_workers``)."""
         new = copy.copy(self)
         new.slot = dataclasses.replace(self.slot, **changes)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class MixingModel(nn.Module):
         self.weight = nn.Parameter(torch.zeros(len(input_names)))
 
     @classmethod
-    def from_pool_features(cls, input_names: Sequence[str], features: np.ndarray) -> "MixingModel":
+    def from_pool_features(cls, input_names: Sequence[str], features: np.ndarray) -> MixingModel:
         """Standardisation statistics computed over the whole pool's feature table (N x k)."""
         features = np.asarray(features, dtype=np.float64)
         return cls(input_names, features.mean(axis=0), features.std(axis=0))

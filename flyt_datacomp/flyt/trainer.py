@@ -20,19 +20,21 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import click
 import numpy as np
 import torch
-from ..progress import progress_bar
 
 from .. import __version__
-from ..clip_models import create_clip, image_normalization, resolve_arch, tokenizer as make_tokenizer
+from ..clip_models import create_clip, image_normalization, resolve_arch
+from ..clip_models import tokenizer as make_tokenizer
 from ..errors import FlytInputError
 from ..io import atomic_path, ensure_writable_folder, provenance, sidecar_path, write_json
 from ..pool import Pool
+from ..progress import progress_bar
 from . import distributed as D
 from .adamw import AdamState, AdamWConfig, warmup_adam_state
 from .bilevel import LOGIT_SCALE, flyt_step
@@ -40,7 +42,12 @@ from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, ve
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
 from .data import (
-    BatchIterableDataset, DownstreamStream, FeatureTable, UidIndex, UpstreamStream, default_image_transform,
+    BatchIterableDataset,
+    DownstreamStream,
+    FeatureTable,
+    UidIndex,
+    UpstreamStream,
+    default_image_transform,
 )
 from .losses import make_downstream_loss
 from .models import GLUHead, MixingModel, save_scoring_model

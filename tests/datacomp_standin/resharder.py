@@ -17,7 +17,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-
 from standin_common import maybe_fail, record_call
 
 p = argparse.ArgumentParser()
@@ -51,7 +50,7 @@ for tar_path in sorted(args.input_dir.glob("*.tar"))[: args.num_shards]:
         for m in tar.getmembers():
             key, ext = m.name.split(".", 1)
             members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    for key, files in members.items():
+    for files in members.values():
         uid = json.loads(files["json"])["uid"]
         query = np.array([(int(uid[:16], 16), int(uid[16:], 16))], dtype=subset.dtype)
         n = int(np.searchsorted(subset, query, "right")[0] - np.searchsorted(subset, query, "left")[0])
