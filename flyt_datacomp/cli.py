@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from .commands import group
 from .downstream import downstream_group
 from .evaluation.cli import eval_group
 from .filter import filter_command
 from .train import train_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@group()
 @click.version_option(package_name="flyt-datacomp")
 def main() -> None:
     """FLYT data filtering for DataComp: score a pool, sample a subset, evaluate it."""

@@ -25,6 +25,7 @@ import click
 import numpy as np
 from PIL import Image
 
+from flyt_datacomp.commands import FlytGroup
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.io import provenance, temp_sibling, write_json
 
@@ -175,7 +176,7 @@ def build_downstream_shards(
     return info
 
 
-downstream_group = click.Group("downstream", help="Downstream (target task) data for FLYT.")
+downstream_group = FlytGroup("downstream", help="Downstream (target task) data for FLYT.")
 
 
 @downstream_group.command("build")

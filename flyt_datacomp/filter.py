@@ -3,13 +3,16 @@
 ``python -m flyt_datacomp.filter --metadata-dir URL --score SOURCE --output subset.npy``
 (also ``flyt-datacomp filter``). Writes the subset ``.npy`` (sorted ``u8,u8`` uids, repeated
 uids carrying repetition counts), its JSON sidecar and a PNG histogram of repetitions.
-``--demo`` runs the same pipeline on the built-in digits pool.
+DataComp's own spellings work too (``--metadata_dir``, ``--save_path``, ``--num_workers``,
+``--arch``), so ``--arch l14 --fraction 0.3`` writes exactly DataComp's ``clip_score`` baseline.
+The samplers and their options come from :data:`flyt_datacomp.sampling.SAMPLERS`, the score sources
+from :data:`flyt_datacomp.scores.SCORE_SOURCES`. ``--demo`` runs the same pipeline on the built-in
+digits pool.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -18,34 +21,38 @@ import click
 import numpy as np
 
 from . import sampling
+from .commands import command
 from .errors import FlytInputError, quote
 from .io import OutputSet, check_free_space, format_bytes, is_url, local_path
 from .pool import Pool
-from .process import install_signal_handlers
 from .scales import SCALES, get_scale
 from .scores import load_scores, standardize
 from .uids import subset_file_bytes, subset_outputs, write_subset
 
-SAMPLERS = ("threshold", "scs", "hcs", "nocap")
 # More entries than any DataComp scale needs (xlarge draws 1.28e10): a 2.2 TB subset file.
 MAX_SUBSET_ENTRIES = 2**37
+ARCH_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}  # DataComp's --arch
+
+
+def _dest(param: sampling.Param) -> str:
+    return param.option.lstrip("-").replace("-", "_")
 
 
 @dataclasses.dataclass
 class FilterConfig:
-    """Everything that determines a subset; defaults left as None are resolved from the pool/scale."""
+    """Everything that determines a subset; options left as None are resolved from the pool/scale.
+
+    ``sampler_options`` holds the registered samplers' options by their keyword name (``alpha``,
+    ``group_size``, ``fraction``, ...); :meth:`from_options` builds a config from the command line's
+    option names (``scs_alpha``, ``scs_batch``, ``fraction``, ...).
+    """
 
     metadata_dir: str
     score: str
     output: str | Path  # a local path or an fsspec URL
-    sampler: str = "scs"
+    sampler: str | None = None  # None: threshold when a fraction/threshold is given, else scs
+    sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     scale: str | None = None
-    fraction: float | None = None
-    threshold: float | None = None
-    datacomp_compatible: bool = False
-    scs_alpha: float | None = None
-    scs_batch: int | None = None
-    hcs_cap: int | None = None
     num_samples: int | None = None
     seed: int = 0
     standardize: bool = False
@@ -53,6 +60,31 @@ class FilterConfig:
     overwrite: bool = False
     progress: bool = True
     allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
+    num_workers: int = 4  # metadata shards read in parallel (threads)
+    shards_dir: str | None = None  # restrict the pool to uids with an image in these downloaded shards
+
+    @classmethod
+    def from_options(cls, **options: Any) -> FilterConfig:
+        """A config from option names as the command line spells them (its ``dest`` names)."""
+        by_dest = {_dest(p): p.name for p, _ in sampling.all_params().values()}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        sampler_options, kwargs = dict(options.pop("sampler_options", None) or {}), {}
+        for key, value in options.items():
+            if key in by_dest and key not in fields:
+                if value is not None and value is not False:  # unset option / flag not given
+                    sampler_options[by_dest[key]] = value
+            elif key in fields:
+                kwargs[key] = value
+            else:
+                raise TypeError(f"unknown filter option {key!r}")
+        return cls(sampler_options=sampler_options, **kwargs)
+
+    @property
+    def sampler_name(self) -> str:
+        if self.sampler is not None:
+            return self.sampler
+        given = self.sampler_options
+        return "threshold" if given.get("fraction") is not None or given.get("value") is not None else "scs"
 
 
 @dataclasses.dataclass
@@ -66,35 +98,28 @@ class FilterResult:
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def histogram_path(output: str | Path) -> str | Path:
-    return subset_outputs(output)[2]
-
-
 def check_options(cfg: FilterConfig) -> OutputSet:
     """Reject options that are invalid or do not apply to the chosen sampler, and outputs that
     could not be written, before any work. Returns the checked output set."""
-    if cfg.sampler not in SAMPLERS:
-        raise FlytInputError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {cfg.sampler!r}")
-    applies = {
-        "--fraction": (cfg.fraction, ("threshold",)),
-        "--threshold": (cfg.threshold, ("threshold",)),
-        "--scs-alpha": (cfg.scs_alpha, ("scs",)),
-        "--scs-batch": (cfg.scs_batch, ("scs",)),
-        "--hcs-cap": (cfg.hcs_cap, ("hcs",)),
-        "--num-samples": (cfg.num_samples, ("scs", "hcs", "nocap")),
-    }
-    for flag, (value, samplers) in applies.items():
-        if value is not None and cfg.sampler not in samplers:
-            raise FlytInputError(f"option {flag} does not apply to --sampler {cfg.sampler}")
-    if cfg.datacomp_compatible and cfg.sampler != "threshold":
-        raise FlytInputError("--datacomp-compatible applies only to --sampler threshold")
-    if cfg.sampler == "threshold" and (cfg.fraction is None) == (cfg.threshold is None):
-        raise FlytInputError("--sampler threshold needs exactly one of --fraction or --threshold")
-    if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
-        raise FlytInputError(f"--fraction must be in (0, 1], got {cfg.fraction}")
-    if cfg.sampler == "hcs" and cfg.hcs_cap is None:
-        raise FlytInputError("--sampler hcs needs --hcs-cap")
-    if not (cfg.temperature > 0 and math.isfinite(cfg.temperature)):
+    name = cfg.sampler_name
+    if name not in sampling.SAMPLERS:
+        raise FlytInputError(f"--sampler must be one of {', '.join(sampling.SAMPLERS)}, got {name!r}")
+    spec = sampling.SAMPLERS[name]
+    mine = {p.name for p in spec.params}
+    for option, (param, users) in sampling.all_params().items():
+        value = cfg.sampler_options.get(param.name)
+        if value is not None and value is not False and param.name not in mine:
+            raise FlytInputError(f"option {option} does not apply to --sampler {name} (it is {'/'.join(users)}'s)")
+    unknown = set(cfg.sampler_options) - {p.name for p, _ in sampling.all_params().values()}
+    if unknown:
+        raise FlytInputError(f"unknown sampler option(s) {', '.join(sorted(unknown))}")
+    if cfg.num_samples is not None and not spec.draws:
+        raise FlytInputError(f"option --num-samples does not apply to --sampler {name}")
+    spec.validate(cfg.sampler_options)
+    fraction = cfg.sampler_options.get("fraction")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise FlytInputError(f"--fraction must be in (0, 1], got {fraction}")
+    if not (cfg.temperature > 0 and np.isfinite(cfg.temperature)):
         raise FlytInputError(f"--temperature must be a positive number, got {cfg.temperature}")
     if cfg.scale is not None:
         get_scale(cfg.scale)
@@ -120,31 +145,45 @@ def check_subset_size(entries: int, output: str | Path) -> None:
 
 
 def resolve_sampler_params(cfg: FilterConfig, pool_size: int) -> dict[str, Any]:
-    """The sampler's keyword arguments, with scale / pool defaults filled in."""
-    if cfg.sampler == "threshold":
-        return {"fraction": cfg.fraction, "value": cfg.threshold, "datacomp_compatible": cfg.datacomp_compatible}
+    """The sampler's keyword arguments, with scale / pool defaults filled in (seed aside)."""
+    spec = sampling.SAMPLERS[cfg.sampler_name]
     scale = get_scale(cfg.scale) if cfg.scale else None
-    num_samples = cfg.num_samples if cfg.num_samples is not None else (scale.pool_size if scale else pool_size)
-    params: dict[str, Any] = {"num_samples": int(num_samples), "seed": cfg.seed}
-    if cfg.sampler == "scs":
-        ref = scale or SCALES["medium"]
-        params["alpha"] = cfg.scs_alpha if cfg.scs_alpha is not None else ref.scs_alpha
-        if cfg.scs_batch is not None:
-            params["group_size"] = cfg.scs_batch
-        else:  # the paper's number of rounds (pool / G = 1280), never more than the pool holds
-            rounds = ref.pool_size // ref.scs_group_size
-            default = ref.scs_group_size if scale else math.ceil(num_samples / rounds)
-            params["group_size"] = max(1, min(default, pool_size))
-    elif cfg.sampler == "hcs":
-        params["cap"] = cfg.hcs_cap
-    return params
+    num_samples = None
+    if spec.draws:
+        num_samples = int(cfg.num_samples if cfg.num_samples is not None else (scale.pool_size if scale else pool_size))
+    return spec.resolve(cfg.sampler_options, sampling.DefaultsContext(scale, pool_size, num_samples))
 
 
-def run_sampler(name: str, scores: np.ndarray, params: dict[str, Any], progress: bool) -> np.ndarray:
-    fn = getattr(sampling, name)
-    if name in ("scs", "hcs"):
-        return fn(scores, progress=progress, **params)
-    return fn(scores, **params)
+def restrict_to_downloaded(pool: Pool, shards_dir: str, progress: bool) -> np.ndarray:
+    """Pool positions whose uid has an image in the downloaded shards (img2dataset's index)."""
+    from .shards import index_shards
+
+    index = index_shards(shards_dir, progress=progress)
+    keep = np.flatnonzero(index.images_of(pool.uids) > 0)
+    if keep.size == 0:
+        raise FlytInputError(f"none of the pool's {pool.size:,} uids has an image in {shards_dir}: "
+                             "is it the image shards folder of this pool?")
+    return keep
+
+
+def default_notes(cfg: FilterConfig, params: dict[str, Any], pool_size: int) -> list[str]:
+    """Without --scale, say which SCS values were defaulted and whether medium's alpha fits this pool."""
+    if cfg.scale is not None or cfg.sampler_name != "scs":
+        return []
+    given = cfg.sampler_options
+    parts = []
+    if given.get("alpha") is None:
+        parts.append(f"alpha {params['alpha']} (the paper's medium value)")
+    if given.get("group_size") is None:
+        parts.append(f"G {params['group_size']:,} (N / 1280, the paper's number of rounds)")
+    if not parts:
+        return []
+    note = f"no --scale: SCS uses {' and '.join(parts)}"
+    medium = SCALES["medium"].pool_size
+    if given.get("alpha") is None and not medium / 4 <= pool_size <= medium * 4:
+        note += (f"; alpha was tuned for the medium pool ({medium:,} examples) and this pool has {pool_size:,}: "
+                 "consider --scale or --scs-alpha (the paper's small pool uses 0.5)")
+    return [note]
 
 
 def run_filter(cfg: FilterConfig) -> FilterResult:
@@ -155,20 +194,29 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     """
     check_options(cfg)
     start = time.perf_counter()
-    pool = Pool(cfg.metadata_dir, progress=cfg.progress)
-    params = resolve_sampler_params(cfg, pool.size)
+    name = cfg.sampler_name
+    spec = sampling.SAMPLERS[name]
+    pool = Pool(cfg.metadata_dir, progress=cfg.progress, workers=cfg.num_workers)
+    keep = restrict_to_downloaded(pool, cfg.shards_dir, cfg.progress) if cfg.shards_dir else None
+    size = pool.size if keep is None else keep.size
+    params = resolve_sampler_params(cfg, size)
     if "num_samples" in params:
         check_subset_size(params["num_samples"], cfg.output)
     scores = load_scores(pool, cfg.score)
-    logits = standardize(scores.values) if cfg.standardize else scores.values
+    values = scores.values if keep is None else scores.values[keep]
+    logits = standardize(values) if cfg.standardize else values
     logits = logits / cfg.temperature
-    degenerate = sampling.score_independence(cfg.sampler, logits, params)
+    degenerate = sampling.score_independence(name, logits, params)
     if degenerate and not cfg.allow_score_independent:
-        raise FlytInputError(
-            f"{degenerate}. Pass --allow-score-independent to write this subset anyway."
-        )
-    counts = run_sampler(cfg.sampler, logits, params, cfg.progress)
-    notes = [n for n in (degenerate, sampling.concentration(counts)) if n]
+        raise FlytInputError(f"{degenerate}. Pass --allow-score-independent to write this subset anyway.")
+    drawn = spec(logits, params, seed=cfg.seed, progress=cfg.progress)
+    if keep is None:
+        counts = drawn
+    else:
+        counts = np.zeros(pool.size, dtype=np.int64)
+        counts[keep] = drawn
+    notes = default_notes(cfg, params, size)
+    notes += [n for n in (degenerate, sampling.concentration(drawn)) if n]
     if scores.extra_uids:
         notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
                      "they were ignored")
@@ -177,36 +225,46 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
             "metadata_dir": cfg.metadata_dir,
             "pool_size": pool.size,
             "metadata_shards": len(pool.shards),
+            "shards_dir": cfg.shards_dir,
+            "pool_size_downloaded": None if keep is None else int(keep.size),
             "score_source": scores.source,
             "score_kind": scores.kind,
             "score_file_extra_uids": scores.extra_uids,
         },
-        "score_transform": {"standardize": cfg.standardize, "temperature": cfg.temperature},
-        "sampler": cfg.sampler,
-        "sampler_params": {k: v for k, v in params.items() if k != "seed"},
+        "score_transform": {"standardize": cfg.standardize, "temperature": cfg.temperature,
+                            "statistics_over": "pool" if keep is None else "downloaded examples"},
+        "sampler": name,
+        "sampler_params": {k: v for k, v in params.items() if k != "device"},
+        "sampler_defaults": sorted(k for k in params if cfg.sampler_options.get(k) is None
+                                   and k not in ("num_samples", "device") and params[k] is not None),
+        "device": params.get("device", "cpu"),  # where the draw ran (CPU unless --device cuda)
         "scale": cfg.scale,
         "seed": cfg.seed,
         "warnings": notes,
         "seconds": round(time.perf_counter() - start, 3),
     }
     stats = write_subset(cfg.output, pool.uids, counts, info=info, overwrite=cfg.overwrite,
-                         histogram_title=f"{cfg.sampler} on {scores.source}")
+                         histogram_title=f"{name} on {scores.source}")
     sidecar, histogram = subset_outputs(cfg.output)[1:]
     return FilterResult(cfg.output, sidecar, histogram, counts, pool, stats, notes)
 
 
 def print_summary(result: FilterResult, seconds: float) -> None:
     s = result.stats
+    downloaded = s["inputs"]["pool_size_downloaded"]
+    of = f"{result.pool.size:,}" if downloaded is None else f"{downloaded:,} downloaded (pool {result.pool.size:,})"
     click.echo(
-        f"selected {s['distinct_uids']:,} distinct uids of {result.pool.size:,}, "
+        f"selected {s['distinct_uids']:,} distinct uids of {of}, "
         f"{s['total_entries']:,} entries in all, max repetitions {s['max_repetitions']} "
         f"({seconds:.1f} s)"
     )
+    params = ", ".join(f"{k} {v}" for k, v in s["sampler_params"].items() if v is not None)
+    click.echo(f"sampler:   {s['sampler']} ({params}), seed {s['seed']}")
     click.echo(f"subset:    {result.output}")
     click.echo(f"sidecar:   {result.sidecar}")
     click.echo(f"histogram: {result.histogram}")
     for note in result.notes:
-        click.echo(f"warning: {note}", err=True)
+        click.echo(f"note: {note}", err=True)
 
 
 def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str, Any], Any]:
@@ -218,7 +276,7 @@ def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str
     kw = dict(cfg_kwargs)
     if kw["metadata_dir"] is None:
         kw["metadata_dir"] = str(demo.metadata_dir)
-    if kw["sampler"] == "scs":
+    if kw["sampler"] in (None, "scs") and kw["fraction"] is None and kw["threshold"] is None:
         kw["scs_alpha"] = 0.5 if kw["scs_alpha"] is None else kw["scs_alpha"]
         kw["scs_batch"] = max(1, demo.pool_size // 100) if kw["scs_batch"] is None else kw["scs_batch"]
     if kw["output"] is None:
@@ -239,43 +297,73 @@ def _train_demo_model(demo: Any, progress: bool) -> str:
     return result["scoring_model"]
 
 
-@click.command("filter", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--metadata-dir", metavar="URL", help="Pool metadata folder (local path or any fsspec URL).")
-@click.option("--scale", type=click.Choice(list(SCALES)), help="DataComp scale: sets the default --num-samples and SCS settings.")
+def _sampler_options(fn):
+    """One option per registered sampler parameter (help names the samplers that use it)."""
+    for option, (param, users) in reversed(list(sampling.all_params().items())):
+        kwargs: dict[str, Any] = {"help": f"{'/'.join(users)}: {param.help}."}
+        if param.type is bool:
+            kwargs["is_flag"] = True
+        elif param.choices:
+            kwargs["type"] = click.Choice(param.choices)
+            if param.default is not None:
+                kwargs["help"] += f" [default: {param.default}]"
+        else:
+            kwargs["type"] = param.type
+        fn = click.option(option, _dest(param), **kwargs)(fn)
+    return fn
+
+
+@command("filter")
+@click.option("--metadata-dir", "--metadata_dir", "metadata_dir", metavar="URL",
+              help="Pool metadata folder (local path or any fsspec URL).")
+@click.option("--scale", type=click.Choice(list(SCALES)),
+              help="DataComp scale: sets the default --num-samples and SCS settings.")
 @click.option("--score", "score", metavar="SOURCE",
               help="A metadata column (e.g. clip_l14_similarity_score), a parquet file with uid and score columns, "
-                   "or a trained scoring_model.pt.")
-@click.option("--sampler", type=click.Choice(SAMPLERS), default="scs", show_default=True)
-@click.option("--fraction", type=float, help="threshold: keep this top fraction of the pool.")
-@click.option("--threshold", type=float, help="threshold: keep examples with score >= this value.")
-@click.option("--datacomp-compatible", is_flag=True, help="threshold: reproduce DataComp's clip_score --fraction rule exactly.")
-@click.option("--scs-alpha", type=float, help="SCS repetition penalty alpha (paper: medium 0.15, small 0.5).")
-@click.option("--scs-batch", type=int, help="SCS group size G: distinct examples drawn per round.")
-@click.option("--hcs-cap", type=int, help="HCS: the most copies an example may get.")
+                   "or a trained scoring_model.pt; KIND:SPEC names the kind (column, file, model).")
+@click.option("--arch", type=click.Choice(list(ARCH_COLUMNS)),
+              help="DataComp's spelling: score by clip_b32/l14_similarity_score (when --score is not given).")
+@click.option("--sampler", type=click.Choice(list(sampling.SAMPLERS)),
+              help="Default: threshold when --fraction or --threshold is given, else scs.")
+@_sampler_options
+@click.option("--datacomp-compatible", is_flag=True, hidden=True,
+              help="Accepted for compatibility: DataComp's threshold rule is the default.")
 @click.option("--num-samples", type=int, help="Entries to draw (default: the scale's pool size, else the pool's size).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--standardize", is_flag=True, help="Z-score the scores over the pool before the softmax.")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Divide the scores by this before the softmax.")
-@click.option("--output", metavar="PATH", help="Subset file to write (.npy): a local path or any fsspec URL.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Divide the scores by this before the softmax.")
+@click.option("--output", "--save_path", "output", metavar="PATH",
+              help="Subset file to write (.npy): a local path or any fsspec URL.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--allow-score-independent", is_flag=True,
               help="Write a subset even when the sampler's counts would not depend on the scores.")
+@click.option("--num-workers", "--num_workers", "num_workers", type=int, default=4, show_default=True,
+              help="Metadata shards read in parallel (threads).")
+@click.option("--shards-dir", metavar="URL",
+              help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @click.option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def filter_command(demo: bool, quiet: bool, **kwargs: Any) -> None:
+def filter_command(demo: bool, quiet: bool, arch: str | None, datacomp_compatible: bool, **kwargs: Any) -> None:
     """Filter a DataComp pool by a score into a subset file (the paper's SCS by default)."""
-    install_signal_handlers()
     start = time.perf_counter()
+    if datacomp_compatible and kwargs.get("exact_count"):
+        raise FlytInputError("--datacomp-compatible and --exact-count are opposite threshold rules; pick one")
+    if arch is not None:
+        if kwargs["score"] is not None:
+            raise FlytInputError("give --arch (DataComp's CLIP-score column) or --score, not both")
+        kwargs["score"] = ARCH_COLUMNS[arch]
     demo_pool = None
     if demo:
         kwargs, demo_pool = _demo_defaults(kwargs, progress=not quiet)
     for required in ("metadata_dir", "output") if demo else ("metadata_dir", "score", "output"):
         if kwargs[required] is None:
-            raise click.UsageError(f"missing option --{required.replace('_', '-')} (or use --demo)")
+            flag = {"score": "--score (or --arch)"}.get(required, f"--{required.replace('_', '-')}")
+            raise click.UsageError(f"missing option {flag} (or use --demo)")
     if demo_pool is not None and kwargs["score"] is None:
         OutputSet(subset_outputs(kwargs["output"]), overwrite=kwargs["overwrite"]).preflight()  # before training
         kwargs["score"] = _train_demo_model(demo_pool, progress=not quiet)
-    cfg = FilterConfig(progress=not quiet, **kwargs)
+    cfg = FilterConfig.from_options(progress=not quiet, **kwargs)
     result = run_filter(cfg)
     print_summary(result, time.perf_counter() - start)
     if demo_pool is not None:

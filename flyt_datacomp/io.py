@@ -470,20 +470,6 @@ def recover_interrupted(target: Path) -> None:
                 log.info("removed %s, left by a run that was killed", folder / name)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Remove every temporary file in ``folder`` whose writer on this host has exited."""
-    folder = Path(folder)
-    removed = []
-    if folder.is_dir():
-        for name in os.listdir(folder):
-            m = _OURS.match(name)
-            if m and m["kind"] == TEMP_SUFFIX and _owner_gone(m):
-                with contextlib.suppress(FileNotFoundError):
-                    (folder / name).unlink()
-                    removed.append(folder / name)
-    return removed
-
-
 def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:
     """Refuse, before any work, to write ``nbytes`` into a local folder that cannot hold them."""
     folder = local_path(folder)

@@ -8,10 +8,13 @@ time. Embeddings are returned as stored (float16); converting them is the consum
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import posixpath
 import zipfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import fsspec
@@ -21,8 +24,6 @@ import pyarrow.parquet as pq
 from .errors import FlytInputError
 from .progress import progress_bar
 from .uids import first_duplicate, hex_to_uids, uid_order, uids_to_hex
-
-NPZ_EMBEDDING_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +49,12 @@ class ShardData:
 class Pool:
     """A DataComp metadata folder (local path or fsspec URL such as ``s3://bucket/metadata``)."""
 
-    def __init__(self, metadata_dir: str, *, progress: bool = True):
+    def __init__(self, metadata_dir: str, *, progress: bool = True, workers: int = 1):
         self.url = str(metadata_dir)
         self.progress = progress
+        if workers < 1:
+            raise FlytInputError(f"--num-workers must be at least 1, got {workers}")
+        self.workers = workers
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as exc:
@@ -67,8 +71,8 @@ class Pool:
         if not stems:
             raise FlytInputError(f"metadata folder {self.url} holds no .parquet files")
         present = set(names)
-        shards, offset = [], 0
-        for i, stem in enumerate(stems):
+
+        def inspect(stem: str) -> tuple[str, str | None, int]:
             parquet = self._join(stem + ".parquet")
             npz = self._join(stem + ".npz") if stem + ".npz" in present else None
             try:
@@ -82,6 +86,10 @@ class Pool:
                 raise FlytInputError(f"parquet file {parquet} has no 'uid' column (columns: {schema_names})")
             if npz is not None:
                 self._check_npz_rows(npz, parquet, rows)
+            return parquet, npz, rows
+
+        shards, offset = [], 0
+        for i, (parquet, npz, rows) in enumerate(_ordered_map(inspect, stems, self.workers)):
             shards.append(MetadataShard(i, parquet, npz, rows, offset))
             offset += rows
         return shards
@@ -143,10 +151,22 @@ class Pool:
         A null in one of the ``no_missing`` columns is an input error naming its file and row.
         """
         columns, npz_keys = list(columns), list(npz_keys)
-        for shard in progress_bar(self.shards, desc=desc, unit="shard", disable=not self.progress):
-            cols = self._read_columns(shard, columns, no_missing) if columns else {}
-            arrays = self._read_npz(shard, npz_keys) if npz_keys else {}
-            yield ShardData(shard, cols, arrays)
+
+        def read(shard: MetadataShard) -> ShardData:
+            return self.read_shard(shard, columns, npz_keys, no_missing=no_missing)
+
+        bar = progress_bar(total=len(self.shards), desc=desc, unit="shard", disable=not self.progress)
+        with bar:
+            for data in _ordered_map(read, self.shards, self.workers):
+                bar.update(1)
+                yield data
+
+    def read_shard(self, shard: MetadataShard, columns: Sequence[str] = (), npz_keys: Sequence[str] = (), *,
+                   no_missing: Sequence[str] = ()) -> ShardData:
+        """One shard's requested parquet columns and npz arrays."""
+        cols = self._read_columns(shard, list(columns), no_missing) if columns else {}
+        arrays = self._read_npz(shard, list(npz_keys)) if npz_keys else {}
+        return ShardData(shard, cols, arrays)
 
     def _read_columns(self, shard: MetadataShard, columns: list[str], no_missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
         try:
@@ -245,6 +265,30 @@ class Pool:
             if s.offset <= position < s.offset + s.num_rows:
                 return f"{s.parquet} row {position - s.offset}"
         return f"position {position}"
+
+
+def _ordered_map(fn, items: Sequence, workers: int) -> Iterator:
+    """``map(fn, items)`` with ``workers`` threads (parquet and npz decoding release the GIL, and
+    remote reads wait on the network), in order, at most ``workers`` results ahead of the consumer
+    (so memory holds a bounded number of shards: npz embedding shards of the medium pool are GBs)."""
+    if workers == 1 or len(items) < 2:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        pending: collections.deque = collections.deque()
+        it = iter(items)
+        for item in itertools.islice(it, workers):
+            pending.append(ex.submit(fn, item))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(ex.submit(fn, nxt))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _uid_column(col, source: str) -> np.ndarray:

@@ -30,15 +30,17 @@ Gumbel-top-k in torch. :func:`hcs` uses the same rejection idea with a cumulativ
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .errors import FlytInputError
 
-__all__ = ["threshold", "scs", "hcs", "nocap"]
+__all__ = ["threshold", "scs", "hcs", "nocap", "SAMPLERS", "register_sampler"]
 
 _CHUNK = 1 << 20  # elements per chunk in full-pool passes (bounds temporaries to a few MiB)
 _BLOCK_LOG2 = 6  # two-level search: coarse table of every 64th cumulative sum, then 6 halvings
@@ -197,12 +199,13 @@ class _Proposal:
 # ----------------------------------------------------------------------------------------------
 
 
-def scs(scores, *, alpha, group_size, num_samples, seed, device=None, progress: bool = False) -> np.ndarray:
+def scs(scores, *, alpha, group_size, num_samples, seed, device="cpu", progress: bool = False) -> np.ndarray:
     """Soft Cap Sampling: rounds of ``group_size`` distinct draws from ``softmax(s)``, then ``s -= alpha``
     for each drawn example, until ``num_samples`` draws (the last round draws the remainder).
 
-    ``device``: ``None`` uses CUDA when torch sees one, else the CPU; ``"cpu"`` forces the numpy CPU
-    algorithm; a CUDA device runs one Gumbel-top-k per round in torch.
+    ``device``: ``"cpu"`` (or None) runs the numpy CPU algorithm, the same bytes for a seed on every
+    machine; a CUDA device (``"cuda"``) runs one Gumbel-top-k per round in torch: the same
+    distribution, but another random path. The device is always an explicit choice.
     """
     s = _check_scores(scores)
     alpha = _check_alpha(alpha)
@@ -218,13 +221,9 @@ def scs(scores, *, alpha, group_size, num_samples, seed, device=None, progress: 
 
 
 def _resolve_device(device):
-    """None -> numpy CPU path; otherwise the torch device to run on."""
+    """None or "cpu" -> numpy CPU path; otherwise the torch device to run on."""
     if device is None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a dependency
-            return None
-        return torch.device("cuda") if torch.cuda.is_available() else None
+        return None
     if isinstance(device, str) and device.strip().lower() == "cpu":
         return None
     try:
@@ -580,11 +579,12 @@ def _hcs_cpu(s: np.ndarray, cap: int, num_samples: int, rng: np.random.Generator
 # ----------------------------------------------------------------------------------------------
 
 
-def nocap(scores, *, num_samples, seed) -> np.ndarray:
+def nocap(scores, *, num_samples, seed, progress: bool = False) -> np.ndarray:
     """Plain sampling with replacement: counts ~ Multinomial(num_samples, softmax(scores)).
 
     Drawn in two exact stages (multinomial over chunk masses, then within each chunk) so that huge
-    pools stay fast and numerically well conditioned.
+    pools stay fast and numerically well conditioned (too fast to need a progress bar: ``progress``
+    is accepted like the other samplers' and ignored).
     """
     s = _check_scores(scores)
     num_samples = _check_int("num_samples", num_samples, 1)
@@ -624,33 +624,40 @@ def _normalised(w: np.ndarray) -> np.ndarray:
 _SCS_UNIFORM_RATIO = 10.0
 
 
-def score_independence(sampler: str, scores: np.ndarray, params: dict[str, Any]) -> str | None:
-    """Why ``sampler`` with ``params`` would give (nearly) the same counts whatever the scores
-    are, or None when the scores matter. Only SCS and HCS can degenerate this way."""
+def _scs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
     m = int(np.asarray(scores).size)
-    if sampler not in ("scs", "hcs"):
-        return None
     n = _check_int("num_samples", params["num_samples"], 1)
-    if sampler == "scs":
-        g = _check_int("group_size", params["group_size"], 1)
-        alpha = _check_alpha(params["alpha"])
-        if g >= m:
-            return (f"every SCS round draws the whole pool (group size G = {g:,} >= pool size {m:,}), so every "
-                    f"example gets the same count ({n / m:,.1f} on average) and the scores are ignored; "
-                    "lower --scs-batch (the paper uses about pool size / 1280)")
-        s = np.asarray(scores)
-        spread = (float(s.max()) - float(s.min())) / alpha
-        if n / m > _SCS_UNIFORM_RATIO * (1.0 + spread):
-            return (f"--num-samples {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
-                    f"example's count by at most about {spread:,.1f} copies from the mean (score range / alpha): "
-                    "every example would get nearly the same count whatever its score; lower --num-samples "
-                    "(DataComp draws as many samples as the pool holds) or --scs-alpha")
-        return None
+    g = _check_int("group_size", params["group_size"], 1)
+    alpha = _check_alpha(params["alpha"])
+    if g >= m:
+        return (f"every SCS round draws the whole pool (group size G = {g:,} >= pool size {m:,}), so every "
+                f"example gets the same count ({n / m:,.1f} on average) and the scores are ignored; "
+                "lower --scs-batch (the paper uses about pool size / 1280)")
+    s = np.asarray(scores)
+    spread = (float(s.max()) - float(s.min())) / alpha
+    if n / m > _SCS_UNIFORM_RATIO * (1.0 + spread):
+        return (f"--num-samples {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
+                f"example's count by at most about {spread:,.1f} copies from the mean (score range / alpha): "
+                "every example would get nearly the same count whatever its score; lower --num-samples "
+                "(DataComp draws as many samples as the pool holds) or --scs-alpha")
+    return None
+
+
+def _hcs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
+    m = int(np.asarray(scores).size)
+    n = _check_int("num_samples", params["num_samples"], 1)
     cap = _check_int("cap", params["cap"], 1)
     if n == cap * m:
         return (f"--num-samples {n:,} = cap x pool size ({cap} x {m:,}): every example gets exactly "
                 f"{cap} copies and the scores are ignored; lower --num-samples or raise --hcs-cap")
     return None
+
+
+def score_independence(sampler: str, scores: np.ndarray, params: dict[str, Any]) -> str | None:
+    """Why ``sampler`` with ``params`` would give (nearly) the same counts whatever the scores
+    are, or None when the scores matter (the registered sampler's own check)."""
+    check = SAMPLERS[sampler].independence
+    return check(scores, params) if check is not None else None
 
 
 def concentration(counts: np.ndarray, *, max_share: float = 0.05, min_mean_copies: float = 10.0) -> str | None:
@@ -666,3 +673,160 @@ def concentration(counts: np.ndarray, *, max_share: float = 0.05, min_mean_copie
             "peaked. Likely causes: a collapsed scoring model (check the weight entropy in its metrics.jsonl), "
             "scores on too large a scale (try --standardize or a --temperature above 1), or a too small "
             "--scs-alpha")
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry: what the filter command offers, and how each sampler's options are checked
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One keyword argument of a registered sampler, and the command-line option that sets it."""
+
+    name: str  # the sampler function's keyword
+    type: type  # float, int, str or bool (a bool is an on/off flag)
+    help: str
+    flag: str | None = None  # default: --<name with dashes>
+    required: bool = False
+    choices: tuple[str, ...] | None = None
+    default: Any = None  # used when neither the user nor the sampler's defaults() set it
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultsContext:
+    """What a sampler's ``defaults`` may look at: the chosen DataComp scale and the pool."""
+
+    scale: Any  # a flyt_datacomp.scales.Scale, or None
+    pool_size: int
+    num_samples: int | None  # entries to draw (samplers that draw), else None
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its function, its options, and how unset options get their values."""
+
+    name: str
+    fn: Callable[..., np.ndarray]
+    help: str
+    params: tuple[Param, ...] = ()
+    draws: bool = False  # takes num_samples and seed (and shows progress)
+    defaults: Callable[[DefaultsContext, dict[str, Any]], dict[str, Any]] | None = None
+    check: Callable[[dict[str, Any]], None] | None = None  # checks across options, before any work
+    # why the counts would not depend on the scores with these settings (None: they do)
+    independence: Callable[[np.ndarray, dict[str, Any]], str | None] | None = None
+
+    def resolve(self, given: dict[str, Any], ctx: DefaultsContext) -> dict[str, Any]:
+        """The keyword arguments for ``fn`` (scores, seed and progress aside)."""
+        values = {p.name: given.get(p.name) for p in self.params}
+        if self.draws:
+            values["num_samples"] = ctx.num_samples
+        if self.defaults is not None:
+            filled = self.defaults(ctx, values)
+            values.update({k: v for k, v in filled.items() if values.get(k) is None})
+        for p in self.params:
+            if values[p.name] is None and p.default is not None:
+                values[p.name] = p.default
+        return values
+
+    def validate(self, given: dict[str, Any]) -> None:
+        """Options set but not this sampler's, required ones missing, then the sampler's own check."""
+        for p in self.params:
+            if p.required and given.get(p.name) is None:
+                raise FlytInputError(f"--sampler {self.name} needs {p.option}")
+        if self.check is not None:
+            self.check(given)
+
+    def __call__(self, scores: np.ndarray, params: dict[str, Any], *, seed: int, progress: bool) -> np.ndarray:
+        extra = {"seed": seed, "progress": progress} if self.draws else {}
+        return self.fn(scores, **params, **extra)
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, help: str, params: tuple[Param, ...] = (), draws: bool = False,
+                     defaults=None, check=None, independence=None):
+    """Decorator registering ``fn(scores, **params[, num_samples, seed, progress]) -> counts``.
+
+    The filter command's options, their checks and their defaults all come from here: adding a
+    sampler is its function plus this registration.
+    """
+    def register(fn):
+        if name in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        SAMPLERS[name] = SamplerSpec(name, fn, help, tuple(params), draws, defaults, check, independence)
+        return fn
+    return register
+
+
+def all_params() -> dict[str, tuple[Param, list[str]]]:
+    """Every registered option: ``{option: (Param, [samplers using it])}`` (one Param per option)."""
+    out: dict[str, tuple[Param, list[str]]] = {}
+    for spec in SAMPLERS.values():
+        for p in spec.params:
+            if p.option in out:
+                out[p.option][1].append(spec.name)
+            else:
+                out[p.option] = (p, [spec.name])
+    return out
+
+
+def _threshold_check(given: dict[str, Any]) -> None:
+    if (given.get("fraction") is None) == (given.get("value") is None):
+        raise FlytInputError("--sampler threshold needs exactly one of --fraction or --threshold")
+    if given.get("exact_count") and given.get("value") is not None:
+        raise FlytInputError("--exact-count applies to --fraction, not --threshold")
+
+
+@register_sampler(
+    "threshold",
+    help="keep the top fraction once each (DataComp's rule: every score >= the value at rank int(M*F)), "
+         "or every score >= a value",
+    params=(
+        Param("fraction", float, "keep this top fraction of the pool"),
+        Param("value", float, "keep examples with score >= this value", flag="--threshold"),
+        Param("exact_count", bool, "with --fraction: keep exactly int(M*F) examples, ties at the cut broken "
+                                   "by pool position, instead of DataComp's rule", default=False),
+    ),
+    check=_threshold_check,
+)
+def threshold_sampler(scores, *, fraction=None, value=None, exact_count=False) -> np.ndarray:
+    return threshold(scores, fraction=fraction, value=value, datacomp_compatible=not exact_count)
+
+
+def _scs_defaults(ctx: DefaultsContext, values: dict[str, Any]) -> dict[str, Any]:
+    """The scale's alpha and G; without a scale, medium's alpha and the paper's 1280 rounds."""
+    from .scales import SCALES
+
+    ref = ctx.scale or SCALES["medium"]
+    rounds = ref.pool_size // ref.scs_group_size
+    g = ref.scs_group_size if ctx.scale else math.ceil(ctx.num_samples / rounds)
+    return {"alpha": ref.scs_alpha, "group_size": max(1, min(g, ctx.pool_size))}
+
+
+register_sampler(
+    "scs",
+    help="Soft Cap Sampling (the paper's Algorithm 2)",
+    params=(
+        Param("alpha", float, "repetition penalty alpha (paper: medium 0.15, small 0.5)", flag="--scs-alpha"),
+        Param("group_size", int, "group size G: distinct examples drawn per round", flag="--scs-batch"),
+        Param("device", str, "where SCS runs; cpu gives the same bytes on every machine", choices=("cpu", "cuda"),
+              default="cpu"),
+    ),
+    draws=True,
+    defaults=_scs_defaults,
+    independence=_scs_independence,
+)(scs)
+register_sampler(
+    "hcs",
+    help="Hard Cap Sampling: sampling with replacement, at most --hcs-cap copies each",
+    params=(Param("cap", int, "the most copies an example may get", flag="--hcs-cap", required=True),),
+    draws=True,
+    independence=_hcs_independence,
+)(hcs)
+register_sampler("nocap", help="plain sampling with replacement from softmax(scores)", draws=True)(nocap)

@@ -22,10 +22,12 @@ class Scale:
 
 
 # small and medium SCS values are the paper's (section 4.3 and C.11). The paper tunes no larger
-# scale; large and xlarge keep medium's alpha and the same number of rounds (pool / 1280).
+# scale; large and xlarge keep medium's alpha and the same number of rounds (pool / 1280). DataComp's
+# debug scale (its scale_configs.py: 128K samples, batch 1024, lr 1e-4) takes small's alpha and 1280 rounds.
 SCALES: dict[str, Scale] = {
     s.name: s
     for s in (
+        Scale("debug", 128_000, "ViT-B-32", 1024, 1e-4, 500, 0.5, 100),
         Scale("small", 12_800_000, "ViT-B-32", 4096, 5e-4, 500, 0.5, 10_000),
         Scale("medium", 128_000_000, "ViT-B-32", 4096, 5e-4, 500, 0.15, 100_000),
         Scale("large", 1_280_000_000, "ViT-B-16", 8192, 5e-4, 500, 0.15, 1_000_000),

@@ -1,13 +1,22 @@
 """Score sources: turn ``--score SOURCE`` into one float per pool example, in pool order.
 
-A source is a column of the pool's parquet files (``clip_l14_similarity_score``), a parquet file
-of per-uid scores with columns ``uid`` and ``score``, or a trained FLYT scoring model checkpoint
-(``scoring_model.pt`` from ``flyt-datacomp train``), applied to every pool example shard by shard.
+Each kind of source is one small class registered in :data:`SCORE_SOURCES`; ``--score`` resolves
+against the registry. ``KIND:SPEC`` names a kind explicitly (``column:clip_l14_similarity_score``,
+``file:scores.parquet``, ``model:runs/x/scoring_model.pt``); a bare SPEC goes to the first kind, in
+registration order, that claims it:
+
+* ``column`` -- a column of the pool's parquet files (``clip_l14_similarity_score``);
+* ``model`` -- a trained FLYT scoring model (``scoring_model.pt`` from ``flyt-datacomp train``),
+  applied to every pool example shard by shard;
+* ``file`` -- a parquet file of per-uid scores with columns ``uid`` and ``score``.
+
+A new kind is one subclass of :class:`ScoreSource` and :func:`register_score_source`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import fsspec
 import numpy as np
@@ -22,36 +31,124 @@ from .uids import first_duplicate, lookup, uid_order, uids_to_hex
 class Scores:
     values: np.ndarray  # float64, aligned with pool positions
     source: str  # what produced them, for sidecars
-    kind: str  # "column", "file" or "model"
+    kind: str  # the registered kind of the source: "column", "file", "model", ...
     extra_uids: int = 0  # a score file's uids that are not in the pool (ignored)
+
+
+class ScoreSource:
+    """One kind of score source: ``claims`` a bare ``--score`` spec, ``load`` gives pool-order scores."""
+
+    kind: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    @classmethod
+    def claims(cls, spec: str, pool: Pool) -> bool:
+        raise NotImplementedError
+
+    def load(self, pool: Pool) -> Scores:
+        raise NotImplementedError
+
+    def where(self, pool: Pool, i: int) -> str:
+        """Where example ``i``'s score came from, for error messages."""
+        return pool.locate(i)
+
+
+SCORE_SOURCES: dict[str, type[ScoreSource]] = {}
+
+
+def register_score_source(cls: type[ScoreSource]) -> type[ScoreSource]:
+    """Add a kind of score source to the registry (bare specs are tried in registration order)."""
+    if cls.kind in SCORE_SOURCES:
+        raise ValueError(f"score source kind {cls.kind!r} is already registered")
+    SCORE_SOURCES[cls.kind] = cls
+    return cls
+
+
+@register_score_source
+class PoolColumn(ScoreSource):
+    kind = "column"
+    description = "a numeric column of the pool's parquet files"
+
+    @classmethod
+    def claims(cls, spec: str, pool: Pool) -> bool:
+        return spec in pool.column_names
+
+    def load(self, pool: Pool) -> Scores:
+        if self.spec not in pool.column_names:
+            raise FlytInputError(f"the pool at {pool.url} has no column {quote(self.spec)} "
+                                 f"(columns: {', '.join(pool.column_names)})")
+        column = pool.column(self.spec, allow_missing=False)
+        return Scores(_as_float(column, f"column {self.spec!r} of the pool at {pool.url}"), self.spec, self.kind)
+
+
+@register_score_source
+class ScoringModel(ScoreSource):
+    kind = "model"
+    description = "a trained FLYT scoring model (scoring_model.pt), applied to the pool"
+
+    @classmethod
+    def claims(cls, spec: str, pool: Pool) -> bool:
+        return spec.endswith(".pt") and _is_file(spec)
+
+    def load(self, pool: Pool) -> Scores:
+        _require_file(self.spec, "scoring model")
+        return Scores(_scores_from_model(pool, self.spec), self.spec, self.kind)
+
+
+@register_score_source
+class ScoreFile(ScoreSource):
+    kind = "file"
+    description = "a parquet file with columns uid and score, joined to the pool by uid"
+
+    @classmethod
+    def claims(cls, spec: str, pool: Pool) -> bool:
+        return _is_file(spec)
+
+    def load(self, pool: Pool) -> Scores:
+        _require_file(self.spec, "score file")
+        values, extra = _scores_from_file(pool, self.spec)
+        return Scores(values, self.spec, self.kind, extra_uids=extra)
+
+    def where(self, pool: Pool, i: int) -> str:
+        return f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"
+
+
+def resolve_score_source(spec: str, pool: Pool) -> ScoreSource:
+    """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec)."""
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in SCORE_SOURCES:
+        return SCORE_SOURCES[kind](rest)
+    for cls in SCORE_SOURCES.values():
+        if cls.claims(spec, pool):
+            return cls(spec)
+    kinds = "; ".join(f"{k}: {c.description}" for k, c in SCORE_SOURCES.items())
+    raise FlytInputError(
+        f"score source {quote(spec)} is neither a column of the pool's parquet files "
+        f"(columns: {', '.join(pool.column_names)}) nor an existing file. Sources are {kinds}"
+    )
 
 
 def load_scores(pool: Pool, source: str) -> Scores:
     """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
-    if source in pool.column_names:
-        values = _as_float(pool.column(source, allow_missing=False), f"column {source!r} of the pool at {pool.url}")
-        scores = Scores(values, source, "column")
-        where = pool.locate
-    elif _is_file(source) and source.endswith(".pt"):
-        scores = Scores(_scores_from_model(pool, source), source, "model")
-        where = pool.locate
-    elif _is_file(source):
-        values, extra = _scores_from_file(pool, source)
-        scores = Scores(values, source, "file", extra_uids=extra)
-        where = lambda i: f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"  # noqa: E731
-    else:
-        raise FlytInputError(
-            f"score source {quote(source)} is neither a column of the pool's parquet files "
-            f"(columns: {', '.join(pool.column_names)}) nor an existing file"
-        )
+    resolved = resolve_score_source(source, pool)
+    scores = resolved.load(pool)
+    scores.source = source
     bad = ~np.isfinite(scores.values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise FlytInputError(
             f"score source {quote(source)} has {int(bad.sum())} non-finite scores; the first, "
-            f"{scores.values[i]}, is at {where(i)}"
+            f"{scores.values[i]}, is at {resolved.where(pool, i)}"
         )
     return scores
+
+
+def _require_file(spec: str, what: str) -> None:
+    if not _is_file(spec):
+        raise FlytInputError(f"{what} {quote(spec)} does not exist or is not a file")
 
 
 def _as_float(values: np.ndarray, what: str) -> np.ndarray:

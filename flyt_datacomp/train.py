@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .commands import command
 from .flyt.config import PRESETS, build_config, load_config_file
 
 
@@ -51,7 +52,7 @@ def _options(fn):
     return fn
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
+@command("train")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Start from a named configuration.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML file of options.")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..commands import group
 from ..errors import FlytInputError
 from . import evaluate as evaluate_stage
 from . import reshard as reshard_stage
@@ -17,7 +18,6 @@ from .datacomp import ENV_DIR, ENV_PYTHON, locate
 from .pipeline import run_pipeline
 from .report import SCORED, aggregate, find_results, format_scores, partial_scores, read_results, report_json
 
-_CTX = {"help_option_names": ["-h", "--help"]}
 _LOG = click.Path(dir_okay=False, path_type=Path)
 _DIR = click.Path(file_okay=False, path_type=Path)
 
@@ -34,7 +34,7 @@ def passthrough(f: Callable) -> Callable:
     return click.argument("extra", nargs=-1, type=click.UNPROCESSED, metavar="[-- DATACOMP_ARGS...]")(f)
 
 
-@click.group("eval", context_settings=_CTX)
+@group("eval")
 def eval_group() -> None:
     """Evaluate a subset with DataComp's own scripts, run in DataComp's environment.
 
@@ -42,7 +42,7 @@ def eval_group() -> None:
     """
 
 
-@eval_group.command("reshard", context_settings=_CTX)
+@eval_group.command("reshard")
 @click.argument("subset", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--shards-dir", required=True, metavar="URL", help="The pool's img2dataset image shards.")
 @click.option("--output-dir", required=True, type=_DIR, help="Where the resharded shards go (absent or empty).")
@@ -69,7 +69,7 @@ def reshard_command(subset: Path, shards_dir: str, output_dir: Path, workers: in
     click.echo(f"resharded: {output_dir}")
 
 
-@eval_group.command("train", context_settings=_CTX)
+@eval_group.command("train")
 @click.option("--data-dir", required=True, metavar="DIR", help="Resharded shards (the output of `eval reshard`).")
 @click.option("--scale", required=True, help="A scale of the checkout's scale_configs.py (debug, small, ...).")
 @click.option("--output-dir", required=True, type=_DIR, help="train.py's --output_dir.")
@@ -91,7 +91,7 @@ def train_command(data_dir: str, scale: str, output_dir: Path, exp_name: str, nu
     click.echo(f"trained: {record['checkpoint']}")
 
 
-@eval_group.command("evaluate", context_settings=_CTX)
+@eval_group.command("evaluate")
 @click.option("--train-output-dir", required=True, type=_DIR, help="OUTPUT_DIR/EXP_NAME of a finished train.py run.")
 @click.option("--data-dir", required=True, type=_DIR, help="The evaluation sets (DataComp's download_evalsets.py).")
 @click.option("--resume", is_flag=True, help="Evaluate only the tasks the results file lacks.")
@@ -110,7 +110,7 @@ def evaluate_command(train_output_dir: Path, data_dir: Path, resume: bool, overw
     click.echo(format_scores(aggregate(results)))
 
 
-@eval_group.command("report", context_settings=_CTX)
+@eval_group.command("report")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def report_command(path: Path, as_json: bool) -> None:
@@ -129,7 +129,7 @@ def report_command(path: Path, as_json: bool) -> None:
     click.echo(f"({len(SCORED)} tasks from {results.path})", err=True)
 
 
-@eval_group.command("run", context_settings=_CTX)
+@eval_group.command("run")
 @click.argument("subset", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--shards-dir", required=True, metavar="URL", help="The pool's img2dataset image shards.")
 @click.option("--scale", required=True, help="A scale of the checkout's scale_configs.py.")

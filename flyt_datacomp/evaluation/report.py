@@ -56,7 +56,6 @@ GROUPS: dict[str, frozenset[str]] = {
     }),
     "Retrieval": frozenset({"Flickr", "MSCOCO", "WinoGAViL"}),
 }
-COLUMNS: tuple[str, ...] = ("ImageNet", *GROUPS, "Average")
 
 # 1.0, 0.1, 0.01, ... 1e-15 as doubles: the scale factors of pandas' fast number parser.
 _NEG_POW10 = tuple(float(f"1e-{i}") for i in range(16))

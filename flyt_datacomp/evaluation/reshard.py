@@ -299,6 +299,11 @@ def reshard(
 
     written = count_written(output_dir)
     print_coverage(cov, written.samples)
+    if written.meta_output_count is not None and written.meta_output_count != written.samples:
+        raise OutputCheckError(
+            f"the resharder's meta.json in {output_dir} counts {written.meta_output_count:,} samples written, "
+            f"but its shards' stats files add up to {written.samples:,}"
+        )
     if written.samples != cov.expected_samples:
         raise OutputCheckError(
             f"the resharder wrote {written.samples:,} samples to {output_dir}, but {cov.expected_samples:,} "

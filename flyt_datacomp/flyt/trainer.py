@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 
 from .. import __version__
 from ..clip_models import create_clip, image_normalization, resolve_arch
 from ..clip_models import tokenizer as make_tokenizer
-from ..errors import FlytInputError
+from ..errors import FlytInputError, TrainingDiverged
 from ..io import atomic_path, ensure_writable_folder, provenance, sidecar_path, write_json
 from ..pool import Pool
 from ..progress import progress_bar
@@ -56,10 +55,6 @@ log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
 SCORING_MODEL_FILE = "scoring_model.pt"
 MIXING_WEIGHTS_FILE = "mixing_weights.json"
-
-
-class TrainingDiverged(click.ClickException):
-    exit_code = 3
 
 
 def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
