@@ -8,6 +8,7 @@ from .commands import group
 from .downstream import downstream_group
 from .evaluation.cli import eval_group
 from .filter import filter_command
+from .inputs.cli import inputs_group
 from .train import train_command
 
 
@@ -21,6 +22,7 @@ main.add_command(filter_command)
 main.add_command(train_command)
 main.add_command(downstream_group)
 main.add_command(eval_group)
+main.add_command(inputs_group)
 
 if __name__ == "__main__":
     main()

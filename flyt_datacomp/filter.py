@@ -62,6 +62,7 @@ class FilterConfig:
     allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
     num_workers: int = 4  # metadata shards read in parallel (threads)
     shards_dir: str | None = None  # restrict the pool to uids with an image in these downloaded shards
+    inputs_dir: str | None = None  # an input store, for --score store:NAME
 
     @classmethod
     def from_options(cls, **options: Any) -> FilterConfig:
@@ -202,7 +203,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     params = resolve_sampler_params(cfg, size)
     if "num_samples" in params:
         check_subset_size(params["num_samples"], cfg.output)
-    scores = load_scores(pool, cfg.score)
+    scores = load_scores(pool, cfg.score, inputs_dir=cfg.inputs_dir)
     values = scores.values if keep is None else scores.values[keep]
     logits = standardize(values) if cfg.standardize else values
     logits = logits / cfg.temperature
@@ -229,6 +230,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
             "pool_size_downloaded": None if keep is None else int(keep.size),
             "score_source": scores.source,
             "score_kind": scores.kind,
+            "inputs_dir": cfg.inputs_dir,
             "score_file_extra_uids": scores.extra_uids,
         },
         "score_transform": {"standardize": cfg.standardize, "temperature": cfg.temperature,
@@ -340,6 +342,7 @@ def _sampler_options(fn):
               help="Write a subset even when the sampler's counts would not depend on the scores.")
 @click.option("--num-workers", "--num_workers", "num_workers", type=int, default=4, show_default=True,
               help="Metadata shards read in parallel (threads).")
+@click.option("--inputs-dir", metavar="STORE", help="An input store (flyt-datacomp inputs compute), for --score store:NAME.")
 @click.option("--shards-dir", metavar="URL",
               help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @click.option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")

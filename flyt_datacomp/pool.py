@@ -61,6 +61,13 @@ class Pool:
             raise FlytInputError(f"cannot open metadata folder {self.url}: {exc}") from None
         self.shards = self._discover()
 
+    def __getstate__(self) -> dict:
+        """Pickled (to send to worker processes) without the cached whole-pool arrays."""
+        state = dict(self.__dict__)
+        for cached in ("_uid_index", "column_names"):
+            state.pop(cached, None)
+        return state
+
     # ------------------------------------------------------------------ discovery
 
     def _discover(self) -> list[MetadataShard]:

@@ -8,7 +8,10 @@ registration order, that claims it:
 * ``column`` -- a column of the pool's parquet files (``clip_l14_similarity_score``);
 * ``model`` -- a trained FLYT scoring model (``scoring_model.pt`` from ``flyt-datacomp train``),
   applied to every pool example shard by shard;
-* ``file`` -- a parquet file of per-uid scores with columns ``uid`` and ``score``.
+* ``file`` -- a per-uid score file: parquet or csv with columns ``uid`` and ``score``, or an npy
+  record array with ``uid`` (or ``f0``/``f1``) and ``score`` fields;
+* ``store`` -- an input of an input store (``store:NAME`` with ``--inputs-dir``; see
+  :mod:`flyt_datacomp.inputs`).
 
 A new kind is one subclass of :class:`ScoreSource` and :func:`register_score_source`.
 """
@@ -20,11 +23,12 @@ from typing import ClassVar
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import FlytInputError, quote
 from .pool import Pool, _uid_column
-from .uids import first_duplicate, lookup, uid_order, uids_to_hex
+from .uids import UID_DTYPE, first_duplicate, hex_to_uids, lookup, uid_order, uids_to_hex
 
 
 @dataclasses.dataclass
@@ -41,8 +45,9 @@ class ScoreSource:
     kind: ClassVar[str]
     description: ClassVar[str]
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, *, inputs_dir: str | None = None):
         self.spec = spec
+        self.inputs_dir = inputs_dir  # an input store (flyt_datacomp.inputs), for sources that read one
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -101,7 +106,7 @@ class ScoringModel(ScoreSource):
 @register_score_source
 class ScoreFile(ScoreSource):
     kind = "file"
-    description = "a parquet file with columns uid and score, joined to the pool by uid"
+    description = "a per-uid score file (parquet/csv with columns uid, score; or npy), joined to the pool by uid"
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -116,14 +121,31 @@ class ScoreFile(ScoreSource):
         return f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"
 
 
-def resolve_score_source(spec: str, pool: Pool) -> ScoreSource:
+@register_score_source
+class StoredInput(ScoreSource):
+    kind = "store"
+    description = "an input of the input store given by --inputs-dir (store:NAME)"
+
+    @classmethod
+    def claims(cls, spec: str, pool: Pool) -> bool:
+        return False  # only by name: store:NAME
+
+    def load(self, pool: Pool) -> Scores:
+        if not self.inputs_dir:
+            raise FlytInputError(f"--score store:{self.spec} reads an input store: give --inputs-dir STORE")
+        from .inputs.store import InputStore
+
+        return Scores(InputStore(self.inputs_dir).column(self.spec, pool), f"store:{self.spec}", self.kind)
+
+
+def resolve_score_source(spec: str, pool: Pool, *, inputs_dir: str | None = None) -> ScoreSource:
     """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec)."""
     kind, sep, rest = spec.partition(":")
     if sep and kind in SCORE_SOURCES:
-        return SCORE_SOURCES[kind](rest)
+        return SCORE_SOURCES[kind](rest, inputs_dir=inputs_dir)
     for cls in SCORE_SOURCES.values():
         if cls.claims(spec, pool):
-            return cls(spec)
+            return cls(spec, inputs_dir=inputs_dir)
     kinds = "; ".join(f"{k}: {c.description}" for k, c in SCORE_SOURCES.items())
     raise FlytInputError(
         f"score source {quote(spec)} is neither a column of the pool's parquet files "
@@ -131,9 +153,9 @@ def resolve_score_source(spec: str, pool: Pool) -> ScoreSource:
     )
 
 
-def load_scores(pool: Pool, source: str) -> Scores:
-    """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
-    resolved = resolve_score_source(source, pool)
+def load_scores(pool: Pool, source: str, *, inputs_dir: str | None = None) -> Scores:
+    """Resolve ``source`` against ``pool`` (and an input store) and return finite float64 scores in pool order."""
+    resolved = resolve_score_source(source, pool, inputs_dir=inputs_dir)
     scores = resolved.load(pool)
     scores.source = source
     bad = ~np.isfinite(scores.values)
@@ -174,13 +196,46 @@ def _is_file(source: str) -> bool:
         return False
 
 
-def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
-    """The file's scores in pool order, and how many of its uids are not in the pool."""
+def read_uid_scores(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A per-uid score file as (uids sorted, float64 scores in that order); duplicates refused.
+
+    Parquet or csv with columns ``uid`` (32 hex characters) and ``score``, or an ``.npy`` record
+    array with a ``uid`` field (hex strings) or ``f0``/``f1`` fields, and a ``score`` field.
+    """
+    file_uids, file_scores = _read_score_table(source)
+    order = uid_order(file_uids)
+    sorted_uids = file_uids[order]
+    i = first_duplicate(sorted_uids)
+    if i is not None:
+        raise FlytInputError(f"score file {source} lists uid {uids_to_hex(sorted_uids[i:i + 1])[0]} more than once")
+    return sorted_uids, file_scores[order]
+
+
+def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uids in file order, float64 scores) from a parquet, csv or npy score file."""
+    lower = source.lower()
     try:
         with fsspec.open(source, "rb") as fh:
-            table = pq.read_table(fh)
+            if lower.endswith(".npy"):
+                arr = np.load(fh, allow_pickle=False)
+                names = arr.dtype.names or ()
+                if "score" not in names or not ({"uid"} <= set(names) or {"f0", "f1"} <= set(names)):
+                    raise FlytInputError(f"score file {source} must be a record array with a 'score' field and "
+                                         f"a 'uid' (or 'f0', 'f1') field; fields: {list(names)}")
+                uids = (hex_to_uids(arr["uid"], source=source) if "uid" in names
+                        else np.rec.fromarrays([arr["f0"], arr["f1"]], dtype=UID_DTYPE).view(np.ndarray))
+                return uids, _as_float(arr["score"], f"field 'score' of score file {source}")
+            if lower.endswith(".csv"):
+                import pyarrow.csv as pcsv
+
+                table = pcsv.read_csv(fh, convert_options=pcsv.ConvertOptions(
+                    column_types={"uid": pa.string()}))
+            else:
+                table = pq.read_table(fh)
+    except FlytInputError:
+        raise
     except Exception as exc:
-        raise FlytInputError(f"cannot read score file {source} as parquet: {exc}") from None
+        raise FlytInputError(f"cannot read score file {source}: {exc}") from None
     missing = [c for c in ("uid", "score") if c not in table.column_names]
     if missing:
         raise FlytInputError(
@@ -191,12 +246,12 @@ def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
     score_col = table.column("score")
     if score_col.null_count:
         raise FlytInputError(f"score file {source} has {score_col.null_count} missing scores")
-    file_scores = _as_float(score_col.to_numpy(), f"column 'score' of score file {source}")
-    order = uid_order(file_uids)
-    sorted_uids = file_uids[order]
-    i = first_duplicate(sorted_uids)
-    if i is not None:
-        raise FlytInputError(f"score file {source} lists uid {uids_to_hex(sorted_uids[i:i + 1])[0]} more than once")
+    return file_uids, _as_float(score_col.to_numpy(), f"column 'score' of score file {source}")
+
+
+def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
+    """The file's scores in pool order, and how many of its uids are not in the pool."""
+    sorted_uids, sorted_scores = read_uid_scores(source)
     pos = lookup(sorted_uids, pool.uids)
     absent = pos < 0
     if absent.any():
@@ -205,7 +260,7 @@ def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
             f"score file {source} has no score for {int(absent.sum())} of the pool's {pool.size} uids; "
             f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool.locate(i)})"
         )
-    return file_scores[order][pos], len(file_uids) - pool.size  # every pool uid matched one distinct file uid
+    return sorted_scores[pos], len(sorted_uids) - pool.size  # every pool uid matched one distinct file uid
 
 
 def _scores_from_model(pool: Pool, source: str) -> np.ndarray:

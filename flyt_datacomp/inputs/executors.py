@@ -1,0 +1,57 @@
+"""Where the per-shard tasks run: inline, a local process pool, or a Ray cluster.
+
+An executor takes a pure function and a list of tasks and yields ``(task index, result)`` as tasks
+finish (in any order); the driver writes each result. Because the task function is pure (its
+output depends only on the task), the store holds the same bytes whichever executor ran it.
+Adding an executor is one more small function here.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
+
+from ..errors import FlytInputError
+
+
+def run_inline(fn: Callable, tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+    for i, task in enumerate(tasks):
+        yield i, fn(task)
+
+
+def run_processes(fn: Callable, tasks: Sequence[Any], workers: int) -> Iterator[tuple[int, Any]]:
+    """A local pool of ``workers`` processes (spawned: no fork of a process holding threads)."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from run_inline(fn, tasks)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+        pending = {ex.submit(fn, task): i for i, task in enumerate(tasks)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield pending.pop(future), future.result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: float = 0.0) -> Iterator[tuple[int, Any]]:
+    """Tasks as Ray remote calls (``address``: ``auto``, ``local`` for a new local instance, or a
+    cluster address); GPU providers ask Ray for ``gpus_per_task`` GPUs each."""
+    try:
+        import ray
+    except ImportError:
+        raise FlytInputError("--ray needs Ray: pip install 'flyt-datacomp[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_gpus=gpus_per_task, max_retries=2)(fn)
+    refs = {remote.remote(task): i for i, task in enumerate(tasks)}
+    while refs:
+        ready, _ = ray.wait(list(refs), num_returns=1)
+        for ref in ready:
+            yield refs.pop(ref), ray.get(ref)

@@ -1,0 +1,148 @@
+"""What every input-score provider shares: its spec, its registry, and the per-shard contract.
+
+An input spec is ``[NAME=]KIND[:ARG...]``: colon-separated arguments, ``key=value`` for options
+and bare values for the kind's positional arguments (a path may be an fsspec URL:
+``file:s3://bucket/hype.parquet`` is read as one argument). ``NAME`` sets the column's name in the
+store (default: the provider's own, e.g. ``neg_clip_loss_b32``).
+
+A provider is one registered class. The driver calls :meth:`Provider.fit` once (loading targets,
+fitting a classifier, a pass over the image shards), whose result must be small and picklable
+(arrays, or paths of files it wrote into the store's work folder); then :meth:`Provider.compute`
+turns one metadata shard's data into one float32 value per row (NaN = no value for that row). That
+per-shard step is a pure function of (shard data, fitted state, shard name), so any executor may
+run it and the bytes are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ...errors import FlytInputError, quote
+
+PROVIDERS: dict[str, type[Provider]] = {}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A ``key=value`` option of a provider spec."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclasses.dataclass
+class FitContext:
+    """What :meth:`Provider.fit` may use: the pool, the store's work folder, a seed, the device."""
+
+    pool: Any  # flyt_datacomp.pool.Pool
+    name: str  # the input's column name in the store
+    work_dir: Any  # pathlib.Path inside the store for files a provider keeps (fitted models, joins)
+    seed: int
+    device: str
+    progress: bool
+    shards_dir: str | None = None  # image shards, for providers that read images
+
+
+class Provider:
+    """One kind of input score (see the module docstring)."""
+
+    kind: ClassVar[str]
+    version: ClassVar[str] = "1"
+    help: ClassVar[str]
+    positional: ClassVar[tuple[str, ...]] = ()  # names of the required bare arguments
+    options: ClassVar[tuple[Option, ...]] = ()
+    uses_gpu: ClassVar[bool] = False  # asks an executor (Ray) for a GPU per task
+    columns: tuple[str, ...] = ()  # parquet columns each shard task reads
+    npz_keys: tuple[str, ...] = ()  # npz arrays each shard task reads
+
+    def __init__(self, spec: str, args: dict[str, Any]):
+        self.spec = spec
+        self.args = args
+
+    # ------------------------------------------------------------------ identity
+
+    def default_name(self) -> str:
+        return self.kind
+
+    def params(self) -> dict[str, Any]:
+        """What the values depend on, recorded in ``inputs.json``."""
+        return dict(self.args)
+
+    # ------------------------------------------------------------------ the work
+
+    def fit(self, ctx: FitContext) -> Any:
+        """Pool-level preparation, once, in the driver; the returned state goes to every task."""
+        return None
+
+    def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        """One float32 value per row of the shard (``data`` is a :class:`flyt_datacomp.pool.ShardData`)."""
+        raise NotImplementedError
+
+
+def register_provider(cls: type[Provider]) -> type[Provider]:
+    """Add a provider class to the registry (its ``kind`` is the spec's first word)."""
+    if cls.kind in PROVIDERS:
+        raise ValueError(f"input provider {cls.kind!r} is already registered")
+    PROVIDERS[cls.kind] = cls
+    return cls
+
+
+def split_spec(text: str) -> list[str]:
+    """Split on ':' but keep URL schemes (``s3://x``) and Windows-free paths in one piece."""
+    parts: list[str] = []
+    for piece in text.split(":"):
+        if parts and piece.startswith("//"):
+            parts[-1] = f"{parts[-1]}:{piece}"
+        else:
+            parts.append(piece)
+    return parts
+
+
+def parse_spec(text: str) -> tuple[str, Provider]:
+    """``[NAME=]KIND[:ARG...]`` -> (column name, provider)."""
+    name = None
+    head, sep, rest = text.partition("=")
+    if sep and ":" not in head and _NAME.match(head) and head not in PROVIDERS:
+        name, text = head, rest
+    parts = split_spec(text)
+    kind, raw = parts[0], parts[1:]
+    if kind not in PROVIDERS:
+        raise FlytInputError(f"unknown input kind {quote(kind)} in {quote(text)}; kinds: {', '.join(PROVIDERS)}")
+    cls = PROVIDERS[kind]
+    options = {o.name: o for o in cls.options}
+    args: dict[str, Any] = {o.name: o.default for o in cls.options}
+    positional = []
+    for arg in raw:
+        key, eq, value = arg.partition("=")
+        if eq and key in options:
+            opt = options[key]
+            try:
+                parsed = opt.parse(value)
+            except ValueError:
+                raise FlytInputError(f"input {quote(text)}: bad value {quote(value)} for {key}") from None
+            if opt.choices is not None and parsed not in opt.choices:
+                raise FlytInputError(f"input {quote(text)}: {key} must be one of {', '.join(map(str, opt.choices))}")
+            args[key] = parsed
+        elif eq and not key.startswith(("/", ".")) and "/" not in key and key not in cls.positional:
+            known = ", ".join(options) or "none"
+            raise FlytInputError(f"input {quote(text)}: unknown option {quote(key)} for {kind} (options: {known})")
+        else:
+            positional.append(arg)
+    if len(positional) != len(cls.positional):
+        want = " ".join(f"<{p}>" for p in cls.positional) or "no bare arguments"
+        raise FlytInputError(f"input {quote(text)}: {kind} takes {want}, got {len(positional)}")
+    args.update(zip(cls.positional, positional))
+    provider = cls(text, args)
+    name = name or provider.default_name()
+    if not _NAME.match(name):
+        raise FlytInputError(f"input name {quote(name)} must be letters, digits, '_', '.', '-' (give NAME=SPEC)")
+    return name, provider

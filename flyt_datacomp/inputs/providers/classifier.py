@@ -1,0 +1,160 @@
+"""A linear target-vs-pool classifier on CLIP embeddings; its logit is the score (paper B.2).
+
+Logistic regression, target examples labelled 1 and pool examples 0, on the image embedding
+(``features=image``, the paper's IN1K-Classifier) or the concatenated image and text embeddings
+(``features=image+text``, its CC2M-Classifier). The paper's recipe: 40K steps of batch 256, a
+cosine learning rate peaking at 0.01 after 500 warm-up steps (AdamW here, no weight decay).
+Every batch holds half target and half pool examples, so the logit compares the two on equal
+terms. Pool examples are a seeded random sample of up to ``negatives`` rows. The fitted weights are
+saved in the store (``work/<name>.classifier.pt`` plus its JSON record) and reused while the
+target file, the options and the pool are unchanged.
+
+Targets: a ``.npy`` of shape (T, d) (image) or (T, 2d) (image+text: image then text), or an
+``.npz`` with keys ``img`` and ``txt``, or DataComp's ``.pt`` files (image only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from ...errors import FlytInputError, quote
+from ...io import write_json
+from .base import FitContext, Option, Provider, register_provider
+from .normsim import load_target_embeddings
+
+
+def load_targets(path: str, features: str) -> np.ndarray:
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "img" not in z.files:
+                raise FlytInputError(f"classifier targets {path} need key 'img' (and 'txt' for image+text)")
+            img = np.asarray(z["img"], dtype=np.float32)
+            if features == "image":
+                return img
+            if "txt" not in z.files:
+                raise FlytInputError(f"classifier targets {path} have no 'txt' key, needed for features=image+text")
+            return np.concatenate([img, np.asarray(z["txt"], dtype=np.float32)], axis=1)
+    if path.endswith(".npy"):
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 2:
+            raise FlytInputError(f"classifier targets {path} must be 2-D, got shape {arr.shape}")
+        return np.asarray(arr, dtype=np.float32)
+    return load_target_embeddings(path)
+
+
+def pool_features(data_arrays: dict[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarray:
+    return np.concatenate([np.asarray(data_arrays[k], dtype=np.float32) for k in keys], axis=1)
+
+
+def fit_logistic(pos: np.ndarray, neg: np.ndarray, *, steps: int, batch: int, lr: float, warmup: int,
+                 seed: int) -> tuple[np.ndarray, float]:
+    """Balanced-batch logistic regression by AdamW with a warm-up + cosine schedule; (w, b)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x_pos, x_neg = torch.from_numpy(pos), torch.from_numpy(neg)
+    model = torch.nn.Linear(pos.shape[1], 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    half = batch // 2
+    labels = torch.cat([torch.ones(half), torch.zeros(batch - half)])
+    for step in range(steps):
+        if step < warmup:
+            scale = (step + 1) / warmup
+        else:
+            scale = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        for g in opt.param_groups:
+            g["lr"] = lr * scale
+        xb = torch.cat([x_pos[torch.randint(len(x_pos), (half,), generator=gen)],
+                        x_neg[torch.randint(len(x_neg), (batch - half,), generator=gen)]])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(xb).squeeze(1), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.weight.detach().numpy()[0].astype(np.float32), float(model.bias.detach())
+
+
+@register_provider
+class ClassifierInput(Provider):
+    kind = "classifier"
+    help = "the logit of a linear target-vs-pool classifier on the embeddings (paper B.2)"
+    positional = ("target",)
+    options = (
+        Option("features", str, "image", "image (IN1K-Classifier) or image+text (CC2M-Classifier)",
+               ("image", "image+text")),
+        Option("arch", str, "b32", "pool embeddings to use", ("b32", "l14")),
+        Option("steps", int, 40_000, "optimisation steps"),
+        Option("batch", int, 256, "batch size (half target, half pool)"),
+        Option("lr", float, 0.01, "peak learning rate"),
+        Option("warmup", int, 500, "warm-up steps"),
+        Option("negatives", int, 1_000_000, "pool examples sampled as the negative class"),
+        Option("seed", int, 0, "seed of the pool sample and the batches"),
+    )
+
+    def __init__(self, spec: str, args: dict[str, Any]):
+        super().__init__(spec, args)
+        arch = args["arch"]
+        self.npz_keys = (f"{arch}_img",) if args["features"] == "image" else (f"{arch}_img", f"{arch}_txt")
+
+    def default_name(self) -> str:
+        stem = os.path.basename(self.args["target"]).split(".")[0].replace("*", "")
+        return f"classifier_{stem}" + ("_it" if self.args["features"] == "image+text" else "")
+
+    def params(self) -> dict[str, Any]:
+        target = self.args["target"]
+        size = os.path.getsize(target) if os.path.isfile(target) else None
+        return {**self.args, "target_bytes": size}
+
+    def fit(self, ctx: FitContext) -> Any:
+        from ... import torch_io
+
+        a = self.args
+        path = ctx.work_dir / f"{ctx.name}.classifier.pt"
+        record = path.with_name(path.name + ".json")
+        fingerprint = {"params": self.params(), "pool_size": ctx.pool.size, "pool_shards": len(ctx.pool.shards)}
+        if path.exists() and record.exists():
+            try:
+                if json.loads(record.read_text())["fingerprint"] == fingerprint:
+                    saved = torch_io.load(path, "fitted classifier")
+                    return {"weight": saved["weight"].numpy(), "bias": float(saved["bias"])}
+            except (OSError, ValueError, KeyError, FlytInputError):
+                pass  # refit below
+        pos = load_targets(a["target"], a["features"])
+        neg = self._sample_pool(ctx)
+        if pos.shape[1] != neg.shape[1]:
+            raise FlytInputError(f"classifier targets {quote(a['target'])} have {pos.shape[1]} features but the pool's "
+                                 f"{'+'.join(self.npz_keys)} give {neg.shape[1]}")
+        w, b = fit_logistic(pos, neg, steps=a["steps"], batch=a["batch"], lr=a["lr"], warmup=a["warmup"],
+                            seed=a["seed"])
+        import torch
+
+        torch_io.save({"weight": torch.from_numpy(w), "bias": b}, path)
+        write_json(record, {"fingerprint": fingerprint, "targets": len(pos), "negatives": len(neg)})
+        return {"weight": w, "bias": b}
+
+    def _sample_pool(self, ctx: FitContext) -> np.ndarray:
+        """Up to ``negatives`` pool rows, uniformly from a seeded random order of shards and rows."""
+        rng = np.random.default_rng(self.args["seed"])
+        want = min(self.args["negatives"], ctx.pool.size)
+        share = want / ctx.pool.size
+        parts, have = [], 0
+        for i in rng.permutation(len(ctx.pool.shards)):
+            shard = ctx.pool.shards[int(i)]
+            data = ctx.pool.read_shard(shard, npz_keys=self.npz_keys)
+            x = pool_features(data.arrays, self.npz_keys)
+            take = min(len(x), max(1, round(share * len(x))), want - have)
+            parts.append(x[np.sort(rng.choice(len(x), take, replace=False))])
+            have += take
+            if have >= want:
+                break
+        return np.concatenate(parts)
+
+    def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        x = pool_features(data.arrays, self.npz_keys)
+        return (x @ state["weight"] + state["bias"]).astype(np.float32)

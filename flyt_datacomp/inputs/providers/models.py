@@ -1,0 +1,189 @@
+"""Inputs computed by models: a trained FLYT scoring model (``model:PATH.pt``), and the image-text
+cosine of any open_clip CLIP over the downloaded images (``openclip:ARCH:WEIGHTS``).
+
+``model:`` is how E-FLYT's score becomes an M-FLYT input, as in the paper: the scoring model is
+applied to every pool example shard by shard (E-FLYT reads the npz embeddings; M-FLYT its input
+columns, from the pool or from inputs already in the store).
+
+``openclip:`` is how DFN-style scores are made: one pass over the image shards decodes each image,
+encodes it and its caption with the given checkpoint (local weights: nothing is downloaded) and
+keeps the cosine per uid, resumably (one result file per image shard in the store's work folder);
+each metadata shard then takes its rows' values by uid. Examples without an image have no value
+(the ``--missing`` policy decides). On a GPU when one is present.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from typing import Any
+
+import numpy as np
+
+from ...errors import FlytInputError, quote
+from ...io import atomic_path
+from ...uids import UID_DTYPE, hex_to_uids, lookup, uid_order
+from .base import FitContext, Option, Provider, register_provider
+
+
+@register_provider
+class ScoringModelInput(Provider):
+    kind = "model"
+    help = "a trained FLYT scoring model (E-FLYT or M-FLYT) applied to the pool"
+    positional = ("path",)
+
+    def __init__(self, spec: str, args: dict[str, Any]):
+        super().__init__(spec, args)
+        from ...flyt.models import MixingModel, load_scoring_model
+
+        self.model, self.meta = load_scoring_model(args["path"])
+        if isinstance(self.model, MixingModel):
+            self.inputs = tuple(self.model.input_names)
+        else:
+            prefix = self.meta.get("config", {}).get("embedding_prefix", "b32")
+            self.inputs = ()
+            self.npz_keys = (f"{prefix}_img", f"{prefix}_txt")
+
+    def default_name(self) -> str:
+        return f"model_{self.model.kind.replace('-', '_')}"
+
+    def params(self) -> dict[str, Any]:
+        from ...io import file_sha256
+
+        return {**self.args, "sha256": file_sha256(self.args["path"]), "kind": self.model.kind}
+
+    def fit(self, ctx: FitContext) -> Any:
+        self.columns = tuple(c for c in self.inputs if c in ctx.pool.column_names)
+        return {"stored_inputs": [c for c in self.inputs if c not in ctx.pool.column_names]}
+
+    def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            if self.inputs:
+                cols = []
+                for name in self.inputs:
+                    source = data.columns if name in data.columns else data.inputs
+                    if name not in source:
+                        raise FlytInputError(f"scoring model {self.args['path']} needs input {name!r}, which is neither "
+                                             "a pool column nor an input in the store")
+                    cols.append(np.asarray(source[name], dtype=np.float64))
+                out = self.model.double()(torch.from_numpy(np.stack(cols, axis=1)))
+            else:
+                img, txt = (torch.from_numpy(np.asarray(data.arrays[k], dtype=np.float32)) for k in self.npz_keys)
+                out = self.model(img, txt)
+        return out.double().numpy().astype(np.float32)
+
+
+@register_provider
+class OpenClipInput(Provider):
+    kind = "openclip"
+    help = "the image-text cosine of an open_clip model (local weights) over the downloaded image shards"
+    positional = ("arch", "weights")
+    options = (Option("batch", int, 256, "images per forward pass"),)
+    uses_gpu = True
+    columns = ("uid",)
+
+    def default_name(self) -> str:
+        stem = os.path.basename(self.args["weights"]).split(".")[0]
+        return f"openclip_{self.args['arch'].replace('-', '_')}_{stem}"
+
+    def params(self) -> dict[str, Any]:
+        from ...io import file_sha256
+
+        return {**self.args, "sha256": file_sha256(self.args["weights"]) if os.path.isfile(self.args["weights"]) else None}
+
+    def fit(self, ctx: FitContext) -> Any:
+        if not ctx.shards_dir:
+            raise FlytInputError(f"input {quote(self.spec)} reads the images: give --shards-dir")
+        if not os.path.isfile(self.args["weights"]):
+            raise FlytInputError(f"openclip weights {quote(self.args['weights'])} not found (a local checkpoint)")
+        from ...progress import progress_bar
+        from ...shards import list_tars, open_folder
+
+        fs, root = open_folder(ctx.shards_dir)
+        names = list_tars(fs, root)
+        folder = ctx.work_dir / f"{ctx.name}.images"
+        folder.mkdir(parents=True, exist_ok=True)
+        model = None
+        for name in progress_bar(names, desc=f"{ctx.name}: image shards", unit="shard", disable=not ctx.progress):
+            done = folder / (os.path.basename(name) + ".npz")
+            if done.exists():
+                continue  # resumable: this shard was scored by an earlier run
+            if model is None:
+                model = _Scorer(self.args["arch"], self.args["weights"], ctx.device)
+            with fs.open(f"{root}/{name}" if root else name, "rb") as fh:
+                uids, cos = model.score_tar(fh, self.args["batch"])
+            with atomic_path(done) as tmp, open(tmp, "wb") as out:
+                np.savez(out, uids=uids, cos=cos)
+        parts = [np.load(folder / (os.path.basename(n) + ".npz")) for n in names]
+        uids = np.concatenate([p["uids"] for p in parts]) if parts else np.zeros(0, dtype=UID_DTYPE)
+        cos = np.concatenate([p["cos"] for p in parts]) if parts else np.zeros(0, np.float32)
+        order = uid_order(uids)
+        joined = ctx.work_dir / f"{ctx.name}.scores.npz"
+        with atomic_path(joined) as tmp, open(tmp, "wb") as out:
+            np.savez(out, uids=uids[order], values=cos[order])
+        return str(joined)
+
+    def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        with np.load(state) as z:
+            uids, values = z["uids"], z["values"]
+        pos = lookup(uids, data.columns["uid"]) if len(uids) else np.full(len(data.columns["uid"]), -1)
+        out = np.full(len(pos), np.nan, dtype=np.float32)
+        out[pos >= 0] = values[pos[pos >= 0]]
+        return out
+
+
+class _Scorer:
+    """An open_clip model with its transform and tokenizer, scoring the samples of one tar."""
+
+    def __init__(self, arch: str, weights: str, device: str):
+        import open_clip
+        import torch
+
+        from ...clip_models import create_clip, image_normalization, resolve_arch, tokenizer
+
+        resolved = resolve_arch(arch)
+        self.device = torch.device(device)
+        self.model = create_clip(resolved, checkpoint=weights).to(self.device).eval()
+        size = self.model.visual.image_size
+        self.transform = open_clip.image_transform(size if isinstance(size, int) else size[0], is_train=False,
+                                                   mean=image_normalization(resolved)[0],
+                                                   std=image_normalization(resolved)[1])
+        self.tokenizer = tokenizer(resolved)
+
+    def score_tar(self, fh, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        import json
+
+        import torch
+        from PIL import Image
+
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(fileobj=fh, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition(".")
+                if ext in ("jpg", "jpeg", "png", "webp", "txt", "json"):
+                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+        image_exts = ("jpg", "jpeg", "png", "webp")
+        keys = [k for k, v in samples.items() if "json" in v and "txt" in v and any(e in v for e in image_exts)]
+        uids, cos = [], []
+        for a in range(0, len(keys), batch):
+            chunk = keys[a:a + batch]
+            images, texts = [], []
+            for k in chunk:
+                s = samples[k]
+                raw = next(s[e] for e in image_exts if e in s)
+                with Image.open(io.BytesIO(raw)) as im:
+                    images.append(self.transform(im.convert("RGB")))
+                texts.append(s["txt"].decode("utf-8", "replace"))
+                uids.append(json.loads(s["json"])["uid"])
+            with torch.no_grad():
+                img = self.model.encode_image(torch.stack(images).to(self.device), normalize=True)
+                txt = self.model.encode_text(self.tokenizer(texts).to(self.device), normalize=True)
+            cos.append((img * txt).sum(dim=1).float().cpu().numpy())
+        if not uids:
+            return np.zeros(0, dtype=UID_DTYPE), np.zeros(0, np.float32)
+        return hex_to_uids(np.array(uids), source="image shard json"), np.concatenate(cos).astype(np.float32)

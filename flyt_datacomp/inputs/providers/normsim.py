@@ -1,0 +1,111 @@
+"""NormSim (Wang et al.): how close an example's image is to a target set, from the same CLIP.
+
+    NormSim_p(i) = || G u_i ||_p,   NormSim_inf(i) = max_t g_t . u_i,   NormSim_2(i) = sqrt(sum_t (g_t . u_i)^2)
+
+over target image embeddings g_t (rows of G, L2-normalised here) and the example's image embedding
+u_i from the pool's npz. Image only. The usual target is ImageNet-1k train: DataComp publishes its
+L/14 embeddings as ``in1k_clip_vit_l14_{0..4}.pt`` (key ``image_features``); a ``.npy`` of shape
+(T, d) works too, and TARGET may be a glob (``in1k_clip_vit_l14_*.pt``). The product is taken in
+blocks of rows x targets, so memory stays bounded by the block however large either side is.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import numpy as np
+
+from ...errors import FlytInputError, quote
+from ...io import atomic_path
+from .base import FitContext, Option, Provider, register_provider
+
+ROW_CHUNK = 4096
+TARGET_CHUNK = 16384
+
+
+def load_target_embeddings(pattern: str) -> np.ndarray:
+    """Target embeddings (T, d) float32, L2-normalised, from .npy or DataComp .pt files (a glob)."""
+    paths = sorted(glob.glob(os.path.expanduser(pattern))) or ([pattern] if os.path.exists(pattern) else [])
+    if not paths:
+        raise FlytInputError(f"target embeddings {quote(pattern)} not found (a .npy of shape (T, d), or DataComp's "
+                             "in1k_clip_vit_l14_*.pt files with key image_features)")
+    parts = []
+    for path in paths:
+        if path.endswith(".pt"):
+            from ... import torch_io
+
+            obj = torch_io.load(path, "target embeddings file")
+            if isinstance(obj, dict):
+                if "image_features" not in obj:
+                    raise FlytInputError(f"target embeddings file {path} has no 'image_features' (keys: {list(obj)})")
+                obj = obj["image_features"]
+            arr = obj.float().numpy() if hasattr(obj, "numpy") else np.asarray(obj)
+        else:
+            try:
+                arr = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise FlytInputError(f"cannot read target embeddings {path}: {exc}") from None
+        if arr.ndim != 2:
+            raise FlytInputError(f"target embeddings {path} must be 2-D (T, d), got shape {arr.shape}")
+        parts.append(np.asarray(arr, dtype=np.float32))
+    if len({p.shape[1] for p in parts}) != 1:
+        raise FlytInputError(f"target embeddings {quote(pattern)} mix dimensions {sorted({p.shape[1] for p in parts})}")
+    g = np.concatenate(parts)
+    norms = np.linalg.norm(g, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise FlytInputError(f"target embeddings {quote(pattern)} hold an all-zero row")
+    return g / norms
+
+
+def normsim(img: np.ndarray, targets: np.ndarray, p: str = "inf", *, row_chunk: int = ROW_CHUNK,
+            target_chunk: int = TARGET_CHUNK) -> np.ndarray:
+    """NormSim_p of every row of ``img`` (n, d) against ``targets`` (T, d), float32, blockwise."""
+    n = len(img)
+    out = np.empty(n, dtype=np.float32)
+    for a in range(0, n, row_chunk):
+        u = np.asarray(img[a:a + row_chunk], dtype=np.float32)
+        acc = np.full(len(u), -np.inf) if p == "inf" else np.zeros(len(u))
+        for b in range(0, len(targets), target_chunk):
+            sims = u @ targets[b:b + target_chunk].T
+            if p == "inf":
+                np.maximum(acc, sims.max(axis=1), out=acc)
+            else:
+                acc += np.square(sims, dtype=np.float64).sum(axis=1)
+        out[a:a + len(u)] = acc if p == "inf" else np.sqrt(acc)
+    return out
+
+
+@register_provider
+class NormSimInput(Provider):
+    kind = "normsim"
+    help = "NormSim_p of the image embedding against a file of target image embeddings from the same CLIP"
+    positional = ("target",)
+    options = (
+        Option("p", str, "inf", "the norm: inf (max similarity) or 2", ("inf", "2")),
+        Option("arch", str, "b32", "pool embeddings to use (npz key <arch>_img)", ("b32", "l14")),
+    )
+
+    def __init__(self, spec: str, args: dict[str, Any]):
+        super().__init__(spec, args)
+        self.npz_keys = (f"{args['arch']}_img",)
+
+    def default_name(self) -> str:
+        stem = os.path.basename(self.args["target"]).split(".")[0].replace("*", "")
+        return f"normsim_{self.args['p']}_{stem}"
+
+    def fit(self, ctx: FitContext) -> Any:
+        targets = load_target_embeddings(self.args["target"])
+        out = ctx.work_dir / f"{ctx.name}.targets.npy"
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, targets)
+        return {"targets": str(out), "count": len(targets), "dim": targets.shape[1]}
+
+    def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        img = data.arrays[self.npz_keys[0]]
+        if img.shape[1] != state["dim"]:
+            raise FlytInputError(f"normsim targets have dimension {state['dim']} but {self.npz_keys[0]} in "
+                                 f"{data.shard.npz} has {img.shape[1]}: use the targets of the same CLIP (arch=)")
+        targets = np.load(state["targets"], mmap_mode="r")
+        return normsim(img, targets, self.args["p"])

@@ -1,0 +1,379 @@
+"""The input-score store: providers against independent computations, resume, executors, store reads."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from poolgen import write_metadata
+from scipy.special import expit, logsumexp
+
+from flyt_datacomp.cli import main as cli
+from flyt_datacomp.errors import FlytInputError
+from flyt_datacomp.inputs import InputStore, compute_inputs
+from flyt_datacomp.inputs.providers import classifier as classifier_module
+from flyt_datacomp.inputs.providers.base import parse_spec
+from flyt_datacomp.inputs.providers.neg_clip_loss import batch_plan, neg_clip_loss, shard_seed
+from flyt_datacomp.inputs.providers.normsim import normsim
+from flyt_datacomp.pool import Pool
+from flyt_datacomp.uids import uids_to_hex
+
+
+@pytest.fixture
+def pool_dir(tmp_path):
+    root, hexes = write_metadata(tmp_path / "metadata", sizes=(60, 50, 90))
+    return root
+
+
+def pool_arrays(root, key):
+    pool = Pool(str(root), progress=False)
+    return pool, pool.embeddings(key).astype(np.float32)
+
+
+def store_column(store_dir, name):
+    """Read a stored input straight from the shard files, in the manifest's shard order."""
+    manifest = json.loads((Path(store_dir) / "inputs.json").read_text())
+    return np.concatenate([pq.read_table(Path(store_dir) / f"{s['stem']}.parquet").column(name).to_numpy()
+                           for s in manifest["shards"]])
+
+
+# ------------------------------------------------------------------ specs
+
+
+def test_spec_parsing():
+    name, p = parse_spec("neg_clip_loss:arch=l14:batch=64")
+    assert name == "neg_clip_loss_l14" and p.args["batch"] == 64 and p.npz_keys == ("l14_img", "l14_txt")
+    name, p = parse_spec("hype=file:s3://bucket/hype_scores.parquet")
+    assert name == "hype" and p.args["path"] == "s3://bucket/hype_scores.parquet"
+    for bad, msg in [("nope:x", "unknown input kind"), ("neg_clip_loss:arch=b16", "arch must be one of"),
+                     ("neg_clip_loss:color=red", "unknown option"), ("normsim", "takes <target>"),
+                     ("neg_clip_loss:batch=many", "bad value")]:
+        with pytest.raises(FlytInputError, match=msg):
+            parse_spec(bad)
+
+
+# ------------------------------------------------------------------ neg_clip_loss
+
+
+def test_batch_plan_scores_every_row_once_in_full_batches():
+    rng = np.random.default_rng(0)
+    plan = batch_plan(103, 25, rng)
+    scored = np.concatenate([s for _, s in plan])
+    assert sorted(scored) == list(range(103))
+    assert all(len(m) == 25 and len(set(m)) == 25 for m, _ in plan)  # the short last batch is topped up
+    members, last = plan[-1]
+    assert len(last) == 3 and not set(members[3:]) & set(last)
+    assert [len(m) for m, _ in batch_plan(10, 25, rng)] == [10]  # a shard smaller than |B| is one batch
+
+
+def test_neg_clip_loss_matches_a_dense_float64_computation():
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(70, 6))
+    txt = img + 0.5 * rng.normal(size=(70, 6))
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    tau, b, k = 0.05, 16, 4
+    got = neg_clip_loss(img, txt, seed=7, tau=tau, batch=b, repeats=k, chunk=5)
+    # independent: the same batches, each batch's full similarity matrix in float64
+    plan_rng = np.random.default_rng(7)
+    norm = np.zeros(70)
+    for _ in range(k):
+        for members, scored in batch_plan(70, b, plan_rng):
+            s = img[members] @ txt[members].T / tau
+            r = tau / 2 * (logsumexp(s, axis=1) + logsumexp(s, axis=0))
+            norm[scored] += r[: len(scored)]
+    want = (img * txt).sum(1) - norm / k
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+    assert (got <= 1e-6).all()  # s_ii can never exceed its own normaliser
+
+
+def test_neg_clip_loss_does_not_overflow_at_the_papers_temperature():
+    rng = np.random.default_rng(2)
+    img = rng.normal(size=(40, 8)).astype(np.float16)
+    got = neg_clip_loss(img, img, seed=0, tau=0.01, batch=32, repeats=2)
+    assert np.isfinite(got).all()
+
+
+# ------------------------------------------------------------------ normsim
+
+
+@pytest.mark.parametrize("p", ["inf", "2"])
+def test_normsim_blockwise_equals_the_full_matrix(p):
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(57, 5)).astype(np.float32)
+    targets = rng.normal(size=(23, 5)).astype(np.float32)
+    sims = img.astype(np.float64) @ targets.T.astype(np.float64)
+    want = sims.max(axis=1) if p == "inf" else np.sqrt((sims ** 2).sum(axis=1))
+    np.testing.assert_allclose(normsim(img, targets, p, row_chunk=8, target_chunk=6), want, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ the store end to end
+
+
+def test_compute_store_layout_and_statistics(pool_dir, tmp_path):
+    rng = np.random.default_rng(4)
+    np.save(tmp_path / "targets.npy", rng.normal(size=(12, 8)))
+    store = tmp_path / "store"
+    entries = compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score",
+                                                        "ncl=neg_clip_loss:batch=32:repeats=2",
+                                                        f"normsim:p=2:{tmp_path / 'targets.npy'}"], progress=False)
+    manifest = json.loads((store / "inputs.json").read_text())
+    pool = Pool(str(pool_dir), progress=False)
+    assert [s["stem"] + ".parquet" for s in manifest["shards"]] == [Path(s.parquet).name for s in pool.shards]
+    for shard in pool.shards:  # one file per metadata shard, rows in the shard's order
+        t = pq.read_table(store / Path(shard.parquet).name)
+        assert t.column_names == ["uid", "clip_b32_similarity_score", "ncl", "normsim_2_targets"]
+        assert t.column("uid").to_pylist() == pq.read_table(shard.parquet).column("uid").to_pylist()
+        assert all(t.schema.field(c).type == pa.float32() for c in t.column_names[1:])
+    col = pool.column("clip_b32_similarity_score").astype(np.float32).astype(np.float64)
+    assert entries["clip_b32_similarity_score"]["mean"] == pytest.approx(col.mean())
+    assert entries["clip_b32_similarity_score"]["std"] == pytest.approx(col.std())
+    img = pool.embeddings("b32_img").astype(np.float32)
+    targets = np.load(tmp_path / "targets.npy")
+    targets /= np.linalg.norm(targets, axis=1, keepdims=True)
+    np.testing.assert_allclose(store_column(store, "normsim_2_targets"),
+                               np.sqrt(((img @ targets.T) ** 2).sum(1)), rtol=1e-5)
+    # each shard's neg_clip_loss is the per-shard computation with that shard's seed
+    first = pool.shards[0]
+    shard_img = img[: first.num_rows]
+    shard_txt = pool.embeddings("b32_txt")[: first.num_rows].astype(np.float32)
+    want = neg_clip_loss(shard_img, shard_txt, seed=shard_seed(0, Path(first.parquet).stem), batch=32, repeats=2)
+    np.testing.assert_array_equal(store_column(store, "ncl")[: first.num_rows], want)
+    e = manifest["inputs"]["ncl"]
+    assert e["spec"] == "neg_clip_loss:batch=32:repeats=2" and e["params"]["batch"] == 32 and e["status"] == "complete"
+    assert InputStore(store).input_names() == ["clip_b32_similarity_score", "ncl", "normsim_2_targets"]
+
+
+def test_resume_adds_only_what_is_missing(pool_dir, tmp_path, monkeypatch):
+    from flyt_datacomp.inputs.providers.simple import PoolColumnInput
+
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score"], progress=False)
+    calls = []
+    real = PoolColumnInput.compute
+
+    def counting(self, data, state, shard_name):
+        calls.append((self.args["name"], shard_name))
+        return real(self, data, state, shard_name)
+
+    monkeypatch.setattr(PoolColumnInput, "compute", counting)
+    before = {p.name: p.stat().st_mtime_ns for p in store.glob("*.parquet")}
+    compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score"], progress=False)
+    assert calls == [] and before == {p.name: p.stat().st_mtime_ns for p in store.glob("*.parquet")}
+    compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score", "column:clip_l14_similarity_score"],
+                   progress=False)
+    assert {c[0] for c in calls} == {"clip_l14_similarity_score"} and len(calls) == 3
+    # a shard file lost (a kill before its rename) is recomputed alone, for every input
+    victim = sorted(store.glob("*.parquet"))[1]
+    victim.unlink()
+    calls.clear()
+    compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score", "column:clip_l14_similarity_score"],
+                   progress=False)
+    assert sorted(calls) == sorted([("clip_b32_similarity_score", victim.stem), ("clip_l14_similarity_score", victim.stem)])
+    with pytest.raises(FlytInputError, match="other settings.*--recompute"):
+        compute_inputs(str(pool_dir), str(store), ["clip_b32_similarity_score=column:clip_l14_similarity_score"],
+                       progress=False)
+
+
+def test_the_same_bytes_from_every_executor(pool_dir, tmp_path):
+    specs = ["column:clip_l14_similarity_score", "neg_clip_loss:batch=16:repeats=2"]
+    digests = {}
+    runs = [("inline", dict(workers=1)), ("processes", dict(workers=2))]
+    try:
+        import ray  # noqa: F401
+
+        runs.append(("ray", dict(ray_address="local")))
+    except ImportError:
+        pass
+    for label, kwargs in runs:
+        store = tmp_path / label
+        compute_inputs(str(pool_dir), str(store), specs, progress=False, **kwargs)
+        digests[label] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(store.glob("*.parquet"))}
+    if "ray" in digests:
+        import ray
+
+        ray.shutdown()
+    assert all(d == digests["inline"] for d in digests.values()), digests
+    assert len(digests) == len(runs)
+
+
+def test_file_inputs_and_the_missing_value_policy(pool_dir, tmp_path):
+    pool = Pool(str(pool_dir), progress=False)
+    hexes = uids_to_hex(pool.uids)
+    values = np.arange(pool.size, dtype=np.float64)
+    pq.write_table(pa.table({"uid": hexes[5:], "score": values[5:]}), tmp_path / "part.parquet")
+    (tmp_path / "all.csv").write_text("uid,score\n" + "".join(f"{u},{v}\n" for u, v in zip(hexes, values)))
+    rec = np.zeros(pool.size, dtype=[("uid", "U32"), ("score", "f8")])
+    rec["uid"], rec["score"] = hexes, values
+    np.save(tmp_path / "all.npy", rec)
+    store = tmp_path / "store"
+    entries = compute_inputs(str(pool_dir), str(store), [f"csv=file:{tmp_path / 'all.csv'}",
+                                                        f"npy=file:{tmp_path / 'all.npy'}"], progress=False)
+    np.testing.assert_array_equal(store_column(store, "csv"), values.astype(np.float32))
+    np.testing.assert_array_equal(store_column(store, "npy"), values.astype(np.float32))
+    assert entries["csv"]["missing_count"] == 0
+    with pytest.raises(FlytInputError, match="no value for 5 of 200 examples"):
+        compute_inputs(str(pool_dir), str(store), [f"part=file:{tmp_path / 'part.parquet'}"], progress=False)
+    entries = compute_inputs(str(pool_dir), str(store), [f"part=file:{tmp_path / 'part.parquet'}"], missing="mean",
+                             progress=False)
+    assert entries["part"]["missing_count"] == 5 and entries["part"]["fill_value"] == pytest.approx(values[5:].mean())
+    col = InputStore(store).column("part", pool)
+    assert (col[:5] == values[5:].mean()).all() and (col[5:] == values[5:]).all()
+    pq.write_table(pa.table({"uid": [hexes[0], hexes[0]], "score": [1.0, 2.0]}), tmp_path / "dup.parquet")
+    with pytest.raises(FlytInputError, match="more than once"):
+        compute_inputs(str(pool_dir), str(store), [f"dup=file:{tmp_path / 'dup.parquet'}"], progress=False)
+
+
+def test_classifier_separates_target_like_examples_and_is_reused(pool_dir, tmp_path, monkeypatch):
+    pool, img = pool_arrays(pool_dir, "b32_img")
+    direction = np.zeros(8)
+    direction[0] = 1.0
+    rng = np.random.default_rng(5)
+    targets = direction + 0.3 * rng.normal(size=(300, 8))
+    np.save(tmp_path / "t.npy", targets / np.linalg.norm(targets, axis=1, keepdims=True))
+    store = tmp_path / "store"
+    spec = f"classifier:{tmp_path / 't.npy'}:steps=300:batch=64:warmup=20:lr=0.05"
+    compute_inputs(str(pool_dir), str(store), [spec], progress=False)
+    logits = store_column(store, "classifier_t")
+    assert np.corrcoef(logits, img[:, 0])[0, 1] > 0.9  # the logit follows the target direction
+    from flyt_datacomp import torch_io
+
+    saved = torch_io.load(store / "work" / "classifier_t.classifier.pt")
+    np.testing.assert_allclose(logits, img @ saved["weight"].numpy() + float(saved["bias"]), rtol=1e-5, atol=1e-6)
+    assert ((expit(logits) > 0.5) == (img @ saved["weight"].numpy() + float(saved["bias"]) > 0)).all()
+    monkeypatch.setattr(classifier_module, "fit_logistic", lambda *a, **k: pytest.fail("refitted"))
+    compute_inputs(str(pool_dir), str(tmp_path / "store"), [spec], recompute=["classifier_t"], progress=False)
+
+
+def test_scoring_model_input_equals_applying_the_model(pool_dir, tmp_path):
+    import torch
+
+    from flyt_datacomp.flyt.models import GLUHead, MixingModel, save_scoring_model
+
+    pool = Pool(str(pool_dir), progress=False)
+    cols = ["clip_b32_similarity_score", "clip_l14_similarity_score"]
+    x = np.stack([pool.column(c).astype(np.float64) for c in cols], axis=1)
+    mix = MixingModel(cols, x.mean(0), x.std(0))
+    with torch.no_grad():
+        mix.weight.copy_(torch.tensor([0.7, -1.3]))
+    save_scoring_model(tmp_path / "m.pt", mix)
+    head = GLUHead(8, 16, seed=3)
+    save_scoring_model(tmp_path / "e.pt", head, {"config": {"embedding_prefix": "l14"}})
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), [f"mflyt=model:{tmp_path / 'm.pt'}", f"eflyt=model:{tmp_path / 'e.pt'}"],
+                   progress=False)
+    z = (x - x.mean(0)) / x.std(0)
+    np.testing.assert_allclose(store_column(store, "mflyt"), z @ np.array([0.7, -1.3]), rtol=1e-5, atol=1e-5)
+    img = torch.from_numpy(pool.embeddings("l14_img").astype(np.float32))
+    txt = torch.from_numpy(pool.embeddings("l14_txt").astype(np.float32))
+    with torch.no_grad():
+        np.testing.assert_allclose(store_column(store, "eflyt"), head(img, txt).numpy(), rtol=1e-5, atol=1e-6)
+    # an M-FLYT model over a stored input (E-FLYT's score as an M-FLYT input, as in the paper)
+    stack = MixingModel(["eflyt", "clip_b32_similarity_score"], [0.0, 0.0], [1.0, 1.0])
+    with torch.no_grad():
+        stack.weight.copy_(torch.tensor([2.0, 1.0]))
+    save_scoring_model(tmp_path / "s.pt", stack)
+    compute_inputs(str(pool_dir), str(store), [f"stacked=model:{tmp_path / 's.pt'}"], progress=False)
+    np.testing.assert_allclose(store_column(store, "stacked"),
+                               2 * store_column(store, "eflyt") + x[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_filter_reads_a_stored_input(pool_dir, tmp_path):
+    from flyt_datacomp.filter import filter_command
+
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["column:clip_l14_similarity_score"], progress=False)
+    common = ["--metadata-dir", str(pool_dir), "--fraction", "0.3", "--quiet"]
+    a = CliRunner().invoke(filter_command, [*common, "--score", "clip_l14_similarity_score", "--output", str(tmp_path / "a.npy")])
+    b = CliRunner().invoke(filter_command, [*common, "--score", "store:clip_l14_similarity_score", "--inputs-dir",
+                                            str(store), "--output", str(tmp_path / "b.npy")])
+    assert a.exit_code == 0 and b.exit_code == 0, b.output
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    r = CliRunner().invoke(filter_command, [*common, "--score", "store:nope", "--inputs-dir", str(store), "--output",
+                                            str(tmp_path / "c.npy")])
+    assert r.exit_code == 2 and "has no input 'nope'" in r.output
+    r = CliRunner().invoke(filter_command, [*common, "--score", "store:x", "--output", str(tmp_path / "c.npy")])
+    assert r.exit_code == 2 and "--inputs-dir" in r.output
+
+
+def test_store_of_another_pool_and_a_second_writer_are_refused(pool_dir, tmp_path):
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["column:clip_l14_similarity_score"], progress=False)
+    other, _ = write_metadata(tmp_path / "other", sizes=(10, 10), seed=9)
+    with pytest.raises(FlytInputError, match="made for another pool"):
+        InputStore(store).column("clip_l14_similarity_score", Pool(str(other), progress=False))
+    (store / ".lock").write_text("elsewhere 1")
+    with pytest.raises(FlytInputError, match="another `inputs compute` is writing"):
+        compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score"], progress=False)
+
+
+def test_cli_compute_and_show(pool_dir, tmp_path):
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--out", str(tmp_path / "s"),
+                                 "--input", "column:clip_l14_similarity_score", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "clip_l14_similarity_score" in r.output and "complete" in r.output
+    r = CliRunner().invoke(cli, ["inputs", "show", str(tmp_path / "s")])
+    assert r.exit_code == 0 and "200 examples, 3 shards" in r.output
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--out", str(tmp_path / "s"),
+                                 "--input", "bogus:1"])
+    assert r.exit_code == 2 and "unknown input kind" in r.output
+
+
+def test_openclip_input_scores_downloaded_images_by_uid(tiny_demo_pool, tmp_path):
+    import io
+    import tarfile
+
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from flyt_datacomp.clip_models import create_clip, resolve_arch, tokenizer
+
+    model = create_clip(resolve_arch("tiny"), seed=3)
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    store = tmp_path / "store"
+    with pytest.raises(FlytInputError, match="no value for"):  # ~10% of the demo pool never downloaded
+        compute_inputs(str(tiny_demo_pool.metadata_dir), str(store), [f"dfn=openclip:tiny:{tmp_path / 'tiny.pt'}"],
+                       shards_dir=str(tiny_demo_pool.shards_dir), device="cpu", progress=False)
+    entries = compute_inputs(str(tiny_demo_pool.metadata_dir), str(store), [f"dfn=openclip:tiny:{tmp_path / 'tiny.pt'}"],
+                             shards_dir=str(tiny_demo_pool.shards_dir), device="cpu", missing="min", progress=False)
+    # independent: every image of every tar, one at a time, joined by the uid in its json
+    transform = open_clip.image_transform(32, is_train=False)
+    tok = tokenizer(resolve_arch("tiny"))
+    want = {}
+    model.eval()
+    for tar_path in sorted(tiny_demo_pool.shards_dir.glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        for name in files:
+            if name.endswith(".json"):
+                key = name[:-5]
+                image = transform(Image.open(io.BytesIO(files[key + ".jpg"])).convert("RGB"))[None]
+                with torch.no_grad():
+                    u = model.encode_image(image, normalize=True)
+                    v = model.encode_text(tok([files[key + ".txt"].decode()]), normalize=True)
+                want[json.loads(files[name])["uid"]] = float((u * v).sum())
+    pool = Pool(str(tiny_demo_pool.metadata_dir), progress=False)
+    got = store_column(store, "dfn")
+    hexes = uids_to_hex(pool.uids)
+    have = np.array([h in want for h in hexes])
+    assert 0 < (~have).sum() < 0.2 * len(hexes) and entries["dfn"]["missing_count"] == (~have).sum()
+    np.testing.assert_allclose(got[have], [want[h] for h in hexes[have]], rtol=1e-4, atol=1e-5)
+    assert np.isnan(got[~have]).all()  # stored as missing; the fill applies when read
+    col = InputStore(store).column("dfn", pool)
+    assert (col[~have] == min(want.values())).all() or np.allclose(col[~have], np.nanmin(got))
+    # a second run finds every image shard already scored
+    import flyt_datacomp.inputs.providers.models as models_module
+
+    real = models_module._Scorer.score_tar
+    models_module._Scorer.score_tar = lambda *a, **k: pytest.fail("rescored an image shard")
+    try:
+        compute_inputs(str(tiny_demo_pool.metadata_dir), str(store), [f"dfn=openclip:tiny:{tmp_path / 'tiny.pt'}"],
+                       shards_dir=str(tiny_demo_pool.shards_dir), device="cpu", missing="min", recompute=["dfn"],
+                       progress=False)
+    finally:
+        models_module._Scorer.score_tar = real
