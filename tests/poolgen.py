@@ -67,3 +67,15 @@ def write_image_shards(root: Path, hex_uids, *, per_shard=30, keep_fraction=0.9,
         n = len(kept[s:s + per_shard])
         (root / f"{shard:08d}_stats.json").write_text(json.dumps({"count": n, "successes": n}))
     return kept
+
+
+def run_filter_cli(args, expect_ok=True):
+    """``filter`` through click's runner (progress bars off); asserts success unless told not to."""
+    from click.testing import CliRunner
+
+    from flyt_datacomp.filter import filter_command
+
+    result = CliRunner().invoke(filter_command, [*args, "--quiet"])
+    if expect_ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result

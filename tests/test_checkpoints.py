@@ -6,20 +6,14 @@ import shutil
 
 import pytest
 import torch
-from test_train import small_config
+from test_train import one_thread, small_config  # noqa: F401 - fixture
 
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.flyt.checkpoints import find_resume_point, save_checkpoint
 from flyt_datacomp.flyt.models import MixingModel, load_scoring_model, save_scoring_model
 from flyt_datacomp.flyt.trainer import CollapseWatch, Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # test_train's fixture: resumed runs match bit for bit
 
 
 @pytest.fixture(scope="module")

@@ -10,21 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
-from poolgen import write_image_shards, write_metadata
+from poolgen import run_filter_cli, write_image_shards, write_metadata
 
 from flyt_datacomp import sampling
 from flyt_datacomp.errors import FlytError, FlytInputError
-from flyt_datacomp.filter import FilterConfig, filter_command, run_filter
+from flyt_datacomp.filter import FilterConfig, run_filter
 from flyt_datacomp.scores import SCORE_SOURCES, Scores, ScoreSource, load_scores, register_score_source
 from flyt_datacomp.uids import read_subset, uids_to_hex
 
-
-def run(args, expect_ok=True):
-    result = CliRunner().invoke(filter_command, [*args, "--quiet"])
-    if expect_ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+run = run_filter_cli
 
 
 @pytest.fixture

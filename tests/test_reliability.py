@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from poolgen import write_metadata
+from poolgen import run_filter_cli, write_metadata
 
 import flyt_datacomp.filter as filter_module
 import flyt_datacomp.io as io_module
@@ -30,11 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
-def run(args, expect_ok=True):
-    result = CliRunner().invoke(filter_command, [*args, "--quiet"])
-    if expect_ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+run = run_filter_cli
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ import numpy as np
 
 from ...errors import FlytInputError, quote
 from ...io import atomic_path
-from ...uids import UID_DTYPE, hex_to_uids, lookup, uid_order
+from ...uids import UID_DTYPE, hex_to_uids, uid_order
 from .base import FitContext, Option, Provider, register_provider
+from .simple import values_by_uid
 
 
 @register_provider
@@ -127,12 +128,7 @@ class OpenClipInput(Provider):
         return str(joined)
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
-        with np.load(state) as z:
-            uids, values = z["uids"], z["values"]
-        pos = lookup(uids, data.columns["uid"]) if len(uids) else np.full(len(data.columns["uid"]), -1)
-        out = np.full(len(pos), np.nan, dtype=np.float32)
-        out[pos >= 0] = values[pos[pos >= 0]]
-        return out
+        return values_by_uid(state, data.columns["uid"])
 
 
 class _Scorer:

@@ -62,9 +62,16 @@ class UidFileInput(Provider):
         return str(out)
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
-        with np.load(state) as z:
-            uids, values = z["uids"], z["values"]
-        pos = lookup(uids, data.columns["uid"])
-        out = np.full(len(pos), np.nan, dtype=np.float32)
+        return values_by_uid(state, data.columns["uid"])
+
+
+def values_by_uid(path: str, query: np.ndarray) -> np.ndarray:
+    """float32 values for the ``query`` uids from an npz of sorted ``uids`` and their ``values``
+    (NaN where a uid is absent)."""
+    with np.load(path) as z:
+        uids, values = z["uids"], z["values"]
+    out = np.full(len(query), np.nan, dtype=np.float32)
+    if len(uids):
+        pos = lookup(uids, query)
         out[pos >= 0] = values[pos[pos >= 0]]
-        return out
+    return out
