@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import torch
 
 from .. import __version__
@@ -41,16 +40,14 @@ from .bilevel import LOGIT_SCALE, flyt_step
 from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, verify_checkpoint
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
-from .data import (
-    BatchIterableDataset,
-    DownstreamStream,
-    FeatureTable,
-    UidIndex,
-    UpstreamStream,
-    default_image_transform,
-)
+from .decode import default_image_transform
+from .downstream_stream import DownstreamStream
+from .features import FeatureSpec, read_features
+from .join import UidIndex
+from .loader import BatchIterableDataset
 from .losses import make_downstream_loss
-from .models import GLUHead, MixingModel, save_scoring_model
+from .models import GLUHead, MixingModel, save_scoring_model, score_features
+from .upstream_stream import UpstreamStream
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -68,27 +65,6 @@ def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def pool_features(pool: Pool, cfg: TrainConfig) -> FeatureTable:
-    """The scoring model's input table, indexed by pool position."""
-    if cfg.model == "e-flyt":
-        return FeatureTable.from_pool_embeddings(pool, cfg.embedding_prefix)
-    missing = [c for c in cfg.inputs if c not in pool.column_names]
-    if missing:
-        raise FlytInputError(
-            f"M-FLYT input {missing[0]!r} is not a column of the pool at {pool.url} "
-            f"(columns: {', '.join(pool.column_names)})"
-        )
-    columns = []
-    for name in cfg.inputs:
-        col = pool.column(name).astype(np.float64)
-        bad = ~np.isfinite(col)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise FlytInputError(f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values, first at {pool.locate(i)}")
-        columns.append(col)
-    return FeatureTable(np.stack(columns, axis=1).astype(np.float32))
 
 
 class Trainer:
@@ -128,11 +104,11 @@ class Trainer:
         self.classes = load_classes(cfg.classes)
 
         pool = Pool(cfg.metadata_dir, progress=self.progress)
-        features = pool_features(pool, cfg)
+        self.features = read_features(pool, FeatureSpec.of_config(cfg))  # what scoring the pool reads too
         self.pool_size = pool.size
         common = {"seed": cfg.seed, "shuffle_buffer": cfg.shuffle_buffer, "rank": self.rank, "world_size": self.world}
         self.upstream = UpstreamStream(
-            cfg.shards_dir, UidIndex.from_pool(pool), features, image_transform=transform,
+            cfg.shards_dir, UidIndex.from_pool(pool), self.features, image_transform=transform,
             tokenizer=self.tokenizer, batch_size=cfg.batch_size // self.world, **common,
         )
         self.downstream = DownstreamStream(
@@ -140,10 +116,9 @@ class Trainer:
             batch_size=cfg.downstream_batch_size // self.world, **common,
         )
         if cfg.model == "m-flyt":
-            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, features.arrays[0])
+            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, self.features.arrays[0])
         else:
-            dim = features.arrays[0].shape[1]
-            self.scoring = GLUHead(dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
+            self.scoring = GLUHead(self.features.dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
         self.scoring.to(self.device)
         self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
         trainable = list(self.scoring.parameters()) + list(self.loss.parameters())
@@ -286,7 +261,7 @@ class Trainer:
         class_tokens = self._to_device(self.tokenizer(sample_class_texts(self.classes, self.class_gen)))
         feats = self._to_device(up["features"])
         scoring_params = dict(self.scoring.named_parameters())
-        scores = self.scoring(*feats) if isinstance(feats, tuple) else self.scoring(feats)
+        scores = score_features(self.scoring, feats)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with autocast:
