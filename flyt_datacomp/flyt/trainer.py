@@ -94,8 +94,15 @@ class Trainer:
         cfg = self.cfg
         arch = resolve_arch(cfg.reference_arch)
         torch.manual_seed(cfg.seed)
-        self.model = create_clip(arch, seed=cfg.seed, checkpoint=cfg.reference_checkpoint,
-                                 pretrained=cfg.reference_pretrained).to(self.device)
+        source = cfg.reference_source
+        used = {"checkpoint": "reference_checkpoint", "pretrained": "reference_pretrained"}.get(source)
+        for name in ("reference_checkpoint", "reference_pretrained"):
+            if getattr(cfg, name) and name != used:
+                log.warning("--%s is ignored: the reference model starts from %s", name.replace("_", "-"),
+                            "random weights (--reference-init random)" if source == "random" else f"its {source}")
+        self.model = create_clip(arch, seed=cfg.seed,
+                                 checkpoint=cfg.reference_checkpoint if source == "checkpoint" else None,
+                                 pretrained=cfg.reference_pretrained if source == "pretrained" else None).to(self.device)
         self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
         image_size = self.model.visual.image_size
         transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0],
