@@ -128,12 +128,11 @@ class Trainer:
             self.scoring = GLUHead(self.features.dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
         self.scoring.to(self.device)
         self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
-        trainable = list(self.scoring.parameters()) + list(self.loss.parameters())
-        self.scoring_opt = torch.optim.AdamW(
+        self.scoring_opt = torch.optim.AdamW(  # both scoring models always have parameters
             [{"params": list(self.scoring.parameters()), "weight_decay": cfg.weight_decay},
              {"params": list(self.loss.parameters()), "weight_decay": 0.0}],
             lr=cfg.scoring_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        ) if trainable else None
+        )
         self.class_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.adam = AdamState.zeros(self.theta)
@@ -189,7 +188,7 @@ class Trainer:
                      "step": self.adam.step},
             "scoring": self.scoring.state_dict(),
             "loss": self.loss.state_dict(),
-            "scoring_opt": self.scoring_opt.state_dict() if self.scoring_opt else None,
+            "scoring_opt": self.scoring_opt.state_dict(),
             "class_gen": self.class_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "data": {"upstream_batches": self.up_batches, "downstream_batches": self.down_batches},
@@ -229,8 +228,7 @@ class Trainer:
                               {k: v.to(dev) for k, v in a["exp_avg_sq"].items()}, a["step"])
         self.scoring.load_state_dict(state["scoring"])
         self.loss.load_state_dict(state["loss"])
-        if self.scoring_opt is not None:
-            self.scoring_opt.load_state_dict(state["scoring_opt"])
+        self.scoring_opt.load_state_dict(state["scoring_opt"])
         self.class_gen.set_state(state["class_gen"])
         torch.set_rng_state(state["torch_rng"])
         self.up_batches = state["data"]["upstream_batches"]
@@ -282,15 +280,14 @@ class Trainer:
         self._check_finite(res)
         self.theta, self.adam = res.theta_plus, res.adam_state
         self._clamp_logit_scale()
-        if self.scoring_opt is not None:
-            for group in self.scoring_opt.param_groups:
-                group["lr"] = scoring_lr
-            for name, p in self.scoring.named_parameters():
-                p.grad = res.grad_scoring[name].detach().to(p.dtype)
-            for name, p in self.loss.named_parameters():
-                p.grad = res.grad_downstream[name].detach().to(p.dtype)
-            self.scoring_opt.step()
-            self.scoring_opt.zero_grad(set_to_none=True)
+        for group in self.scoring_opt.param_groups:
+            group["lr"] = scoring_lr
+        for name, p in self.scoring.named_parameters():
+            p.grad = res.grad_scoring[name].detach().to(p.dtype)
+        for name, p in self.loss.named_parameters():
+            p.grad = res.grad_downstream[name].detach().to(p.dtype)
+        self.scoring_opt.step()
+        self.scoring_opt.zero_grad(set_to_none=True)
         metrics = {"step": self.step + 1, **{k: float(v) for k, v in res.metrics.items()},
                    "reference_lr": ref_lr, "scoring_lr": scoring_lr}
         if isinstance(self.scoring, MixingModel):
