@@ -123,3 +123,13 @@ def test_the_reference_model_starts_from_the_chosen_weights(monkeypatch, tmp_pat
     with pytest.raises(_Built):
         trainer_module.Trainer(build_config(preset, DIRS, given), tmp_path / "o", progress=False)
     assert seen == {"arch": "ViT-B-32", "checkpoint": checkpoint, "pretrained": pretrained}
+
+
+def test_the_readme_lists_every_flag():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Train a scoring model"):readme.index("### Downstream data")]
+    missing = [field_flag(f.name) for f in FIELDS if f"`{field_flag(f.name)} " not in section
+               and f"`{field_flag(f.name)}`" not in section]
+    assert not missing, f"README's training section lacks {missing}"
