@@ -12,6 +12,8 @@ from typing import Any
 import open_clip
 import torch
 
+from .errors import FlytInputError
+
 # A tiny CLIP that trains on a CPU in seconds: 32 px images, patch 8, 2+2 layers of width 64,
 # 16-token text context, the full BPE vocabulary so the bundled tokenizer works offline.
 TINY_CLIP_CONFIG: dict[str, Any] = {
@@ -86,13 +88,31 @@ def create_clip(
                 quick_gelu=arch.get("quick_gelu", False),
             )
         else:
-            model = open_clip.create_model(arch, pretrained=pretrained)
+            model = _create_named(arch, pretrained)
     finally:
         if seed is not None:
             torch.random.set_rng_state(gen_state)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+def _create_named(arch: str, pretrained: str | None) -> open_clip.CLIP:
+    if arch not in open_clip.list_models():
+        raise FlytInputError(
+            f"unknown CLIP architecture {arch!r}: neither an open_clip model name (open_clip.list_models()) "
+            f"nor one of the offline configs {', '.join(named_tiny_configs())}"
+        )
+    try:
+        return open_clip.create_model(arch, pretrained=pretrained)
+    except RuntimeError as exc:
+        if pretrained is None:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FlytInputError(
+            f"cannot load open_clip's pretrained weights {pretrained!r} for {arch}: {first}. Where the network "
+            "is not reachable, save those weights elsewhere and pass the file as --reference-checkpoint"
+        ) from None
 
 
 def load_checkpoint(model: torch.nn.Module, path: str) -> None:
@@ -102,8 +122,16 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     state = torch_io.load(path, "reference model checkpoint")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise FlytInputError(f"reference model checkpoint {path} holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
+        raise FlytInputError(
+            f"reference model checkpoint {path} does not fit the reference architecture (--reference-arch): {detail}"
+        ) from None
 
 
 def context_length(arch: str | dict[str, Any]) -> int:

@@ -7,7 +7,7 @@ re-encoded as RGB JPEG, optionally resized so its shorter side is ``image_size``
 (the integer label as text) and ``<key>.json`` (source path, label, class name). Beside them:
 ``classes.json`` (``{"classnames": [...], "templates": [...]}``; derived from the folder names
 unless a class file is given) and ``build.json`` (provenance). Read them back with
-:class:`flyt_datacomp.flyt.data.DownstreamStream`.
+:class:`flyt_datacomp.flyt.downstream_stream.DownstreamStream`.
 """
 
 from __future__ import annotations

@@ -265,36 +265,8 @@ def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
 
 def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
     """Apply a trained scoring model to the whole pool (its inputs read shard by shard)."""
-    import torch
-
-    from .flyt.models import MixingModel, load_scoring_model
+    from .flyt.features import FeatureSpec
+    from .flyt.models import load_scoring_model, score_pool
 
     model, meta = load_scoring_model(source)
-    model.eval()
-    if isinstance(model, MixingModel):
-        missing = [c for c in model.input_names if c not in pool.column_names]
-        if missing:
-            raise FlytInputError(
-                f"scoring model {source} was trained on inputs {model.input_names}, but the pool has "
-                f"no column {missing[0]!r} (columns: {', '.join(pool.column_names)})"
-            )
-        columns, keys = model.input_names, []
-    else:
-        prefix = meta.get("config", {}).get("embedding_prefix", "b32")
-        columns, keys = [], [f"{prefix}_img", f"{prefix}_txt"]
-    parts = []
-    with torch.no_grad():
-        for shard in pool.iter_shards(columns, keys, desc="scoring the pool", no_missing=columns):
-            if columns:
-                x = np.stack([shard.columns[c].astype(np.float64) for c in columns], axis=1)
-                out = model.double()(torch.from_numpy(x))
-            else:
-                img, txt = (torch.from_numpy(shard.arrays[k].astype(np.float32)) for k in keys)
-                if img.shape[1] != model.embed_dim:
-                    raise FlytInputError(
-                        f"scoring model {source} expects {model.embed_dim}-dim embeddings but {keys[0]} "
-                        f"in {shard.shard.npz} has {img.shape[1]}"
-                    )
-                out = model(img, txt)
-            parts.append(out.double().numpy())
-    return np.concatenate(parts) if parts else np.zeros(0)
+    return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source))

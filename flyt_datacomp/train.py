@@ -1,65 +1,88 @@
 """``python -m flyt_datacomp.train`` (also ``flyt-datacomp train``): train an M-FLYT or E-FLYT scoring model.
 
-Settings come from a preset (``--preset m-flyt-base | e-flyt-base | m-flyt-demo``), then an
-optional JSON/YAML ``--config`` file, then the options given here. Runs on one CPU/GPU, or on many
-GPUs under ``torchrun --nproc_per_node N -m flyt_datacomp.train ...``. Rerunning the same command
-on the same ``--output-dir`` resumes from the latest checkpoint.
+Settings come from a preset (``--preset``), then an optional JSON/YAML ``--config`` file, then the
+options given here: one flag per field of :class:`~flyt_datacomp.flyt.config.TrainConfig`, made
+from the dataclass (type from the annotation, help and choices from the field's metadata). Runs on
+one CPU/GPU, or on many GPUs under ``torchrun --nproc_per_node N -m flyt_datacomp.train ...``.
+Rerunning the same command on the same ``--output-dir`` resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .commands import command
-from .flyt.config import PRESETS, build_config, load_config_file
+from .flyt.config import PRESET_DESCRIPTIONS, PRESETS, TrainConfig, build_config, load_config_file
 
 
-def _options(fn):
-    specs = [
-        ("--model", str, "m-flyt or e-flyt"),
-        ("--inputs", str, "M-FLYT input score columns, comma separated"),
-        ("--embedding-prefix", str, "E-FLYT npz embedding prefix (b32 -> b32_img, b32_txt)"),
-        ("--metadata-dir", str, "pool metadata folder (any fsspec URL)"),
-        ("--shards-dir", str, "pool image shards (img2dataset layout)"),
-        ("--downstream-dir", str, "labelled downstream shards (jpg + cls)"),
-        ("--classes", str, "class names/templates: imagenet, digits or a JSON file"),
-        ("--reference-arch", str, "open_clip architecture of the reference model, or 'tiny'"),
-        ("--reference-checkpoint", str, "local checkpoint to initialise the reference model"),
-        ("--reference-pretrained", str, "open_clip pretrained tag (weights must be reachable)"),
-        ("--reference-pretrain-steps", int, "plain CLIP steps on the pool before FLYT"),
-        ("--steps", int, "FLYT steps"),
-        ("--warmup-steps", int, "linear warmup steps of both cosine schedules"),
-        ("--batch-size", int, "upstream batch B (global)"),
-        ("--downstream-batch-size", int, "downstream batch B' (global)"),
-        ("--reference-lr", float, "reference model learning rate"),
-        ("--scoring-lr", float, "scoring model learning rate"),
-        ("--weight-decay", float, "AdamW weight decay (>= 2-dim weights)"),
-        ("--downstream-loss", str, "ce, ce_temp or clip"),
-        ("--micro-batch-size", int, "encoder chunk size (GradCache-style) to fit big batches"),
-        ("--precision", str, "auto, fp32 or bf16"),
-        ("--device", str, "auto, cpu, cuda, cuda:1 ..."),
-        ("--workers", int, "data loading workers"),
-        ("--shuffle-buffer", int, "shuffle buffer size (samples)"),
-        ("--seed", int, "seed for everything random"),
-        ("--checkpoint-every", int, "steps between checkpoints"),
-    ]
-    for flag, typ, help_ in reversed(specs):
-        fn = click.option(flag, type=typ, default=None, help=help_)(fn)
+class _FieldChoice(click.Choice):
+    """``click.Choice`` whose error also names the TrainConfig field (its name in a --config file)."""
+
+    def __init__(self, choices, field_name: str):
+        super().__init__(choices)
+        self.field_name = field_name
+
+    def fail(self, message: str, param=None, ctx=None):
+        super().fail(f"{message} (training option {self.field_name})", param, ctx)
+
+
+def _comma_list(ctx, param, value: str | None) -> list[str] | None:
+    return None if value is None else [s.strip() for s in value.split(",") if s.strip()]
+
+
+def field_flag(name: str) -> str:
+    """The command-line flag of a TrainConfig field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _option(f: dataclasses.Field, annotation: Any):
+    """The click option of one TrainConfig field; unset (None) unless given, so presets and config
+    files keep their values."""
+    flag, doc = field_flag(f.name), f.metadata["help"]
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if default not in (None, []):
+        doc = f"{doc}  [default: {default}]"
+    base = annotation
+    if typing.get_origin(base) in (typing.Union, types.UnionType):  # Optional[X]: the flag takes an X
+        (base,) = [a for a in typing.get_args(base) if a is not type(None)]
+    if base is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=doc)
+    if typing.get_origin(base) is list:
+        return click.option(flag, f.name, type=str, default=None, callback=_comma_list, metavar="A,B,...", help=doc)
+    if base not in (str, int, float):
+        raise TypeError(f"TrainConfig.{f.name}: no command-line type for {annotation!r}")
+    choices = f.metadata.get("choices")
+    return click.option(flag, f.name, type=_FieldChoice(choices, f.name) if choices else base, default=None,
+                        help=doc)
+
+
+def config_options(fn):
+    """Decorate ``fn`` with one option per TrainConfig field, in the dataclass's order."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        fn = _option(f, hints[f.name])(fn)
     return fn
 
 
+def _preset_help() -> str:
+    lines = [f"{name}: {PRESET_DESCRIPTIONS.get(name, '')}".rstrip(": ") for name in PRESETS]
+    return "Start from a named configuration. " + "; ".join(lines) + "."
+
+
 @command("train")
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="Start from a named configuration.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help=_preset_help())
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML file of options.")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoints, metrics.jsonl, the final scoring model.")
-@click.option("--tensorboard", is_flag=True, default=None, help="Also log to TensorBoard.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@_options
+@config_options
 def train_command(preset: str | None, config_file: str | None, output_dir: Path, quiet: bool, **opts: Any) -> None:
     """Train a FLYT scoring model (M-FLYT or E-FLYT) by the paper's bilevel method."""
     from .flyt import distributed as D
@@ -69,14 +92,9 @@ def train_command(preset: str | None, config_file: str | None, output_dir: Path,
     install_signal_handlers()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("flyt_datacomp").setLevel(logging.WARNING if quiet else logging.INFO)
-    if opts.get("inputs"):
-        opts["inputs"] = [s.strip() for s in opts["inputs"].split(",") if s.strip()]
-    file_values = load_config_file(config_file) if config_file else {}
-    if preset == "m-flyt-demo":
-        from .demo import build_demo_pool
-
-        file_values = {**demo_paths(build_demo_pool(progress=not quiet)), **file_values}
-    cfg = build_config(preset, file_values, opts)
+    cfg = config_from_options(preset, config_file, opts, progress=not quiet)
+    if preset in PRESET_DESCRIPTIONS:
+        logging.getLogger(__name__).info("preset %s: %s", preset, PRESET_DESCRIPTIONS[preset])
     D.init_from_env()
     try:
         result = Trainer(cfg, output_dir, progress=not quiet).run()
@@ -87,6 +105,18 @@ def train_command(preset: str | None, config_file: str | None, output_dir: Path,
         click.echo(f"scoring model: {result['scoring_model']}")
         if "mixing_weights" in result:
             click.echo(format_mixing_weights(result["mixing_weights"]))
+
+
+def config_from_options(preset: str | None, config_file: str | None, options: dict[str, Any], *,
+                        progress: bool = True) -> TrainConfig:
+    """The TrainConfig of a command line: the preset, then the config file, then the flags given
+    (``options``: the flags' values by field name, None where a flag was not given)."""
+    file_values = load_config_file(config_file) if config_file else {}
+    if preset == "m-flyt-demo":
+        from .demo import build_demo_pool
+
+        file_values = {**demo_paths(build_demo_pool(progress=progress)), **file_values}
+    return build_config(preset, file_values, options)
 
 
 def demo_paths(demo) -> dict[str, str]:

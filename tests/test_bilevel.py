@@ -62,14 +62,14 @@ def build_setup():
                 class_tokens=class_tokens, scorer=scorer, features=features)
 
 
-def _step(setup, loss, method="efficient", micro_batch_size=None, phi=None, downstream_params=None):
+def _step(setup, loss, method="efficient", micro_batch_size=None, phi=None):
     """One step with scores q_phi(features) (phi: the scorer's parameters unless given)."""
     phi = dict(setup["scorer"].named_parameters()) if phi is None else phi
     scores = torch.func.functional_call(setup["scorer"], phi, (setup["features"],)).squeeze(-1)
     return flyt_step(setup["model"], setup["params"], setup["state"], scores, setup["upstream"],
                      setup["downstream"], setup["class_tokens"], loss,
                      scoring_params=phi if scores.requires_grad else None,
-                     downstream_params=downstream_params, cfg=CFG, method=method,
+                     cfg=CFG, method=method,
                      micro_batch_size=micro_batch_size)
 
 

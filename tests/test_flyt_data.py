@@ -1,4 +1,5 @@
-"""Training-data streams (flyt/data.py) and the downstream shard builder (downstream.py)."""
+"""Training-data streams (flyt/: tars, join, features, stream, upstream/downstream streams, loader) and the
+downstream shard builder (downstream.py)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,13 @@ from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.downstream import build_downstream_shards, downstream_group
 from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.flyt.data import (
-    BatchIterableDataset,
-    DownstreamStream,
-    FeatureTable,
-    Slot,
-    UidIndex,
-    UpstreamStream,
-    assign_shards,
-    iter_tar,
-    list_shards,
-    scan_upstream,
-)
+from flyt_datacomp.flyt.downstream_stream import DownstreamStream
+from flyt_datacomp.flyt.features import FeatureSpec, FeatureTable, read_features
+from flyt_datacomp.flyt.join import UidIndex, scan_upstream
+from flyt_datacomp.flyt.loader import BatchIterableDataset
+from flyt_datacomp.flyt.stream import Slot, assign_shards
+from flyt_datacomp.flyt.tars import iter_tar, list_shards
+from flyt_datacomp.flyt.upstream_stream import UpstreamStream
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import hex_to_uids, random_uids, uids_to_hex
 
@@ -186,7 +182,7 @@ def test_join_by_json_uid_not_key(pool_setup):
 def test_counters_and_features_without_images(pool_setup, caplog):
     ps = pool_setup
     stream = upstream(ps, batch_size=5)
-    with caplog.at_level(logging.INFO, logger="flyt_datacomp.flyt.data"):
+    with caplog.at_level(logging.INFO, logger="flyt_datacomp.flyt.upstream_stream"):
         take(stream.iter_raw_batches(), 11)  # one full epoch plus one batch
     assert stream.full_passes == 1
     assert stream.no_features >= 5 and stream.bad >= 2  # epoch 0 plus part of epoch 1
@@ -203,7 +199,7 @@ def test_counters_and_features_without_images(pool_setup, caplog):
 
 def test_embedding_features_stay_float16_until_batching(pool_setup):
     ps = pool_setup
-    table = FeatureTable.from_pool_embeddings(ps["pool"], "b32")
+    table = read_features(ps["pool"], FeatureSpec("e-flyt", embedding_prefix="b32"))
     assert table.arrays[0].dtype == np.float16
     stream = UpstreamStream(ps["shards"], ps["index"], table, image_transform=transform,
                             tokenizer=tokenizer, batch_size=4, shuffle_buffer=4)
@@ -466,7 +462,7 @@ def test_downstream_build_same_seed_same_shards(tmp_path):
 def test_open_clip_transform_and_tokenizer(pool_setup):
     from flyt_datacomp.clip_models import TINY_CLIP_CONFIG
     from flyt_datacomp.clip_models import tokenizer as clip_tokenizer
-    from flyt_datacomp.flyt.data import default_image_transform
+    from flyt_datacomp.flyt.decode import default_image_transform
 
     ps = pool_setup
     stream = UpstreamStream(ps["shards"], ps["index"], FeatureTable(ps["scores"]),

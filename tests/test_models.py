@@ -58,3 +58,25 @@ def test_load_scoring_model_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(FlytInputError, match="not a PyTorch file"):
         load_scoring_model(tmp_path / "junk.pt")
+
+
+def test_reference_model_errors_name_the_culprit(tmp_path, monkeypatch):
+    import open_clip
+
+    from flyt_datacomp.clip_models import create_clip, tiny_clip_config
+
+    with pytest.raises(FlytInputError, match="unknown CLIP architecture 'ViT-Nope'.*tiny-resnet"):
+        create_clip("ViT-Nope")
+    small = create_clip(tiny_clip_config(embed_dim=32), seed=0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in small.state_dict().items()}}, tmp_path / "ref.pt")
+    with pytest.raises(FlytInputError, match=r"ref\.pt does not fit the reference architecture"):
+        create_clip(tiny_clip_config(), checkpoint=str(tmp_path / "ref.pt"))
+    loaded = create_clip(tiny_clip_config(embed_dim=32), checkpoint=str(tmp_path / "ref.pt"))  # DDP prefix dropped
+    torch.testing.assert_close(loaded.text_projection, small.text_projection)
+
+    def offline(name, pretrained=None):
+        raise RuntimeError(f"Failed to download weights for tag '{pretrained}': no network")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(FlytInputError, match="weights 'openai' for ViT-B-32: Failed to download.*--reference-checkpoint"):
+        create_clip("ViT-B-32", pretrained="openai")

@@ -1,8 +1,11 @@
-"""FLYT's math core: weighted CLIP loss, downstream losses, the functional AdamW and the bilevel step.
+"""FLYT: the math core, the models, the training data and the trainer.
 
-Modules: ``losses`` (embedding-level losses), ``classes`` (downstream class sets and template
-draws), ``adamw`` (pure AdamW, its diagonal derivative, warm start), ``bilevel`` (the meta-gradient
-step, efficient forward-mode and naive oracle), ``distributed`` (data-parallel hook points).
+Math: ``losses`` (embedding-level losses), ``classes`` (downstream class sets and template draws),
+``adamw`` (pure AdamW, its diagonal derivative, warm start), ``bilevel`` (the meta-gradient step,
+efficient forward-mode and naive oracle), ``distributed`` (data-parallel hook points).
+Models: ``models`` (mixing model, GLU head, their checkpoints, scoring a pool), ``features`` (the
+one reader of their input features). Data: ``tars``, ``join``, ``stream``, ``upstream_stream``,
+``downstream_stream``, ``decode``, ``loader``. Training: ``config``, ``checkpoints``, ``trainer``.
 """
 
 from flyt_datacomp.flyt.adamw import AdamState, AdamWConfig, adamw_step, warmup_adam_state

@@ -19,7 +19,7 @@ second term is exactly 0: both the closed form and the differentiable step guard
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -135,7 +135,6 @@ def warmup_adam_state(
     *,
     params: Mapping[str, Tensor] | None = None,
     cfg: AdamWConfig = AdamWConfig(),
-    loss_fn: Callable[..., Tensor] | None = None,
 ) -> tuple[Params, AdamState]:
     """Warm-start Adam's (m, v, t) with a few plain CLIP-loss AdamW steps on ``batches``.
 
@@ -149,13 +148,12 @@ def warmup_adam_state(
     """
     from flyt_datacomp.flyt.losses import clip_loss
 
-    loss_fn = loss_fn or clip_loss
     current = {k: v.detach().clone() for k, v in (params or dict(model.named_parameters())).items()}
     state = AdamState.zeros(current)
     for images, texts in batches:
         leaves = {k: v.detach().requires_grad_(True) for k, v in current.items()}
         img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
-        grads = torch.autograd.grad(loss_fn(img, txt, tau), list(leaves.values()), allow_unused=True)
+        grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
         grads = {k: (torch.zeros_like(v) if gr is None else gr) for (k, v), gr in zip(leaves.items(), grads)}
         with torch.no_grad():
             current, state = adamw_step(current, grads, state, cfg)

@@ -81,23 +81,19 @@ def autodiff_kernels():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def _features(out) -> tuple[Tensor | None, Tensor | None]:
-    if isinstance(out, dict):
-        return out["image_features"], out["text_features"]
+def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor):
+    """(image features, text features) of an open_clip model evaluated at ``params`` (open_clip's
+    CLIP returns the tuple (image features, text features, logit scale))."""
+    out = functional_call(model, dict(params), (images, texts))
     return out[0], out[1]
 
 
-def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor):
-    """(image features, text features) of an open_clip model evaluated at ``params``."""
-    return _features(functional_call(model, dict(params), (images, texts)))
-
-
 def encode_images(model: nn.Module, params: Mapping[str, Tensor], images: Tensor) -> Tensor:
-    return _features(functional_call(model, dict(params), (images, None)))[0]
+    return functional_call(model, dict(params), (images, None))[0]
 
 
 def encode_texts(model: nn.Module, params: Mapping[str, Tensor], texts: Tensor) -> Tensor:
-    return _features(functional_call(model, dict(params), (None, texts)))[1]
+    return functional_call(model, dict(params), (None, texts))[1]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -166,7 +162,6 @@ def flyt_step(
     class_tokens: Tensor,
     downstream_loss: DownstreamLoss,
     *,
-    downstream_params: Mapping[str, Tensor] | None = None,
     scoring_params: Mapping[str, Tensor] | None = None,
     cfg: AdamWConfig | None = None,
     method: str = "efficient",
@@ -183,7 +178,7 @@ def flyt_step(
     upstream: (images, token ids) of the B upstream pairs.
     downstream: (images, labels) of the B' downstream examples.
     class_tokens: token ids of this step's K class prompts (one sampled template per class).
-    downstream_loss / downstream_params: the loss module and its parameters (default: its own).
+    downstream_loss: the loss module; its own parameters (a learned temperature) get a gradient too.
     cfg: the reference model's AdamW hyper-parameters (lr 5e-5, wd 0.2, betas (0.9, 0.98), eps 1e-6).
     method: ``"efficient"`` (forward mode, default) or ``"naive"`` (double backward, the oracle).
     micro_batch_size: chunk size for every encoder pass of the efficient method (None: no chunks).
@@ -193,8 +188,7 @@ def flyt_step(
         gathered batch, rank order; grad_scoring summed over ranks; global metrics).
     """
     cfg = AdamWConfig() if cfg is None else cfg
-    if downstream_params is None:
-        downstream_params = dict(downstream_loss.named_parameters())
+    downstream_params = dict(downstream_loss.named_parameters())
     if method == "naive":
         if micro_batch_size is not None or D.world_size(group) > 1:
             raise ValueError("the naive method supports neither micro-batching nor several ranks")

@@ -100,13 +100,10 @@ def _class_logits(image_features: Tensor, class_features: Tensor, tau: Tensor | 
 
 
 class CrossEntropyLoss(DownstreamLoss):
-    """``ce``: mean cross entropy of logits tau_DS * <img, class text> with a fixed tau_DS (default 1)."""
+    """``ce``: mean cross entropy of logits tau_DS * <img, class text> with a fixed tau_DS = 1 (paper C.8)."""
 
     name = "ce"
-
-    def __init__(self, temperature: float = 1.0):
-        super().__init__()
-        self.temperature = float(temperature)
+    temperature = 1.0
 
     def forward(self, image_features, labels, class_features, logit_scale=None):
         return F.cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
@@ -120,9 +117,9 @@ class _LearnedTemperature(DownstreamLoss):
     tau (paper C.7: sharing them hurt). No clamp is applied here.
     """
 
-    def __init__(self, init_temperature: float = 1 / 0.07):
+    def __init__(self):
         super().__init__()
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     @property
     def temperature(self) -> Tensor:
@@ -154,10 +151,10 @@ class ClipPairsLoss(_LearnedTemperature):
 DOWNSTREAM_LOSSES = {cls.name: cls for cls in (CrossEntropyLoss, LearnedTemperatureCrossEntropyLoss, ClipPairsLoss)}
 
 
-def make_downstream_loss(name: str, **kwargs) -> DownstreamLoss:
+def make_downstream_loss(name: str) -> DownstreamLoss:
     """Build a downstream loss by name: ``ce``, ``ce_temp`` or ``clip``."""
     from flyt_datacomp.errors import FlytInputError
 
     if name not in DOWNSTREAM_LOSSES:
         raise FlytInputError(f"unknown downstream loss {name!r} (choose from {', '.join(DOWNSTREAM_LOSSES)})")
-    return DOWNSTREAM_LOSSES[name](**kwargs)
+    return DOWNSTREAM_LOSSES[name]()

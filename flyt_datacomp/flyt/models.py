@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import __version__, torch_io
 from ..errors import FlytInputError
+from .features import FeatureSpec, iter_features
 
 
 class MixingModel(nn.Module):
@@ -117,6 +118,28 @@ class GLUHead(nn.Module):
 
 
 SCORING_MODELS = {MixingModel.kind: MixingModel, GLUHead.kind: GLUHead}
+
+
+def score_features(model: nn.Module, features: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """A scoring model's scores for features as :meth:`FeatureTable.gather` returns them."""
+    return model(*features) if isinstance(features, tuple) else model(features)
+
+
+@torch.no_grad()
+def score_pool(pool, model: nn.Module, spec: FeatureSpec) -> np.ndarray:
+    """Apply a scoring model to every pool example, one metadata shard at a time (float64 scores,
+    pool order). The features come from :func:`~flyt_datacomp.flyt.features.iter_features`, the
+    reader training used, so the model scores each example exactly as it saw it in training."""
+    model.eval()
+    parts = []
+    for shard, table in iter_features(pool, spec, desc="scoring the pool"):
+        if isinstance(model, GLUHead) and table.dim != model.embed_dim:
+            raise FlytInputError(
+                f"{spec.origin} expects {model.embed_dim}-dim embeddings but {spec.npz_keys[0]} in "
+                f"{shard.npz} has {table.dim}"
+            )
+        parts.append(score_features(model, table.gather()).double().numpy())
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 # what each kind's config must hold to rebuild the model

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import __version__
@@ -40,16 +39,14 @@ from .bilevel import LOGIT_SCALE, flyt_step
 from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, verify_checkpoint
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
-from .data import (
-    BatchIterableDataset,
-    DownstreamStream,
-    FeatureTable,
-    UidIndex,
-    UpstreamStream,
-    default_image_transform,
-)
+from .decode import default_image_transform
+from .downstream_stream import DownstreamStream
+from .features import FeatureSpec, read_features
+from .join import UidIndex
+from .loader import BatchIterableDataset
 from .losses import make_downstream_loss
-from .models import GLUHead, MixingModel, save_scoring_model
+from .models import GLUHead, MixingModel, save_scoring_model, score_features
+from .upstream_stream import UpstreamStream
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -63,27 +60,6 @@ def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def pool_features(pool: Pool, cfg: TrainConfig) -> FeatureTable:
-    """The scoring model's input table, indexed by pool position."""
-    if cfg.model == "e-flyt":
-        return FeatureTable.from_pool_embeddings(pool, cfg.embedding_prefix)
-    missing = [c for c in cfg.inputs if c not in pool.column_names]
-    if missing:
-        raise FlytInputError(
-            f"M-FLYT input {missing[0]!r} is not a column of the pool at {pool.url} "
-            f"(columns: {', '.join(pool.column_names)})"
-        )
-    columns = []
-    for name in cfg.inputs:
-        col = pool.column(name).astype(np.float64)
-        bad = ~np.isfinite(col)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise FlytInputError(f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values, first at {pool.locate(i)}")
-        columns.append(col)
-    return FeatureTable(np.stack(columns, axis=1).astype(np.float32))
 
 
 class Trainer:
@@ -113,8 +89,15 @@ class Trainer:
         cfg = self.cfg
         arch = resolve_arch(cfg.reference_arch)
         torch.manual_seed(cfg.seed)
-        self.model = create_clip(arch, seed=cfg.seed, checkpoint=cfg.reference_checkpoint,
-                                 pretrained=cfg.reference_pretrained).to(self.device)
+        source = cfg.reference_source
+        used = {"checkpoint": "reference_checkpoint", "pretrained": "reference_pretrained"}.get(source)
+        for name in ("reference_checkpoint", "reference_pretrained"):
+            if getattr(cfg, name) and name != used:
+                log.warning("--%s is ignored: the reference model starts from %s", name.replace("_", "-"),
+                            "random weights (--reference-init random)" if source == "random" else f"its {source}")
+        self.model = create_clip(arch, seed=cfg.seed,
+                                 checkpoint=cfg.reference_checkpoint if source == "checkpoint" else None,
+                                 pretrained=cfg.reference_pretrained if source == "pretrained" else None).to(self.device)
         self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
         image_size = self.model.visual.image_size
         transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0],
@@ -123,11 +106,11 @@ class Trainer:
         self.classes = load_classes(cfg.classes)
 
         pool = Pool(cfg.metadata_dir, progress=self.progress)
-        features = pool_features(pool, cfg)
+        self.features = read_features(pool, FeatureSpec.of_config(cfg))  # what scoring the pool reads too
         self.pool_size = pool.size
         common = {"seed": cfg.seed, "shuffle_buffer": cfg.shuffle_buffer, "rank": self.rank, "world_size": self.world}
         self.upstream = UpstreamStream(
-            cfg.shards_dir, UidIndex.from_pool(pool), features, image_transform=transform,
+            cfg.shards_dir, UidIndex.from_pool(pool), self.features, image_transform=transform,
             tokenizer=self.tokenizer, batch_size=cfg.batch_size // self.world, **common,
         )
         self.downstream = DownstreamStream(
@@ -135,18 +118,16 @@ class Trainer:
             batch_size=cfg.downstream_batch_size // self.world, **common,
         )
         if cfg.model == "m-flyt":
-            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, features.arrays[0])
+            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, self.features.arrays[0])
         else:
-            dim = features.arrays[0].shape[1]
-            self.scoring = GLUHead(dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
+            self.scoring = GLUHead(self.features.dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
         self.scoring.to(self.device)
         self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
-        trainable = list(self.scoring.parameters()) + list(self.loss.parameters())
-        self.scoring_opt = torch.optim.AdamW(
+        self.scoring_opt = torch.optim.AdamW(  # both scoring models always have parameters
             [{"params": list(self.scoring.parameters()), "weight_decay": cfg.weight_decay},
              {"params": list(self.loss.parameters()), "weight_decay": 0.0}],
             lr=cfg.scoring_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        ) if trainable else None
+        )
         self.class_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.adam = AdamState.zeros(self.theta)
@@ -202,7 +183,7 @@ class Trainer:
                      "step": self.adam.step},
             "scoring": self.scoring.state_dict(),
             "loss": self.loss.state_dict(),
-            "scoring_opt": self.scoring_opt.state_dict() if self.scoring_opt else None,
+            "scoring_opt": self.scoring_opt.state_dict(),
             "class_gen": self.class_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "data": {"upstream_batches": self.up_batches, "downstream_batches": self.down_batches},
@@ -242,8 +223,7 @@ class Trainer:
                               {k: v.to(dev) for k, v in a["exp_avg_sq"].items()}, a["step"])
         self.scoring.load_state_dict(state["scoring"])
         self.loss.load_state_dict(state["loss"])
-        if self.scoring_opt is not None:
-            self.scoring_opt.load_state_dict(state["scoring_opt"])
+        self.scoring_opt.load_state_dict(state["scoring_opt"])
         self.class_gen.set_state(state["class_gen"])
         torch.set_rng_state(state["torch_rng"])
         self.up_batches = state["data"]["upstream_batches"]
@@ -281,7 +261,7 @@ class Trainer:
         class_tokens = self._to_device(self.tokenizer(sample_class_texts(self.classes, self.class_gen)))
         feats = self._to_device(up["features"])
         scoring_params = dict(self.scoring.named_parameters())
-        scores = self.scoring(*feats) if isinstance(feats, tuple) else self.scoring(feats)
+        scores = score_features(self.scoring, feats)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
         with autocast:
@@ -295,15 +275,14 @@ class Trainer:
         self._check_finite(res)
         self.theta, self.adam = res.theta_plus, res.adam_state
         self._clamp_logit_scale()
-        if self.scoring_opt is not None:
-            for group in self.scoring_opt.param_groups:
-                group["lr"] = scoring_lr
-            for name, p in self.scoring.named_parameters():
-                p.grad = res.grad_scoring[name].detach().to(p.dtype)
-            for name, p in self.loss.named_parameters():
-                p.grad = res.grad_downstream[name].detach().to(p.dtype)
-            self.scoring_opt.step()
-            self.scoring_opt.zero_grad(set_to_none=True)
+        for group in self.scoring_opt.param_groups:
+            group["lr"] = scoring_lr
+        for name, p in self.scoring.named_parameters():
+            p.grad = res.grad_scoring[name].detach().to(p.dtype)
+        for name, p in self.loss.named_parameters():
+            p.grad = res.grad_downstream[name].detach().to(p.dtype)
+        self.scoring_opt.step()
+        self.scoring_opt.zero_grad(set_to_none=True)
         metrics = {"step": self.step + 1, **{k: float(v) for k, v in res.metrics.items()},
                    "reference_lr": ref_lr, "scoring_lr": scoring_lr}
         if isinstance(self.scoring, MixingModel):

@@ -1,0 +1,162 @@
+"""The scoring model's input features, read from a pool by one path for training and for scoring.
+
+What a scoring model reads is a :class:`FeatureSpec`: M-FLYT reads ``k`` named parquet columns
+(input scores), E-FLYT the npz embeddings ``<prefix>_img`` and ``<prefix>_txt``.
+:func:`iter_features` reads them one metadata shard at a time (scoring a pool that does not fit in
+memory); :func:`read_features` is the same stream concatenated into one table indexed by pool
+position (training). Both build every shard's table with the same code, so the trainer and the
+scorer see identical arrays.
+
+Dtype policy:
+
+* M-FLYT input scores are read as stored, checked to be finite numbers (in float64), and kept as
+  float32: the one rounding step.
+* E-FLYT embeddings stay in their stored dtype (float16 for DataComp) inside the table.
+* :meth:`FeatureTable.gather` hands the model float32 tensors, for a training batch and for a
+  metadata shard at scoring time alike, and the model runs in float32 in both. M-FLYT's
+  standardisation statistics are computed in float64 over the pool's float32 table
+  (:meth:`~flyt_datacomp.flyt.models.MixingModel.from_pool_features`) and stored in the model, so
+  scoring applies exactly the transform training used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from flyt_datacomp.errors import FlytInputError
+
+MODEL_KINDS = ("m-flyt", "e-flyt")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """What a scoring model reads from the pool.
+
+    ``kind``: ``"m-flyt"`` (the parquet columns ``inputs``) or ``"e-flyt"`` (the npz keys
+    ``<embedding_prefix>_img`` / ``_txt``). ``origin`` names who asked, for error messages.
+    """
+
+    kind: str
+    inputs: tuple[str, ...] = ()
+    embedding_prefix: str = "b32"
+    origin: str = "the training options"
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise FlytInputError(f"unknown scoring model kind {self.kind!r} (choose {' or '.join(MODEL_KINDS)})")
+        if self.kind == "m-flyt" and not self.inputs:
+            raise FlytInputError(f"M-FLYT needs at least one input score column; {self.origin} name none")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.inputs) if self.kind == "m-flyt" else ()
+
+    @property
+    def npz_keys(self) -> tuple[str, ...]:
+        return (f"{self.embedding_prefix}_img", f"{self.embedding_prefix}_txt") if self.kind == "e-flyt" else ()
+
+    @classmethod
+    def of_config(cls, cfg) -> FeatureSpec:
+        """The features a :class:`~flyt_datacomp.flyt.config.TrainConfig` trains on."""
+        return cls(cfg.model, tuple(cfg.inputs), cfg.embedding_prefix, "the training options")
+
+    @classmethod
+    def of_scoring_model(cls, model: Any, meta: dict[str, Any], source: str) -> FeatureSpec:
+        """The features a trained scoring model (and its checkpoint's ``meta``) was trained on."""
+        origin = f"scoring model {source}"
+        if model.kind == "m-flyt":
+            return cls("m-flyt", tuple(model.input_names), origin=origin)
+        config = meta.get("config")
+        prefix = config.get("embedding_prefix", "b32") if isinstance(config, dict) else "b32"
+        return cls("e-flyt", embedding_prefix=str(prefix), origin=origin)
+
+
+class FeatureTable:
+    """Per-pool-position inputs of the scoring model.
+
+    ``FeatureTable(scores)`` (M-FLYT): a ``(N, k)`` table of input scores, kept as float32.
+    ``FeatureTable(img, txt)`` (E-FLYT): ``(N, d)`` image and text embeddings, kept in their stored
+    dtype (float16; memory maps work) and converted to float32 only when gathered.
+    """
+
+    def __init__(self, table: np.ndarray, txt: np.ndarray | None = None):
+        if txt is None:
+            table = np.asarray(table, dtype=np.float32)
+            if table.ndim == 1:
+                table = table[:, None]
+            if table.ndim != 2:
+                raise FlytInputError(f"score table must be (N, k), got shape {table.shape}")
+            self.arrays: tuple[np.ndarray, ...] = (table,)
+        else:
+            if table.ndim != 2 or txt.shape != table.shape:
+                raise FlytInputError(
+                    f"image and text embeddings must both be (N, d), got {table.shape} and {txt.shape}"
+                )
+            self.arrays = (table, txt)
+        self.size = len(self.arrays[0])
+
+    @property
+    def is_embeddings(self) -> bool:
+        return len(self.arrays) == 2
+
+    @property
+    def dim(self) -> int:
+        """k input scores, or the embedding width d."""
+        return self.arrays[0].shape[1]
+
+    def gather(self, positions: np.ndarray | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """float32 tensors for these pool positions (all rows if None): ``(B, k)`` or ``((B, d), (B, d))``."""
+        index = slice(None) if positions is None else np.asarray(positions, dtype=np.int64)
+        out = [torch.from_numpy(np.asarray(a[index], dtype=np.float32)) for a in self.arrays]
+        return (out[0], out[1]) if self.is_embeddings else out[0]
+
+
+def iter_features(pool, spec: FeatureSpec, *, desc: str = "reading features") -> Iterator[tuple[Any, FeatureTable]]:
+    """``(metadata shard, its FeatureTable)`` for each shard of ``pool``, in pool order.
+
+    Reads only the columns or npz keys ``spec`` names. Raises :class:`FlytInputError` naming the
+    input, file and row for a missing column, a null, a non-numeric column or a non-finite value.
+    """
+    missing = [c for c in spec.columns if c not in pool.column_names]
+    if missing:
+        raise FlytInputError(
+            f"M-FLYT input {missing[0]!r} is not a column of the pool at {pool.url} "
+            f"(columns: {', '.join(pool.column_names)}); the input is named by {spec.origin}"
+        )
+    for data in pool.iter_shards(spec.columns, spec.npz_keys, desc=desc, no_missing=spec.columns):
+        if spec.kind == "e-flyt":
+            yield data.shard, FeatureTable(*(data.arrays[k] for k in spec.npz_keys))
+        else:
+            yield data.shard, FeatureTable(_score_block(data, spec))
+
+
+def read_features(pool, spec: FeatureSpec, *, desc: str = "reading features") -> FeatureTable:
+    """The whole pool's features as one table indexed by pool position (:func:`iter_features`
+    concatenated, so the arrays are exactly the ones a scorer reads shard by shard)."""
+    tables = [table for _, table in iter_features(pool, spec, desc=desc)]
+    return FeatureTable(*(np.concatenate([t.arrays[i] for t in tables]) for i in range(len(tables[0].arrays))))
+
+
+def _score_block(data, spec: FeatureSpec) -> np.ndarray:
+    """One shard's M-FLYT inputs as a float32 ``(rows, k)`` block, checked to be finite numbers."""
+    columns = []
+    for name in spec.columns:
+        values = data.columns[name]
+        if values.dtype.kind not in "biuf":
+            raise FlytInputError(
+                f"M-FLYT input {name!r} holds {values.dtype} values in {data.shard.parquet}, not numbers"
+            )
+        values = values.astype(np.float64)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            raise FlytInputError(
+                f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values in {data.shard.parquet}, "
+                f"the first at row {int(np.flatnonzero(bad)[0])}"
+            )
+        columns.append(values)
+    return np.stack(columns, axis=1).astype(np.float32)
