@@ -100,7 +100,7 @@ class ScoringModel(ScoreSource):
 
     def load(self, pool: Pool) -> Scores:
         _require_file(self.spec, "scoring model")
-        return Scores(_scores_from_model(pool, self.spec), self.spec, self.kind)
+        return Scores(_scores_from_model(pool, self.spec, self.inputs_dir), self.spec, self.kind)
 
 
 @register_score_source
@@ -263,10 +263,11 @@ def _scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
     return sorted_scores[pos], len(sorted_uids) - pool.size  # every pool uid matched one distinct file uid
 
 
-def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
-    """Apply a trained scoring model to the whole pool (its inputs read shard by shard)."""
+def _scores_from_model(pool: Pool, source: str, inputs_dir: str | None = None) -> np.ndarray:
+    """Apply a trained scoring model to the whole pool (its inputs read shard by shard, stored
+    inputs from ``inputs_dir`` or else the store the model was trained with)."""
     from .flyt.features import FeatureSpec
     from .flyt.models import load_scoring_model, score_pool
 
     model, meta = load_scoring_model(source)
-    return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source))
+    return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source, inputs_dir))

@@ -377,3 +377,39 @@ def test_openclip_input_scores_downloaded_images_by_uid(tiny_demo_pool, tmp_path
                        progress=False)
     finally:
         models_module._Scorer.score_tar = real
+
+
+def test_train_and_score_m_flyt_on_stored_inputs(tiny_demo_pool, tmp_path):
+    import torch
+
+    from flyt_datacomp.flyt.trainer import Trainer
+    from flyt_datacomp.scores import load_scores
+    from test_train import small_config
+
+    p = tiny_demo_pool
+    store = tmp_path / "store"
+    compute_inputs(str(p.metadata_dir), str(store), ["ncl=neg_clip_loss:batch=64:repeats=2"], progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = small_config(p, inputs=["clip_b32_similarity_score", "ncl"], inputs_dir=str(store))
+        result = Trainer(cfg, tmp_path / "run", progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    from flyt_datacomp.flyt.models import load_scoring_model
+
+    model, _ = load_scoring_model(result["scoring_model"])
+    pool = Pool(str(p.metadata_dir), progress=False)
+    ncl = InputStore(store).column("ncl", pool)
+    # standardised with the store's pool statistics
+    assert model.mean[1].item() == pytest.approx(np.float32(ncl).astype(np.float64).mean(), rel=1e-5)
+    assert model.std[1].item() == pytest.approx(np.float32(ncl).astype(np.float64).std(), rel=1e-5)
+    # scoring reads the store the model was trained with; the same as applying the model by hand
+    scores = load_scores(pool, result["scoring_model"]).values
+    x = np.stack([pool.column("clip_b32_similarity_score").astype(np.float32), ncl.astype(np.float32)], axis=1)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).double().numpy()
+    np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-6)
+    cfg_no_store = small_config(p, inputs=["clip_b32_similarity_score", "ncl"])
+    with pytest.raises(FlytInputError, match="no input store was given"):
+        Trainer(cfg_no_store, tmp_path / "run2", progress=False)

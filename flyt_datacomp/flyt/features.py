@@ -1,7 +1,8 @@
 """The scoring model's input features, read from a pool by one path for training and for scoring.
 
-What a scoring model reads is a :class:`FeatureSpec`: M-FLYT reads ``k`` named parquet columns
-(input scores), E-FLYT the npz embeddings ``<prefix>_img`` and ``<prefix>_txt``.
+What a scoring model reads is a :class:`FeatureSpec`: M-FLYT reads ``k`` named input scores, each a
+parquet column of the pool or an input of an input store (:mod:`flyt_datacomp.inputs`), E-FLYT the
+npz embeddings ``<prefix>_img`` and ``<prefix>_txt``.
 :func:`iter_features` reads them one metadata shard at a time (scoring a pool that does not fit in
 memory); :func:`read_features` is the same stream concatenated into one table indexed by pool
 position (training). Both build every shard's table with the same code, so the trainer and the
@@ -45,6 +46,7 @@ class FeatureSpec:
     inputs: tuple[str, ...] = ()
     embedding_prefix: str = "b32"
     origin: str = "the training options"
+    inputs_dir: str | None = None  # an input store holding inputs that are not pool columns
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -63,15 +65,18 @@ class FeatureSpec:
     @classmethod
     def of_config(cls, cfg) -> FeatureSpec:
         """The features a :class:`~flyt_datacomp.flyt.config.TrainConfig` trains on."""
-        return cls(cfg.model, tuple(cfg.inputs), cfg.embedding_prefix, "the training options")
+        return cls(cfg.model, tuple(cfg.inputs), cfg.embedding_prefix, "the training options", cfg.inputs_dir)
 
     @classmethod
-    def of_scoring_model(cls, model: Any, meta: dict[str, Any], source: str) -> FeatureSpec:
-        """The features a trained scoring model (and its checkpoint's ``meta``) was trained on."""
+    def of_scoring_model(cls, model: Any, meta: dict[str, Any], source: str,
+                         inputs_dir: str | None = None) -> FeatureSpec:
+        """The features a trained scoring model (and its checkpoint's ``meta``) was trained on;
+        stored inputs come from ``inputs_dir``, else from the store the model was trained with."""
         origin = f"scoring model {source}"
-        if model.kind == "m-flyt":
-            return cls("m-flyt", tuple(model.input_names), origin=origin)
         config = meta.get("config")
+        if model.kind == "m-flyt":
+            trained_with = config.get("inputs_dir") if isinstance(config, dict) else None
+            return cls("m-flyt", tuple(model.input_names), origin=origin, inputs_dir=inputs_dir or trained_with)
         prefix = config.get("embedding_prefix", "b32") if isinstance(config, dict) else "b32"
         return cls("e-flyt", embedding_prefix=str(prefix), origin=origin)
 
@@ -122,17 +127,12 @@ def iter_features(pool, spec: FeatureSpec, *, desc: str = "reading features") ->
     Reads only the columns or npz keys ``spec`` names. Raises :class:`FlytInputError` naming the
     input, file and row for a missing column, a null, a non-numeric column or a non-finite value.
     """
-    missing = [c for c in spec.columns if c not in pool.column_names]
-    if missing:
-        raise FlytInputError(
-            f"M-FLYT input {missing[0]!r} is not a column of the pool at {pool.url} "
-            f"(columns: {', '.join(pool.column_names)}); the input is named by {spec.origin}"
-        )
-    for data in pool.iter_shards(spec.columns, spec.npz_keys, desc=desc, no_missing=spec.columns):
-        if spec.kind == "e-flyt":
-            yield data.shard, FeatureTable(*(data.arrays[k] for k in spec.npz_keys))
-        else:
-            yield data.shard, FeatureTable(_score_block(data, spec))
+    from_pool = [c for c in spec.columns if c in pool.column_names]
+    from_store = [c for c in spec.columns if c not in pool.column_names]
+    stored = _stored_inputs(pool, spec, from_store)
+    for data in pool.iter_shards(from_pool, spec.npz_keys, desc=desc, no_missing=from_pool):
+        columns = {**data.columns, **(next(stored) if from_store else {})}
+        yield data.shard, shard_features(spec, columns, data.arrays, str(data.shard.parquet))
 
 
 def read_features(pool, spec: FeatureSpec, *, desc: str = "reading features") -> FeatureTable:
@@ -142,21 +142,50 @@ def read_features(pool, spec: FeatureSpec, *, desc: str = "reading features") ->
     return FeatureTable(*(np.concatenate([t.arrays[i] for t in tables]) for i in range(len(tables[0].arrays))))
 
 
-def _score_block(data, spec: FeatureSpec) -> np.ndarray:
+def shard_features(spec: FeatureSpec, columns: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+                   where: str) -> FeatureTable:
+    """One metadata shard's :class:`FeatureTable` from its input columns (M-FLYT) or npz arrays
+    (E-FLYT): the one place a shard's features are built, for training, scoring and the store."""
+    if spec.kind == "e-flyt":
+        return FeatureTable(*(arrays[k] for k in spec.npz_keys))
+    return FeatureTable(_score_block(columns, spec, where))
+
+
+def _stored_inputs(pool, spec: FeatureSpec, names: list[str]) -> Iterator[dict[str, np.ndarray]]:
+    """Per shard, in pool order, the inputs of ``spec`` that live in its input store."""
+    if not names:
+        return iter(())
+    if not spec.inputs_dir:
+        raise FlytInputError(
+            f"M-FLYT input {names[0]!r} is not a column of the pool at {pool.url} "
+            f"(columns: {', '.join(pool.column_names)}) and no input store was given (--inputs-dir); "
+            f"the input is named by {spec.origin}"
+        )
+    from ..inputs.store import InputStore
+
+    store = InputStore(spec.inputs_dir)
+    unknown = [n for n in names if n not in store.input_names()]
+    if unknown:
+        raise FlytInputError(
+            f"M-FLYT input {unknown[0]!r} is neither a column of the pool at {pool.url} nor a complete input of the "
+            f"store {spec.inputs_dir} (inputs: {', '.join(store.input_names()) or 'none'}); it is named by {spec.origin}"
+        )
+    return store.iter_columns(names, pool)
+
+
+def _score_block(columns: dict[str, np.ndarray], spec: FeatureSpec, where: str) -> np.ndarray:
     """One shard's M-FLYT inputs as a float32 ``(rows, k)`` block, checked to be finite numbers."""
-    columns = []
+    block = []
     for name in spec.columns:
-        values = data.columns[name]
+        values = columns[name]
         if values.dtype.kind not in "biuf":
-            raise FlytInputError(
-                f"M-FLYT input {name!r} holds {values.dtype} values in {data.shard.parquet}, not numbers"
-            )
+            raise FlytInputError(f"M-FLYT input {name!r} holds {values.dtype} values in {where}, not numbers")
         values = values.astype(np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             raise FlytInputError(
-                f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values in {data.shard.parquet}, "
+                f"M-FLYT input {name!r} has {int(bad.sum())} non-finite values in {where}, "
                 f"the first at row {int(np.flatnonzero(bad)[0])}"
             )
-        columns.append(values)
-    return np.stack(columns, axis=1).astype(np.float32)
+        block.append(values)
+    return np.stack(block, axis=1).astype(np.float32)

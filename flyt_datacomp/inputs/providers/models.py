@@ -36,15 +36,12 @@ class ScoringModelInput(Provider):
 
     def __init__(self, spec: str, args: dict[str, Any]):
         super().__init__(spec, args)
-        from ...flyt.models import MixingModel, load_scoring_model
+        from ...flyt.features import FeatureSpec
+        from ...flyt.models import load_scoring_model
 
-        self.model, self.meta = load_scoring_model(args["path"])
-        if isinstance(self.model, MixingModel):
-            self.inputs = tuple(self.model.input_names)
-        else:
-            prefix = self.meta.get("config", {}).get("embedding_prefix", "b32")
-            self.inputs = ()
-            self.npz_keys = (f"{prefix}_img", f"{prefix}_txt")
+        self.model, meta = load_scoring_model(args["path"])
+        self.features = FeatureSpec.of_scoring_model(self.model, meta, args["path"])
+        self.npz_keys = self.features.npz_keys
 
     def default_name(self) -> str:
         return f"model_{self.model.kind.replace('-', '_')}"
@@ -55,26 +52,25 @@ class ScoringModelInput(Provider):
         return {**self.args, "sha256": file_sha256(self.args["path"]), "kind": self.model.kind}
 
     def fit(self, ctx: FitContext) -> Any:
-        self.columns = tuple(c for c in self.inputs if c in ctx.pool.column_names)
-        return {"stored_inputs": [c for c in self.inputs if c not in ctx.pool.column_names]}
+        self.columns = tuple(c for c in self.features.columns if c in ctx.pool.column_names)
+        return {"stored_inputs": [c for c in self.features.columns if c not in ctx.pool.column_names]}
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
+        """The model on this shard's features, built as training and pool scoring build them."""
         import torch
 
+        from ...flyt.features import shard_features
+        from ...flyt.models import score_features
+
+        columns = {**data.columns, **data.inputs}
+        missing = [c for c in self.features.columns if c not in columns]
+        if missing:
+            raise FlytInputError(f"scoring model {self.args['path']} needs input {missing[0]!r}, which is neither a "
+                                 "pool column nor an input in the store")
+        table = shard_features(self.features, columns, data.arrays, str(data.shard.parquet))
+        self.model.eval()
         with torch.no_grad():
-            if self.inputs:
-                cols = []
-                for name in self.inputs:
-                    source = data.columns if name in data.columns else data.inputs
-                    if name not in source:
-                        raise FlytInputError(f"scoring model {self.args['path']} needs input {name!r}, which is neither "
-                                             "a pool column nor an input in the store")
-                    cols.append(np.asarray(source[name], dtype=np.float64))
-                out = self.model.double()(torch.from_numpy(np.stack(cols, axis=1)))
-            else:
-                img, txt = (torch.from_numpy(np.asarray(data.arrays[k], dtype=np.float32)) for k in self.npz_keys)
-                out = self.model(img, txt)
-        return out.double().numpy().astype(np.float32)
+            return score_features(self.model, table.gather()).double().numpy().astype(np.float32)
 
 
 @register_provider
