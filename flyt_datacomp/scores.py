@@ -41,8 +41,10 @@ class ScoreSource:
     kind: ClassVar[str]
     description: ClassVar[str]
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, within: np.ndarray | None = None):
         self.spec = spec
+        # pool positions whose statistics a source that standardises uses (None: the whole pool)
+        self.within = within
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -116,14 +118,15 @@ class ScoreFile(ScoreSource):
         return f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"
 
 
-def resolve_score_source(spec: str, pool: Pool) -> ScoreSource:
-    """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec)."""
+def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None) -> ScoreSource:
+    """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec).
+    ``within``: the pool positions a restricted run keeps (for sources that standardise)."""
     kind, sep, rest = spec.partition(":")
     if sep and kind in SCORE_SOURCES:
-        return SCORE_SOURCES[kind](rest)
+        return SCORE_SOURCES[kind](rest, within)
     for cls in SCORE_SOURCES.values():
         if cls.claims(spec, pool):
-            return cls(spec)
+            return cls(spec, within)
     kinds = "; ".join(f"{k}: {c.description}" for k, c in SCORE_SOURCES.items())
     raise FlytInputError(
         f"score source {quote(spec)} is neither a column of the pool's parquet files "
@@ -131,9 +134,10 @@ def resolve_score_source(spec: str, pool: Pool) -> ScoreSource:
     )
 
 
-def load_scores(pool: Pool, source: str) -> Scores:
-    """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order."""
-    resolved = resolve_score_source(source, pool)
+def load_scores(pool: Pool, source: str, *, within: np.ndarray | None = None) -> Scores:
+    """Resolve ``source`` against ``pool`` and return finite float64 scores in pool order.
+    ``within``: the pool positions a restricted run keeps; sources that standardise use their statistics."""
+    resolved = resolve_score_source(source, pool, within)
     scores = resolved.load(pool)
     scores.source = source
     bad = ~np.isfinite(scores.values)
@@ -243,3 +247,7 @@ def _scores_from_model(pool: Pool, source: str) -> np.ndarray:
                 out = model(img, txt)
             parts.append(out.double().numpy())
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+# the paper's aggregation baselines register their kinds (sum, standardized_sum, in_weighted)
+from .baselines import aggregate as _aggregate  # noqa: E402,F401  (imports this module's names above)
