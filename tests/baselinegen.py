@@ -97,16 +97,19 @@ def write_in1k(folder: Path, centroids: np.ndarray, seed: int = 0, near: int = 3
     return paths
 
 
-def write_caption_pool(root: Path, sizes=(37, 29, 44), seed: int = 3) -> tuple[Path, list[str]]:
+def write_caption_pool(root: Path, sizes=(37, 29, 44), seed: int = 3, *, crash_free: bool = False) -> tuple[Path, list[str]]:
     """A pool (dim-8 embeddings) whose text, sizes and scores exercise every rule; scores are rounded to
-    two and three decimals (float32), so thresholds can have ties, and one shard has a null caption."""
+    two and three decimals (float32), so thresholds can have ties, and one shard has a null caption.
+    ``crash_free``: no null or empty caption (DataComp's own code stops on those)."""
     root, hexes = write_metadata(root, sizes=sizes, seed=seed, dim=8)
     rng = np.random.default_rng(seed)
     for k, f in enumerate(sorted(root.glob("*.parquet"))):
         t = pq.read_table(f)
         n = t.num_rows
         texts = [CAPTIONS[i] for i in rng.integers(0, len(CAPTIONS), n)]
-        if k == 1:
+        if crash_free:
+            texts = [t or "an empty caption" for t in texts]
+        elif k == 1:
             texts[3] = None
         wh = [SIZES[i] for i in rng.integers(0, len(SIZES), n)]
         columns = {
