@@ -401,3 +401,24 @@ def test_same_bytes_as_datacomps_own_apply_filter(kit, tmp_path, name, args):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ours = name_run(kit, tmp_path, name, *args, pool="crash_free")
     assert len(np.load(ours)) and ours.read_bytes() == theirs.read_bytes()
+
+
+def test_recipes_run_and_write_what_the_commands_write(kit, tmp_path):
+    recipes = Path(__file__).parent.parent / "baselines"
+    assets_dir = tmp_path / "assets"
+    assets_dir.mkdir()
+    (assets_dir / "lid.176.bin").write_bytes(kit["model"].read_bytes())
+    relevance = tmp_path / "relevance.json"
+    relevance.write_text(json.dumps({"clip_b32_similarity_score": 0.27, "clip_l14_similarity_score": 0.3}))
+    env = {**os.environ, "NUM_WORKERS": "1"}
+    for script, args in [("basic_filter.sh", [str(assets_dir)]), ("clip_score.sh", ["b32", "0.25"]),
+                         ("negcliploss_normsim.sh", ["clip_b32_similarity_score", "clip_l14_similarity_score"]),
+                         ("in_weighted.sh", ["4", str(relevance)])]:
+        out = tmp_path / f"{script}.npy"
+        proc = subprocess.run(["bash", str(recipes / script), str(kit["pool"]), str(out), *args], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, script + proc.stderr[-2000:]
+        assert json.loads(out.with_name(out.name + ".json").read_text())["total_entries"] > 0
+    assert (tmp_path / "basic_filter.sh.npy").read_bytes() == datacomp_file(expected_basic(kit))
+    same = name_run(kit, tmp_path, "clip_score", "--arch", "b32", "--fraction", "0.25")
+    assert (tmp_path / "clip_score.sh.npy").read_bytes() == same.read_bytes()
