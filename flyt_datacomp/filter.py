@@ -273,12 +273,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
                      "they were ignored")
     info = {
         "inputs": {
-            "metadata_dir": cfg.metadata_dir,
-            "pool_size": pool.size,
-            "metadata_shards": len(pool.shards),
-            "shards_dir": cfg.shards_dir,
-            "pool_size_downloaded": masked.downloaded,
-            "pool_size_surviving": None if not masked.report else int(keep.size),
+            **masked.inputs(cfg, pool),
             "score_source": scores.source,
             "score_kind": scores.kind,
             "score_file_extra_uids": scores.extra_uids,
@@ -332,6 +327,17 @@ class Restriction:
     def positions(self) -> np.ndarray:
         return np.flatnonzero(self.survivors)
 
+    def inputs(self, cfg: FilterConfig, pool: Pool) -> dict[str, Any]:
+        """The sidecar's record of the pool and what restricted it."""
+        return {
+            "metadata_dir": cfg.metadata_dir,
+            "pool_size": pool.size,
+            "metadata_shards": len(pool.shards),
+            "shards_dir": cfg.shards_dir,
+            "pool_size_downloaded": self.downloaded,
+            "pool_size_surviving": None if self.survivors is None else int(self.survivors.sum()),
+        }
+
     def statistics_over(self) -> str:
         if self.report:
             return "surviving examples"
@@ -354,14 +360,7 @@ def write_survivors(cfg: FilterConfig, pool: Pool, masked: Restriction, start: f
     counts = masked.survivors.astype(np.int64)
     notes = masked.notes()
     info = {
-        "inputs": {
-            "metadata_dir": cfg.metadata_dir,
-            "pool_size": pool.size,
-            "metadata_shards": len(pool.shards),
-            "shards_dir": cfg.shards_dir,
-            "pool_size_downloaded": masked.downloaded,
-            "pool_size_surviving": int(counts.sum()),
-        },
+        "inputs": masked.inputs(cfg, pool),
         "baseline": None if cfg.name is None else {"name": cfg.name, "params": name_params(cfg).given()},
         "masks": masked.report,
         "sampler": None,
@@ -407,7 +406,7 @@ def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str
     kw = dict(cfg_kwargs)
     if kw["metadata_dir"] is None:
         kw["metadata_dir"] = str(demo.metadata_dir)
-    if kw["sampler"] in (None, "scs") and kw["fraction"] is None and kw["threshold"] is None:
+    if kw["sampler"] in (None, "scs") and kw.get("fraction") is None and kw.get("threshold") is None:
         kw["scs_alpha"] = 0.5 if kw["scs_alpha"] is None else kw["scs_alpha"]
         kw["scs_batch"] = max(1, demo.pool_size // 100) if kw["scs_batch"] is None else kw["scs_batch"]
     if kw["output"] is None:
