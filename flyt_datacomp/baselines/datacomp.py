@@ -116,9 +116,28 @@ def evaluate(pool: Pool, name: str, params: BaselineParams, settings: RunSetting
              within: np.ndarray | None = None) -> BaselineResult:
     """Which pool examples baseline ``name`` keeps. ``within`` (a bool mask) restricts the pool the
     clip_score fraction is taken over (DataComp: the whole pool); per-example rules ignore it."""
+    locate_assets(name, params, settings)
+    return _EVALUATORS[name](pool, params, settings, within)
+
+
+def locate_assets(name: str, params: BaselineParams, settings: RunSettings) -> None:
+    """Find every file and package baseline ``name`` needs, or raise the error that names it."""
     check_params(name, params)
     check_settings(settings)
-    return _EVALUATORS[name](pool, params, settings, within)
+    needs = {"basic_filter": ("fasttext",), "text_based": ("fasttext", "nltk"), "laion2b": ("gcld3",),
+             "image_based": ("fasttext",), "image_based_intersect_clip_score": ("fasttext",)}.get(name, ())
+    if "fasttext" in needs:
+        assets.fasttext_model(settings.assets)
+    if name == "text_based":
+        from .wordnet import use_wordnet
+
+        assets.read_wordnet_ids(assets.wordnet_ids_file(settings.assets))
+    if "image_based" in name:
+        assets.centroids_file(settings.assets, params.image_based_scale)
+        assets.in1k_files(settings.assets)
+    _require_language_packages(*needs)
+    if name == "text_based":
+        use_wordnet(settings.assets.wordnet_data)
 
 
 # --------------------------------------------------------------------------- the baselines
@@ -205,20 +224,14 @@ def _per_shard(pool: Pool, columns: list[str], job, settings: RunSettings, desc:
 
 def _basic_filter(pool, params, settings, within) -> BaselineResult:
     model = assets.fasttext_model(settings.assets)
-    _require_language_packages("fasttext")
     job = functools.partial(_basic_job, model=str(model))
     mask = _per_shard(pool, [TEXT, "original_width", "original_height"], job, settings, "basic_filter")
     return BaselineResult(mask, {"assets": {"fasttext": assets.record(model, "fasttext")}})
 
 
 def _text_based(pool, params, settings, within) -> BaselineResult:
-    from .wordnet import use_wordnet
-
     model = assets.fasttext_model(settings.assets)
     ids = assets.wordnet_ids_file(settings.assets)
-    _require_language_packages("fasttext", "nltk")
-    use_wordnet(settings.assets.wordnet_data)  # fail early, before any worker starts
-    assets.read_wordnet_ids(ids)
     job = functools.partial(_text_based_job, model=str(model), ids_file=str(ids), wordnet_data=settings.assets.wordnet_data)
     mask = _per_shard(pool, [TEXT], job, settings, "text_based")
     return BaselineResult(mask, {"assets": {"fasttext": assets.record(model, "fasttext"),
@@ -226,7 +239,6 @@ def _text_based(pool, params, settings, within) -> BaselineResult:
 
 
 def _laion2b(pool, params, settings, within) -> BaselineResult:
-    _require_language_packages("gcld3")
     mask = _per_shard(pool, [TEXT, ARCH_COLUMNS["b32"]], _laion_job, settings, "laion2b")
     return BaselineResult(mask, {"threshold": rules.LAION2B_THRESHOLD, "column": ARCH_COLUMNS["b32"]})
 
@@ -235,7 +247,6 @@ def _image_based(pool, params, settings, within) -> BaselineResult:
     from . import centroids as nearest
 
     model = assets.fasttext_model(settings.assets)
-    _require_language_packages("fasttext")
     centroid_path = assets.centroids_file(settings.assets, params.image_based_scale)
     in1k_paths = assets.in1k_files(settings.assets)
     details: dict[str, Any] = {}

@@ -66,6 +66,9 @@ class MaskKind:
     def check(self) -> None:
         """Reject a malformed spec before any work (the default: nothing to check)."""
 
+    def prepare(self, ctx: MaskContext) -> None:
+        """Before any mask runs: find what this one will need (files, packages), failing early."""
+
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """(bool per pool example, details for the sidecar). ``survivors``: kept by the masks before."""
         raise NotImplementedError
@@ -105,10 +108,16 @@ class BaselineMask(MaskKind):
     def check(self) -> None:
         datacomp.check_params(self.name, self.params)
 
+    def resolved(self, ctx: MaskContext) -> datacomp.BaselineParams:
+        if "image_based" in self.name and self.params.image_based_scale is None:
+            return dataclasses.replace(self.params, image_based_scale=ctx.defaults.image_based_scale)
+        return self.params
+
+    def prepare(self, ctx: MaskContext) -> None:
+        datacomp.locate_assets(self.name, self.resolved(ctx), ctx.settings)
+
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        params = self.params
-        if "image_based" in self.name and params.image_based_scale is None:
-            params = dataclasses.replace(params, image_based_scale=ctx.defaults.image_based_scale)
+        params = self.resolved(ctx)
         result = datacomp.evaluate(ctx.pool, self.name, params, ctx.settings, within=ctx.base)
         return result.mask, {"baseline": self.name, "params": params.given(), **result.details}
 
@@ -281,6 +290,8 @@ def resolve_mask(spec: str, pool: Pool) -> MaskKind:
 
 def apply_masks(ctx: MaskContext, masks: list[MaskKind]) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Survivors of every mask in order (within ``ctx.base``), and a report line per mask."""
+    for mask in masks:
+        mask.prepare(ctx)
     survivors = np.ones(ctx.pool.size, dtype=bool) if ctx.base is None else ctx.base.copy()
     report = []
     for mask in masks:
