@@ -260,7 +260,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     degenerate = sampling.score_independence(name, logits, params)
     if degenerate and not cfg.allow_score_independent:
         raise FlytInputError(f"{degenerate}. Pass --allow-score-independent to write this subset anyway.")
-    drawn = spec(logits, params, seed=cfg.seed, progress=cfg.progress)
+    drawn = spec(logits, _as_stored(params, scores, cfg), seed=cfg.seed, progress=cfg.progress)
     if keep is None:
         counts = drawn
     else:
@@ -374,6 +374,16 @@ def write_survivors(cfg: FilterConfig, pool: Pool, masked: Restriction, start: f
     stats = write_subset(cfg.output, pool.uids, counts, info=info, overwrite=cfg.overwrite, histogram_title=title)
     sidecar, histogram = subset_outputs(cfg.output)[1:]
     return FilterResult(cfg.output, sidecar, histogram, counts, pool, stats, notes)
+
+
+def _as_stored(params: dict[str, Any], scores, cfg: FilterConfig) -> dict[str, Any]:
+    """``--threshold T`` on a float32 column compares with the float32 nearest to T, as DataComp's
+    pandas comparison does (0.22 rounds down in float32: a score stored as 0.22 passes)."""
+    value = params.get("value")
+    plain = not cfg.standardize and cfg.temperature == 1.0
+    if value is None or not plain or scores.stored_dtype is None or scores.stored_dtype.kind != "f":
+        return params
+    return {**params, "value": float(scores.stored_dtype.type(value))}
 
 
 def print_summary(result: FilterResult, seconds: float) -> None:

@@ -33,6 +33,7 @@ class Scores:
     source: str  # what produced them, for sidecars
     kind: str  # the registered kind of the source: "column", "file", "model", ...
     extra_uids: int = 0  # a score file's uids that are not in the pool (ignored)
+    stored_dtype: np.dtype | None = None  # a pool column's own dtype (float32 for DataComp's CLIP scores)
 
 
 class ScoreSource:
@@ -83,7 +84,8 @@ class PoolColumn(ScoreSource):
             raise FlytInputError(f"the pool at {pool.url} has no column {quote(self.spec)} "
                                  f"(columns: {', '.join(pool.column_names)})")
         column = pool.column(self.spec, allow_missing=False)
-        return Scores(_as_float(column, f"column {self.spec!r} of the pool at {pool.url}"), self.spec, self.kind)
+        values = _as_float(column, f"column {self.spec!r} of the pool at {pool.url}")
+        return Scores(values, self.spec, self.kind, stored_dtype=column.dtype)
 
 
 @register_score_source

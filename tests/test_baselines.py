@@ -237,6 +237,9 @@ def test_clip_score_by_name_matches_datacomp(kit, tmp_path, args):
     out = name_run(kit, tmp_path, "clip_score", *args)
     assert out.read_bytes() == datacomp_clip_score_file(kit["pool"], args[1], fraction=fraction,
                                                         threshold=None if threshold is None else np.float32(threshold))
+    if threshold is not None:  # DataComp's spelling without --name: the threshold sampler, the same file
+        run(["--metadata_dir", str(kit["pool"]), *args, "--save_path", str(tmp_path / "sampler.npy")])
+        assert (tmp_path / "sampler.npy").read_bytes() == out.read_bytes()
     # the command group spelling writes the same file
     out2 = tmp_path / "group.npy"
     r = CliRunner().invoke(cli_main, ["baseline", "clip_score", *args, "--metadata-dir", str(kit["pool"]),
