@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .baselines.cli import baseline_command
 from .commands import group
 from .downstream import downstream_group
 from .evaluation.cli import eval_group
@@ -19,6 +20,7 @@ def main() -> None:
 
 
 main.add_command(filter_command)
+main.add_command(baseline_command)
 main.add_command(train_command)
 main.add_command(downstream_group)
 main.add_command(eval_group)

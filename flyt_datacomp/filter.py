@@ -21,6 +21,10 @@ import click
 import numpy as np
 
 from . import sampling
+from .baselines import datacomp as baselines
+from .baselines.assets import AssetPaths
+from .baselines.cli import asset_options, pop_asset_options
+from .baselines.masks import BaselineMask, MaskContext, apply_masks, resolve_mask
 from .commands import command
 from .errors import FlytInputError, quote
 from .io import OutputSet, check_free_space, format_bytes, is_url, local_path
@@ -31,7 +35,7 @@ from .uids import subset_file_bytes, subset_outputs, write_subset
 
 # More entries than any DataComp scale needs (xlarge draws 1.28e10): a 2.2 TB subset file.
 MAX_SUBSET_ENTRIES = 2**37
-ARCH_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}  # DataComp's --arch
+ARCH_COLUMNS = baselines.ARCH_COLUMNS  # DataComp's --arch
 
 
 def _dest(param: sampling.Param) -> str:
@@ -48,7 +52,7 @@ class FilterConfig:
     """
 
     metadata_dir: str
-    score: str
+    score: str | None  # None: write the examples that survive --name / --mask, once each
     output: str | Path  # a local path or an fsspec URL
     sampler: str | None = None  # None: threshold when a fraction/threshold is given, else scs
     sampler_options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -62,7 +66,14 @@ class FilterConfig:
     allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
     num_workers: int = 4  # metadata shards read in parallel (threads)
     shards_dir: str | None = None  # restrict the pool to uids with an image in these downloaded shards
-    inputs_dir: str | None = None  # an input store, for --score store:NAME
+    inputs_dir: str | None = None  # an input store, for --score store:NAME and store: masks
+    name: str | None = None  # DataComp's --name: one of its baselines, as the first mask
+    name_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # its arch, fraction, threshold
+    masks: tuple[str, ...] = ()  # hard filters: only examples inside every mask can be drawn
+    image_based_scale: str | None = None  # which DataComp centroids the image_based baselines use
+    assets: AssetPaths = AssetPaths()  # where DataComp's baseline assets are
+    num_gpus: int = 0  # image_based baselines: GPUs for the nearest-centroid search (0: CPU)
+    batch_size: int = 1024  # image_based baselines: embeddings per nearest-centroid batch
 
     @classmethod
     def from_options(cls, **options: Any) -> FilterConfig:
@@ -102,6 +113,50 @@ class FilterResult:
 def check_options(cfg: FilterConfig) -> OutputSet:
     """Reject options that are invalid or do not apply to the chosen sampler, and outputs that
     could not be written, before any work. Returns the checked output set."""
+    if cfg.name is not None:
+        baselines.check_params(cfg.name, name_params(cfg))
+    if cfg.score is None:
+        check_survivors_only(cfg)
+    else:
+        check_sampler_options(cfg)
+    if not (cfg.temperature > 0 and np.isfinite(cfg.temperature)):
+        raise FlytInputError(f"--temperature must be a positive number, got {cfg.temperature}")
+    if cfg.scale is not None:
+        get_scale(cfg.scale)
+    if not str(cfg.output).endswith(".npy"):
+        raise FlytInputError(f"--output must be a .npy file, got {quote(str(cfg.output))}")
+    outputs = OutputSet(subset_outputs(cfg.output), overwrite=cfg.overwrite)
+    outputs.preflight()
+    if cfg.num_samples is not None:
+        check_subset_size(cfg.num_samples, cfg.output)
+    return outputs
+
+
+def name_params(cfg: FilterConfig) -> baselines.BaselineParams:
+    """The --name baseline's DataComp options (--image_based_scale included when given)."""
+    params = dict(cfg.name_params)
+    if cfg.image_based_scale is not None:
+        params.setdefault("image_based_scale", cfg.image_based_scale)
+    return baselines.BaselineParams(**params)
+
+
+def check_survivors_only(cfg: FilterConfig) -> None:
+    """Without a score the survivors of the masks are written: no sampler options apply."""
+    if cfg.name is None and not cfg.masks:
+        raise FlytInputError("give --score (or --arch), or --name / --mask to write the examples they keep")
+    given = [p.option for p, _ in sampling.all_params().values()
+             if cfg.sampler_options.get(p.name) is not None and cfg.sampler_options.get(p.name) is not False]
+    if cfg.sampler is not None or cfg.num_samples is not None or cfg.standardize or given:
+        option = given[0] if given else "--sampler" if cfg.sampler else "--num-samples" if cfg.num_samples else "--standardize"
+        what = f"--name {cfg.name}" if cfg.name else "--mask without --score"
+        raise FlytInputError(f"option {option} does not apply to {what}: it writes every example that survives, once "
+                             "(give --score to sample among the survivors)")
+
+
+def check_sampler_options(cfg: FilterConfig) -> None:
+    if cfg.name is not None:
+        raise FlytInputError(f"--name {cfg.name} writes DataComp's baseline and takes no --score; to sample among "
+                             f"its examples use --mask {cfg.name} with --score")
     name = cfg.sampler_name
     if name not in sampling.SAMPLERS:
         raise FlytInputError(f"--sampler must be one of {', '.join(sampling.SAMPLERS)}, got {name!r}")
@@ -120,17 +175,6 @@ def check_options(cfg: FilterConfig) -> OutputSet:
     fraction = cfg.sampler_options.get("fraction")
     if fraction is not None and not 0 < fraction <= 1:
         raise FlytInputError(f"--fraction must be in (0, 1], got {fraction}")
-    if not (cfg.temperature > 0 and np.isfinite(cfg.temperature)):
-        raise FlytInputError(f"--temperature must be a positive number, got {cfg.temperature}")
-    if cfg.scale is not None:
-        get_scale(cfg.scale)
-    if not str(cfg.output).endswith(".npy"):
-        raise FlytInputError(f"--output must be a .npy file, got {quote(str(cfg.output))}")
-    outputs = OutputSet(subset_outputs(cfg.output), overwrite=cfg.overwrite)
-    outputs.preflight()
-    if cfg.num_samples is not None:
-        check_subset_size(cfg.num_samples, cfg.output)
-    return outputs
 
 
 def check_subset_size(entries: int, output: str | Path) -> None:
@@ -195,46 +239,50 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     """
     check_options(cfg)
     start = time.perf_counter()
-    name = cfg.sampler_name
-    spec = sampling.SAMPLERS[name]
     pool = Pool(cfg.metadata_dir, progress=cfg.progress, workers=cfg.num_workers)
     keep = restrict_to_downloaded(pool, cfg.shards_dir, cfg.progress) if cfg.shards_dir else None
+    masked = Restriction.apply(cfg, pool, keep)
+    if cfg.score is None:
+        return write_survivors(cfg, pool, masked, start)
+    if masked.report:
+        keep = masked.positions
+        if keep.size == 0:
+            raise FlytInputError(f"no example of the pool survives the masks ({masked.describe()}): nothing to sample")
+    name = cfg.sampler_name
+    spec = sampling.SAMPLERS[name]
     size = pool.size if keep is None else keep.size
     params = resolve_sampler_params(cfg, size)
     if "num_samples" in params:
         check_subset_size(params["num_samples"], cfg.output)
-    scores = load_scores(pool, cfg.score, inputs_dir=cfg.inputs_dir)
+    scores = load_scores(pool, cfg.score, within=keep, inputs_dir=cfg.inputs_dir)
     values = scores.values if keep is None else scores.values[keep]
     logits = standardize(values) if cfg.standardize else values
     logits = logits / cfg.temperature
     degenerate = sampling.score_independence(name, logits, params)
     if degenerate and not cfg.allow_score_independent:
         raise FlytInputError(f"{degenerate}. Pass --allow-score-independent to write this subset anyway.")
-    drawn = spec(logits, params, seed=cfg.seed, progress=cfg.progress)
+    drawn = spec(logits, _as_stored(params, scores, cfg), seed=cfg.seed, progress=cfg.progress)
     if keep is None:
         counts = drawn
     else:
         counts = np.zeros(pool.size, dtype=np.int64)
         counts[keep] = drawn
-    notes = default_notes(cfg, params, size)
+    notes = default_notes(cfg, params, size) + masked.notes()
     notes += [n for n in (degenerate, sampling.concentration(drawn)) if n]
     if scores.extra_uids:
         notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
                      "they were ignored")
     info = {
         "inputs": {
-            "metadata_dir": cfg.metadata_dir,
-            "pool_size": pool.size,
-            "metadata_shards": len(pool.shards),
-            "shards_dir": cfg.shards_dir,
-            "pool_size_downloaded": None if keep is None else int(keep.size),
+            **masked.inputs(cfg, pool),
             "score_source": scores.source,
             "score_kind": scores.kind,
             "inputs_dir": cfg.inputs_dir,
             "score_file_extra_uids": scores.extra_uids,
         },
+        "masks": masked.report,
         "score_transform": {"standardize": cfg.standardize, "temperature": cfg.temperature,
-                            "statistics_over": "pool" if keep is None else "downloaded examples"},
+                            "statistics_over": masked.statistics_over()},
         "sampler": name,
         "sampler_params": {k: v for k, v in params.items() if k != "device"},
         "sampler_defaults": sorted(k for k in params if cfg.sampler_options.get(k) is None
@@ -251,6 +299,96 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     return FilterResult(cfg.output, sidecar, histogram, counts, pool, stats, notes)
 
 
+@dataclasses.dataclass
+class Restriction:
+    """The examples a run may select: the pool after --shards-dir and the masks (--name, --mask)."""
+
+    pool_size: int
+    downloaded: int | None  # examples with an image (--shards-dir), else None
+    survivors: np.ndarray | None  # bool per example after every mask (None: no masks)
+    report: list[dict[str, Any]]  # one line per mask, for the sidecar
+
+    @classmethod
+    def apply(cls, cfg: FilterConfig, pool: Pool, keep: np.ndarray | None) -> Restriction:
+        masks = [resolve_mask(spec, pool) for spec in cfg.masks]
+        if cfg.name is not None:
+            masks.insert(0, BaselineMask(cfg.name, name_params(cfg)))
+        downloaded = None if keep is None else int(keep.size)
+        if not masks:
+            return cls(pool.size, downloaded, None, [])
+        base = None
+        if keep is not None:
+            base = np.zeros(pool.size, dtype=bool)
+            base[keep] = True
+        settings = baselines.RunSettings(cfg.assets, cfg.num_workers, cfg.num_gpus, cfg.batch_size, cfg.progress)
+        ctx = MaskContext(pool, base, settings, baselines.BaselineParams(image_based_scale=cfg.image_based_scale),
+                          inputs_dir=cfg.inputs_dir)
+        survivors, report = apply_masks(ctx, masks)
+        return cls(pool.size, downloaded, survivors, report)
+
+    @property
+    def positions(self) -> np.ndarray:
+        return np.flatnonzero(self.survivors)
+
+    def inputs(self, cfg: FilterConfig, pool: Pool) -> dict[str, Any]:
+        """The sidecar's record of the pool and what restricted it."""
+        return {
+            "metadata_dir": cfg.metadata_dir,
+            "pool_size": pool.size,
+            "metadata_shards": len(pool.shards),
+            "shards_dir": cfg.shards_dir,
+            "pool_size_downloaded": self.downloaded,
+            "pool_size_surviving": None if self.survivors is None else int(self.survivors.sum()),
+        }
+
+    def statistics_over(self) -> str:
+        if self.report:
+            return "surviving examples"
+        return "pool" if self.downloaded is None else "downloaded examples"
+
+    def describe(self) -> str:
+        return "; ".join(f"{r['mask']}: {r['surviving']:,} left" for r in self.report)
+
+    def notes(self) -> list[str]:
+        out = []
+        for r in self.report:
+            out += baselines.unmatched_assets(r)
+            if r.get("note"):
+                out.append(f"mask {r['mask']}: {r['note']}")
+        return out
+
+
+def write_survivors(cfg: FilterConfig, pool: Pool, masked: Restriction, start: float) -> FilterResult:
+    """No score: the examples inside every mask, once each (``--name``: DataComp's baseline file)."""
+    counts = masked.survivors.astype(np.int64)
+    notes = masked.notes()
+    info = {
+        "inputs": masked.inputs(cfg, pool),
+        "baseline": None if cfg.name is None else {"name": cfg.name, "params": name_params(cfg).given()},
+        "masks": masked.report,
+        "sampler": None,
+        "selection": "every example that survives the masks, once",
+        "sampler_params": {},
+        "seed": None,
+        "warnings": notes,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    title = f"baseline {cfg.name}" if cfg.name else f"{len(cfg.masks)} mask(s)"
+    stats = write_subset(cfg.output, pool.uids, counts, info=info, overwrite=cfg.overwrite, histogram_title=title)
+    sidecar, histogram = subset_outputs(cfg.output)[1:]
+    return FilterResult(cfg.output, sidecar, histogram, counts, pool, stats, notes)
+
+
+def _as_stored(params: dict[str, Any], scores, cfg: FilterConfig) -> dict[str, Any]:
+    """``--threshold T`` on a float32 column compares with the float32 nearest to T, as DataComp's
+    pandas comparison does (0.22 rounds down in float32: a score stored as 0.22 passes)."""
+    value = params.get("value")
+    plain = not cfg.standardize and cfg.temperature == 1.0
+    if value is None or not plain or scores.stored_dtype is None or scores.stored_dtype.kind != "f":
+        return params
+    return {**params, "value": float(scores.stored_dtype.type(value))}
+
+
 def print_summary(result: FilterResult, seconds: float) -> None:
     s = result.stats
     downloaded = s["inputs"]["pool_size_downloaded"]
@@ -260,8 +398,11 @@ def print_summary(result: FilterResult, seconds: float) -> None:
         f"{s['total_entries']:,} entries in all, max repetitions {s['max_repetitions']} "
         f"({seconds:.1f} s)"
     )
-    params = ", ".join(f"{k} {v}" for k, v in s["sampler_params"].items() if v is not None)
-    click.echo(f"sampler:   {s['sampler']} ({params}), seed {s['seed']}")
+    for m in s.get("masks") or []:
+        click.echo(f"mask:      {m['mask']} -> {m['surviving']:,} left")
+    if s["sampler"] is not None:
+        params = ", ".join(f"{k} {v}" for k, v in s["sampler_params"].items() if v is not None)
+        click.echo(f"sampler:   {s['sampler']} ({params}), seed {s['seed']}")
     click.echo(f"subset:    {result.output}")
     click.echo(f"sidecar:   {result.sidecar}")
     click.echo(f"histogram: {result.histogram}")
@@ -278,7 +419,7 @@ def _demo_defaults(cfg_kwargs: dict[str, Any], progress: bool) -> tuple[dict[str
     kw = dict(cfg_kwargs)
     if kw["metadata_dir"] is None:
         kw["metadata_dir"] = str(demo.metadata_dir)
-    if kw["sampler"] in (None, "scs") and kw["fraction"] is None and kw["threshold"] is None:
+    if kw["sampler"] in (None, "scs") and kw.get("fraction") is None and kw.get("threshold") is None:
         kw["scs_alpha"] = 0.5 if kw["scs_alpha"] is None else kw["scs_alpha"]
         kw["scs_batch"] = max(1, demo.pool_size // 100) if kw["scs_batch"] is None else kw["scs_batch"]
     if kw["output"] is None:
@@ -318,6 +459,12 @@ def _sampler_options(fn):
 @command("filter")
 @click.option("--metadata-dir", "--metadata_dir", "metadata_dir", metavar="URL",
               help="Pool metadata folder (local path or any fsspec URL).")
+@click.option("--name", type=click.Choice(list(baselines.BASELINES)),
+              help="DataComp's baseline: write the uids it keeps (with --arch, --fraction, --threshold, "
+                   "--image_based_scale as in DataComp's baselines.py).")
+@click.option("--mask", "masks", metavar="SPEC", multiple=True,
+              help="Hard filter (repeatable): only examples inside every mask can be selected. A baseline name "
+                   "(NAME[:key=value,...]), a subset .npy file, column:NAME>=VALUE, or top:F:SOURCE.")
 @click.option("--scale", type=click.Choice(list(SCALES)),
               help="DataComp scale: sets the default --num-samples and SCS settings.")
 @click.option("--score", "score", metavar="SOURCE",
@@ -341,10 +488,12 @@ def _sampler_options(fn):
 @click.option("--allow-score-independent", is_flag=True,
               help="Write a subset even when the sampler's counts would not depend on the scores.")
 @click.option("--num-workers", "--num_workers", "num_workers", type=int, default=4, show_default=True,
-              help="Metadata shards read in parallel (threads).")
-@click.option("--inputs-dir", metavar="STORE", help="An input store (flyt-datacomp inputs compute), for --score store:NAME.")
+              help="Metadata shards read in parallel (threads), and processes for the baselines' caption rules.")
+@click.option("--inputs-dir", metavar="STORE",
+              help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
 @click.option("--shards-dir", metavar="URL",
               help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
+@asset_options
 @click.option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def filter_command(demo: bool, quiet: bool, arch: str | None, datacomp_compatible: bool, **kwargs: Any) -> None:
@@ -352,14 +501,22 @@ def filter_command(demo: bool, quiet: bool, arch: str | None, datacomp_compatibl
     start = time.perf_counter()
     if datacomp_compatible and kwargs.get("exact_count"):
         raise FlytInputError("--datacomp-compatible and --exact-count are opposite threshold rules; pick one")
-    if arch is not None:
+    kwargs["assets"] = pop_asset_options(kwargs)
+    kwargs["masks"] = tuple(kwargs["masks"])
+    if kwargs["name"] is not None:  # DataComp's options belong to its baseline, not to a sampler
+        if kwargs["score"] is not None:
+            raise FlytInputError(f"--name {kwargs['name']} writes DataComp's baseline and takes no --score")
+        given = {"arch": arch, "fraction": kwargs.pop("fraction"), "threshold": kwargs.pop("threshold")}
+        kwargs["name_params"] = {k: v for k, v in given.items() if v is not None}
+    elif arch is not None:
         if kwargs["score"] is not None:
             raise FlytInputError("give --arch (DataComp's CLIP-score column) or --score, not both")
         kwargs["score"] = ARCH_COLUMNS[arch]
     demo_pool = None
     if demo:
         kwargs, demo_pool = _demo_defaults(kwargs, progress=not quiet)
-    for required in ("metadata_dir", "output") if demo else ("metadata_dir", "score", "output"):
+    scoreless = kwargs["name"] is not None or kwargs["masks"]
+    for required in ("metadata_dir", "output") if demo or scoreless else ("metadata_dir", "score", "output"):
         if kwargs[required] is None:
             flag = {"score": "--score (or --arch)"}.get(required, f"--{required.replace('_', '-')}")
             raise click.UsageError(f"missing option {flag} (or use --demo)")

@@ -37,6 +37,7 @@ class Scores:
     source: str  # what produced them, for sidecars
     kind: str  # the registered kind of the source: "column", "file", "model", ...
     extra_uids: int = 0  # a score file's uids that are not in the pool (ignored)
+    stored_dtype: np.dtype | None = None  # a pool column's own dtype (float32 for DataComp's CLIP scores)
 
 
 class ScoreSource:
@@ -45,8 +46,10 @@ class ScoreSource:
     kind: ClassVar[str]
     description: ClassVar[str]
 
-    def __init__(self, spec: str, *, inputs_dir: str | None = None):
+    def __init__(self, spec: str, within: np.ndarray | None = None, *, inputs_dir: str | None = None):
         self.spec = spec
+        # pool positions whose statistics a source that standardises uses (None: the whole pool)
+        self.within = within
         self.inputs_dir = inputs_dir  # an input store (flyt_datacomp.inputs), for sources that read one
 
     @classmethod
@@ -86,7 +89,8 @@ class PoolColumn(ScoreSource):
             raise FlytInputError(f"the pool at {pool.url} has no column {quote(self.spec)} "
                                  f"(columns: {', '.join(pool.column_names)})")
         column = pool.column(self.spec, allow_missing=False)
-        return Scores(_as_float(column, f"column {self.spec!r} of the pool at {pool.url}"), self.spec, self.kind)
+        values = _as_float(column, f"column {self.spec!r} of the pool at {pool.url}")
+        return Scores(values, self.spec, self.kind, stored_dtype=column.dtype)
 
 
 @register_score_source
@@ -138,14 +142,17 @@ class StoredInput(ScoreSource):
         return Scores(InputStore(self.inputs_dir).column(self.spec, pool), f"store:{self.spec}", self.kind)
 
 
-def resolve_score_source(spec: str, pool: Pool, *, inputs_dir: str | None = None) -> ScoreSource:
-    """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec)."""
+def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None, *,
+                         inputs_dir: str | None = None) -> ScoreSource:
+    """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec).
+    ``within``: the pool positions a restricted run keeps (for sources that standardise);
+    ``inputs_dir``: an input store, for ``store:`` sources."""
     kind, sep, rest = spec.partition(":")
     if sep and kind in SCORE_SOURCES:
-        return SCORE_SOURCES[kind](rest, inputs_dir=inputs_dir)
+        return SCORE_SOURCES[kind](rest, within, inputs_dir=inputs_dir)
     for cls in SCORE_SOURCES.values():
         if cls.claims(spec, pool):
-            return cls(spec, inputs_dir=inputs_dir)
+            return cls(spec, within, inputs_dir=inputs_dir)
     kinds = "; ".join(f"{k}: {c.description}" for k, c in SCORE_SOURCES.items())
     raise FlytInputError(
         f"score source {quote(spec)} is neither a column of the pool's parquet files "
@@ -153,9 +160,11 @@ def resolve_score_source(spec: str, pool: Pool, *, inputs_dir: str | None = None
     )
 
 
-def load_scores(pool: Pool, source: str, *, inputs_dir: str | None = None) -> Scores:
-    """Resolve ``source`` against ``pool`` (and an input store) and return finite float64 scores in pool order."""
-    resolved = resolve_score_source(source, pool, inputs_dir=inputs_dir)
+def load_scores(pool: Pool, source: str, *, within: np.ndarray | None = None,
+                inputs_dir: str | None = None) -> Scores:
+    """Resolve ``source`` against ``pool`` (and an input store) and return finite float64 scores in pool order.
+    ``within``: the pool positions a restricted run keeps; sources that standardise use their statistics."""
+    resolved = resolve_score_source(source, pool, within, inputs_dir=inputs_dir)
     scores = resolved.load(pool)
     scores.source = source
     bad = ~np.isfinite(scores.values)
@@ -271,3 +280,7 @@ def _scores_from_model(pool: Pool, source: str, inputs_dir: str | None = None) -
 
     model, meta = load_scoring_model(source)
     return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source, inputs_dir))
+
+
+# the paper's aggregation baselines register their kinds (sum, standardized_sum, in_weighted)
+from .baselines import aggregate as _aggregate  # noqa: E402,F401  (imports this module's names above)

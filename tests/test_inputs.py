@@ -381,10 +381,10 @@ def test_openclip_input_scores_downloaded_images_by_uid(tiny_demo_pool, tmp_path
 
 def test_train_and_score_m_flyt_on_stored_inputs(tiny_demo_pool, tmp_path):
     import torch
+    from test_train import small_config
 
     from flyt_datacomp.flyt.trainer import Trainer
     from flyt_datacomp.scores import load_scores
-    from test_train import small_config
 
     p = tiny_demo_pool
     store = tmp_path / "store"
@@ -413,3 +413,26 @@ def test_train_and_score_m_flyt_on_stored_inputs(tiny_demo_pool, tmp_path):
     cfg_no_store = small_config(p, inputs=["clip_b32_similarity_score", "ncl"])
     with pytest.raises(FlytInputError, match="no input store was given"):
         Trainer(cfg_no_store, tmp_path / "run2", progress=False)
+
+
+def test_a_stored_input_as_a_hard_filter(pool_dir, tmp_path):
+    from flyt_datacomp.filter import filter_command
+
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["width=column:original_width"], progress=False)
+    out = tmp_path / "m.npy"
+    r = CliRunner().invoke(filter_command, ["--metadata-dir", str(pool_dir), "--inputs-dir", str(store), "--mask",
+                                            "store:width>=500", "--score", "clip_l14_similarity_score", "--scs-batch",
+                                            "5", "--num-samples", "300", "--output", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    pool = Pool(str(pool_dir), progress=False)
+    wide = set(uids_to_hex(pool.uids[pool.column("original_width") >= 500]))
+    from flyt_datacomp.uids import read_subset
+
+    chosen = set(uids_to_hex(read_subset(out)[0]))
+    assert chosen and chosen <= wide
+    side = json.loads(out.with_name("m.npy.json").read_text())
+    assert side["masks"][0]["mask"] == "store:width>=500" and side["masks"][0]["surviving"] == len(wide)
+    r = CliRunner().invoke(filter_command, ["--metadata-dir", str(pool_dir), "--mask", "store:width>=500", "--score",
+                                            "clip_l14_similarity_score", "--output", str(tmp_path / "n.npy"), "--quiet"])
+    assert r.exit_code == 2 and "--inputs-dir" in r.output
