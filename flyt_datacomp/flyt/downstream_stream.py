@@ -12,7 +12,7 @@ from flyt_datacomp.errors import FlytInputError
 
 from .decode import decode_image
 from .stream import ShardStream
-from .tars import where
+from .tars import EmptyShardFolder, where
 
 
 class DownstreamStream(ShardStream):
@@ -37,10 +37,8 @@ class DownstreamStream(ShardStream):
     ):
         try:
             super().__init__(shards, batch_size=batch_size, **kwargs)
-        except FlytInputError as exc:
-            if "no .tar" in exc.message:
-                raise FlytInputError(f"empty downstream set: {exc.message}") from None
-            raise
+        except EmptyShardFolder as exc:
+            raise FlytInputError(f"empty downstream set: {exc.message}") from None
         if num_classes is not None and num_classes < 1:
             raise FlytInputError(f"num_classes must be positive, got {num_classes}")
         self.image_transform = image_transform

@@ -17,6 +17,10 @@ import fsspec
 from flyt_datacomp.errors import FlytInputError
 
 
+class EmptyShardFolder(FlytInputError):
+    """A shard folder that exists but holds no ``.tar`` file."""
+
+
 def list_shards(folder: str) -> list[str]:
     """The ``*.tar`` files of a folder (local path or fsspec URL), sorted by name, as URLs.
 
@@ -33,7 +37,7 @@ def list_shards(folder: str) -> list[str]:
         posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if p.endswith(".tar")
     )
     if not names:
-        raise FlytInputError(f"shard folder {url} holds no .tar files")
+        raise EmptyShardFolder(f"shard folder {url} holds no .tar files")
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     return [prefix + posixpath.join(root, n) for n in names]
