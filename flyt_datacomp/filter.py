@@ -532,6 +532,9 @@ def filter_command(demo: bool, quiet: bool, arch: str | None, datacomp_compatibl
         keep = result.counts > 0
         report = type_breakdown(demo_pool.truth_path, result.pool.uids[keep], result.counts[keep])
         click.echo(format_type_breakdown(report))
+        click.echo(f"\nnext: measure what this subset is worth with the mini-DataComp benchmark (a small CLIP trained "
+                   f"on it, zero-shot on held-out digits):\n  flyt-datacomp benchmark --subset {result.output}\n"
+                   "or run the standard table of filters: flyt-datacomp benchmark")
 
 
 def main() -> None:
