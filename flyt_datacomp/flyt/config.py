@@ -128,6 +128,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reference_lr": 5e-4, "scoring_lr": 2e-2, "weight_decay": 0.0,
         "shuffle_buffer": 1000, "checkpoint_every": 50,
     },
+    # E-FLYT on the digits demo pool: a GLU head on the pool's b32 npz embeddings. As in the
+    # paper's E-FLYT-Base, CE with a learned downstream temperature and scoring lr 1e-3: with the
+    # M-FLYT demo's CE without temperature and lr 0.02 the batch weights collapse onto a few
+    # examples within 30 steps while the downstream loss stays at ln 10 (README, E-FLYT demo).
+    "e-flyt-demo": {
+        "model": "e-flyt",
+        "inputs": [],
+        "embedding_prefix": "b32",
+        "reference_arch": "tiny-resnet",  # initialised from the demo's b32 scorer CLIP
+        "adam_warmup_steps": 5,
+        "downstream_loss": "ce_temp",
+        "classes": "digits",
+        "steps": 150, "warmup_steps": 10, "batch_size": 128, "downstream_batch_size": 100,
+        "reference_lr": 5e-4, "scoring_lr": 1e-3, "weight_decay": 0.0,
+        "shuffle_buffer": 1000, "checkpoint_every": 50,
+    },
 }
 
 
