@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .benchmark.cli import benchmark_command
 from .downstream import downstream_group
 from .filter import filter_command
 from .train import train_command
@@ -18,6 +19,7 @@ def main() -> None:
 main.add_command(filter_command)
 main.add_command(train_command)
 main.add_command(downstream_group)
+main.add_command(benchmark_command)
 
 if __name__ == "__main__":
     main()
