@@ -320,7 +320,7 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
         assert rows[r]["entries"] == rows[r]["distinct"] == int(0.3 * n), r
     s = table["settings"]
     for r in ("b32_scs", "stdsum_scs", "mflyt_scs", "eflyt_scs"):
-        assert rows[r]["entries"] == s["num_samples"] == n, r
+        assert rows[r]["entries"] == s["num_samples"] == get_recipe("quick").samples_seen, r
         sidecar = json.loads((tmp_path / "cache" / "table" / "subsets" / f"{r}.npy.json").read_text())
         assert sidecar["sampler_params"]["alpha"] == s["scs_alpha"]
         assert sidecar["sampler_params"]["group_size"] == s["scs_batch"]

@@ -36,9 +36,9 @@ DEFAULT_OUTPUT_DIR = Path("benchmark-results")
 @click.option("--samples-seen", type=click.IntRange(min=1), help="Override the recipe's samples seen.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
 @click.option("--lr", type=float, help="Override the recipe's learning rate.")
-@click.option("--scs-alpha", type=float, help="Standard table: SCS penalty alpha shared by the SCS rows [0.5].")
+@click.option("--scs-alpha", type=float, help="Standard table: SCS penalty alpha shared by the SCS rows [1.0].")
 @click.option("--scs-batch", type=click.IntRange(min=1), help="Standard table: SCS group size G [pool size / 100].")
-@click.option("--num-samples", type=click.IntRange(min=1), help="Standard table: SCS draws N [pool size].")
+@click.option("--num-samples", type=click.IntRange(min=1), help="Standard table: SCS draws N [the recipe's samples seen].")
 @click.option("--pool-dir", type=click.Path(file_okay=False, path_type=Path),
               help="A built demo pool folder [default: the default demo pool, built once if needed].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -80,8 +80,8 @@ def benchmark_command(subsets: tuple[Path, ...], seeds: int, json_path: Path | N
         from .plot import save_bar_chart
         from .table import standard_table
 
-        settings = TableSettings(scs_alpha=0.5 if scs_alpha is None else scs_alpha, scs_batch=scs_batch,
-                                 num_samples=num_samples, quick_flyt=quick)
+        settings = TableSettings(scs_batch=scs_batch, num_samples=num_samples, quick_flyt=quick,
+                                 **({} if scs_alpha is None else {"scs_alpha": scs_alpha}))
         result = standard_table(bench, seed_ids, bench.cache_dir / "table", settings,
                                 rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
                                 progress=progress)

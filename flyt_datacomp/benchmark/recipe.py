@@ -39,11 +39,11 @@ class Recipe:
 
     name: str
     arch: str = "tiny-resnet"
-    batch_size: int = 256
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1
-    samples_seen: int = 100_000
+    samples_seen: int = 38_400
     threads: int = 1
 
     def __post_init__(self) -> None:
