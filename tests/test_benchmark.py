@@ -337,10 +337,11 @@ def test_oracle_far_above_random_on_the_default_pool(tmp_path):
     size (default demo pool, default recipe, 2 seeds)."""
     from flyt_datacomp.demo import build_demo_pool
 
-    pool = build_demo_pool(progress=False)
+    pool = build_demo_pool(tmp_path / "pools", progress=False)
     oracle, random = _oracle_and_random(pool, tmp_path)
     res = CliRunner().invoke(main, ["benchmark", "--quiet", "--seeds", "2", "--subset", str(oracle),
-                                    "--subset", str(random), "--json", str(tmp_path / "r.json")])
+                                    "--subset", str(random), "--json", str(tmp_path / "r.json"),
+                                    "--pool-dir", str(pool.root)])
     assert res.exit_code == 0, res.output
     a, b = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert a["mean"] - b["mean"] > 0.15 and a["mean"] - a["std"] > b["mean"] + b["std"], (a, b)

@@ -14,7 +14,6 @@ import hashlib
 import json
 from typing import Any
 
-from ..clip_models import named_tiny_configs
 from ..errors import FlytInputError
 
 TRAINING_CODE_VERSION = 1
@@ -47,6 +46,8 @@ class Recipe:
     threads: int = 1
 
     def __post_init__(self) -> None:
+        from ..clip_models import named_tiny_configs  # imports open_clip: only when a recipe is made
+
         if self.arch not in named_tiny_configs():
             raise FlytInputError(f"recipe {self.name}: unknown arch {self.arch!r} "
                                  f"(choose from {', '.join(named_tiny_configs())})")
@@ -64,6 +65,8 @@ class Recipe:
 
     def model_config(self) -> dict[str, Any]:
         """The open_clip config dict (before the token table is cut to the used tokens)."""
+        from ..clip_models import named_tiny_configs
+
         cfg = copy.deepcopy(named_tiny_configs()[self.arch])
         cfg["image_mean"], cfg["image_std"] = PIXEL_MEAN, PIXEL_STD
         return cfg
@@ -78,11 +81,12 @@ class Recipe:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
-RECIPES: dict[str, Recipe] = {
+# named recipes, as field overrides of the dataclass defaults
+RECIPES: dict[str, dict[str, Any]] = {
     # chosen by measurement on the default demo pool (README, "Choosing the recipe")
-    "default": Recipe("default"),
+    "default": {},
     # a smoke run for tests: seconds, not meaningful accuracies
-    "quick": Recipe("quick", batch_size=32, samples_seen=320, threads=1),
+    "quick": {"batch_size": 32, "samples_seen": 320},
 }
 
 
@@ -90,9 +94,6 @@ def get_recipe(name: str, **overrides: Any) -> Recipe:
     """A named recipe, optionally with fields replaced (``samples_seen=...``)."""
     if name not in RECIPES:
         raise FlytInputError(f"unknown benchmark recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    base = RECIPES[name]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if not overrides:
-        return base
-    return dataclasses.replace(base, name=f"{name}+" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())),
-                               **overrides)
+    label = name + ("+" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) if overrides else "")
+    return Recipe(label, **{**RECIPES[name], **overrides})

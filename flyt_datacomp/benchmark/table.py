@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,9 @@ from ..io import atomic_path
 from ..pool import Pool
 from ..scores import load_scores, standardize
 from ..uids import hex_to_uids, lookup, uid_order, uids_to_hex, write_subset
-from .evaluate import Benchmark
+
+if TYPE_CHECKING:  # evaluate imports torch; the CLI imports this module for its row names
+    from .evaluate import Benchmark
 
 # the M-FLYT demo preset's inputs that carry signal (its third input, noise_score, is pure noise)
 INFORMATIVE_INPUTS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
