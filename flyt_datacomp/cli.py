@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .baselines.cli import baseline_command
+from .benchmark.cli import benchmark_command
 from .commands import group
 from .downstream import downstream_group
 from .evaluation.cli import eval_group
@@ -25,6 +26,7 @@ main.add_command(train_command)
 main.add_command(downstream_group)
 main.add_command(eval_group)
 main.add_command(inputs_group)
+main.add_command(benchmark_command)
 
 if __name__ == "__main__":
     main()

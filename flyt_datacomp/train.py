@@ -112,7 +112,7 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
     """The TrainConfig of a command line: the preset, then the config file, then the flags given
     (``options``: the flags' values by field name, None where a flag was not given)."""
     file_values = load_config_file(config_file) if config_file else {}
-    if preset == "m-flyt-demo":
+    if preset in ("m-flyt-demo", "e-flyt-demo"):
         from .demo import build_demo_pool
 
         file_values = {**demo_paths(build_demo_pool(progress=progress)), **file_values}
@@ -120,7 +120,7 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
 
 
 def demo_paths(demo) -> dict[str, str]:
-    """The m-flyt-demo preset's data and reference-model paths inside a built demo pool."""
+    """The demo presets' data and reference-model paths inside a built demo pool."""
     return {
         "metadata_dir": str(demo.metadata_dir),
         "shards_dir": str(demo.shards_dir),

@@ -58,7 +58,7 @@ def _truth(pool):
 
 def test_layout(pool):
     root = pool.root
-    assert root.name.startswith("demo-v2-seed3-n600")
+    assert root.name.startswith("demo-v3-seed3-n600")
     assert pool.pool_size == N
     assert (root / "build.json").exists()
     build = json.loads((root / "build.json").read_text())
@@ -170,9 +170,12 @@ def test_type_mix_and_truth(pool):
             assert type_of[src] == "correct" and pos[src] < pos[u]
         else:
             assert src is None
-    files, _ = _metadata(pool)  # dedup flags the near-duplicates
-    dedup = np.concatenate([np.load(f.with_suffix(".npz"))["dedup"] for f in files]).astype(bool)
-    assert np.array_equal(dedup, np.array([type_of[u] == "near_duplicate" for u in table["uid"].to_pylist()]))
+    # DataComp's dedup flags pool images that duplicate an evaluation image; the demo's test
+    # digits are disjoint from the pool's, so it is all False (the pool's own near-duplicates are
+    # ground truth, in truth.parquet alone)
+    files, _ = _metadata(pool)
+    dedup = np.concatenate([np.load(f.with_suffix(".npz"))["dedup"] for f in files])
+    assert dedup.shape == (N,) and not dedup.any()
 
 
 def test_splits_disjoint_and_downstream(pool):

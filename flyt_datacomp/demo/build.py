@@ -2,13 +2,15 @@
 
 :func:`build_demo_pool` writes, once per (version, seed, size and options), into the cache folder::
 
-    demo-v2-seed0-n20000/
-      metadata/<32-hex>.parquet + .npz   DataComp metadata shards (SPEC §1), plus ``noise_score``
+    demo-v3-seed0-n20000/
+      metadata/<32-hex>.parquet + .npz   DataComp metadata shards (SPEC §1), plus ``noise_score``;
+                                         ``dedup`` is all False (no pool image duplicates a test one)
       shards/{:08d}.tar + .parquet + _stats.json   img2dataset layout, ~10% "failed downloads"
       downstream/{:08d}.tar              labelled webdataset (jpg + cls) of the downstream-train digits
       downstream_test/{:08d}.tar         the same for the test digits
       classes.json                       classnames + zero-shot templates of the digits task
-      truth.parquet                      each uid's true type (tests and reports only)
+      truth.parquet                      each uid's true type (tests and reports only; no other
+                                         file exposes types or duplicate flags)
       splits.json                        the scan indices of the three disjoint digit splits
       build.json                         completion marker: provenance + parameters
 
@@ -45,7 +47,7 @@ from . import digits as D
 # torch, open_clip and the scorers are imported only when a pool is actually built, so that
 # returning an already built pool from the cache stays fast.
 
-VERSION_TAG = "demo-v2"
+VERSION_TAG = "demo-v3"  # v3: the npz ``dedup`` key no longer leaks the near-duplicate type
 DEFAULT_POOL_SIZE = 20000
 DEFAULT_METADATA_SHARDS = 4
 DEFAULT_SHARD_SIZE = 1000
@@ -104,7 +106,7 @@ def _scorer_steps(scorer_steps: int | Sequence[int]) -> tuple[int, int]:
 
 
 def pool_dir_name(seed: int, pool_size: int, params: dict) -> str:
-    """``demo-v2-seed0-n20000``; non-default options add a short hash so builds never collide."""
+    """``demo-v3-seed0-n20000``; non-default options add a short hash so builds never collide."""
     name = f"{VERSION_TAG}-seed{seed}-n{pool_size}"
     extra = {k: params[k] for k in ("num_metadata_shards", "shard_size", "scorer_steps")}
     defaults = {
@@ -273,7 +275,12 @@ def _build(root: Path, params: dict, progress: bool) -> None:
         emb[f"{spec.name}_txt"] = txt.astype(np.float16)
         del model
     noise = rngs["noise"].standard_normal(n)
-    dedup = (ex.types == "near_duplicate").astype(np.uint8)
+    # DataComp's ``dedup`` flags pool images that near-duplicate an *evaluation* image. The
+    # demo's test digits come from scans disjoint from the pool's source scans, so no pool image
+    # duplicates one: the honest flag is all False. (The pool's own near-duplicates, copies of
+    # other pool examples, are ground truth and live in truth.parquet alone; exposing them here
+    # would let a filter read the answer.)
+    dedup = np.zeros(n, dtype=np.uint8)
 
     # 4. Metadata shards: <32-hex>.parquet + .npz, rows aligned.
     meta_dir = root / "metadata"

@@ -1,0 +1,207 @@
+"""Evaluating one subset of the demo pool: train a fresh CLIP per seed, zero-shot accuracy, cached.
+
+:class:`Benchmark` binds a built demo pool, a recipe and a result cache. ``evaluate(subset)``
+turns the subset file into an index array over the pool's decoded images, then for each seed
+either reads the cached result of (pool, subset sha256, seed, recipe) or trains and stores it.
+The images and test set are decoded lazily, once per process, so a fully cached table costs
+only the hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..demo.build import DemoPool
+from ..errors import FlytInputError
+from ..uids import hex_to_uids, lookup, uid_order
+from .cache import ResultCache, result_key
+from .data import PoolImages, file_sha256, load_labelled_images, load_pool_images, shards_fingerprint, subset_index
+from .recipe import Recipe
+from .train import TrainingData, train_and_evaluate
+
+
+def demo_pool_at(root: str | os.PathLike) -> DemoPool:
+    """A built demo pool folder (one holding ``build.json``)."""
+    root = Path(root)
+    marker = root / "build.json"
+    if not marker.is_file():
+        raise FlytInputError(f"{root} is not a built demo pool (no build.json); build one with "
+                             "`python -m flyt_datacomp.filter --demo` or leave --pool-dir out")
+    return DemoPool.at(root, int(json.loads(marker.read_text())["parameters"]["pool_size"]))
+
+
+def spread(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof 1); 0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+@dataclass
+class Benchmark:
+    """A demo pool + recipe + cache folder (``<pool>/benchmark`` by default)."""
+
+    pool: DemoPool
+    recipe: Recipe
+    cache_dir: Path | None = None
+    progress: bool = True
+    jobs: int = 1  # training runs at once, each in its own process (recipe.threads threads each)
+    timings: list[dict[str, float]] = field(default_factory=list)  # runs trained in this process
+
+    def __post_init__(self) -> None:
+        self.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else self.pool.root / "benchmark"
+        self.results = ResultCache(self.cache_dir / "results")
+
+    @cached_property
+    def pool_fingerprint(self) -> str:
+        """Identifies what a run reads besides the subset: the image shards, the test shards and
+        the class names/templates."""
+        parts = [shards_fingerprint(self.pool.shards_dir), shards_fingerprint(self.pool.downstream_test_dir),
+                 hashlib.sha256(self.pool.classes_path.read_bytes()).hexdigest()]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    @cached_property
+    def images(self) -> PoolImages:
+        return load_pool_images(self.pool.shards_dir, self.cache_dir / "images.npz", progress=self.progress)
+
+    @cached_property
+    def data(self) -> TrainingData:
+        classes = json.loads(self.pool.classes_path.read_text())
+        test_images, test_labels = load_labelled_images(self.pool.downstream_test_dir)
+        return TrainingData.build(self.images, test_images, test_labels, classes["classnames"],
+                                  classes["templates"], self.recipe)
+
+    @cached_property
+    def true_types(self) -> np.ndarray | None:
+        """Each image row's true example type from ``truth.parquet`` (reporting only), or None."""
+        if not self.pool.truth_path.is_file():
+            return None
+        truth = pq.read_table(self.pool.truth_path, columns=["uid", "type"]).to_pydict()
+        uids = hex_to_uids(np.asarray(truth["uid"]), source=str(self.pool.truth_path))
+        order = uid_order(uids)
+        pos = lookup(uids[order], self.images.uids)
+        types = np.asarray(truth["type"], dtype=object)[order]
+        return np.where(pos >= 0, types[np.maximum(pos, 0)], "unknown")
+
+    def type_shares(self, index: np.ndarray) -> dict[str, float] | None:
+        """Share of each true type among the entries a run trains on (diagnostics, not a score)."""
+        types = self.true_types
+        if types is None or len(index) == 0:
+            return None
+        names, counts = np.unique(types[index], return_counts=True)
+        return {str(n): round(float(c) / len(index), 4) for n, c in zip(names, counts)}
+
+    def evaluate(self, subset: str | os.PathLike, seeds: Sequence[int], name: str | None = None) -> dict[str, Any]:
+        """One table row: accuracy per seed, mean and spread, subset size; trains only cache misses."""
+        return self.evaluate_many([(subset, name)], seeds)[0]
+
+    def evaluate_many(self, subsets: Sequence[tuple[str | os.PathLike, str | None]],
+                      seeds: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows for several (subset file, row name) pairs; the cache misses of all of them are
+        trained together, ``jobs`` at a time."""
+        prepared, todo = [], {}
+        for subset, name in subsets:
+            subset = Path(subset)
+            sha = file_sha256(subset)
+            idx = subset_index(subset, self.images)
+            keys = [result_key(self.pool_fingerprint, sha, seed, self.recipe.hash()) for seed in seeds]
+            prepared.append((subset, name or subset.stem, sha, idx, keys))
+            for seed, key in zip(seeds, keys):
+                if self.results.get(key) is None:
+                    todo.setdefault(json.dumps(key, sort_keys=True),
+                                    (key, idx, seed, f"{name or subset.stem} seed {seed}", subset))
+        self._train(list(todo.values()))
+        rows = []
+        for subset, name, sha, idx, keys in prepared:
+            found = [self.results.get(k) for k in keys]
+            if any(r is None for r in found):
+                raise RuntimeError(f"internal error: a result of {subset} is missing from {self.results.root}")
+            accs = [float(r["accuracy"]) for r in found]
+            rows.append({
+                "name": name, "mean": float(np.mean(accs)), "std": spread(accs), "seeds": accs,
+                "seed_ids": [int(s) for s in seeds], "distinct": idx.distinct, "entries": idx.entries,
+                "distinct_with_image": idx.distinct_with_image, "entries_with_image": idx.entries_with_image,
+                "subset": str(subset), "subset_sha256": sha, "true_types": self.type_shares(idx.index),
+                "cached_seeds": sum(json.dumps(k, sort_keys=True) not in todo for k in keys),
+            })
+        return rows
+
+    def _train(self, todo: list[tuple]) -> None:
+        """Train the missing runs (in this process, or in ``jobs`` worker processes) and cache them."""
+        if not todo:
+            return
+        from ..progress import progress_bar
+
+        def store(item, result):
+            key, idx, _, _, subset = item
+            self.results.put(key, {**result, "subset": str(subset), **idx.stats()})
+            self.timings.append({k: result[k] for k in ("seconds", "data_seconds", "model_seconds", "eval_seconds")})
+
+        if self.jobs == 1 or len(todo) == 1:
+            for item in todo:
+                _, idx, seed, desc, _ = item
+                store(item, train_and_evaluate(self.data, idx.index, self.recipe, seed, progress=self.progress,
+                                               desc=f"benchmark: {desc}"))
+            return
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        _ = self.images  # decode (or read) the image cache before the workers read it
+        bar = progress_bar(total=len(todo), desc=f"benchmark: training runs ({self.jobs} jobs)", unit="run",
+                   disable=not self.progress)
+        with cf.ProcessPoolExecutor(max_workers=min(self.jobs, len(todo)), mp_context=mp.get_context("spawn"),
+                                    initializer=_init_worker, initargs=(self.pool, self.recipe, self.cache_dir)) as ex:
+            futures = {ex.submit(_run_in_worker, item[1].index, item[2]): item for item in todo}
+            try:
+                for fut in cf.as_completed(futures):
+                    item = futures[fut]
+                    store(item, fut.result())
+                    bar.set_postfix_str(f"{item[3]}: {100 * fut.result()['accuracy']:.1f}%")
+                    bar.update(1)
+            finally:
+                for fut in futures:
+                    fut.cancel()
+                bar.close()
+
+    def data_loading_share(self) -> float | None:
+        """Share of training time (data + model) spent assembling batches, over runs trained here."""
+        data = sum(t["data_seconds"] for t in self.timings)
+        total = data + sum(t["model_seconds"] for t in self.timings)
+        return data / total if total > 0 else None
+
+    def recipe_record(self) -> dict[str, Any]:
+        return {**self.recipe.as_dict(), "hash": self.recipe.hash(), "pool": str(self.pool.root),
+                "pool_fingerprint": self.pool_fingerprint}
+
+
+_WORKER: Benchmark | None = None
+
+
+def _init_worker(pool: DemoPool, recipe: Recipe, cache_dir: Path) -> None:
+    global _WORKER
+    _WORKER = Benchmark(pool, recipe, cache_dir, progress=False)
+
+
+def _run_in_worker(index: np.ndarray, seed: int) -> dict[str, Any]:
+    assert _WORKER is not None
+    return train_and_evaluate(_WORKER.data, index, _WORKER.recipe, seed, progress=False)
+
+
+def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The results as a Markdown table: accuracy mean +- std over seeds, distinct uids, entries."""
+    lines = ["| subset | zero-shot accuracy (%) | per seed | distinct | entries |",
+             "|---|---|---|---:|---:|"]
+    for r in rows:
+        per_seed = ", ".join(f"{100 * a:.1f}" for a in r["seeds"])
+        acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" if math.isfinite(r["mean"]) else "n/a"
+        lines.append(f"| {r['name']} | {acc} | {per_seed} | {r['distinct']:,} | {r['entries']:,} |")
+    return "\n".join(lines)

@@ -1,0 +1,201 @@
+"""The standard table: the benchmark's reference rows, each subset made by the package itself.
+
+Every row's subset file is produced in a work folder by the same library calls the commands
+make: ``Trainer`` (``flyt-datacomp train``) for the scoring models, ``run_filter``
+(``flyt-datacomp filter``) for thresholds and SCS, ``load_scores`` + ``standardize`` for the
+hand-made standardised sum, ``write_subset`` for the two rows that need no score (the whole pool
+and the ground-truth oracle). Each subset is then evaluated by :class:`Benchmark` like any
+user-supplied subset. The SCS rows share alpha, G and N so the table separates what the sampler
+adds from what learning adds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import FlytInputError
+from ..filter import FilterConfig, run_filter
+from ..io import atomic_path
+from ..pool import Pool
+from ..scores import load_scores, standardize
+from ..uids import hex_to_uids, lookup, uid_order, uids_to_hex, write_subset
+
+if TYPE_CHECKING:  # evaluate imports torch; the CLI imports this module for its row names
+    from .evaluate import Benchmark
+
+# the M-FLYT demo preset's inputs that carry signal (its third input, noise_score, is pure noise)
+INFORMATIVE_INPUTS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
+RANDOM_COLUMN = "noise_score"  # i.i.d. normal, independent of everything: its top 30% is a random 30%
+
+# a few FLYT steps on small batches, for smoke runs (--quick)
+QUICK_FLYT = {"steps": 2, "warmup_steps": 1, "batch_size": 16, "downstream_batch_size": 10,
+              "reference_pretrain_steps": 0, "adam_warmup_steps": 1, "shuffle_buffer": 40, "checkpoint_every": 2}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSettings:
+    """How the table's subsets are made (not how they are evaluated: that is the recipe)."""
+
+    fraction: float = 0.3  # the top-fraction rows
+    # shared by every SCS row. A 20K pool wants a larger penalty than the paper's small scale
+    # (0.5 at 12.8M; medium 0.15): measured on this pool, 1.0 beats 0.5 for every SCS row (README).
+    scs_alpha: float = 1.0
+    scs_batch: int | None = None  # G; default pool size / 100 (the demo's `filter --demo` default)
+    # N; default the recipe's samples seen, so a training run sees each draw once, as in DataComp
+    # where N = pool size = samples seen
+    num_samples: int | None = None
+    filter_seed: int = 0
+    quick_flyt: bool = False  # train the scoring models for a couple of steps only (smoke runs)
+
+    def resolved(self, pool_size: int, samples_seen: int) -> dict[str, Any]:
+        return {"fraction": self.fraction, "scs_alpha": self.scs_alpha,
+                "scs_batch": self.scs_batch or max(1, pool_size // 100),
+                "num_samples": self.num_samples or samples_seen, "filter_seed": self.filter_seed,
+                "quick_flyt": self.quick_flyt}
+
+
+class Workspace:
+    """Makes the rows' subsets in ``work_dir`` (scoring-model runs, score files, subsets)."""
+
+    def __init__(self, bench: Benchmark, work_dir: Path, settings: TableSettings, *, progress: bool = True):
+        self.bench = bench
+        self.demo = bench.pool
+        self.work = Path(work_dir)
+        self.progress = progress
+        self.settings = settings.resolved(self.demo.pool_size, bench.recipe.samples_seen)
+        self.metadata_dir = str(self.demo.metadata_dir)
+        self.flyt_runs: dict[str, dict[str, Any]] = {}
+
+    # ---------------------------------------------------------------- helpers
+
+    def subset_path(self, name: str) -> Path:
+        return self.work / "subsets" / f"{name}.npy"
+
+    def pool(self) -> Pool:
+        return Pool(self.metadata_dir, progress=False)
+
+    def filter(self, name: str, score: str, **options: Any) -> Path:
+        """``flyt-datacomp filter`` into the work folder."""
+        out = self.subset_path(name)
+        run_filter(FilterConfig.from_options(metadata_dir=self.metadata_dir, score=score, output=out, overwrite=True,
+                                             progress=self.progress, **options))
+        return out
+
+    def top(self, name: str, score: str) -> Path:
+        return self.filter(name, score, sampler="threshold", fraction=self.settings["fraction"], exact_count=True)
+
+    def scs(self, name: str, score: str, standardize: bool = False) -> Path:
+        s = self.settings
+        return self.filter(name, score, sampler="scs", standardize=standardize, scs_alpha=s["scs_alpha"],
+                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"])
+
+    def scoring_model(self, preset: str) -> str:
+        """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path.
+
+        The run folder is named by a hash of the full configuration, so a changed preset trains
+        anew and an unchanged one is reused (an interrupted run resumes).
+        """
+        from ..flyt.config import build_config
+        from ..flyt.trainer import SCORING_MODEL_FILE, Trainer
+        from ..train import demo_paths
+        from .train import torch_threads
+
+        overrides = QUICK_FLYT if self.settings["quick_flyt"] else {}
+        cfg = build_config(preset, demo_paths(self.demo), overrides)
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        run_dir = self.work / "runs" / f"{preset}-{digest}"
+        model = run_dir / SCORING_MODEL_FILE
+        if not model.is_file():
+            with torch_threads(self.bench.recipe.threads):
+                Trainer(cfg, run_dir, progress=self.progress).run()
+        self.flyt_runs[preset] = flyt_summary(run_dir)
+        return str(model)
+
+    def standardized_sum(self, name: str, columns: Sequence[str]) -> str:
+        """A per-uid score file: the sum of the pool-standardised ``columns`` (paper's baseline)."""
+        pool = self.pool()
+        total = sum(standardize(load_scores(pool, c).values) for c in columns)
+        path = self.work / "scores" / f"{name}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.table({"uid": uids_to_hex(pool.uids).tolist(), "score": total}), tmp)
+        return str(path)
+
+    def whole_pool(self, name: str) -> Path:
+        pool = self.pool()
+        out = self.subset_path(name)
+        write_subset(out, pool.uids, np.ones(pool.size, dtype=np.int64), info={"rule": "the whole pool, once each"})
+        return out
+
+    def oracle(self, name: str) -> Path:
+        """Every example whose caption names the digit it shows (ground truth), once each."""
+        truth = pq.read_table(self.demo.truth_path, columns=["uid", "digit", "caption_digit"]).to_pydict()
+        good = np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])
+        pool = self.pool()
+        truth_uids = hex_to_uids(np.asarray(truth["uid"]), source=str(self.demo.truth_path))
+        order = uid_order(truth_uids)
+        pos = lookup(truth_uids[order], pool.uids)
+        if (pos < 0).any():
+            raise FlytInputError(f"{self.demo.truth_path} lacks {int((pos < 0).sum())} of the pool's uids")
+        out = self.subset_path(name)
+        write_subset(out, pool.uids, good[order][pos].astype(np.int64),
+                     info={"rule": "ground truth: caption digit == shown digit (truth.parquet)"})
+        return out
+
+
+def flyt_summary(run_dir: Path) -> dict[str, Any]:
+    """What a scoring-model run learned: first/last weight entropy and downstream loss, weights."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": len(lines)}
+    if lines:
+        for key in ("weight_entropy", "down_loss"):
+            if key in lines[0]:
+                summary[key] = {"first": lines[0][key], "min": min(m[key] for m in lines), "last": lines[-1][key]}
+        if "mixing_weights" in lines[-1]:
+            summary["mixing_weights"] = lines[-1]["mixing_weights"]
+        if "downstream_temperature" in lines[-1]:
+            summary["downstream_temperature"] = lines[-1]["downstream_temperature"]
+    return summary
+
+
+RowMaker = Callable[[Workspace], Path]
+
+STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
+    ("no_filter", "no filter", lambda w: w.whole_pool("no_filter")),
+    ("random_30", "random 30%", lambda w: w.top("random_30", RANDOM_COLUMN)),
+    ("b32_top30", "clip_b32 top 30%", lambda w: w.top("b32_top30", "clip_b32_similarity_score")),
+    ("l14_top30", "clip_l14 top 30%", lambda w: w.top("l14_top30", "clip_l14_similarity_score")),
+    ("mflyt_top30", "M-FLYT top 30%", lambda w: w.top("mflyt_top30", w.scoring_model("m-flyt-demo"))),
+    ("b32_scs", "clip_b32 (standardised) + SCS",
+     lambda w: w.scs("b32_scs", "clip_b32_similarity_score", standardize=True)),
+    ("stdsum_scs", "standardised sum b32 + l14 + SCS",
+     lambda w: w.scs("stdsum_scs", w.standardized_sum("stdsum", INFORMATIVE_INPUTS))),
+    ("mflyt_scs", "M-FLYT + SCS", lambda w: w.scs("mflyt_scs", w.scoring_model("m-flyt-demo"))),
+    ("eflyt_scs", "E-FLYT + SCS", lambda w: w.scs("eflyt_scs", w.scoring_model("e-flyt-demo"))),
+    ("oracle", "oracle (correct captions only)", lambda w: w.oracle("oracle")),
+]
+ROW_IDS = [r[0] for r in STANDARD_ROWS]
+
+
+def standard_table(bench: Benchmark, seeds: Sequence[int], work_dir: Path, settings: TableSettings, *,
+                   rows: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
+    """Make every row's subset, then evaluate them all over ``seeds`` (the cache misses trained
+    together, ``bench.jobs`` at a time); returns the JSON-ready result."""
+    wanted = list(rows) if rows else ROW_IDS
+    unknown = [r for r in wanted if r not in ROW_IDS]
+    if unknown:
+        raise FlytInputError(f"unknown table row(s) {', '.join(unknown)}; rows: {', '.join(ROW_IDS)}")
+    ws = Workspace(bench, work_dir, settings, progress=progress)
+    made = [(row_id, label, make(ws)) for row_id, label, make in STANDARD_ROWS if row_id in wanted]
+    evaluated = bench.evaluate_many([(subset, label) for _, label, subset in made], seeds)
+    out_rows = [{"id": row_id, **row} for (row_id, _, _), row in zip(made, evaluated)]
+    return {"rows": out_rows, "recipe": bench.recipe_record(), "settings": ws.settings,
+            "flyt_runs": ws.flyt_runs, "seeds": [int(s) for s in seeds]}
