@@ -121,7 +121,6 @@ def train_scorer(
         lr=lr, betas=(0.9, 0.98), eps=1e-6,
     )
     labels = torch.arange(batch_size)
-    losses: list[float] = []
     bar = progress_bar(range(steps), desc=f"demo: train {desc}", disable=not progress, leave=False)
     for step in bar:
         which = rng.integers(0, len(bank), size=batch_size)
@@ -146,13 +145,11 @@ def train_scorer(
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         if step % 10 == 0 or step == steps - 1:
-            losses.append(float(loss.item()))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{float(loss.item()):.3f}")
     with torch.no_grad():
         full_embedding.weight[used] = compact.weight
     model.token_embedding = full_embedding
     model.eval()
-    model.demo_losses = losses  # every 10th step's loss, for diagnostics
     return model
 
 
