@@ -37,7 +37,7 @@ def save_bar_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
         ax.set_xlim(0, 100)
         ax.set_title(title or "mini-DataComp benchmark on the digits pool", fontsize=10)
         fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
+        with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)
