@@ -130,10 +130,10 @@ class Workspace:
     def top(self, name: str, score: str) -> Path:
         return self.filter(name, score, sampler="threshold", fraction=self.settings["fraction"], exact_count=True)
 
-    def scs(self, name: str, score: str, standardize: bool = False) -> Path:
+    def scs(self, name: str, score: str, standardize: bool = False, masks: tuple[str, ...] = ()) -> Path:
         s = self.settings
         return self.filter(name, score, sampler="scs", standardize=standardize, scs_alpha=s["scs_alpha"],
-                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"])
+                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"], masks=masks)
 
     def scoring_model(self, preset: str) -> str:
         """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path.
@@ -214,6 +214,8 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
      lambda w: w.scs("inweighted_scs", w.relevance_weighted())),
     ("mflyt_scs", "M-FLYT + SCS", lambda w: w.scs("mflyt_scs", w.scoring_model("m-flyt-demo"))),
     ("eflyt_scs", "E-FLYT + SCS", lambda w: w.scs("eflyt_scs", w.scoring_model("e-flyt-demo"))),
+    ("caption_mflyt_scs", "basic-filter caption rule + M-FLYT + SCS",
+     lambda w: w.scs("caption_mflyt_scs", w.scoring_model("m-flyt-demo"), masks=("caption:basic",))),
     ("stdsum_all_scs", "standardised sum of the 7 store inputs + SCS",
      lambda w: w.scs("stdsum_all_scs", f"standardized_sum:{w.all_inputs()}")),
     ("mflyt_all_scs", "M-FLYT (7 store inputs) + SCS",
