@@ -319,13 +319,14 @@ class OutputSet:
         done: list[dict] = []
         with signals_deferred():
             try:
-                if self.overwrite:
+                if self.overwrite:  # name the backups first, so the journal lists every file we create
                     for e in entries:
                         if os.path.lexists(e["target"]) and not os.path.isdir(e["target"]):
-                            backup = temp_sibling(Path(e["target"]), BACKUP_SUFFIX, create=False)
-                            _link_or_copy(Path(e["target"]), backup)
-                            e["backup"] = str(backup)
+                            e["backup"] = str(temp_sibling(Path(e["target"]), BACKUP_SUFFIX, create=False))
                 _write_journal(journal, entries)
+                for e in entries:
+                    if e["backup"]:
+                        _link_or_copy(Path(e["target"]), Path(e["backup"]))
                 try:
                     for e in entries:
                         _place(Path(e["temp"]), Path(e["target"]), replace=self.overwrite)
@@ -430,15 +431,25 @@ def _roll_back(done: list[dict]) -> None:
 
 
 def _write_journal(journal: Path, entries: list[dict]) -> None:
-    with atomic_path(journal) as tmp:
+    """Write the journal atomically; its temporary file is named after the first target, so that
+    the stale-file cleanup of that target also removes it if this process dies mid-write."""
+    tmp = temp_sibling(Path(entries[0]["target"]))
+    try:
         tmp.write_text(json.dumps({"host": _host(), "pid": os.getpid(), "entries": entries}))
+        _fsync(tmp)
+        os.replace(tmp, journal)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def recover_interrupted(target: Path) -> None:
     """Finish commits to ``target`` that a dead process left half done; remove its stale files.
 
     A journal exists only after every file of its set was complete, so the commit is rolled
-    forward: the remaining temporary files are moved into place.
+    forward: the remaining temporary files are moved into place and the backups of the old
+    versions (all named in the journal, made only after it was written) are removed.
     """
     folder = target.parent
     if not folder.is_dir():

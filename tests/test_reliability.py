@@ -24,7 +24,7 @@ import flyt_datacomp.filter as filter_module
 import flyt_datacomp.io as io_module
 from flyt_datacomp.filter import filter_command
 from flyt_datacomp.pool import Pool
-from flyt_datacomp.uids import read_subset, uids_to_hex
+from flyt_datacomp.uids import read_subset, subset_outputs, uids_to_hex
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -148,6 +148,43 @@ def test_kill_in_the_middle_of_a_commit_is_completed_by_the_next_run(pool_dir, t
     assert leftovers(tmp_path) == []
 
 
+KILL_AT = """
+import os, signal, sys
+import flyt_datacomp.io as io
+where = sys.argv.pop(1)
+if where == "backup":  # kill -9 right after the first backup of an old file was made
+    real = io._link_or_copy
+    def hook(src, dst):
+        real(src, dst)
+        os.kill(os.getpid(), signal.SIGKILL)
+    io._link_or_copy = hook
+else:  # kill -9 while the journal is being written, before it is renamed into place
+    real = os.replace
+    def hook(src, dst):
+        if str(dst).endswith(".flyt-commit"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(src, dst)
+    os.replace = hook
+from flyt_datacomp.filter import filter_command
+filter_command(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("where, new_set", [("backup", True), ("journal", False)])
+def test_kill_around_the_journal_is_cleaned_up_by_the_next_run(pool_dir, tmp_path, where, new_set):
+    out = tmp_path / "s.npy"
+    run(base(pool_dir, out))
+    before = assert_consistent(out)["seed"]
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, where, *base(pool_dir, out, "--seed", "9", "--overwrite"),
+                           "--quiet"], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert leftovers(tmp_path)  # temporary files, a journal or backups were left behind
+    for target in subset_outputs(out):  # what the next run's preflight does first
+        io_module.recover_interrupted(target)
+    assert leftovers(tmp_path) == []
+    assert assert_consistent(out)["seed"] == (9 if new_set else before)
+
+
 def test_kill_minus_9_at_any_moment_leaves_a_complete_set(pool_dir, tmp_path):
     out = tmp_path / "s.npy"
     run(base(pool_dir, out))
@@ -161,9 +198,10 @@ def test_kill_minus_9_at_any_moment_leaves_a_complete_set(pool_dir, tmp_path):
         time.sleep(frac * full)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        io_module.recover_interrupted(out)  # what the next run does first
+        for target in subset_outputs(out):  # what the next run's preflight does first
+            io_module.recover_interrupted(target)
         assert_consistent(out)
-        assert not any(n.endswith((".flyt-commit", ".flyt-old")) for n in leftovers(tmp_path))
+        assert leftovers(tmp_path) == []
 
 
 # ------------------------------------------------------------------ 2. two runs at once
