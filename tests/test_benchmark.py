@@ -318,7 +318,8 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
     for r in ("random_30", "b32_top30", "l14_top30", "mflyt_top30", "stdsum_top30"):
         assert rows[r]["entries"] == rows[r]["distinct"] == int(0.3 * n), r
     s = table["settings"]
-    for r in ("b32_scs", "stdsum_scs", "inweighted_scs", "mflyt_scs", "eflyt_scs", "stdsum_all_scs", "mflyt_all_scs"):
+    for r in ("b32_scs", "stdsum_scs", "inweighted_scs", "mflyt_scs", "eflyt_scs", "caption_mflyt_scs",
+              "stdsum_all_scs", "mflyt_all_scs"):
         assert rows[r]["entries"] == s["num_samples"] == get_recipe("quick").samples_seen, r
         sidecar = json.loads((tmp_path / "cache" / "table" / "subsets" / f"{r}.npy.json").read_text())
         assert sidecar["sampler_params"]["alpha"] == s["scs_alpha"]
@@ -329,6 +330,9 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
     assert set(table["flyt_runs"]["m-flyt-demo-all"]["mixing_weights"]) == {
         "clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
         "normsim_digits", "classifier_digits", "eflyt"}
+    caption = json.loads((tmp_path / "cache" / "table" / "subsets" / "caption_mflyt_scs.npy.json").read_text())
+    assert [m["mask"] for m in caption["masks"]] == ["caption:basic"]
+    assert 0 < caption["masks"][0]["surviving"] < n
     weighted = json.loads((tmp_path / "cache" / "table" / "subsets" / "inweighted_scs.npy.json").read_text())
     assert weighted["inputs"]["score_source"].startswith("in_weighted:r=4:clip_b32_similarity_score=")
     assert (out / "table.md").read_text().count("\n") == len(ROW_IDS) + 2
