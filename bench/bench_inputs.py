@@ -14,6 +14,10 @@
   DataComp columns (uid, url, text, ...); then mixing k standardised inputs (what M-FLYT scoring
   does), in rows per second.
 
+* The other providers' per-row CPU costs: the classifier's fit (per step) and its application, an
+  E-FLYT head, reading a shard's npz, and open_clip ViT-B-32 (decoding a JPEG and the image + text
+  forward pass, random weights).
+
 Per-row costs measured here are what the README's medium-pool estimates extrapolate from.
 """
 
@@ -130,6 +134,65 @@ def bench_store(args, rng, k=4, shards=16):
               f"{n_rows / t_mix / 1e6:.0f}M rows/s ({os.cpu_count()} cores; target >= 5M rows/s per core)")
 
 
+def per_second(fn, min_seconds: float = 1.0) -> float:
+    """Seconds per call of ``fn`` (repeated for at least ``min_seconds`` after one warm-up call)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - t0) / calls
+
+
+def bench_other_providers(args, rng, *, images: int = 8) -> dict[str, float]:
+    """CPU seconds per row of the providers whose cost is not a pairwise product: the classifier
+    (its fixed fit, per step, and applying it), an E-FLYT head, and open_clip ViT-B-32 on the
+    images (random weights: the cost does not depend on them), plus reading a shard's npz."""
+    import io as _io
+
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from flyt_datacomp.clip_models import create_clip
+    from flyt_datacomp.flyt.models import GLUHead
+    from flyt_datacomp.inputs.providers.classifier import fit_logistic
+
+    d = args.dim
+    pos, neg = unit(rng, 4096, d), unit(rng, 4096, d)
+    step = per_second(lambda: fit_logistic(pos, neg, steps=50, batch=256, lr=0.01, warmup=5, seed=0)) / 50
+    w = rng.normal(size=d).astype(np.float32)
+    feats = unit(rng, args.rows, d)
+    apply_row = per_second(lambda: feats @ w) / args.rows
+    head = GLUHead(d, cosine_init=True).eval()
+    ti, tt = torch.from_numpy(unit(rng, args.rows, d)), torch.from_numpy(unit(rng, args.rows, d))
+    with torch.no_grad():
+        eflyt_row = per_second(lambda: head(ti, tt)) / args.rows
+    buf = _io.BytesIO()
+    np.savez(buf, b32_img=unit(rng, args.rows, d).astype(np.float16), b32_txt=unit(rng, args.rows, d).astype(np.float16))
+    raw = buf.getvalue()
+    npz_row = per_second(lambda: [np.load(_io.BytesIO(raw))[k] for k in ("b32_img", "b32_txt")]) / args.rows
+    model = create_clip("ViT-B-32", seed=0).eval()
+    transform = open_clip.image_transform(224, is_train=False)
+    tokens = open_clip.get_tokenizer("ViT-B-32")(["a photo of a dog on a beach"] * images)
+    pics = (rng.integers(0, 256, size=(images, 256, 320, 3))).astype(np.uint8)
+    jpegs = []
+    for pic in pics:
+        out = _io.BytesIO()
+        Image.fromarray(pic).save(out, format="JPEG", quality=90)
+        jpegs.append(out.getvalue())
+    decode_image = per_second(lambda: [transform(Image.open(_io.BytesIO(j)).convert("RGB")) for j in jpegs]) / images
+    batch = torch.stack([transform(Image.open(_io.BytesIO(j)).convert("RGB")) for j in jpegs])
+    with torch.no_grad():
+        forward_image = per_second(lambda: (model.encode_image(batch), model.encode_text(tokens)), 3.0) / images
+    costs = {"classifier fit step (batch 256)": step, "classifier apply": apply_row, "E-FLYT head": eflyt_row,
+             "npz read (b32 img + txt)": npz_row, "JPEG decode + transform (256x320)": decode_image,
+             "ViT-B-32 image + text forward": forward_image}
+    for name, sec in costs.items():
+        print(f"{name}: {sec * 1e6:,.2f} us per {'step' if 'step' in name else 'row'}")
+    return costs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=10_000)
@@ -142,9 +205,17 @@ def main() -> None:
     per_row = bench_neg_clip_loss(args, rng)
     per_pair = bench_normsim(args, rng)
     bench_store(args, rng)
+    costs = bench_other_providers(args, rng)
     # the medium pool: 128M rows in shards of ~506K (|B| = 32768: K x |B| x d multiply-adds per row)
-    print(f"extrapolated to the medium pool on these CPUs: neg_clip_loss {per_row * 32768 * 128e6 / 3600:,.0f} CPU-hours; "
-          f"normsim-inf against 1.28M ImageNet targets {per_pair * 1.28e6 * 128e6 / 3600:,.0f} CPU-hours")
+    rows, hours = 128e6, 3600
+    print(f"extrapolated to the medium pool (128M rows) on this machine ({os.cpu_count()} CPUs), d = {args.dim}:")
+    print(f"  neg_clip_loss {per_row * 32768 * rows / hours:,.0f} h; normsim-inf against 1.28M ImageNet targets "
+          f"{per_pair * 1.28e6 * rows / hours:,.0f} h")
+    print(f"  classifier: fit (40K steps) {costs['classifier fit step (batch 256)'] * 40_000 / 60:.1f} min, apply "
+          f"{costs['classifier apply'] * rows / hours:.2f} h; E-FLYT head {costs['E-FLYT head'] * rows / hours:.1f} h; "
+          f"reading the npz {costs['npz read (b32 img + txt)'] * rows / hours:.2f} h")
+    print(f"  openclip ViT-B-32: decoding {costs['JPEG decode + transform (256x320)'] * rows / hours:,.0f} h, forward "
+          f"{costs['ViT-B-32 image + text forward'] * rows / hours:,.0f} h")
 
 
 if __name__ == "__main__":

@@ -112,10 +112,15 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
     """The TrainConfig of a command line: the preset, then the config file, then the flags given
     (``options``: the flags' values by field name, None where a flag was not given)."""
     file_values = load_config_file(config_file) if config_file else {}
-    if preset in ("m-flyt-demo", "e-flyt-demo"):
+    if preset in ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all"):
         from .demo import build_demo_pool
 
-        file_values = {**demo_paths(build_demo_pool(progress=progress)), **file_values}
+        demo = build_demo_pool(progress=progress)
+        file_values = {**demo_paths(demo), **file_values}
+        if preset == "m-flyt-demo-all" and "inputs_dir" not in file_values and options.get("inputs_dir") is None:
+            from .demo.inputs import demo_store
+
+            file_values["inputs_dir"] = str(demo_store(demo, progress=progress))
     return build_config(preset, file_values, options)
 
 

@@ -315,17 +315,26 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
     rows = {r["id"]: r for r in table["rows"]}
     n = tiny_demo_pool.pool_size
     assert rows["no_filter"]["distinct"] == rows["no_filter"]["entries"] == n
-    for r in ("random_30", "b32_top30", "l14_top30", "mflyt_top30"):
+    for r in ("random_30", "b32_top30", "l14_top30", "mflyt_top30", "stdsum_top30"):
         assert rows[r]["entries"] == rows[r]["distinct"] == int(0.3 * n), r
     s = table["settings"]
-    for r in ("b32_scs", "stdsum_scs", "mflyt_scs", "eflyt_scs"):
+    for r in ("b32_scs", "stdsum_scs", "inweighted_scs", "mflyt_scs", "eflyt_scs", "caption_mflyt_scs",
+              "stdsum_all_scs", "mflyt_all_scs"):
         assert rows[r]["entries"] == s["num_samples"] == get_recipe("quick").samples_seen, r
         sidecar = json.loads((tmp_path / "cache" / "table" / "subsets" / f"{r}.npy.json").read_text())
         assert sidecar["sampler_params"]["alpha"] == s["scs_alpha"]
         assert sidecar["sampler_params"]["group_size"] == s["scs_batch"]
     truth = pq.read_table(tiny_demo_pool.truth_path).to_pydict()
     assert rows["oracle"]["distinct"] == int(np.sum(np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])))
-    assert set(table["flyt_runs"]) == {"m-flyt-demo", "e-flyt-demo"}
+    assert set(table["flyt_runs"]) == {"m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all"}
+    assert set(table["flyt_runs"]["m-flyt-demo-all"]["mixing_weights"]) == {
+        "clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
+        "normsim_digits", "classifier_digits", "eflyt"}
+    caption = json.loads((tmp_path / "cache" / "table" / "subsets" / "caption_mflyt_scs.npy.json").read_text())
+    assert [m["mask"] for m in caption["masks"]] == ["caption:basic"]
+    assert 0 < caption["masks"][0]["surviving"] < n
+    weighted = json.loads((tmp_path / "cache" / "table" / "subsets" / "inweighted_scs.npy.json").read_text())
+    assert weighted["inputs"]["score_source"].startswith("in_weighted:r=4:clip_b32_similarity_score=")
     assert (out / "table.md").read_text().count("\n") == len(ROW_IDS) + 2
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,14 @@ from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.inputs import InputStore, compute_inputs
 from flyt_datacomp.inputs.providers import classifier as classifier_module
 from flyt_datacomp.inputs.providers.base import parse_spec
-from flyt_datacomp.inputs.providers.neg_clip_loss import batch_plan, neg_clip_loss, shard_seed
-from flyt_datacomp.inputs.providers.normsim import normsim
+from flyt_datacomp.inputs.providers.neg_clip_loss import (
+    _normaliser_numpy,
+    _torch_normaliser,
+    batch_plan,
+    neg_clip_loss,
+    shard_seed,
+)
+from flyt_datacomp.inputs.providers.normsim import _normsim_torch, normsim
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import uids_to_hex
 
@@ -98,6 +104,18 @@ def test_neg_clip_loss_does_not_overflow_at_the_papers_temperature():
     assert np.isfinite(got).all()
 
 
+def test_neg_clip_loss_torch_path_equals_the_numpy_path():
+    # the GPU code path (torch), run here on the CPU device, against the numpy path checked above
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=(70, 16)).astype(np.float32)
+    v = rng.normal(size=(70, 16)).astype(np.float32)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    want = _normaliser_numpy(u, v, 0.01, 16)
+    np.testing.assert_allclose(_torch_normaliser("cpu")(u, v, 0.01, 16), want, rtol=1e-5)
+    np.testing.assert_allclose(_torch_normaliser("cpu")(u, v, 0.01, 70), want, rtol=1e-5)
+
+
 # ------------------------------------------------------------------ normsim
 
 
@@ -109,6 +127,9 @@ def test_normsim_blockwise_equals_the_full_matrix(p):
     sims = img.astype(np.float64) @ targets.T.astype(np.float64)
     want = sims.max(axis=1) if p == "inf" else np.sqrt((sims ** 2).sum(axis=1))
     np.testing.assert_allclose(normsim(img, targets, p, row_chunk=8, target_chunk=6), want, rtol=1e-5)
+    # the GPU code path (torch), run here on the CPU device
+    np.testing.assert_allclose(_normsim_torch(img, targets, p, row_chunk=8, target_chunk=6, device="cpu"), want,
+                               rtol=1e-5)
 
 
 # ------------------------------------------------------------------ the store end to end

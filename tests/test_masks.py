@@ -212,3 +212,19 @@ def test_survivors_only_mode_rejects_sampler_options(pool, tmp_path):
              "--output", str(tmp_path / "x.npy")], expect_ok=False)
     assert r.exit_code == 2 and "--fraction does not apply to --mask without --score" in r.output
     assert hex_to_uids(["0" * 32]).dtype == np.dtype("u8,u8")
+
+
+def test_the_basic_filters_caption_rule_alone(tmp_path):
+    root, hexes = write_metadata(tmp_path / "m", sizes=(6,))
+    t = pq.read_table(sorted(root.glob("*.parquet"))[0])
+    texts = ["a b c", "ab cd", "abcdef", "a photo of two", "x y z w", "one two three"]
+    pq.write_table(t.set_column(t.schema.get_field_index("text"), "text", pa.array(texts)),
+                   sorted(root.glob("*.parquet"))[0])
+    out = tmp_path / "c.npy"
+    run(["--metadata-dir", str(root), "--mask", "caption:basic", "--output", str(out)])
+    # independent: more than 2 whitespace-separated words and more than 5 characters
+    keep = [u for u, s in zip(hexes, texts) if len(s.split()) > 2 and len(s) > 5]
+    assert keep and out.read_bytes() == subset_bytes(keep)
+    r = run(["--metadata-dir", str(root), "--mask", "caption:long", "--output", str(tmp_path / "d.npy")],
+            expect_ok=False)
+    assert r.exit_code == 2 and "caption:basic" in r.output

@@ -133,3 +133,20 @@ def test_the_readme_lists_every_flag():
     missing = [field_flag(f.name) for f in FIELDS if f"`{field_flag(f.name)} " not in section
                and f"`{field_flag(f.name)}`" not in section]
     assert not missing, f"README's training section lacks {missing}"
+
+
+def test_many_input_demo_preset_gets_the_demo_paths_and_its_input_store(tiny_demo_pool, monkeypatch, tmp_path):
+    import flyt_datacomp.demo as demo_module
+    import flyt_datacomp.demo.inputs as demo_inputs
+
+    made = []
+    monkeypatch.setattr(demo_module, "build_demo_pool", lambda progress=True: tiny_demo_pool)
+    monkeypatch.setattr(demo_inputs, "demo_store", lambda demo, progress=True: made.append(demo) or tmp_path / "store")
+    cfg = config_from_options("m-flyt-demo-all", None, {}, progress=False)
+    assert made == [tiny_demo_pool]  # the store is computed (or reused) for the demo pool
+    assert cfg.inputs_dir == str(tmp_path / "store")
+    assert cfg.metadata_dir == str(tiny_demo_pool.metadata_dir)
+    assert cfg.inputs == list(PRESETS["m-flyt-demo-all"]["inputs"])
+    # a store given on the command line is used as is, and no demo store is made
+    cfg = config_from_options("m-flyt-demo-all", None, {"inputs_dir": "/data/store"}, progress=False)
+    assert cfg.inputs_dir == "/data/store" and len(made) == 1

@@ -14,6 +14,8 @@ kind, a bare spec goes to the first kind that claims it:
   value never passes;
 * ``store`` -- the same kind of condition on an input of the input store given by ``--inputs-dir``
   (``store:lang_en==1``); examples the input has no value for never pass;
+* ``caption`` -- ``caption:basic``: the caption rule of DataComp's basic filter alone (more than 2
+  words and more than 5 characters), for pools whose language and image sizes it should not judge;
 * ``top`` -- ``top:F:SOURCE``: of the examples that survive the masks before it, the ``int(F * M)``
   with the highest score from a score source (``M``: the pool size, after ``--shards-dir``), ties
   broken by pool position. ``--mask top:0.3:A --mask top:0.2:B`` is the negCLIPLoss-then-NormSim rule.
@@ -259,6 +261,21 @@ class StoredInputMask(ColumnMask):
         raw = np.concatenate([store.read_shard_columns(s, [name])[name] for s in _stems(ctx.pool)])
         inside = self.condition.holds(raw.astype(np.float64), f"input {name!r} of the store {ctx.inputs_dir}")
         return inside, {"store": str(ctx.inputs_dir), "input_spec": entry["spec"]}
+
+
+@register_mask_kind
+class CaptionRuleMask(MaskKind):
+    kind = "caption"
+    description = "caption:basic, the caption rule of DataComp's basic filter alone (more than 2 words, more than 5 characters)"
+
+    def check(self) -> None:
+        if self.spec != "basic":
+            raise FlytInputError(f"mask caption:{self.spec}: the caption rule is caption:basic")
+
+    def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        from .rules import basic_caption_mask
+
+        return basic_caption_mask(np.asarray(ctx.pool.column("text"), dtype=object)), {}
 
 
 def _stems(pool: Pool) -> list[str]:

@@ -1,10 +1,11 @@
 """The standard table: the benchmark's reference rows, each subset made by the package itself.
 
 Every row's subset file is produced in a work folder by the same library calls the commands
-make: ``Trainer`` (``flyt-datacomp train``) for the scoring models, ``run_filter``
-(``flyt-datacomp filter``) for thresholds and SCS, ``load_scores`` + ``standardize`` for the
-hand-made standardised sum, ``write_subset`` for the two rows that need no score (the whole pool
-and the ground-truth oracle). Each subset is then evaluated by :class:`Benchmark` like any
+make: ``Trainer`` (``flyt-datacomp train``) for the scoring models, ``compute_inputs``
+(``flyt-datacomp inputs compute``) for the demo's input store, ``run_filter``
+(``flyt-datacomp filter``) for thresholds and SCS, with the registered score sources for the
+aggregations (``standardized_sum:``, ``in_weighted:``), ``write_subset`` for the two rows that need
+no score (the whole pool and the ground-truth oracle). Each subset is then evaluated by :class:`Benchmark` like any
 user-supplied subset. The SCS rows share alpha, G and N so the table separates what the sampler
 adds from what learning adds.
 """
@@ -19,21 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import FlytInputError
 from ..filter import FilterConfig, run_filter
-from ..io import atomic_path
 from ..pool import Pool
-from ..scores import load_scores, standardize
-from ..uids import hex_to_uids, lookup, uid_order, uids_to_hex, write_subset
+from ..uids import hex_to_uids, lookup, uid_order, write_subset
 
 if TYPE_CHECKING:  # evaluate imports torch; the CLI imports this module for its row names
     from .evaluate import Benchmark
 
 # the M-FLYT demo preset's inputs that carry signal (its third input, noise_score, is pure noise)
 INFORMATIVE_INPUTS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
+# the ImageNet-weighted sum's ratio of largest to smallest weight (paper C.5 tries 2, 4, 8, 16)
+RELEVANCE_RATIO = 4
 RANDOM_COLUMN = "noise_score"  # i.i.d. normal, independent of everything: its top 30% is a random 30%
 
 # a few FLYT steps on small batches, for smoke runs (--quick)
@@ -66,8 +66,10 @@ class TableSettings:
 class Workspace:
     """Makes the rows' subsets in ``work_dir`` (scoring-model runs, score files, subsets)."""
 
-    def __init__(self, bench: Benchmark, work_dir: Path, settings: TableSettings, *, progress: bool = True):
+    def __init__(self, bench: Benchmark, work_dir: Path, settings: TableSettings, *, progress: bool = True,
+                 seeds: Sequence[int] = (0,)):
         self.bench = bench
+        self.seeds = list(seeds)
         self.demo = bench.pool
         self.work = Path(work_dir)
         self.progress = progress
@@ -84,19 +86,54 @@ class Workspace:
         return Pool(self.metadata_dir, progress=False)
 
     def filter(self, name: str, score: str, **options: Any) -> Path:
-        """``flyt-datacomp filter`` into the work folder."""
+        """``flyt-datacomp filter`` into the work folder (with the demo's input store when the
+        score reads it)."""
         out = self.subset_path(name)
+        if "store:" in score:
+            options["inputs_dir"] = str(self.input_store())
         run_filter(FilterConfig.from_options(metadata_dir=self.metadata_dir, score=score, output=out, overwrite=True,
                                              progress=self.progress, **options))
         return out
 
+    def input_store(self) -> Path:
+        """The demo's input store for the many-input rows, made (once) in the work folder with the
+        table's own E-FLYT model."""
+        from ..demo.inputs import demo_store
+
+        if not hasattr(self, "_store"):
+            self._store = demo_store(self.demo, store_dir=self.work / "inputs",
+                                     eflyt_model=self.scoring_model("e-flyt-demo"),
+                                     classifier_steps=50 if self.settings["quick_flyt"] else 4000,
+                                     progress=self.progress)
+        return self._store
+
+    def all_inputs(self) -> str:
+        """The many-input M-FLYT preset's inputs as score sources (store inputs as store:NAME)."""
+        from ..flyt.config import PRESETS
+
+        pool = self.pool()
+        return ",".join(c if c in pool.column_names else f"store:{c}" for c in PRESETS["m-flyt-demo-all"]["inputs"])
+
+    def accuracy(self, row_id: str) -> float:
+        """A standard row's mean accuracy (evaluated now; the table's later evaluation is a cache hit)."""
+        label, make = next((label, make) for rid, label, make in STANDARD_ROWS if rid == row_id)
+        return float(self.bench.evaluate_many([(make(self), label)], self.seeds)[0]["mean"])
+
+    def relevance_weighted(self) -> str:
+        """The paper's ImageNet-weighted standardised sum (C.5) of the two CLIP scores, each input's
+        relevance being the accuracy of its own top-30% row (as the paper's IN_k is the ImageNet
+        accuracy of filtering by input k alone)."""
+        rows = {"clip_b32_similarity_score": "b32_top30", "clip_l14_similarity_score": "l14_top30"}
+        relevance = ",".join(f"{c}={self.accuracy(r):.6f}" for c, r in rows.items())
+        return f"in_weighted:r={RELEVANCE_RATIO}:{relevance}"
+
     def top(self, name: str, score: str) -> Path:
         return self.filter(name, score, sampler="threshold", fraction=self.settings["fraction"], exact_count=True)
 
-    def scs(self, name: str, score: str, standardize: bool = False) -> Path:
+    def scs(self, name: str, score: str, standardize: bool = False, masks: tuple[str, ...] = ()) -> Path:
         s = self.settings
         return self.filter(name, score, sampler="scs", standardize=standardize, scs_alpha=s["scs_alpha"],
-                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"])
+                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"], masks=masks)
 
     def scoring_model(self, preset: str) -> str:
         """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path.
@@ -109,7 +146,9 @@ class Workspace:
         from ..train import demo_paths
         from .train import torch_threads
 
-        overrides = QUICK_FLYT if self.settings["quick_flyt"] else {}
+        overrides = dict(QUICK_FLYT) if self.settings["quick_flyt"] else {}
+        if preset == "m-flyt-demo-all":
+            overrides["inputs_dir"] = str(self.input_store())
         cfg = build_config(preset, demo_paths(self.demo), overrides)
         digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
         run_dir = self.work / "runs" / f"{preset}-{digest}"
@@ -119,15 +158,6 @@ class Workspace:
                 Trainer(cfg, run_dir, progress=self.progress).run()
         self.flyt_runs[preset] = flyt_summary(run_dir)
         return str(model)
-
-    def standardized_sum(self, name: str, columns: Sequence[str]) -> str:
-        """A per-uid score file: the sum of the pool-standardised ``columns`` (paper's baseline)."""
-        pool = self.pool()
-        total = sum(standardize(load_scores(pool, c).values) for c in columns)
-        path = self.work / "scores" / f"{name}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(pa.table({"uid": uids_to_hex(pool.uids).tolist(), "score": total}), tmp)
-        return str(path)
 
     def whole_pool(self, name: str) -> Path:
         pool = self.pool()
@@ -167,6 +197,7 @@ def flyt_summary(run_dir: Path) -> dict[str, Any]:
 
 
 RowMaker = Callable[[Workspace], Path]
+STDSUM = "standardized_sum:" + ",".join(INFORMATIVE_INPUTS)  # the registered aggregation score source
 
 STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
     ("no_filter", "no filter", lambda w: w.whole_pool("no_filter")),
@@ -176,10 +207,19 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
     ("mflyt_top30", "M-FLYT top 30%", lambda w: w.top("mflyt_top30", w.scoring_model("m-flyt-demo"))),
     ("b32_scs", "clip_b32 (standardised) + SCS",
      lambda w: w.scs("b32_scs", "clip_b32_similarity_score", standardize=True)),
-    ("stdsum_scs", "standardised sum b32 + l14 + SCS",
-     lambda w: w.scs("stdsum_scs", w.standardized_sum("stdsum", INFORMATIVE_INPUTS))),
+    ("stdsum_top30", "standardised sum b32 + l14 top 30%",
+     lambda w: w.top("stdsum_top30", STDSUM)),
+    ("stdsum_scs", "standardised sum b32 + l14 + SCS", lambda w: w.scs("stdsum_scs", STDSUM)),
+    ("inweighted_scs", f"ImageNet-weighted sum b32 + l14 (r = {RELEVANCE_RATIO}) + SCS",
+     lambda w: w.scs("inweighted_scs", w.relevance_weighted())),
     ("mflyt_scs", "M-FLYT + SCS", lambda w: w.scs("mflyt_scs", w.scoring_model("m-flyt-demo"))),
     ("eflyt_scs", "E-FLYT + SCS", lambda w: w.scs("eflyt_scs", w.scoring_model("e-flyt-demo"))),
+    ("caption_mflyt_scs", "basic-filter caption rule + M-FLYT + SCS",
+     lambda w: w.scs("caption_mflyt_scs", w.scoring_model("m-flyt-demo"), masks=("caption:basic",))),
+    ("stdsum_all_scs", "standardised sum of the 7 store inputs + SCS",
+     lambda w: w.scs("stdsum_all_scs", f"standardized_sum:{w.all_inputs()}")),
+    ("mflyt_all_scs", "M-FLYT (7 store inputs) + SCS",
+     lambda w: w.scs("mflyt_all_scs", w.scoring_model("m-flyt-demo-all"))),
     ("oracle", "oracle (correct captions only)", lambda w: w.oracle("oracle")),
 ]
 ROW_IDS = [r[0] for r in STANDARD_ROWS]
@@ -193,7 +233,7 @@ def standard_table(bench: Benchmark, seeds: Sequence[int], work_dir: Path, setti
     unknown = [r for r in wanted if r not in ROW_IDS]
     if unknown:
         raise FlytInputError(f"unknown table row(s) {', '.join(unknown)}; rows: {', '.join(ROW_IDS)}")
-    ws = Workspace(bench, work_dir, settings, progress=progress)
+    ws = Workspace(bench, work_dir, settings, progress=progress, seeds=seeds)
     made = [(row_id, label, make(ws)) for row_id, label, make in STANDARD_ROWS if row_id in wanted]
     evaluated = bench.evaluate_many([(subset, label) for _, label, subset in made], seeds)
     out_rows = [{"id": row_id, **row} for (row_id, _, _), row in zip(made, evaluated)]

@@ -20,7 +20,7 @@ from ..io import atomic_path
 TARGETS_FILE = "targets_b32.npy"
 
 
-def demo_input_specs(targets: Path, eflyt_model: str | None = None) -> list[str]:
+def demo_input_specs(targets: Path, eflyt_model: str | None = None, *, classifier_steps: int = 4000) -> list[str]:
     specs = [
         "column:clip_b32_similarity_score",
         "column:clip_l14_similarity_score",
@@ -28,7 +28,7 @@ def demo_input_specs(targets: Path, eflyt_model: str | None = None) -> list[str]
         "neg_clip_loss:arch=l14",
         f"normsim_digits=normsim:p=inf:{targets}",
         # the paper's recipe scaled to a 20K pool: 4,000 steps of batch 256 instead of 40,000
-        f"classifier_digits=classifier:{targets}:steps=4000",
+        f"classifier_digits=classifier:{targets}:steps={classifier_steps}:warmup={min(500, classifier_steps // 8)}",
     ]
     if eflyt_model is not None:
         specs.append(f"eflyt=model:{eflyt_model}")
@@ -60,12 +60,25 @@ def target_embeddings(demo, *, progress: bool = True) -> Path:
     return out
 
 
-def demo_store(demo, *, eflyt_model: str | None = None, progress: bool = True) -> Path:
-    """Compute (or reuse) the demo's input store; returns its folder."""
+def demo_eflyt_model(demo, *, progress: bool = True) -> str:
+    """E-FLYT trained on the demo pool with the ``e-flyt-demo`` preset (once; then reused)."""
+    from ..flyt.config import build_config
+    from ..flyt.trainer import Trainer
+    from ..train import demo_paths
+
+    run_dir = Path(demo.root) / "runs" / "e-flyt-demo"
+    return Trainer(build_config("e-flyt-demo", demo_paths(demo), {}), run_dir, progress=progress).run()["scoring_model"]
+
+
+def demo_store(demo, *, store_dir: str | Path | None = None, eflyt_model: str | None = None,
+               classifier_steps: int = 4000, progress: bool = True) -> Path:
+    """Compute (or reuse) the demo's input store (default ``<demo root>/inputs``, with E-FLYT
+    trained by :func:`demo_eflyt_model` unless a model is given); returns its folder."""
     from ..inputs import compute_inputs
 
-    store = Path(demo.root) / "inputs"
+    store = Path(store_dir) if store_dir is not None else Path(demo.root) / "inputs"
     targets = target_embeddings(demo, progress=progress)
-    compute_inputs(str(demo.metadata_dir), str(store), demo_input_specs(targets, eflyt_model), device="cpu",
-                   progress=progress)
+    eflyt = eflyt_model if eflyt_model is not None else demo_eflyt_model(demo, progress=progress)
+    compute_inputs(str(demo.metadata_dir), str(store), demo_input_specs(targets, eflyt, classifier_steps=classifier_steps),
+                   device="cpu", progress=progress)
     return store

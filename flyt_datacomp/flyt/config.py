@@ -189,6 +189,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "downstream_loss": "ce",
         "scoring_lr": 2e-2,
     },
+    # M-FLYT over every input the demo's input store holds (the paper's many-input M-FLYT in small):
+    # both CLIP scores, s-CLIPLoss of each CLIP, NormSim-inf and a classifier against the target
+    # digits, and E-FLYT's score; the store (--inputs-dir) is made by flyt_datacomp.demo.inputs
+    "m-flyt-demo-all": {
+        **_DEMO,
+        "model": "m-flyt",
+        "inputs": ["clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
+                   "normsim_digits", "classifier_digits", "eflyt"],
+        "downstream_loss": "ce",
+        "scoring_lr": 2e-2,
+    },
     # E-FLYT on the digits demo pool: a GLU head on the pool's b32 npz embeddings. As in the
     # paper's E-FLYT-Base, CE with a learned downstream temperature and scoring lr 1e-3: with the
     # M-FLYT demo's CE without temperature and lr 0.02 the batch weights collapse onto a few
