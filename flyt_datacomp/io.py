@@ -117,8 +117,11 @@ def _owner_gone(match: re.Match) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, temp_named_after: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
+
+    The temporary name is made from ``path``'s name, or from ``temp_named_after`` (a file in the same
+    folder) when stale-file cleanup should treat it as that file's.
 
     On any exception (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
     The temporary name ends in ``.flyt-tmp``: writers that pick a format from the extension
@@ -126,7 +129,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
+    tmp = temp_sibling(temp_named_after if temp_named_after is not None else path)
     try:
         yield tmp
         _fsync(tmp)
@@ -433,15 +436,8 @@ def _roll_back(done: list[dict]) -> None:
 def _write_journal(journal: Path, entries: list[dict]) -> None:
     """Write the journal atomically; its temporary file is named after the first target, so that
     the stale-file cleanup of that target also removes it if this process dies mid-write."""
-    tmp = temp_sibling(Path(entries[0]["target"]))
-    try:
+    with atomic_path(journal, temp_named_after=Path(entries[0]["target"])) as tmp:
         tmp.write_text(json.dumps({"host": _host(), "pid": os.getpid(), "entries": entries}))
-        _fsync(tmp)
-        os.replace(tmp, journal)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def recover_interrupted(target: Path) -> None:
