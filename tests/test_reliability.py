@@ -115,7 +115,11 @@ def test_ctrl_c_during_commit_is_deferred_until_the_set_is_complete(pool_dir, tm
         real(tmp, target, replace=replace)
 
     monkeypatch.setattr(io_module, "_place", interrupted)
-    r = CliRunner().invoke(filter_command, [*base(pool_dir, out, "--seed", "7", "--overwrite"), "--quiet"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with &
+    try:
+        r = CliRunner().invoke(filter_command, [*base(pool_dir, out, "--seed", "7", "--overwrite"), "--quiet"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert isinstance(r.exception, KeyboardInterrupt) or r.exit_code == 1  # the Ctrl-C arrives after the commit
     meta = assert_consistent(out)
     assert sha(out) != old and meta["seed"] == 7 and leftovers(tmp_path) == []
@@ -283,7 +287,8 @@ def test_failure_while_writing_removes_temp_files(pool_dir, tmp_path, monkeypatc
 
 
 SLOW_WRITE = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if the tests run with &
 from pathlib import Path
 import flyt_datacomp.plots as plots
 def slow(counts, path, **kw):
