@@ -2,11 +2,14 @@
 
     python bench/bench_sampling.py                      # M = N = 128,000,000, G = 100,000, alpha 0.15
     python bench/bench_sampling.py --size 12800000 --group-size 10000
+    python bench/bench_sampling.py --devices cpu cuda --ref-rounds 0   # the CUDA path, same run
 
-Our ``scs`` (CPU path forced) runs the whole job. The reference style -- softmax over the pool and
-``rng.choice(M, G, replace=False, p=w)`` every round -- runs for ``--ref-rounds`` rounds in the same
-process and is extrapolated to all rounds. Peak RSS is read with ``resource.getrusage`` before the
-reference runs (ours alone) and at the end (the whole process).
+Our ``scs`` runs the whole job on each of ``--devices`` (default the CPU path alone; ``cuda`` is
+the Gumbel-top-k path in torch, timed with the transfer of the scores and counts included). The
+reference style -- softmax over the pool and ``rng.choice(M, G, replace=False, p=w)`` every round
+-- runs for ``--ref-rounds`` rounds in the same process and is extrapolated to all rounds. Peak
+RSS is read with ``resource.getrusage`` before the reference runs (ours alone) and at the end (the
+whole process).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.15)
     ap.add_argument("--ref-rounds", type=int, default=2, help="reference rounds to time (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--devices", nargs="+", default=["cpu"], choices=["cpu", "cuda"], help="where our scs runs")
+    ap.add_argument("--json", default=None, help="write the numbers to this file")
     args = ap.parse_args(argv)
 
     from flyt_datacomp.sampling import scs
@@ -63,13 +68,22 @@ def main(argv=None) -> int:
     scores *= 2
     base_rss = _current_rss_gib()
 
-    t0 = time.perf_counter()
-    counts = scs(scores, alpha=args.alpha, group_size=g, num_samples=n, seed=args.seed, device="cpu")
-    ours = time.perf_counter() - t0
+    timings = {}
+    for device in args.devices:
+        if device == "cuda":
+            import torch
+
+            torch.zeros(1, device="cuda")  # CUDA context creation is not part of the sampling
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        counts = scs(scores, alpha=args.alpha, group_size=g, num_samples=n, seed=args.seed, device=device)
+        timings[device] = {"seconds": time.perf_counter() - t0, "max_count": int(counts.max()),
+                           "distinct": int(np.count_nonzero(counts))}
+        assert int(counts.sum()) == n
+        del counts
     ours_peak = _rss_gib()
-    assert int(counts.sum()) == n
-    top = int(counts.max())
-    del counts
+    ours = timings[args.devices[0]]["seconds"]
+    top = timings[args.devices[0]]["max_count"]
 
     ref_line = "reference skipped"
     ratio_txt = ""
@@ -83,8 +97,19 @@ def main(argv=None) -> int:
         ref_total = per_round * rounds
         ref_line = f"reference {per_round:.2f} s/round x {rounds} rounds = {ref_total:.0f} s (extrapolated)"
         ratio_txt = f" | speed-up {ref_total / ours:.0f}x"
+    if len(args.devices) > 1:
+        print(" | ".join(f"{d}: {t['seconds']:.2f} s, max count {t['max_count']}, {t['distinct']:,} distinct"
+                         for d, t in timings.items()), flush=True)
+    if args.json:
+        import json
+
+        with open(args.json, "w") as fh:
+            json.dump({"size": m, "num_samples": n, "group_size": g, "alpha": args.alpha, "rounds": rounds,
+                       "ours": timings, "reference_seconds_extrapolated": ref_total if args.ref_rounds > 0 else None},
+                      fh, indent=1)
     print(
-        f"scs M={m:,} N={n:,} G={g:,} alpha={args.alpha} ({rounds} rounds): ours {ours:.1f} s (max count {top}) | "
+        f"scs M={m:,} N={n:,} G={g:,} alpha={args.alpha} ({rounds} rounds): ours ({args.devices[0]}) {ours:.1f} s "
+        f"(max count {top}) | "
         f"{ref_line}{ratio_txt} | peak RSS ours {ours_peak:.2f} GiB "
         f"({ours_peak - base_rss:.2f} GiB beyond the {scores.nbytes / 2**30:.2f} GiB scores + interpreter), "
         f"process {_rss_gib():.2f} GiB",

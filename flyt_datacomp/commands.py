@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from .errors import FlytError
-from .process import install_signal_handlers
+from .process import Terminated, install_signal_handlers
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -23,6 +23,21 @@ class _Reported(click.ClickException):
         self.exit_code = error.exit_code
 
 
+def _signal_behind(exc: BaseException) -> BaseException | None:
+    """The Ctrl-C or SIGTERM/SIGHUP during whose handling ``exc`` was raised, if any.
+
+    A signal sent to a whole process group (a scheduler's cancel, Ctrl-C) also ends helper
+    processes such as DataLoader workers; while this process unwinds from the signal, their death
+    surfaces as a second exception. The user asked to stop: report the stop, not that.
+    """
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        exc, seen = exc.__context__, seen + 1
+    return None
+
+
 class FlytCommand(click.Command):
     def invoke(self, ctx: click.Context):
         install_signal_handlers()
@@ -30,6 +45,11 @@ class FlytCommand(click.Command):
             return super().invoke(ctx)
         except FlytError as exc:
             raise _Reported(exc) from None
+        except Exception as exc:
+            stop = _signal_behind(exc.__context__)
+            if stop is None:
+                raise
+            raise stop from None
 
 
 class FlytGroup(click.Group):

@@ -24,6 +24,7 @@ import flyt_datacomp.filter as filter_module
 import flyt_datacomp.io as io_module
 from flyt_datacomp.filter import filter_command
 from flyt_datacomp.pool import Pool
+from flyt_datacomp.process import Terminated
 from flyt_datacomp.uids import read_subset, subset_outputs, uids_to_hex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -477,3 +478,28 @@ def test_null_scores_are_reported_as_missing(tmp_path):
              str(tmp_path / "s.npy")], expect_ok=False)
     assert r.exit_code == 2 and "1 missing values" in r.output and "row 3" in r.output
     assert second.name in r.output and "nan" not in r.output.lower()
+
+
+@pytest.mark.parametrize("stop, code", [(lambda: Terminated(143), 143), (KeyboardInterrupt, 1)])
+def test_error_raised_while_stopping_is_reported_as_the_stop(stop, code):
+    # a scheduler's cancel or Ctrl-C reaches the whole process group: DataLoader workers die too,
+    # and their death surfaces as a RuntimeError while the main process unwinds from the signal
+    from flyt_datacomp.commands import command
+
+    @command()
+    def job():
+        try:
+            raise stop()
+        finally:
+            raise RuntimeError("DataLoader worker (pid 1009) is killed by signal: Terminated.")
+
+    r = CliRunner().invoke(job, [])
+    assert r.exit_code == code and not isinstance(r.exception, RuntimeError)
+    assert "RuntimeError" not in r.output and "DataLoader" not in r.output
+    # an error of its own, with no signal behind it, still surfaces as itself
+    @command()
+    def broken():
+        raise RuntimeError("a real bug")
+
+    r = CliRunner().invoke(broken, [])
+    assert isinstance(r.exception, RuntimeError)

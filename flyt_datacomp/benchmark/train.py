@@ -108,8 +108,12 @@ def build_model(data: TrainingData, recipe: Recipe, seed: int):
 
 
 def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, seed: int, *,
-                       progress: bool = True, desc: str = "benchmark: train") -> dict:
+                       progress: bool = True, desc: str = "benchmark: train", device: str = "cpu") -> dict:
     """Train a fresh CLIP on ``index`` (rows of ``data``) and return its zero-shot accuracy.
+
+    ``device`` is where the model runs (the benchmark itself always uses the CPU, whose runs are
+    reproducible; ``bench/bench_benchmark_run.py`` times a run on a GPU). Batches are assembled on
+    the CPU and moved there.
 
     Returns ``{"accuracy", "steps", "final_loss", "seconds", "data_seconds", "model_seconds",
     "eval_seconds"}``; ``data_seconds`` is the time spent assembling batches (gathering images and
@@ -122,7 +126,8 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
     losses: list[float] = []
     with torch_threads(recipe.threads):
         torch.manual_seed(seed)
-        model = build_model(data, recipe, seed)
+        dev = torch.device(device)
+        model = build_model(data, recipe, seed).to(dev)
         model.train()
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -135,8 +140,8 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
         for step, rows in enumerate(batch_positions(index, recipe.batch_size, recipe.steps, seed)):
             t0 = time.perf_counter()
             rows_t = torch.from_numpy(rows)
-            images = to_pixels(data.images[rows_t], recipe)
-            texts = data.caption_tokens[data.caption_ids[rows_t]]
+            images = to_pixels(data.images[rows_t], recipe).to(dev, non_blocking=True)
+            texts = data.caption_tokens[data.caption_ids[rows_t]].to(dev, non_blocking=True)
             t1 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(step, recipe.lr, warmup, recipe.steps)
@@ -148,6 +153,8 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
             opt.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
             t2 = time.perf_counter()
             data_s += t1 - t0
             model_s += t2 - t1
@@ -161,7 +168,8 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
         t3 = time.perf_counter()
         model.eval()
         acc = zero_shot_accuracy(
-            lambda x: model.encode_image(x, normalize=True), lambda t: model.encode_text(t, normalize=True),
+            lambda x: model.encode_image(x.to(dev), normalize=True).cpu(),
+            lambda t: model.encode_text(t.to(dev), normalize=True).cpu(),
             to_pixels(data.test_images, recipe), data.test_labels, data.prompt_tokens, data.num_classes,
         )
         eval_s = time.perf_counter() - t3
