@@ -57,9 +57,13 @@ def report(work: Path) -> tuple[dict, list[str]]:
             return "not run"
         return f"exit {s['exit']} after {s['seconds']} s" + (" (time limit)" if s["exit"] in (124, 137) else "")
 
-    bilevel = load(work, "bilevel")
-    res["bilevel"] = bilevel
-    lines.append(f"## Efficient vs naive bilevel step ({status('bilevel')})")
+    def section(key: str, title: str) -> dict | None:
+        """Start a report section for step ``key``; its JSON result (also recorded), if any."""
+        res[key] = load(work, key)
+        lines.append(f"## {title} ({status(key)})")
+        return res[key]
+
+    bilevel = section("bilevel", "Efficient vs naive bilevel step")
     if bilevel:
         a = bilevel.get("args", {})
         lines.append(f"{a.get('arch')}, B {a.get('batch')} / B' {a.get('downstream_batch')}, {a.get('classes')} "
@@ -74,9 +78,7 @@ def report(work: Path) -> tuple[dict, list[str]]:
             lines.append(f"- cosine of the efficient and naive meta-gradients: {bilevel['cosine_naive']:.6f}")
     lines.append("")
 
-    paper = load(work, "paper_batch")
-    res["paper_batch"] = paper
-    lines.append(f"## The paper's batch ({status('paper_batch')})")
+    paper = section("paper_batch", "The paper's batch")
     if paper:
         a = paper.get("args", {})
         sec, peak = efficient_seconds(paper), efficient_peak(paper)
@@ -90,11 +92,9 @@ def report(work: Path) -> tuple[dict, list[str]]:
             lines.append("no time recorded (out of memory?)")
     lines.append("")
 
-    scs = load(work, "scs")
-    res["scs"] = scs
-    lines.append(f"## SCS at M = N = {scs['size']:,}" if scs else "## SCS")
-    lines.append(f"({status('scs')})")
+    scs = section("scs", "SCS, CUDA against the CPU path")
     if scs:
+        lines.append(f"M = N = {scs['size']:,}, G = {scs['group_size']:,}, alpha {scs['alpha']}:")
         for device, t in scs["ours"].items():
             lines.append(f"- {device}: {t['seconds']:.2f} s, max count {t['max_count']}, {t['distinct']:,} distinct")
         if "cuda" in scs["ours"] and "cpu" in scs["ours"]:
@@ -107,11 +107,10 @@ def report(work: Path) -> tuple[dict, list[str]]:
                      f"{'PASS' if dist['passed'] else 'FAIL'} ({status('scs_distribution')})")
     lines.append("")
 
-    lines.append(f"## m-flyt-base under torchrun, 10 + 10 steps with a resume ({status('train_torchrun')})")
+    lines.append(f"## m-flyt-base under torchrun: 40 steps, interrupted after the step-10 checkpoint and resumed "
+                 f"({status('train_torchrun')})")
     lines.append("")
-    run = load(work, "benchmark_run")
-    res["benchmark_run"] = run
-    lines.append(f"## One mini-benchmark training run ({status('benchmark_run')})")
+    run = section("benchmark_run", "One mini-benchmark training run")
     if run:
         base = run["runs"][-1]["seconds"]
         for r in run["runs"]:
