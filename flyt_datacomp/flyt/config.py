@@ -71,7 +71,8 @@ class TrainConfig:
     downstream_batch_size: int = _field(3072, "downstream batch B' (global, over all ranks)")
     reference_lr: float = _field(5e-5, "reference model learning rate")
     scoring_lr: float = _field(1e-3, "scoring model learning rate")
-    weight_decay: float = _field(0.2, "AdamW weight decay (reference model: >= 2-dim weights only)")
+    weight_decay: float = _field(
+        0.2, "AdamW weight decay (reference model: >= 2-dim weights only; scoring model: every weight but biases)")
     beta1: float = _field(0.9, "AdamW beta1 of both optimisers")
     beta2: float = _field(0.98, "AdamW beta2 of both optimisers")
     eps: float = _field(1e-6, "AdamW epsilon of both optimisers")

@@ -62,6 +62,42 @@ def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _decayed(name: str) -> bool:
+    """Whether weight decay applies to a scoring-model parameter: every one but biases, the authors'
+    rule (``DifferentiableAdamW`` exempts open_clip's gains and biases; our scoring models have no
+    gains, and M-FLYT's weight vector is their ``nn.Linear(k, 1)``'s weight)."""
+    return not name.rsplit(".", 1)[-1].startswith("bias")
+
+
+def scoring_param_groups(scoring: torch.nn.Module, loss: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The scoring optimizer's two parameter groups: weight decay on the scoring model's weights,
+    none on its biases (the E-FLYT head's output bias) nor on the downstream loss's temperature."""
+    named = list(scoring.named_parameters())
+    return [{"params": [p for n, p in named if _decayed(n)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not _decayed(n)] + list(loss.parameters()), "weight_decay": 0.0}]
+
+
+def upgrade_scoring_opt_state(saved: dict, scoring: torch.nn.Module, loss: torch.nn.Module) -> dict:
+    """A scoring-optimizer state in the layout of :func:`scoring_param_groups`.
+
+    Checkpoints written before biases were exempt from weight decay hold two groups, [every scoring
+    parameter], [the loss's parameters]; their per-parameter Adam state is moved to the current
+    groups (the groups' hyperparameters are set again at every step). Any other state is returned
+    unchanged.
+    """
+    names = [n for n, _ in scoring.named_parameters()]
+    n_scoring, n_loss = len(names), len(list(loss.parameters()))
+    groups = saved["param_groups"]
+    decayed = [i for i, n in enumerate(names) if _decayed(n)]
+    if len(decayed) == n_scoring or [len(g["params"]) for g in groups] != [n_scoring, n_loss]:
+        return saved
+    old_ids = [*groups[0]["params"], *groups[1]["params"]]  # old position -> state key
+    order = decayed + [i for i, n in enumerate(names) if not _decayed(n)] + [n_scoring + j for j in range(n_loss)]
+    state = {new: saved["state"][old_ids[old]] for new, old in enumerate(order) if old_ids[old] in saved["state"]}
+    return {"state": state, "param_groups": [{**groups[0], "params": list(range(len(decayed)))},
+                                             {**groups[1], "params": list(range(len(decayed), n_scoring + n_loss))}]}
+
+
 class Trainer:
     """Set up from a :class:`TrainConfig` and an output folder; :meth:`run` trains (or resumes)."""
 
@@ -124,8 +160,7 @@ class Trainer:
         self.scoring.to(self.device)
         self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
         self.scoring_opt = torch.optim.AdamW(  # both scoring models always have parameters
-            [{"params": list(self.scoring.parameters()), "weight_decay": cfg.weight_decay},
-             {"params": list(self.loss.parameters()), "weight_decay": 0.0}],
+            scoring_param_groups(self.scoring, self.loss, cfg.weight_decay),
             lr=cfg.scoring_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
         )
         self.class_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -223,7 +258,11 @@ class Trainer:
                               {k: v.to(dev) for k, v in a["exp_avg_sq"].items()}, a["step"])
         self.scoring.load_state_dict(state["scoring"])
         self.loss.load_state_dict(state["loss"])
-        self.scoring_opt.load_state_dict(state["scoring_opt"])
+        try:
+            self.scoring_opt.load_state_dict(upgrade_scoring_opt_state(state["scoring_opt"], self.scoring, self.loss))
+        except ValueError as exc:  # parameter groups laid out differently (an older version's checkpoint)
+            raise FlytInputError(f"cannot resume from {path}: its scoring optimizer state does not fit this version's "
+                                 f"({exc}); start a new --output-dir") from None
         self.class_gen.set_state(state["class_gen"])
         torch.set_rng_state(state["torch_rng"])
         self.up_batches = state["data"]["upstream_batches"]
