@@ -28,6 +28,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    import torch
+
+    if any(str(d).startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
+        ap.error("a cuda device was asked for but CUDA is not available here")
 
     from flyt_datacomp.benchmark.evaluate import Benchmark, demo_pool_at
     from flyt_datacomp.benchmark.recipe import get_recipe

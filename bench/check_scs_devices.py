@@ -34,6 +34,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-z", type=float, default=5.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    import torch
+
+    if any(str(d).startswith("cuda") for d in [args.device]) and not torch.cuda.is_available():
+        ap.error("a cuda device was asked for but CUDA is not available here")
 
     from flyt_datacomp.sampling import _scs_torch, scs
 

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from .errors import FlytInputError, quote
 from .pool import Pool, _uid_column
+from .registry import KindRegistry
 from .uids import UID_DTYPE, first_duplicate, hex_to_uids, lookup, uid_order, uids_to_hex
 
 
@@ -64,15 +65,8 @@ class ScoreSource:
         return pool.locate(i)
 
 
-SCORE_SOURCES: dict[str, type[ScoreSource]] = {}
-
-
-def register_score_source(cls: type[ScoreSource]) -> type[ScoreSource]:
-    """Add a kind of score source to the registry (bare specs are tried in registration order)."""
-    if cls.kind in SCORE_SOURCES:
-        raise ValueError(f"score source kind {cls.kind!r} is already registered")
-    SCORE_SOURCES[cls.kind] = cls
-    return cls
+SCORE_SOURCES = KindRegistry("score source kind")
+register_score_source = SCORE_SOURCES.register  # bare specs are tried in registration order
 
 
 @register_score_source
@@ -147,17 +141,14 @@ def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None
     """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec).
     ``within``: the pool positions a restricted run keeps (for sources that standardise);
     ``inputs_dir``: an input store, for ``store:`` sources."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in SCORE_SOURCES:
-        return SCORE_SOURCES[kind](rest, within, inputs_dir=inputs_dir)
-    for cls in SCORE_SOURCES.values():
-        if cls.claims(spec, pool):
-            return cls(spec, within, inputs_dir=inputs_dir)
-    kinds = "; ".join(f"{k}: {c.description}" for k, c in SCORE_SOURCES.items())
-    raise FlytInputError(
-        f"score source {quote(spec)} is neither a column of the pool's parquet files "
-        f"(columns: {', '.join(pool.column_names)}) nor an existing file. Sources are {kinds}"
-    )
+    found = SCORE_SOURCES.find(spec, pool)
+    if found is None:
+        raise FlytInputError(
+            f"score source {quote(spec)} is neither a column of the pool's parquet files "
+            f"(columns: {', '.join(pool.column_names)}) nor an existing file. Sources are {SCORE_SOURCES.describe()}"
+        )
+    cls, rest = found
+    return cls(rest, within, inputs_dir=inputs_dir)
 
 
 def load_scores(pool: Pool, source: str, *, within: np.ndarray | None = None,

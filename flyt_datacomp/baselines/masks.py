@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import FlytInputError, quote
 from ..pool import Pool
+from ..registry import KindRegistry
 from . import datacomp
 
 
@@ -79,14 +80,8 @@ class MaskKind:
         raise NotImplementedError
 
 
-MASK_KINDS: dict[str, type[MaskKind]] = {}
-
-
-def register_mask_kind(cls: type[MaskKind]) -> type[MaskKind]:
-    if cls.kind in MASK_KINDS:
-        raise ValueError(f"mask kind {cls.kind!r} is already registered")
-    MASK_KINDS[cls.kind] = cls
-    return cls
+MASK_KINDS = KindRegistry("mask kind")
+register_mask_kind = MASK_KINDS.register
 
 
 # --------------------------------------------------------------------------- baseline
@@ -326,18 +321,12 @@ class TopMask(MaskKind):
 
 def resolve_mask(spec: str, pool: Pool) -> MaskKind:
     """The mask ``spec`` names (``KIND:SPEC``) or the first kind that claims it (a bare spec)."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in MASK_KINDS:
-        mask = MASK_KINDS[kind](rest)
-    else:
-        for cls in MASK_KINDS.values():
-            if cls.claims(spec, pool):
-                mask = cls(spec)
-                break
-        else:
-            kinds = "; ".join(f"{k}: {c.description}" for k, c in MASK_KINDS.items())
-            raise FlytInputError(f"mask {quote(spec)} is not a baseline name, an existing .npy subset file or a "
-                                 f"condition on a pool column. Masks are {kinds}")
+    found = MASK_KINDS.find(spec, pool)
+    if found is None:
+        raise FlytInputError(f"mask {quote(spec)} is not a baseline name, an existing .npy subset file or a "
+                             f"condition on a pool column. Masks are {MASK_KINDS.describe()}")
+    cls, rest = found
+    mask = cls(rest)
     mask.check()
     return mask
 

@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import FlytInputError, quote
+from ...registry import KindRegistry
 
-PROVIDERS: dict[str, type[Provider]] = {}
+PROVIDERS = KindRegistry("input provider")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -88,12 +89,7 @@ class Provider:
         raise NotImplementedError
 
 
-def register_provider(cls: type[Provider]) -> type[Provider]:
-    """Add a provider class to the registry (its ``kind`` is the spec's first word)."""
-    if cls.kind in PROVIDERS:
-        raise ValueError(f"input provider {cls.kind!r} is already registered")
-    PROVIDERS[cls.kind] = cls
-    return cls
+register_provider = PROVIDERS.register  # a provider's ``kind`` is the first word of its specs
 
 
 def split_spec(text: str) -> list[str]:
