@@ -33,12 +33,12 @@ def main(argv=None) -> int:
     if any(str(d).startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
         ap.error("a cuda device was asked for but CUDA is not available here")
 
-    from flyt_datacomp.benchmark.evaluate import Benchmark, demo_pool_at
+    from flyt_datacomp.benchmark.evaluate import Benchmark
     from flyt_datacomp.benchmark.recipe import get_recipe
     from flyt_datacomp.benchmark.train import train_and_evaluate
-    from flyt_datacomp.demo import build_demo_pool
+    from flyt_datacomp.demo import DemoPool, build_demo_pool
 
-    pool = demo_pool_at(args.pool_dir) if args.pool_dir else build_demo_pool(progress=False)
+    pool = DemoPool.open(args.pool_dir) if args.pool_dir else build_demo_pool(progress=False)
     recipe = get_recipe(args.recipe)
     bench = Benchmark(pool, recipe, progress=False)
     n = len(bench.images.uids)

@@ -98,8 +98,8 @@ def bench_normsim(args, rng):
 
 
 def bench_store(args, rng, k=4, shards=16):
-    from flyt_datacomp.inputs.store import InputStore
     from flyt_datacomp.pool import Pool
+    from flyt_datacomp.store import InputStore
     from flyt_datacomp.uids import random_uids, uids_to_hex
 
     rows = args.store_rows // shards

@@ -20,7 +20,7 @@ import hashlib
 import os
 import time
 
-from flyt_datacomp.flyt.tars import iter_tar, list_shards
+from flyt_datacomp.tars import iter_tar, list_shards
 
 
 def ours(urls, json_only):

@@ -111,7 +111,8 @@ def _create_named(arch: str, pretrained: str | None) -> open_clip.CLIP:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FlytInputError(
             f"cannot load open_clip's pretrained weights {pretrained!r} for {arch}: {first}. Where the network "
-            "is not reachable, save those weights elsewhere and pass the file as --reference-checkpoint"
+            "is not reachable, save those weights elsewhere and give the file as `reference_checkpoint`",
+            params=["reference_checkpoint"]
         ) from None
 
 
@@ -130,7 +131,8 @@ def load_checkpoint(model: torch.nn.Module, path: str) -> None:
     except RuntimeError as exc:
         detail = " ".join(line.strip() for line in str(exc).splitlines()[:2])
         raise FlytInputError(
-            f"reference model checkpoint {path} does not fit the reference architecture (--reference-arch): {detail}"
+            f"reference model checkpoint {path} does not fit the reference architecture (`reference_arch`): {detail}",
+            params=["reference_arch"]
         ) from None
 
 

@@ -21,14 +21,11 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 from PIL import Image
 
-from flyt_datacomp.commands import FlytGroup
-from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.io import provenance, temp_sibling, write_json
-
+from .errors import FlytInputError
+from .io import provenance, temp_sibling, write_json
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -122,17 +119,18 @@ def build_downstream_shards(
     (underscores become spaces) with the template ``"a photo of a {}."``.
     """
     if per_shard < 1:
-        raise FlytInputError(f"--per-shard must be positive, got {per_shard}")
+        raise FlytInputError(f"`per_shard` must be positive, got {per_shard}", params=["per_shard"])
     if image_size is not None and image_size < 1:
-        raise FlytInputError(f"--image-size must be positive, got {image_size}")
+        raise FlytInputError(f"`image_size` must be positive, got {image_size}", params=["image_size"])
     if seed < 0:
-        raise FlytInputError(f"--seed must be non-negative, got {seed}")
+        raise FlytInputError(f"`seed` must be non-negative, got {seed}", params=["seed"])
     out = Path(out_folder)
     if out.exists():
         if not out.is_dir():
             raise FlytInputError(f"output {out} exists and is not a folder")
         if any(out.iterdir()) and not overwrite:
-            raise FlytInputError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
+            raise FlytInputError(f"output folder {out} exists and is not empty (set `overwrite` to replace it)",
+                                 params=["overwrite"])
     src = Path(src_folder)
     class_dirs, items = scan_image_folder(src)
     if classes is not None:
@@ -174,26 +172,3 @@ def build_downstream_shards(
         raise
     logger.info("wrote %d downstream samples in %d shard(s) to %s", len(items), num_shards, out)
     return info
-
-
-downstream_group = FlytGroup("downstream", help="Downstream (target task) data for FLYT.")
-
-
-@downstream_group.command("build")
-@click.argument("src", type=click.Path(file_okay=False, path_type=str))
-@click.argument("out", type=click.Path(file_okay=False, path_type=str))
-@click.option("--per-shard", type=int, default=100, show_default=True, help="Samples per tar shard.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
-@click.option("--image-size", type=int, default=None, help="Resize so the shorter side is N pixels.")
-@click.option("--classes", "classes", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="A {classnames, templates} JSON to write as classes.json (default: folder names).")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT folder.")
-def build_command(src: str, out: str, per_shard: int, seed: int, image_size: int | None,
-                  classes: str | None, overwrite: bool) -> None:
-    """Turn an ImageFolder tree SRC/<class>/<images> into shuffled webdataset shards in OUT."""
-    info = build_downstream_shards(
-        src, out, per_shard=per_shard, seed=seed, image_size=image_size, overwrite=overwrite, classes=classes,
-    )
-    click.echo(
-        f"wrote {info['count']} samples of {info['num_classes']} classes in {info['num_shards']} shard(s) to {out}"
-    )

@@ -218,7 +218,7 @@ class OutputSet:
     other's result.
     """
 
-    def __init__(self, targets: Sequence[str | os.PathLike], *, overwrite: bool, option: str = "--output"):
+    def __init__(self, targets: Sequence[str | os.PathLike], *, overwrite: bool, option: str = "output"):
         if not targets:
             raise ValueError("an output set needs at least one target")
         self.remote = is_url(targets[0])
@@ -243,9 +243,11 @@ class OutputSet:
             recover_interrupted(target)
         for target in self.targets:
             if target.is_dir():
-                raise FlytInputError(f"output path {target} is a directory; choose another {self.option}")
+                raise FlytInputError(f"output path {target} is a directory; choose another `{self.option}`",
+                                     params=[self.option])
             if not self.overwrite and os.path.lexists(target):
-                raise OutputExistsError(f"output {target} already exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"output {target} already exists; set `overwrite` to replace it",
+                                        params=["overwrite"])
 
     def _preflight_remote(self) -> None:
         import fsspec
@@ -264,9 +266,11 @@ class OutputSet:
             except Exception as exc:
                 raise FlytInputError(f"output location {target} is not writable: {exc}") from None
             if fs.isdir(path):
-                raise FlytInputError(f"output path {target} is a directory; choose another {self.option}")
+                raise FlytInputError(f"output path {target} is a directory; choose another `{self.option}`",
+                                     params=[self.option])
             if not self.overwrite and fs.exists(path):
-                raise OutputExistsError(f"output {target} already exists; pass --overwrite to replace it")
+                raise OutputExistsError(f"output {target} already exists; set `overwrite` to replace it",
+                                        params=["overwrite"])
 
     # ------------------------------------------------------------------ staging and commit
 
@@ -341,7 +345,7 @@ class OutputSet:
                 raise OutputExistsError(
                     f"output {exc.filename} appeared while this run was working (another run writing the "
                     f"same output?); it was left untouched and none of this run's outputs were written; "
-                    f"pass --overwrite to replace it or choose another {self.option}"
+                    f"set `overwrite` to replace it or choose another `{self.option}`", params=["overwrite", self.option]
                 ) from None
             except OSError as exc:
                 where = exc.filename or self.targets[0]
@@ -363,7 +367,7 @@ class OutputSet:
             if not self.overwrite and fs.exists(path):
                 raise OutputExistsError(
                     f"output {target} appeared while this run was working; it was left untouched; "
-                    f"pass --overwrite to replace it or choose another {self.option}"
+                    f"set `overwrite` to replace it or choose another `{self.option}`", params=["overwrite", self.option]
                 )
             parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
             tmp = f"{parent}/{_token_name(name, TEMP_SUFFIX)}" if parent else _token_name(name, TEMP_SUFFIX)
@@ -381,19 +385,21 @@ class OutputSet:
                 raise
 
 
-def ensure_writable_folder(folder: str | os.PathLike, option: str = "--output") -> None:
+def ensure_writable_folder(folder: str | os.PathLike, option: str = "output") -> None:
     """Create ``folder`` if needed and check that a file can be written in it, before any work."""
     folder = local_path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FlytInputError(f"cannot create output folder {folder} ({exc.strerror}); choose another {option}") from None
+        raise FlytInputError(f"cannot create output folder {folder} ({exc.strerror}); choose another `{option}`",
+                             params=[option]) from None
     if not folder.is_dir():
-        raise FlytInputError(f"output folder {folder} is not a folder; choose another {option}")
+        raise FlytInputError(f"output folder {folder} is not a folder; choose another `{option}`", params=[option])
     try:
         temp_sibling(folder / "write-probe").unlink()
     except OSError as exc:
-        raise FlytInputError(f"output folder {folder} is not writable ({exc.strerror}); choose another {option}") from None
+        raise FlytInputError(f"output folder {folder} is not writable ({exc.strerror}); choose another `{option}`",
+                             params=[option]) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

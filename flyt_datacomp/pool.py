@@ -8,13 +8,10 @@ time. Embeddings are returned as stored (float16); converting them is the consum
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import posixpath
 import zipfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import fsspec
@@ -22,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import FlytInputError
+from .parallel import thread_map
 from .progress import progress_bar
 from .uids import first_duplicate, hex_to_uids, uid_order, uids_to_hex
 
@@ -53,7 +51,7 @@ class Pool:
         self.url = str(metadata_dir)
         self.progress = progress
         if workers < 1:
-            raise FlytInputError(f"--num-workers must be at least 1, got {workers}")
+            raise FlytInputError(f"`workers` must be at least 1, got {workers}", params=["workers"])
         self.workers = workers
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -96,7 +94,7 @@ class Pool:
             return parquet, npz, rows
 
         shards, offset = [], 0
-        for i, (parquet, npz, rows) in enumerate(_ordered_map(inspect, stems, self.workers)):
+        for i, (parquet, npz, rows) in enumerate(thread_map(inspect, stems, self.workers)):
             shards.append(MetadataShard(i, parquet, npz, rows, offset))
             offset += rows
         return shards
@@ -164,7 +162,7 @@ class Pool:
 
         bar = progress_bar(total=len(self.shards), desc=desc, unit="shard", disable=not self.progress)
         with bar:
-            for data in _ordered_map(read, self.shards, self.workers):
+            for data in thread_map(read, self.shards, self.workers):
                 bar.update(1)
                 yield data
 
@@ -202,7 +200,7 @@ class Pool:
                     f"the first is at row {first}"
                 )
             if name == "uid":
-                out[name] = _uid_column(col, shard.parquet)
+                out[name] = uid_column(col, shard.parquet)
             else:
                 out[name] = col.to_numpy()
         return out
@@ -274,31 +272,7 @@ class Pool:
         return f"position {position}"
 
 
-def _ordered_map(fn, items: Sequence, workers: int) -> Iterator:
-    """``map(fn, items)`` with ``workers`` threads (parquet and npz decoding release the GIL, and
-    remote reads wait on the network), in order, at most ``workers`` results ahead of the consumer
-    (so memory holds a bounded number of shards: npz embedding shards of the medium pool are GBs)."""
-    if workers == 1 or len(items) < 2:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        pending: collections.deque = collections.deque()
-        it = iter(items)
-        for item in itertools.islice(it, workers):
-            pending.append(ex.submit(fn, item))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(ex.submit(fn, nxt))
-                yield result
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-def _uid_column(col, source: str) -> np.ndarray:
+def uid_column(col, source: str) -> np.ndarray:
     """Convert a pyarrow uid column to ``u8,u8`` without materialising Python strings."""
     import pyarrow as pa
 

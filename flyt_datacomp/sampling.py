@@ -105,13 +105,13 @@ def _check_alpha(alpha: Any) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def threshold(scores, *, fraction=None, value=None, datacomp_compatible: bool = False) -> np.ndarray:
+def threshold(scores, *, fraction=None, value=None, exact_count: bool = False) -> np.ndarray:
     """Keep examples once each: the top ``fraction`` of the pool, or every score ``>= value``.
 
-    ``fraction`` keeps exactly ``max(1, int(M * fraction))`` examples, ties at the cut broken by lower
-    pool position first. With ``datacomp_compatible=True`` it reproduces DataComp's
-    ``clip_score --fraction`` rule instead: ``t = -np.sort(-scores)[int(M * fraction)]`` and keep
-    ``scores >= t`` (so ``int(M * fraction) + 1`` or more examples; ``fraction == 1`` keeps all).
+    ``fraction`` follows DataComp's ``clip_score --fraction`` rule: ``t = -np.sort(-scores)[int(M * fraction)]``
+    and keep ``scores >= t`` (so ``int(M * fraction) + 1`` or more examples; ``fraction == 1`` keeps
+    all). With ``exact_count=True`` it keeps exactly ``max(1, int(M * fraction))`` examples instead,
+    ties at the cut broken by lower pool position first.
     """
     s = _check_scores(scores)
     if (fraction is None) == (value is None):
@@ -126,7 +126,7 @@ def threshold(scores, *, fraction=None, value=None, datacomp_compatible: bool = 
     f = float(fraction)
     if not (0.0 < f <= 1.0):
         raise FlytInputError(f"fraction must be in (0, 1], got {fraction!r}")
-    if datacomp_compatible:
+    if not exact_count:
         n = int(m * f)
         if n >= m:
             return np.ones(m, dtype=np.int64)
@@ -632,14 +632,14 @@ def _scs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
     if g >= m:
         return (f"every SCS round draws the whole pool (group size G = {g:,} >= pool size {m:,}), so every "
                 f"example gets the same count ({n / m:,.1f} on average) and the scores are ignored; "
-                "lower --scs-batch (the paper uses about pool size / 1280)")
+                "lower `group_size` (the paper uses about pool size / 1280)")
     s = np.asarray(scores)
     spread = (float(s.max()) - float(s.min())) / alpha
     if n / m > _SCS_UNIFORM_RATIO * (1.0 + spread):
-        return (f"--num-samples {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
-                f"example's count by at most about {spread:,.1f} copies from the mean (score range / alpha): "
-                "every example would get nearly the same count whatever its score; lower --num-samples "
-                "(DataComp draws as many samples as the pool holds) or --scs-alpha")
+        return (f"`num_samples` {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
+                f"example's count by at most about {spread:,.1f} copies from the mean (score range / penalty): "
+                "every example would get nearly the same count whatever its score; lower `num_samples` "
+                "(DataComp draws as many samples as the pool holds) or `alpha`")
     return None
 
 
@@ -648,8 +648,8 @@ def _hcs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
     n = _check_int("num_samples", params["num_samples"], 1)
     cap = _check_int("cap", params["cap"], 1)
     if n == cap * m:
-        return (f"--num-samples {n:,} = cap x pool size ({cap} x {m:,}): every example gets exactly "
-                f"{cap} copies and the scores are ignored; lower --num-samples or raise --hcs-cap")
+        return (f"`num_samples` {n:,} = cap x pool size ({cap} x {m:,}): every example gets exactly "
+                f"{cap} copies and the scores are ignored; lower `num_samples` or raise `cap`")
     return None
 
 
@@ -671,8 +671,8 @@ def concentration(counts: np.ndarray, *, max_share: float = 0.05, min_mean_copie
     return (f"the subset holds only {distinct:,} distinct examples ({100 * distinct / counts.size:.2f}% of the pool), "
             f"{entries / distinct:.1f} copies each on average (max {int(counts.max())}): the scores are very "
             "peaked. Likely causes: a collapsed scoring model (check the weight entropy in its metrics.jsonl), "
-            "scores on too large a scale (try --standardize or a --temperature above 1), or a too small "
-            "--scs-alpha")
+            "scores on too large a scale (try `standardize` or a `temperature` above 1), or a too small "
+            "`alpha`")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,7 +687,8 @@ class Param:
     name: str  # the sampler function's keyword
     type: type  # float, int, str or bool (a bool is an on/off flag)
     help: str
-    flag: str | None = None  # default: --<name with dashes>
+    flag: str | None = None  # how the commands spell it; default: --<name with dashes>
+    aliases: tuple[str, ...] = ()  # older spellings, still accepted
     required: bool = False
     choices: tuple[str, ...] | None = None
     default: Any = None  # used when neither the user nor the sampler's defaults() set it
@@ -737,7 +738,7 @@ class SamplerSpec:
         """Options set but not this sampler's, required ones missing, then the sampler's own check."""
         for p in self.params:
             if p.required and given.get(p.name) is None:
-                raise FlytInputError(f"--sampler {self.name} needs {p.option}")
+                raise FlytInputError(f"`sampler` {self.name} needs `{p.name}`", params=["sampler", p.name])
         if self.check is not None:
             self.check(given)
 
@@ -776,11 +777,17 @@ def all_params() -> dict[str, tuple[Param, list[str]]]:
     return out
 
 
+def param_names() -> list[str]:
+    """Every sampler setting's name (``num_samples`` included), for messages that mention them."""
+    return ["num_samples", *(p.name for p, _ in all_params().values())]
+
+
 def _threshold_check(given: dict[str, Any]) -> None:
     if (given.get("fraction") is None) == (given.get("value") is None):
-        raise FlytInputError("--sampler threshold needs exactly one of --fraction or --threshold")
+        raise FlytInputError("`sampler` threshold needs exactly one of `fraction` or `value`",
+                             params=["sampler", "fraction", "value"])
     if given.get("exact_count") and given.get("value") is not None:
-        raise FlytInputError("--exact-count applies to --fraction, not --threshold")
+        raise FlytInputError("`exact_count` applies to `fraction`, not to `value`", params=["exact_count", "fraction", "value"])
 
 
 @register_sampler(
@@ -796,7 +803,7 @@ def _threshold_check(given: dict[str, Any]) -> None:
     check=_threshold_check,
 )
 def threshold_sampler(scores, *, fraction=None, value=None, exact_count=False) -> np.ndarray:
-    return threshold(scores, fraction=fraction, value=value, datacomp_compatible=not exact_count)
+    return threshold(scores, fraction=fraction, value=value, exact_count=exact_count)
 
 
 def _scs_defaults(ctx: DefaultsContext, values: dict[str, Any]) -> dict[str, Any]:
@@ -814,8 +821,10 @@ register_sampler(
     help="Soft Cap Sampling (the paper's Algorithm 2)",
     params=(
         Param("alpha", float, "repetition penalty alpha (paper: medium 0.15, small 0.5)", flag="--scs-alpha"),
-        Param("group_size", int, "group size G: distinct examples drawn per round", flag="--scs-batch"),
-        Param("device", str, "where SCS runs; cpu gives the same bytes on every machine", choices=("cpu", "cuda"),
+        Param("group_size", int, "group size G: distinct examples drawn per round", flag="--scs-group-size",
+              aliases=("--scs-batch",)),
+        Param("device", str, "where SCS runs: cpu gives the same bytes for a seed on every machine; cuda (or auto "
+              "with a GPU) draws from the same distribution along another random path", choices=("auto", "cpu", "cuda"),
               default="cpu"),
     ),
     draws=True,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .errors import FlytInputError
 from .progress import progress_bar
+from .tars import iter_tar, where
 from .uids import UID_DTYPE, hex_to_uids, lookup, uid_order
 
 
@@ -117,18 +118,16 @@ def _uids_from_parquet(fs: Any, path: str) -> list[str] | None:
 def _uids_from_tar(fs: Any, path: str) -> list[str]:
     """The ``uid`` of every sample's ``.json`` member, in tar order (what DataComp's resharder reads)."""
     out = []
-    with fs.open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-        for member in tar:
-            base = posixpath.basename(member.name)
-            if not member.isfile() or "." not in base or base.split(".", 1)[1].lower() != "json":
-                continue
-            try:
-                uid = json.loads(tar.extractfile(member).read()).get("uid")
-            except (ValueError, AttributeError) as exc:
-                raise FlytInputError(f"{path}: member {member.name} is not a JSON object: {exc}") from None
-            if not isinstance(uid, str):
-                raise FlytInputError(f"{path}: member {member.name} has no uid")
-            out.append(uid)
+    for sample in iter_tar(path, extensions=("json",), fs=fs):
+        if "json" not in sample:
+            continue
+        try:
+            uid = json.loads(sample["json"]).get("uid")
+        except (ValueError, AttributeError) as exc:
+            raise FlytInputError(f"{path}: {where(sample)} has a .json member that is not a JSON object: {exc}") from None
+        if not isinstance(uid, str):
+            raise FlytInputError(f"{path}: {where(sample)} has no uid in its .json member")
+        out.append(uid)
     return out
 
 

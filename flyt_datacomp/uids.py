@@ -222,12 +222,6 @@ def distinct_sorted(uids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, n
     return kept, counts[keep][order].astype(np.int64)
 
 
-def expand_subset(uids: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The sorted subset array: each uid repeated ``counts`` times (uids must be distinct)."""
-    kept, reps = distinct_sorted(uids, counts)
-    return np.repeat(kept, reps)
-
-
 def _save_subset(fh, kept: np.ndarray, reps: np.ndarray, chunk: int = 1 << 20) -> str:
     """Write ``np.repeat(kept, reps)`` to ``fh`` in ``np.save``'s exact format, a chunk of distinct
     uids at a time (memory stays bounded however many entries there are); return its sha256."""

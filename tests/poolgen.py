@@ -73,7 +73,7 @@ def run_filter_cli(args, expect_ok=True):
     """``filter`` through click's runner (progress bars off); asserts success unless told not to."""
     from click.testing import CliRunner
 
-    from flyt_datacomp.filter import filter_command
+    from flyt_datacomp.cli.filter import filter_command
 
     result = CliRunner().invoke(filter_command, [*args, "--quiet"])
     if expect_ok:

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from poolgen import write_metadata
 
+from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.scores import SCORE_SOURCES, load_scores
 from flyt_datacomp.uids import read_subset, uids_to_hex

@@ -26,8 +26,8 @@ from click.testing import CliRunner
 
 from flyt_datacomp.baselines import assets, rules
 from flyt_datacomp.cli import main as cli_main
+from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.filter import filter_command
 
 fasttext = pytest.importorskip("fasttext", reason="the baselines extra (fasttext) is not installed")
 
@@ -312,7 +312,7 @@ def test_basic_rule_edges_on_arrays():
     (["--name", "clip_score", "--fraction", "0.3"], "needs --arch"),
     (["--name", "clip_score", "--arch", "l14"], "exactly one of --fraction and --threshold"),
     (["--name", "basic_filter", "--fraction", "0.3"], "--fraction applies only to the clip_score baselines"),
-    (["--name", "text_based", "--image_based_scale", "small"], "--image_based_scale applies only"),
+    (["--name", "text_based", "--image_based_scale", "small"], "--image-based-scale applies only"),
     (["--name", "basic_filter", "--score", "clip_l14_similarity_score"], "takes no --score"),
     (["--name", "no_filter", "--sampler", "scs"], "--sampler does not apply"),
 ])
@@ -334,7 +334,7 @@ def test_missing_assets_are_named_with_where_datacomp_publishes_them(kit, tmp_pa
     assert r.exit_code == 2 and "medium pool" in r.output and "medium_centroids_l14.pt" in r.output
     r = run(["--metadata-dir", str(kit["pool"]), "--name", "image_based", "--fasttext-model", str(kit["model"]),
              "--output", str(tmp_path / "x.npy")], expect_ok=False)
-    assert r.exit_code == 2 and "--image_based_scale" in r.output
+    assert r.exit_code == 2 and "--image-based-scale" in r.output
     r = run(["--metadata-dir", str(kit["pool"]), "--name", "text_based", "--fasttext-model", str(kit["model"]),
              "--imagenet21k-wordnet-ids", str(kit["ids_file"]), "--wordnet-data", str(tmp_path / "nowhere"),
              "--output", str(tmp_path / "x.npy")], expect_ok=False)

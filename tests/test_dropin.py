@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from poolgen import run_filter_cli, write_image_shards, write_metadata
 
-from flyt_datacomp import sampling
+from flyt_datacomp import sampling, selection
 from flyt_datacomp.errors import FlytError, FlytInputError
-from flyt_datacomp.filter import FilterConfig, run_filter
 from flyt_datacomp.scores import SCORE_SOURCES, Scores, ScoreSource, load_scores, register_score_source
 from flyt_datacomp.uids import read_subset, uids_to_hex
 
@@ -98,6 +97,7 @@ def test_debug_scale_and_scs_defaults_are_reported(tied_pool, tmp_path):
     assert side["sampler_params"] == {"alpha": 0.15, "group_size": 1, "num_samples": 200}
     assert side["sampler_defaults"] == ["alpha", "group_size"]
     assert "no --scale: SCS uses alpha 0.15" in r.output and "tuned for the medium pool" in r.output
+    assert "consider --scale or --scs-alpha" in r.output
     assert "tuned for the medium pool" in side["warnings"][0]
     r = run(["--metadata-dir", str(root), "--arch", "l14", "--scs-alpha", "0.4", "--scs-batch", "5",
              "--output", str(tmp_path / "f.npy")])
@@ -169,19 +169,21 @@ def test_a_new_sampler_is_one_function_and_one_registration(tied_pool, tmp_path)
 
     try:
         out = tmp_path / "k.npy"
-        run_filter(FilterConfig("" + str(root), "clip_l14_similarity_score", out, sampler="top_k_twice",
-                                sampler_options={"k": 7}, progress=False))
+        def run(sampler, options, *, output):
+            return selection.run(selection.Selection(
+                str(root), selection.Output(output), score=selection.ScoreStage("clip_l14_similarity_score"),
+                sample=selection.Sample(sampler, options), progress=False))
+
+        run("top_k_twice", {"k": 7}, output=out)
         _, counts = read_subset(out)
         assert len(counts) == 7 and (counts == 2).all()
-        with pytest.raises(FlytInputError, match="needs --k"):
-            run_filter(FilterConfig(str(root), "clip_l14_similarity_score", tmp_path / "n.npy",
-                                    sampler="top_k_twice", progress=False))
-        with pytest.raises(FlytInputError, match="--scs-alpha does not apply to --sampler top_k_twice"):
-            run_filter(FilterConfig(str(root), "clip_l14_similarity_score", tmp_path / "n.npy",
-                                    sampler="top_k_twice", sampler_options={"k": 3, "alpha": 0.1}, progress=False))
-        with pytest.raises(FlytInputError, match="--k does not apply to --sampler scs"):
-            run_filter(FilterConfig.from_options(metadata_dir=str(root), score="clip_l14_similarity_score",
-                                                 output=tmp_path / "n.npy", sampler="scs", k=3, progress=False))
+        with pytest.raises(FlytInputError, match="`sampler` top_k_twice needs `k`") as info:
+            run("top_k_twice", {}, output=tmp_path / "n.npy")
+        assert info.value.render() == "--sampler top_k_twice needs --k"  # as the command line shows it
+        with pytest.raises(FlytInputError, match="setting `alpha` does not apply to `sampler` top_k_twice"):
+            run("top_k_twice", {"k": 3, "alpha": 0.1}, output=tmp_path / "n.npy")
+        with pytest.raises(FlytInputError, match="setting `k` does not apply to `sampler` scs"):
+            run("scs", {"k": 3}, output=tmp_path / "n.npy")
     finally:
         del sampling.SAMPLERS["top_k_twice"]
 

@@ -146,7 +146,7 @@ def test_shard_index_errors(tmp_path):
     with pytest.raises(FlytInputError, match="no .tar shards"):
         index_shards(tmp_path / "empty")
     (tmp_path / "empty" / "00000000.tar").write_bytes(b"not a tar" * 100)
-    with pytest.raises(FlytInputError, match="cannot read shard"):
+    with pytest.raises(FlytInputError, match="cannot read tar shard"):
         index_shards(tmp_path / "empty", progress=False)
 
 
@@ -350,7 +350,7 @@ def test_train_errors(dc, resharded, tmp_path, monkeypatch):
     out = tmp_path / "train"
     r = invoke(["train", "--data-dir", resharded, "--scale", "tiny", "--output-dir", out, "--exp-name", "e",
                 *dc["args"]], code=2)
-    assert "unknown scale 'tiny'" in r.output and "debug" in r.output and "xlarge" in r.output
+    assert "Invalid value for '--scale'" in r.output and "debug" in r.output and "xlarge" in r.output
     (tmp_path / "no-shards").mkdir()
     r = invoke(train_args(dc, tmp_path / "no-shards", out), code=2)
     assert "no .tar shards" in r.output and "subset file" in r.output
@@ -358,10 +358,14 @@ def test_train_errors(dc, resharded, tmp_path, monkeypatch):
     r = invoke(train_args(dc, resharded, out), code=3)
     assert "exited 0 but reported an error" in r.output and "Error running training" in r.output
     monkeypatch.delenv("STANDIN_TRAIN_ERROR")
-    r = invoke(train_args(dc, resharded, out), code=2)
-    assert "is not empty" in r.output and "--resume" in r.output
-    r = invoke(train_args(dc, resharded, out, "--resume"))
+    r = invoke(train_args(dc, resharded, out))  # a rerun resumes the same run
     assert "resuming from epoch 5" in r.output
+    other = tmp_path / "other-shards"
+    other.mkdir()
+    for tar in Path(resharded).glob("*.tar"):
+        (other / tar.name).write_bytes(tar.read_bytes())
+    r = invoke(train_args(dc, other, out), code=2)  # ... but not another run in the same folder
+    assert "holds a run with other settings" in r.output and "--exp-name" in r.output and "--overwrite" in r.output
     r = invoke(train_args(dc, resharded, out, "--overwrite"))
     assert "resuming" not in r.output and "Train Epoch: 1" in r.output
 
@@ -388,9 +392,7 @@ def test_evaluate_runs_reports_and_resumes(dc, trained, tmp_path, monkeypatch):
     assert "simulated crash" in r.output
     assert len((trained / "eval_results.jsonl").read_text().splitlines()) == 10
     monkeypatch.delenv("STANDIN_FAIL")
-    r = invoke(base, code=2)
-    assert "already exists" in r.output and "--resume" in r.output
-    r = invoke([*base, "--resume", "--", "--batch_size", "8"])
+    r = invoke([*base, "--", "--batch_size", "8"])  # a rerun evaluates only the tasks the file lacks
     assert calls(dc, "evaluate")[-1]["argv"][-2:] == ["--batch_size", "8"]
     assert "Found 10 eval result(s)" in r.output and "Average:" in r.output
     assert len((trained / "eval_results.jsonl").read_text().splitlines()) == 40

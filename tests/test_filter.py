@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.cli import main as cli_main
-from flyt_datacomp.filter import filter_command
+from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.uids import UID_DTYPE, hex_to_uids, read_subset, uid_order
 
@@ -66,7 +66,7 @@ def test_threshold_datacomp_rule_and_top_scores(pool_dir, tmp_path):
     scores = pool.column("clip_b32_similarity_score").astype(np.float64)
     out = tmp_path / "dc.npy"
     run(["--metadata-dir", str(root), "--score", "clip_b32_similarity_score", "--sampler", "threshold",
-         "--fraction", "0.3", "--datacomp-compatible", "--output", str(out)])
+         "--fraction", "0.3", "--output", str(out)])  # DataComp's rule is the default
     t = -np.sort(-scores)[int(len(scores) * 0.3)]
     expect = pool.uids[scores >= t]
     got, counts = read_subset(out)
@@ -140,7 +140,7 @@ def test_bad_inputs_clear_errors_no_output(pool_dir, tmp_path):
     _bad(tmp_path, [*base, "--score", "nonexistent_column"], "neither a column")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--scs-alpha", "0"], "alpha")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--scs-batch", "0"], "group_size")
-    _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--num-samples", "0"], "num_samples")
+    _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--num-samples", "0"], "--num-samples")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--sampler", "hcs"], "--hcs-cap")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--sampler", "hcs", "--hcs-cap", "0"], "cap")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score", "--sampler", "threshold", "--fraction", "1.5"], "fraction")

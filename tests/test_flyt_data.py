@@ -16,16 +16,17 @@ from click.testing import CliRunner
 from PIL import Image
 from poolgen import write_image_shards, write_metadata
 
-from flyt_datacomp.downstream import build_downstream_shards, downstream_group
+from flyt_datacomp.cli.downstream import downstream_group
+from flyt_datacomp.downstream import build_downstream_shards
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.flyt.downstream_stream import DownstreamStream
 from flyt_datacomp.flyt.features import FeatureSpec, FeatureTable, read_features
 from flyt_datacomp.flyt.join import UidIndex, scan_upstream
 from flyt_datacomp.flyt.loader import BatchIterableDataset
 from flyt_datacomp.flyt.stream import Slot, assign_shards
-from flyt_datacomp.flyt.tars import iter_tar, list_shards
 from flyt_datacomp.flyt.upstream_stream import UpstreamStream
 from flyt_datacomp.pool import Pool
+from flyt_datacomp.tars import iter_tar, list_shards
 from flyt_datacomp.uids import hex_to_uids, random_uids, uids_to_hex
 
 IMG = 8  # tiny images keep decoding cheap

@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from scipy.special import expit, logsumexp
 
 from flyt_datacomp.cli import main as cli
 from flyt_datacomp.errors import FlytInputError
-from flyt_datacomp.inputs import InputStore, compute_inputs
+from flyt_datacomp.inputs import compute_inputs
 from flyt_datacomp.inputs.providers import classifier as classifier_module
 from flyt_datacomp.inputs.providers.base import parse_spec
 from flyt_datacomp.inputs.providers.neg_clip_loss import (
@@ -26,6 +28,7 @@ from flyt_datacomp.inputs.providers.neg_clip_loss import (
 )
 from flyt_datacomp.inputs.providers.normsim import _normsim_torch, normsim
 from flyt_datacomp.pool import Pool
+from flyt_datacomp.store import InputStore
 from flyt_datacomp.uids import uids_to_hex
 
 
@@ -195,7 +198,7 @@ def test_resume_adds_only_what_is_missing(pool_dir, tmp_path, monkeypatch):
     compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score", "column:clip_l14_similarity_score"],
                    progress=False)
     assert sorted(calls) == sorted([("clip_b32_similarity_score", victim.stem), ("clip_l14_similarity_score", victim.stem)])
-    with pytest.raises(FlytInputError, match="other settings.*--recompute"):
+    with pytest.raises(FlytInputError, match="other settings.*`recompute`"):
         compute_inputs(str(pool_dir), str(store), ["clip_b32_similarity_score=column:clip_l14_similarity_score"],
                        progress=False)
 
@@ -304,7 +307,7 @@ def test_scoring_model_input_equals_applying_the_model(pool_dir, tmp_path):
 
 
 def test_filter_reads_a_stored_input(pool_dir, tmp_path):
-    from flyt_datacomp.filter import filter_command
+    from flyt_datacomp.cli.filter import filter_command
 
     store = tmp_path / "store"
     compute_inputs(str(pool_dir), str(store), ["column:clip_l14_similarity_score"], progress=False)
@@ -327,9 +330,18 @@ def test_store_of_another_pool_and_a_second_writer_are_refused(pool_dir, tmp_pat
     other, _ = write_metadata(tmp_path / "other", sizes=(10, 10), seed=9)
     with pytest.raises(FlytInputError, match="made for another pool"):
         InputStore(store).column("clip_l14_similarity_score", Pool(str(other), progress=False))
-    (store / ".lock").write_text("elsewhere 1")
-    with pytest.raises(FlytInputError, match="another `inputs compute` is writing"):
-        compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score"], progress=False)
+    (store / ".lock").write_text("a lock file left by a dead run does not block")
+    compute_inputs(str(pool_dir), str(store), ["column:clip_b32_similarity_score"], progress=False)
+    holder = subprocess.Popen([sys.executable, "-c", "import filelock, sys, time; l = filelock.FileLock(sys.argv[1]); "
+                               "l.acquire(); print('held', flush=True); time.sleep(60)", str(store / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FlytInputError, match="another run is writing the input store"):
+            compute_inputs(str(pool_dir), str(store), ["column:clip_l14_similarity_score"], progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_cli_compute_and_show(pool_dir, tmp_path):
@@ -437,7 +449,7 @@ def test_train_and_score_m_flyt_on_stored_inputs(tiny_demo_pool, tmp_path):
 
 
 def test_a_stored_input_as_a_hard_filter(pool_dir, tmp_path):
-    from flyt_datacomp.filter import filter_command
+    from flyt_datacomp.cli.filter import filter_command
 
     store = tmp_path / "store"
     compute_inputs(str(pool_dir), str(store), ["width=column:original_width"], progress=False)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from poolgen import write_image_shards, write_metadata
 
-from flyt_datacomp.filter import filter_command
+from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.uids import hex_to_uids, read_subset, uids_to_hex
 
 
@@ -210,7 +210,7 @@ def test_survivors_only_mode_rejects_sampler_options(pool, tmp_path):
     root = pool[0]
     r = run(["--metadata-dir", str(root), "--mask", "top:0.3:negclip", "--fraction", "0.5",
              "--output", str(tmp_path / "x.npy")], expect_ok=False)
-    assert r.exit_code == 2 and "--fraction does not apply to --mask without --score" in r.output
+    assert r.exit_code == 2 and "setting --fraction does not apply to masks without a score" in r.output
     assert hex_to_uids(["0" * 32]).dtype == np.dtype("u8,u8")
 
 

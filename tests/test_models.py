@@ -78,5 +78,5 @@ def test_reference_model_errors_name_the_culprit(tmp_path, monkeypatch):
         raise RuntimeError(f"Failed to download weights for tag '{pretrained}': no network")
 
     monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(FlytInputError, match="weights 'openai' for ViT-B-32: Failed to download.*--reference-checkpoint"):
+    with pytest.raises(FlytInputError, match="weights 'openai' for ViT-B-32: Failed to download.*`reference_checkpoint`"):
         create_clip("ViT-B-32", pretrained="openai")

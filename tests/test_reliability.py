@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 from poolgen import run_filter_cli, write_metadata
 
-import flyt_datacomp.filter as filter_module
 import flyt_datacomp.io as io_module
-from flyt_datacomp.filter import filter_command
+import flyt_datacomp.selection as filter_module
+from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.process import Terminated
 from flyt_datacomp.uids import read_subset, subset_outputs, uids_to_hex
@@ -134,7 +134,7 @@ def place(tmp, target, *, replace):
     real(tmp, target, replace=replace)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after the first file moved into place
 io._place = place
-from flyt_datacomp.filter import filter_command
+from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[1:])
 """
 
@@ -170,7 +170,7 @@ else:  # kill -9 while the journal is being written, before it is renamed into p
             os.kill(os.getpid(), signal.SIGKILL)
         real(src, dst)
     os.replace = hook
-from flyt_datacomp.filter import filter_command
+from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[1:])
 """
 
@@ -297,7 +297,7 @@ def slow(counts, path, **kw):
     Path(sys.argv[1]).touch()  # tell the test we are inside the write
     time.sleep(60)
 plots.save_repetition_histogram = slow
-from flyt_datacomp.filter import filter_command
+from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[2:])
 """
 
@@ -386,7 +386,7 @@ def test_score_independent_draws_are_refused_unless_accepted(tmp_path):
     args = ["--metadata-dir", str(root), "--score", "clip_l14_similarity_score", "--scale", "small",
             "--output", str(out)]
     r = run(args, expect_ok=False)
-    assert r.exit_code == 2 and "scores are ignored" in r.output and "--scs-batch" in r.output
+    assert r.exit_code == 2 and "scores are ignored" in r.output and "--scs-group-size" in r.output
     assert not out.exists()
     # G below the pool, but N so many times the pool that SCS's soft cap flattens every count
     r = run([*args[:6], "--scs-batch", "10", "--num-samples", "10000000", "--output", str(out)], expect_ok=False)
@@ -484,7 +484,7 @@ def test_null_scores_are_reported_as_missing(tmp_path):
 def test_error_raised_while_stopping_is_reported_as_the_stop(stop, code):
     # a scheduler's cancel or Ctrl-C reaches the whole process group: DataLoader workers die too,
     # and their death surfaces as a RuntimeError while the main process unwinds from the signal
-    from flyt_datacomp.commands import command
+    from flyt_datacomp.cli.base import command
 
     @command()
     def job():

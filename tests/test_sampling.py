@@ -441,31 +441,31 @@ TIES = np.array([0.5, 0.9, 0.5, 0.1, 0.9, 0.5, 0.3, 0.5, 0.2, 0.0], dtype=np.flo
 
 def test_threshold_top_fraction_with_ties():
     # top 3 of 10: both 0.9s, then the first 0.5 by pool position
-    assert threshold(TIES, fraction=0.3).tolist() == [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert threshold(TIES, fraction=0.3, exact_count=True).tolist() == [1, 1, 0, 0, 1, 0, 0, 0, 0, 0]
     # top 4: the first two 0.5s
-    assert threshold(TIES, fraction=0.4).tolist() == [1, 1, 1, 0, 1, 0, 0, 0, 0, 0]
-    assert threshold(TIES, fraction=0.01).tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]  # at least 1
-    assert threshold(TIES, fraction=1.0).sum() == 10
+    assert threshold(TIES, fraction=0.4, exact_count=True).tolist() == [1, 1, 1, 0, 1, 0, 0, 0, 0, 0]
+    assert threshold(TIES, fraction=0.01, exact_count=True).tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]  # at least 1
+    assert threshold(TIES, fraction=1.0, exact_count=True).sum() == 10
     big = np.random.default_rng(0).standard_normal(10_001)
-    keep = threshold(big, fraction=0.3)
+    keep = threshold(big, fraction=0.3, exact_count=True)
     assert keep.sum() == 3000 and big[keep == 1].min() > big[keep == 0].max()
 
 
 def test_threshold_datacomp_compatible_hand_computed():
     # DataComp: t = -sort(-s)[int(10 * 0.3)] = -sort(-s)[3]; sorted desc: .9 .9 .5 .5 .5 .5 .3 .2 .1 0
     # t = 0.5 -> keep every score >= 0.5: six examples
-    keep = threshold(TIES, fraction=0.3, datacomp_compatible=True)
+    keep = threshold(TIES, fraction=0.3)
     assert keep.tolist() == [1, 1, 1, 0, 1, 1, 0, 1, 0, 0]
     # int(10 * 0.1) = 1 -> t = 0.9 -> both 0.9s
-    assert threshold(TIES, fraction=0.1, datacomp_compatible=True).tolist() == [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]
+    assert threshold(TIES, fraction=0.1).tolist() == [0, 1, 0, 0, 1, 0, 0, 0, 0, 0]
     # int(10 * 0.7) = 7 -> t = 0.2
-    assert threshold(TIES, fraction=0.7, datacomp_compatible=True).sum() == 8
-    assert threshold(TIES, fraction=1.0, datacomp_compatible=True).sum() == 10
+    assert threshold(TIES, fraction=0.7).sum() == 8
+    assert threshold(TIES, fraction=1.0).sum() == 10
     rng = np.random.default_rng(1)
     s = rng.integers(0, 50, 997).astype(np.float32) / 7
     for f in (0.05, 0.3, 0.5, 0.999):
         t = -np.sort(-s)[int(len(s) * f)]
-        assert np.array_equal(threshold(s, fraction=f, datacomp_compatible=True), (s >= t).astype(np.int64))
+        assert np.array_equal(threshold(s, fraction=f), (s >= t).astype(np.int64))
 
 
 def test_threshold_value():

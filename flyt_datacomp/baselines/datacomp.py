@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import FlytInputError
+from ..parallel import process_map
 from ..pool import Pool
 from . import assets, rules
-from .parallel import ordered_process_map
 
 BASELINES = {
     "no_filter": "every example of the pool",
@@ -31,7 +31,7 @@ BASELINES = {
                    "nearest centroid is the nearest centroid of some ImageNet-1k training image",
     "image_based_intersect_clip_score": "image_based among the examples that pass the clip_score threshold "
                                         "(the threshold taken over the whole pool)",
-    "clip_score": "CLIP score >= a threshold (--threshold, or the value at rank int(N * --fraction))",
+    "clip_score": "CLIP score >= a threshold (a value, or the value at rank int(N * fraction))",
     "laion2b": "gcld3 English and B/32 CLIP score >= 0.28 (LAION-2B's rule)",
 }
 ARCH_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
@@ -77,39 +77,45 @@ def check_params(name: str, params: BaselineParams) -> None:
     clip = "clip_score" in name
     image = "image_based" in name
     if name == "laion2b" and p.given():
-        raise FlytInputError(f"laion2b takes none of --arch, --fraction, --threshold, --image_based_scale (got {p.given()})")
+        raise FlytInputError(f"laion2b takes none of `arch`, `fraction`, `threshold`, `image_based_scale` (got {p.given()})",
+                             params=["arch", "fraction", "threshold", "image_based_scale"])
     if clip:
         if (p.fraction is None) == (p.threshold is None):
-            raise FlytInputError(f"{name} needs exactly one of --fraction and --threshold")
+            raise FlytInputError(f"{name} needs exactly one of `fraction` and `threshold`", params=["fraction", "threshold"])
         if p.arch is None:
-            raise FlytInputError(f"{name} needs --arch ({', '.join(ARCH_COLUMNS)}): which CLIP score to threshold")
-    for option, value in (("--fraction", p.fraction), ("--threshold", p.threshold), ("--arch", p.arch)):
+            raise FlytInputError(f"{name} needs `arch` ({', '.join(ARCH_COLUMNS)}): which CLIP score to threshold",
+                                 params=["arch"])
+    for option, value in (("fraction", p.fraction), ("threshold", p.threshold), ("arch", p.arch)):
         if value is not None and not clip:
-            raise FlytInputError(f"{option} applies only to the clip_score baselines, not to {name}")
+            raise FlytInputError(f"`{option}` applies only to the clip_score baselines, not to {name}", params=[option])
     if p.arch is not None and p.arch not in ARCH_COLUMNS:
-        raise FlytInputError(f"--arch must be one of {', '.join(ARCH_COLUMNS)}, got {p.arch!r}")
+        raise FlytInputError(f"`arch` must be one of {', '.join(ARCH_COLUMNS)}, got {p.arch!r}", params=["arch"])
     if p.fraction is not None and not 0 < p.fraction <= 1:
-        raise FlytInputError(f"--fraction must be in (0, 1], got {p.fraction}")
+        raise FlytInputError(f"`fraction` must be in (0, 1], got {p.fraction}", params=["fraction"])
     if p.image_based_scale is not None:
         if not image:
-            raise FlytInputError(f"--image_based_scale applies only to the image_based baselines, not to {name}")
-        if p.image_based_scale not in assets.SCALES:
-            raise FlytInputError(f"--image_based_scale must be one of {', '.join(assets.SCALES)}, got {p.image_based_scale!r}")
+            raise FlytInputError(f"`image_based_scale` applies only to the image_based baselines, not to {name}",
+                                 params=["image_based_scale"])
+        if p.image_based_scale not in assets.CENTROID_SCALES:
+            raise FlytInputError(f"`image_based_scale` must be one of {', '.join(assets.CENTROID_SCALES)}, "
+                                 f"got {p.image_based_scale!r}", params=["image_based_scale"])
 
 
 def check_settings(settings: RunSettings) -> None:
     if settings.workers < 1:
-        raise FlytInputError(f"--num-workers must be at least 1, got {settings.workers}")
+        raise FlytInputError(f"`workers` must be at least 1, got {settings.workers}", params=["workers"])
     if settings.batch_size < 1:
-        raise FlytInputError(f"--batch_size must be at least 1, got {settings.batch_size}")
+        raise FlytInputError(f"`centroid_batch_size` must be at least 1, got {settings.batch_size}",
+                             params=["centroid_batch_size"])
     if settings.num_gpus < 0:
-        raise FlytInputError(f"--num_gpus must be >= 0, got {settings.num_gpus}")
+        raise FlytInputError(f"`num_gpus` must be >= 0, got {settings.num_gpus}", params=["num_gpus"])
     if settings.num_gpus:
         import torch
 
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if settings.num_gpus > available:
-            raise FlytInputError(f"--num_gpus {settings.num_gpus} asked for, but {available} CUDA device(s) are available")
+            raise FlytInputError(f"`num_gpus` {settings.num_gpus} asked for, but {available} CUDA device(s) are available",
+                                 params=["num_gpus"])
 
 
 def evaluate(pool: Pool, name: str, params: BaselineParams, settings: RunSettings,
@@ -218,7 +224,7 @@ def _laion_job(columns: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def _per_shard(pool: Pool, columns: list[str], job, settings: RunSettings, desc: str) -> np.ndarray:
     """Run ``job`` on each shard's columns (in worker processes), concatenated in pool order."""
-    parts = list(ordered_process_map(job, _payloads(pool, columns, None, desc), settings.workers))
+    parts = list(process_map(job, _payloads(pool, columns, None, desc), settings.workers, what=f"the {desc} caption rules"))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
@@ -263,8 +269,9 @@ def _image_based(pool, params, settings, within) -> BaselineResult:
         return values[0], candidates
 
     columns = [TEXT] if column is None else [TEXT, column]
-    captions = ordered_process_map(functools.partial(_caption_job, model=str(model)),
-                                   _payloads(pool, columns, prepare, "image_based"), settings.workers)
+    captions = process_map(functools.partial(_caption_job, model=str(model)),
+                           _payloads(pool, columns, prepare, "image_based"), settings.workers,
+                           what="the image_based caption rules")
     mask = np.zeros(pool.size, dtype=bool)
     free: queue.Queue = queue.Queue()
     for d in devices:

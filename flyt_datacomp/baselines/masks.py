@@ -233,7 +233,7 @@ class ColumnMask(MaskKind):
 @register_mask_kind
 class StoredInputMask(ColumnMask):
     kind = "store"
-    description = "a condition on an input of the input store (--inputs-dir), store:lang_en==1"
+    description = "a condition on an input of the input store (store:lang_en==1)"
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -246,8 +246,8 @@ class StoredInputMask(ColumnMask):
 
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         if not ctx.inputs_dir:
-            raise FlytInputError(f"mask store:{self.spec} reads an input store: give --inputs-dir STORE")
-        from ..inputs.store import InputStore
+            raise FlytInputError(f"mask store:{self.spec} reads an input store: give `inputs_dir`", params=["inputs_dir"])
+        from ..store import InputStore
 
         store = InputStore(ctx.inputs_dir)
         name = self.condition.name
@@ -261,7 +261,7 @@ class StoredInputMask(ColumnMask):
 @register_mask_kind
 class CaptionRuleMask(MaskKind):
     kind = "caption"
-    description = "caption:basic, the caption rule of DataComp's basic filter alone (more than 2 words, more than 5 characters)"
+    description = "the caption rule of DataComp's basic filter alone, caption:basic (more than 2 words, more than 5 characters)"
 
     def check(self) -> None:
         if self.spec != "basic":
@@ -274,7 +274,7 @@ class CaptionRuleMask(MaskKind):
 
 
 def _stems(pool: Pool) -> list[str]:
-    from ..inputs.store import shard_stem
+    from ..store import shard_stem
 
     return [shard_stem(s.parquet) for s in pool.shards]
 
@@ -285,7 +285,7 @@ def _stems(pool: Pool) -> list[str]:
 @register_mask_kind
 class TopMask(MaskKind):
     kind = "top"
-    description = "top:F:SOURCE, the int(F * pool size) best-scoring of the examples that survive the masks before it"
+    description = "the int(F * pool size) best-scoring of the examples that survive the masks before it (top:F:SOURCE)"
 
     def __init__(self, spec: str):
         super().__init__(spec)

@@ -28,7 +28,8 @@ def use_wordnet(data_dir: str | None) -> None:
         raise FlytInputError(
             f"the WordNet corpus (NLTK's 'wordnet' data package) was not found {where}on NLTK's data path "
             f"({', '.join(map(str, nltk.data.path))}). DataComp gets it with nltk.download('wordnet'); on a machine "
-            "with internet run: python -m nltk.downloader -d DIR wordnet, then pass --wordnet-data DIR"
+            "with internet run: python -m nltk.downloader -d DIR wordnet, then give `wordnet_data` DIR",
+            params=["wordnet_data"]
         ) from None
 
 

@@ -24,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FlytInputError
-from ..flyt.tars import iter_tar, list_shards
 from ..io import atomic_path
 from ..progress import progress_bar
+from ..tars import iter_tar, list_shards
 from ..uids import UID_DTYPE, hex_to_uids, lookup, read_subset
 
 CACHE_FORMAT = 1

@@ -22,23 +22,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ..demo.build import DemoPool
-from ..errors import FlytInputError
+from ..demo.pool import DemoPool
+from ..parallel import process_map
 from ..uids import hex_to_uids, lookup, uid_order
 from .cache import ResultCache, result_key
 from .data import PoolImages, file_sha256, load_labelled_images, load_pool_images, shards_fingerprint, subset_index
 from .recipe import Recipe
 from .train import TrainingData, train_and_evaluate
-
-
-def demo_pool_at(root: str | os.PathLike) -> DemoPool:
-    """A built demo pool folder (one holding ``build.json``)."""
-    root = Path(root)
-    marker = root / "build.json"
-    if not marker.is_file():
-        raise FlytInputError(f"{root} is not a built demo pool (no build.json); build one with "
-                             "`python -m flyt_datacomp.filter --demo` or leave --pool-dir out")
-    return DemoPool.at(root, int(json.loads(marker.read_text())["parameters"]["pool_size"]))
 
 
 def spread(values: Sequence[float]) -> float:
@@ -152,25 +142,17 @@ class Benchmark:
                 store(item, train_and_evaluate(self.data, idx.index, self.recipe, seed, progress=self.progress,
                                                desc=f"benchmark: {desc}"))
             return
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
         _ = self.images  # decode (or read) the image cache before the workers read it
         bar = progress_bar(total=len(todo), desc=f"benchmark: training runs ({self.jobs} jobs)", unit="run",
-                   disable=not self.progress)
-        with cf.ProcessPoolExecutor(max_workers=min(self.jobs, len(todo)), mp_context=mp.get_context("spawn"),
-                                    initializer=_init_worker, initargs=(self.pool, self.recipe, self.cache_dir)) as ex:
-            futures = {ex.submit(_run_in_worker, item[1].index, item[2]): item for item in todo}
-            try:
-                for fut in cf.as_completed(futures):
-                    item = futures[fut]
-                    store(item, fut.result())
-                    bar.set_postfix_str(f"{item[3]}: {100 * fut.result()['accuracy']:.1f}%")
-                    bar.update(1)
-            finally:
-                for fut in futures:
-                    fut.cancel()
-                bar.close()
+                           disable=not self.progress)
+        runs = process_map(_run_in_worker, [(item[1].index, item[2]) for item in todo], self.jobs, ordered=False,
+                           what="the benchmark's training runs", initializer=_init_worker,
+                           initargs=(self.pool, self.recipe, self.cache_dir))
+        with bar:
+            for i, result in runs:
+                store(todo[i], result)
+                bar.set_postfix_str(f"{todo[i][3]}: {100 * result['accuracy']:.1f}%")
+                bar.update(1)
 
     def data_loading_share(self) -> float | None:
         """Share of training time (data + model) spent assembling batches, over runs trained here."""
@@ -191,8 +173,9 @@ def _init_worker(pool: DemoPool, recipe: Recipe, cache_dir: Path) -> None:
     _WORKER = Benchmark(pool, recipe, cache_dir, progress=False)
 
 
-def _run_in_worker(index: np.ndarray, seed: int) -> dict[str, Any]:
+def _run_in_worker(task: tuple[np.ndarray, int]) -> dict[str, Any]:
     assert _WORKER is not None
+    index, seed = task
     return train_and_evaluate(_WORKER.data, index, _WORKER.recipe, seed, progress=False)
 
 

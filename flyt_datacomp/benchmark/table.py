@@ -1,9 +1,10 @@
 """The standard table: the benchmark's reference rows, each subset made by the package itself.
 
 Every row's subset file is produced in a work folder by the same library calls the commands
-make: ``Trainer`` (``flyt-datacomp train``) for the scoring models, ``compute_inputs``
-(``flyt-datacomp inputs compute``) for the demo's input store, ``run_filter``
-(``flyt-datacomp filter``) for thresholds and SCS, with the registered score sources for the
+make: :meth:`DemoPool.train` (``flyt-datacomp train``) for the scoring models,
+:meth:`DemoPool.input_store` (``flyt-datacomp inputs compute``) for the demo's input store, the
+selection pipeline :func:`flyt_datacomp.selection.run` (``flyt-datacomp filter``) for thresholds and
+SCS, with the registered score sources for the
 aggregations (``standardized_sum:``, ``in_weighted:``), ``write_subset`` for the two rows that need
 no score (the whole pool and the ground-truth oracle). Each subset is then evaluated by :class:`Benchmark` like any
 user-supplied subset. The SCS rows share alpha, G and N so the table separates what the sampler
@@ -13,7 +14,6 @@ adds from what learning adds.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from .. import selection
 from ..errors import FlytInputError
-from ..filter import FilterConfig, run_filter
 from ..pool import Pool
 from ..uids import hex_to_uids, lookup, uid_order, write_subset
 
@@ -85,26 +85,26 @@ class Workspace:
     def pool(self) -> Pool:
         return Pool(self.metadata_dir, progress=False)
 
-    def filter(self, name: str, score: str, **options: Any) -> Path:
+    def filter(self, name: str, score: str, *, sample: selection.Sample, transform: selection.Transform | None = None,
+               masks: tuple[str, ...] = ()) -> Path:
         """``flyt-datacomp filter`` into the work folder (with the demo's input store when the
         score reads it)."""
         out = self.subset_path(name)
-        if "store:" in score:
-            options["inputs_dir"] = str(self.input_store())
-        run_filter(FilterConfig.from_options(metadata_dir=self.metadata_dir, score=score, output=out, overwrite=True,
-                                             progress=self.progress, **options))
+        inputs_dir = str(self.input_store()) if "store:" in score else None
+        selection.run(selection.Selection(
+            metadata_dir=self.metadata_dir, output=selection.Output(out, overwrite=True),
+            restrict=selection.Restrict(masks=masks), score=selection.ScoreStage(score, inputs_dir=inputs_dir),
+            transform=transform or selection.Transform(), sample=sample, progress=self.progress))
         return out
 
     def input_store(self) -> Path:
         """The demo's input store for the many-input rows, made (once) in the work folder with the
         table's own E-FLYT model."""
-        from ..demo.inputs import demo_store
-
         if not hasattr(self, "_store"):
-            self._store = demo_store(self.demo, store_dir=self.work / "inputs",
-                                     eflyt_model=self.scoring_model("e-flyt-demo"),
-                                     classifier_steps=50 if self.settings["quick_flyt"] else 4000,
-                                     progress=self.progress)
+            self._store = self.demo.input_store(store_dir=self.work / "inputs",
+                                                eflyt_model=self.scoring_model("e-flyt-demo"),
+                                                classifier_steps=50 if self.settings["quick_flyt"] else 4000,
+                                                progress=self.progress)
         return self._store
 
     def all_inputs(self) -> str:
@@ -128,36 +128,25 @@ class Workspace:
         return f"in_weighted:r={RELEVANCE_RATIO}:{relevance}"
 
     def top(self, name: str, score: str) -> Path:
-        return self.filter(name, score, sampler="threshold", fraction=self.settings["fraction"], exact_count=True)
+        return self.filter(name, score, sample=selection.Sample(
+            "threshold", {"fraction": self.settings["fraction"], "exact_count": True}))
 
     def scs(self, name: str, score: str, standardize: bool = False, masks: tuple[str, ...] = ()) -> Path:
         s = self.settings
-        return self.filter(name, score, sampler="scs", standardize=standardize, scs_alpha=s["scs_alpha"],
-                           scs_batch=s["scs_batch"], num_samples=s["num_samples"], seed=s["filter_seed"], masks=masks)
+        sample = selection.Sample("scs", {"alpha": s["scs_alpha"], "group_size": s["scs_batch"]},
+                               num_samples=s["num_samples"], seed=s["filter_seed"])
+        return self.filter(name, score, sample=sample, transform=selection.Transform(standardize=standardize), masks=masks)
 
     def scoring_model(self, preset: str) -> str:
-        """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path.
-
-        The run folder is named by a hash of the full configuration, so a changed preset trains
-        anew and an unchanged one is reused (an interrupted run resumes).
-        """
-        from ..flyt.config import build_config
-        from ..flyt.trainer import SCORING_MODEL_FILE, Trainer
-        from ..train import demo_paths
-        from .train import torch_threads
-
+        """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path
+        (a changed configuration trains anew, an unchanged one is reused)."""
         overrides = dict(QUICK_FLYT) if self.settings["quick_flyt"] else {}
         if preset == "m-flyt-demo-all":
             overrides["inputs_dir"] = str(self.input_store())
-        cfg = build_config(preset, demo_paths(self.demo), overrides)
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-        run_dir = self.work / "runs" / f"{preset}-{digest}"
-        model = run_dir / SCORING_MODEL_FILE
-        if not model.is_file():
-            with torch_threads(self.bench.recipe.threads):
-                Trainer(cfg, run_dir, progress=self.progress).run()
-        self.flyt_runs[preset] = flyt_summary(run_dir)
-        return str(model)
+        trained = self.demo.train(preset, overrides=overrides, runs_dir=self.work / "runs",
+                                  threads=self.bench.recipe.threads, progress=self.progress)
+        self.flyt_runs[preset] = flyt_summary(trained.run_dir)
+        return trained.path
 
     def whole_pool(self, name: str) -> Path:
         pool = self.pool()

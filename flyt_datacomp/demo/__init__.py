@@ -6,7 +6,9 @@ like a real DataComp pool (metadata shards, img2dataset image shards) plus a lab
 set; ``type_breakdown()`` reports which kinds of examples a subset kept.
 """
 
-from .build import DemoPool, build_demo_pool, default_cache_dir
+from .build import build_demo_pool, default_cache_dir
+from .pool import DEMO_PRESETS, DemoPool, TrainedModel
 from .report import format_type_breakdown, type_breakdown
 
-__all__ = ["DemoPool", "build_demo_pool", "default_cache_dir", "type_breakdown", "format_type_breakdown"]
+__all__ = ["DEMO_PRESETS", "DemoPool", "TrainedModel", "build_demo_pool", "default_cache_dir", "type_breakdown",
+           "format_type_breakdown"]

@@ -32,7 +32,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from PIL import Image
 from ..errors import FlytInputError
 from ..io import provenance, write_json
 from . import digits as D
+from .pool import DemoPool
 
 # torch, open_clip and the scorers are imported only when a pool is actually built, so that
 # returning an already built pool from the cache stays fast.
@@ -57,36 +57,6 @@ DROP_FRACTION = 0.1
 URL_PREFIX = "https://demo.flyt-datacomp.invalid/img/"
 FAILED_MESSAGE = "HTTP Error 404: Not Found"
 JPEG_QUALITY = 95
-
-
-@dataclass(frozen=True)
-class DemoPool:
-    """Paths of a built demo pool."""
-
-    root: Path
-    metadata_dir: Path
-    shards_dir: Path
-    downstream_dir: Path
-    downstream_test_dir: Path
-    classes_path: Path
-    truth_path: Path
-    pool_size: int
-    reference_checkpoint: Path
-
-    @classmethod
-    def at(cls, root: str | os.PathLike, pool_size: int) -> DemoPool:
-        root = Path(root)
-        return cls(
-            root=root,
-            metadata_dir=root / "metadata",
-            shards_dir=root / "shards",
-            downstream_dir=root / "downstream",
-            downstream_test_dir=root / "downstream_test",
-            classes_path=root / "classes.json",
-            truth_path=root / "truth.parquet",
-            pool_size=pool_size,
-            reference_checkpoint=root / "scorers" / "b32.pt",
-        )
 
 
 def default_cache_dir() -> Path:

@@ -44,7 +44,7 @@ def target_embeddings(demo, *, progress: bool = True) -> Path:
     from PIL import Image
 
     from ..clip_models import create_clip
-    from ..flyt.tars import iter_tar, list_shards
+    from ..tars import iter_tar, list_shards
     from . import scorers as S
 
     spec = next(s for s in S.SCORERS if s.name == "b32")
@@ -60,25 +60,14 @@ def target_embeddings(demo, *, progress: bool = True) -> Path:
     return out
 
 
-def demo_eflyt_model(demo, *, progress: bool = True) -> str:
-    """E-FLYT trained on the demo pool with the ``e-flyt-demo`` preset (once; then reused)."""
-    from ..flyt.config import build_config
-    from ..flyt.trainer import Trainer
-    from ..train import demo_paths
-
-    run_dir = Path(demo.root) / "runs" / "e-flyt-demo"
-    return Trainer(build_config("e-flyt-demo", demo_paths(demo), {}), run_dir, progress=progress).run()["scoring_model"]
-
-
 def demo_store(demo, *, store_dir: str | Path | None = None, eflyt_model: str | None = None,
                classifier_steps: int = 4000, progress: bool = True) -> Path:
-    """Compute (or reuse) the demo's input store (default ``<demo root>/inputs``, with E-FLYT
-    trained by :func:`demo_eflyt_model` unless a model is given); returns its folder."""
+    """Compute (or reuse) the demo's input store (see :meth:`DemoPool.input_store`)."""
     from ..inputs import compute_inputs
 
     store = Path(store_dir) if store_dir is not None else Path(demo.root) / "inputs"
     targets = target_embeddings(demo, progress=progress)
-    eflyt = eflyt_model if eflyt_model is not None else demo_eflyt_model(demo, progress=progress)
+    eflyt = eflyt_model if eflyt_model is not None else demo.train("e-flyt-demo", progress=progress).path
     compute_inputs(str(demo.metadata_dir), str(store), demo_input_specs(targets, eflyt, classifier_steps=classifier_steps),
                    device="cpu", progress=progress)
     return store

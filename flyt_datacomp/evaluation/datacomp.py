@@ -24,8 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
-
+from ..console import say
 from ..errors import ExternalToolError, FlytInputError
 
 ENV_DIR = "DATACOMP_DIR"
@@ -80,8 +79,8 @@ class Checkout:
         path = self.root / name
         if not path.is_file():
             raise FlytInputError(
-                f"DataComp script {name} not found in {self.root}: --datacomp-dir (or ${ENV_DIR}) "
-                "must be a checkout of the DataComp repository"
+                f"DataComp script {name} not found in {self.root}: `datacomp_dir` (or ${ENV_DIR}) "
+                "must be a checkout of the DataComp repository", params=["datacomp_dir"]
             )
         return path
 
@@ -134,7 +133,7 @@ def locate(datacomp_dir: str | None, datacomp_python: str | None) -> Checkout:
     ``--datacomp-python`` / ``$DATACOMP_PYTHON`` (else ``python``)."""
     root = datacomp_dir or os.environ.get(ENV_DIR)
     if not root:
-        raise FlytInputError(f"no DataComp checkout given: pass --datacomp-dir or set ${ENV_DIR}")
+        raise FlytInputError(f"no DataComp checkout given: give `datacomp_dir` or set ${ENV_DIR}", params=["datacomp_dir"])
     path = Path(root).expanduser()
     if not path.is_dir():
         raise FlytInputError(f"DataComp checkout {path} does not exist or is not a folder")
@@ -161,15 +160,15 @@ def _probe(python: str, root: str) -> Environment:
         proc = subprocess.run([python, "-c", _PROBE, root], capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise FlytInputError(
-            f"the DataComp python {python!r} cannot be started ({exc}); pass --datacomp-python or set "
-            f"${ENV_PYTHON}"
+            f"the DataComp python {python!r} cannot be started ({exc}); give `datacomp_python` or set "
+            f"${ENV_PYTHON}", params=["datacomp_python"]
         ) from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("FLYT-PROBE ")]
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise FlytInputError(
             f"the DataComp python {python!r} does not run (exit code {proc.returncode}: {last}); "
-            f"pass --datacomp-python or set ${ENV_PYTHON}"
+            f"give `datacomp_python` or set ${ENV_PYTHON}", params=["datacomp_python"]
         )
     info = json.loads(lines[-1][len("FLYT-PROBE "):])
     return Environment(info["python"], info["executable"], info.get("webdataset"), bool(info["torch"]),
@@ -179,13 +178,13 @@ def _probe(python: str, root: str) -> Environment:
 # --------------------------------------------------------------------------- output folders
 
 
-def check_output_dir(path: Path, *, overwrite: bool, what: str = "output folder",
-                     hint: str = "pass --overwrite to replace its contents") -> None:
-    """Refuse (with ``hint``) an output folder that holds anything, unless ``overwrite``."""
+def check_output_dir(path: Path, *, overwrite: bool, what: str = "output folder") -> None:
+    """Refuse an output folder that holds anything, unless ``overwrite``."""
     if path.exists() and not path.is_dir():
         raise FlytInputError(f"{what} {path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FlytInputError(f"{what} {path} is not empty; {hint}")
+        raise FlytInputError(f"{what} {path} is not empty; set `overwrite` to replace its contents",
+                             params=["overwrite"])
 
 
 def empty_output_dir(path: Path) -> Path:
@@ -266,7 +265,7 @@ def run_script(
     :class:`ExternalToolError` with the exit code and the last lines.
     """
     cmd = [str(c) for c in cmd]
-    click.echo(f"$ {shlex.join(cmd)}")
+    say(f"$ {shlex.join(cmd)}")
     tail = _Tail(tail_lines, fail_markers)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     start = time.perf_counter()
@@ -286,7 +285,7 @@ def run_script(
                     log.write(chunk)
                     log.flush()
                 text = decoder.decode(chunk)
-                click.echo(text, nl=False)
+                say(text, end="")
                 tail.feed(text)
             returncode = proc.wait()
         except BaseException:  # e.g. Ctrl-C: the child got it too; let it finish, then go on

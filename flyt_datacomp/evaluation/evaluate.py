@@ -39,31 +39,26 @@ def evaluate(
     train_output_dir: Path,
     data_dir: Path,
     *,
-    resume: bool = False,
     overwrite: bool = False,
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
 ) -> Results:
     """Check the prerequisites, run DataComp's ``evaluate.py``, check that every task has a result
-    and that the 38 scored ones have a main metric."""
+    and that the 38 scored ones have a main metric. Tasks already in the results file are not
+    evaluated again (evaluate.py skips them); ``overwrite`` deletes the file first."""
     script = checkout.script("evaluate.py")
     checkout.require_torch("evaluate.py")
     if not (train_output_dir / "info.pkl").is_file():
         raise FlytInputError(
-            f"--train-output-dir {train_output_dir} has no info.pkl: give the OUT/NAME folder of a "
-            "finished train.py run"
+            f"`train_output_dir` {train_output_dir} has no info.pkl: give the OUT/NAME folder of a "
+            "finished train.py run", params=["train_output_dir"]
         )
     if not data_dir.is_dir():
-        raise FlytInputError(f"--data-dir {data_dir} does not exist: download the evaluation sets there "
-                             "with DataComp's download_evalsets.py")
+        raise FlytInputError(f"`evalsets_dir` {data_dir} does not exist: download the evaluation sets there "
+                             "with DataComp's download_evalsets.py", params=["evalsets_dir"])
     out_dir = Path(option_value(extra_args, "--output_dir") or train_output_dir)
     results_file = out_dir / RESULTS_FILE
-    if results_file.exists() and not resume:
-        if not overwrite:
-            raise FlytInputError(
-                f"{results_file} already exists; pass --resume to evaluate only the tasks it lacks, "
-                "or --overwrite to evaluate every task again"
-            )
+    if results_file.exists() and overwrite:
         results_file.unlink()
     cmd = [checkout.python, script, "--train_output_dir", train_output_dir.resolve(),
            "--data_dir", data_dir.resolve(), *extra_args]

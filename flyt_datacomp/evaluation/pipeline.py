@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
-
+from ..console import say
 from ..errors import FlytInputError
 from ..io import atomic_path, provenance, read_json_or_none, sidecar_path, write_json
 from ..uids import read_subset
@@ -67,7 +66,7 @@ class Layout:
 
 
 def _stage(title: str) -> None:
-    click.secho(f"== {title}", bold=True)
+    say(f"== {title}")
 
 
 def finished_reshard(layout: Layout, subset: Path, subset_sha: str) -> dict[str, Any] | None:
@@ -76,7 +75,7 @@ def finished_reshard(layout: Layout, subset: Path, subset_sha: str) -> dict[str,
     if record is not None and record["inputs"]["subset_sha256"] != subset_sha:
         raise FlytInputError(
             f"{layout.resharded} holds the shards of another subset ({record['inputs']['subset']}), not "
-            f"{subset}; use another --work-dir for this subset"
+            f"{subset}; use another `output_dir` for this subset", params=["output_dir"]
         )
     return record
 
@@ -87,7 +86,7 @@ def finished_training(layout: Layout, scale: str) -> dict[str, Any] | None:
     if record is not None and record["parameters"]["scale"] != scale:
         raise FlytInputError(
             f"{layout.experiment} was trained at scale {record['parameters']['scale']}, not {scale}; "
-            "use another --work-dir or --exp-name"
+            "use another `output_dir` or `exp_name`", params=["output_dir", "exp_name"]
         )
     return record
 
@@ -106,8 +105,8 @@ def check_prerequisites(checkout: Checkout, scale: str, evalsets: Path, *, resha
     if evaluate:
         checkout.script("evaluate.py")
         if not evalsets.is_dir():
-            raise FlytInputError(f"--evalsets {evalsets} does not exist: download the evaluation sets there "
-                                 "with DataComp's download_evalsets.py")
+            raise FlytInputError(f"`evalsets_dir` {evalsets} does not exist: download the evaluation sets there "
+                                 "with DataComp's download_evalsets.py", params=["evalsets_dir"])
 
 
 def run_pipeline(
@@ -139,7 +138,7 @@ def run_pipeline(
 
     _stage("reshard")
     if resharded is not None:
-        click.echo(f"complete ({resharded['written']['samples']:,} samples in {layout.resharded}), skipped")
+        say(f"complete ({resharded['written']['samples']:,} samples in {layout.resharded}), skipped")
     else:
         resharded = reshard_stage.reshard(
             checkout, subset, shards_dir, layout.resharded, workers=workers, shuffle_bufsize=shuffle_bufsize,
@@ -149,28 +148,28 @@ def run_pipeline(
 
     _stage("train")
     if trained is not None:
-        click.echo(f"complete ({trained['checkpoint']}), skipped")
+        say(f"complete ({trained['checkpoint']}), skipped")
     else:
         trained = train_stage.train(
             checkout, str(layout.resharded.resolve()), scale, layout.train_output, exp_name, num_gpus=num_gpus,
-            resume=True, extra_args=train_args, log_path=layout.log("train"),
+            extra_args=train_args, log_path=layout.log("train"),
         )
 
     _stage("evaluate")
     if evaluated:
-        click.echo(f"complete ({layout.results}), skipped")
+        say(f"complete ({layout.results}), skipped")
     else:
-        evaluate_stage.evaluate(checkout, layout.experiment, evalsets, resume=True, extra_args=evaluate_args,
+        evaluate_stage.evaluate(checkout, layout.experiment, evalsets, extra_args=evaluate_args,
                                 log_path=layout.log("evaluate"))
 
     _stage("report")
     scores = aggregate(read_results(layout.results))
-    click.echo(format_scores(scores))
+    say(format_scores(scores))
     submission = write_submission(layout, checkout, subset, resharded, trained, scores)
     _stage(f"submission: {layout.submission}")
-    click.echo(f"dataset size: {submission['dataset_size']:,} (the subset's entries)")
-    click.echo("to submit, fill in the placeholders and run:")
-    click.echo(f"  {submission['submit_command']}")
+    say(f"dataset size: {submission['dataset_size']:,} (the subset's entries)")
+    say("to submit, fill in the placeholders and run:")
+    say(f"  {submission['submit_command']}")
     return submission
 
 

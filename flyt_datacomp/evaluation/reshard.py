@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
+from ..console import say
 from ..errors import FlytInputError, OutputCheckError
 from ..io import provenance, read_json_or_none, write_json
 from ..shards import index_shards, list_tars, open_folder
@@ -150,8 +150,8 @@ def check_buffer_fits(est: BufferEstimate, available: int | None) -> None:
         f"the resharder's shuffle buffer needs about {human_bytes(est.bytes_per_worker)} per worker "
         f"({est.held_per_worker:,} samples, {est.distinct_fraction:.0%} of them distinct examples of "
         f"{est.sample_bytes / 1e3:,.1f} kB), {human_bytes(est.total_bytes)} for {est.workers} workers, but only "
-        f"{human_bytes(available)} of memory is available; lower --workers or --shuffle-bufsize "
-        "(0 turns shuffling off)"
+        f"{human_bytes(available)} of memory is available; lower `workers` or `shuffle_bufsize` "
+        "(0 turns shuffling off)", params=["workers", "shuffle_bufsize"]
     )
 
 
@@ -238,15 +238,15 @@ def default_bufsize(counts: np.ndarray) -> int:
 
 
 def print_coverage(cov: Coverage, written: int | None = None) -> None:
-    click.echo(f"subset entries:           {cov.entries:,} ({cov.distinct_uids:,} distinct uids, "
+    say(f"subset entries:           {cov.entries:,} ({cov.distinct_uids:,} distinct uids, "
                f"up to {cov.max_repetitions} copies)")
-    click.echo(f"entries without an image: {cov.entries_without_image:,} "
+    say(f"entries without an image: {cov.entries_without_image:,} "
                f"({cov.uids_without_image:,} uids not in the shards)")
     if cov.uids_with_several_images:
-        click.echo(f"uids with several images: {cov.uids_with_several_images:,} (each image is copied)")
-    click.echo(f"samples expected:         {cov.expected_samples:,}")
+        say(f"uids with several images: {cov.uids_with_several_images:,} (each image is copied)")
+    say(f"samples expected:         {cov.expected_samples:,}")
     if written is not None:
-        click.echo(f"samples written:          {written:,}")
+        say(f"samples written:          {written:,}")
 
 
 def reshard(
@@ -269,9 +269,10 @@ def reshard(
     env = checkout.require_old_webdataset()
     uids, counts = read_subset(subset)
     if workers is not None and workers < 1:
-        raise FlytInputError(f"--workers must be at least 1, got {workers}")
+        raise FlytInputError(f"`workers` must be at least 1, got {workers}", params=["workers"])
     if shuffle_bufsize is not None and shuffle_bufsize < 0:
-        raise FlytInputError(f"--shuffle-bufsize must be 0 (off) or positive, got {shuffle_bufsize}")
+        raise FlytInputError(f"`shuffle_bufsize` must be 0 (off) or positive, got {shuffle_bufsize}",
+                             params=["shuffle_bufsize"])
     check_stats_files(shards_dir)
     check_output_dir(output_dir, overwrite=overwrite)
 
@@ -284,13 +285,13 @@ def reshard(
     bufsize = default_bufsize(counts) if shuffle_bufsize is None else shuffle_bufsize
     est = estimate_buffer(bufsize, effective_workers, counts, images, index.mean_sample_bytes)
     if bufsize:
-        click.echo(f"shuffle buffer:           {bufsize:,} samples per worker; mean sample "
+        say(f"shuffle buffer:           {bufsize:,} samples per worker; mean sample "
                    f"{index.mean_sample_bytes / 1e3:,.1f} kB in the shards; about "
                    f"{human_bytes(est.bytes_per_worker)} per worker, {human_bytes(est.total_bytes)} for "
                    f"{effective_workers} worker(s)")
         check_buffer_fits(est, available_memory_bytes())
     else:
-        click.echo("shuffle buffer:           off (copies of an example stay side by side)")
+        say("shuffle buffer:           off (copies of an example stay side by side)")
 
     empty_output_dir(output_dir)  # DataComp's resharder needs it to exist, and to be empty
     cmd = [checkout.python, script, "-i", shards_dir, "-o", output_dir.resolve(), "-s", subset.resolve(),
@@ -316,7 +317,7 @@ def reshard(
         if bad:
             raise OutputCheckError(f"copies per uid in {output_dir} differ from the subset: " + "; ".join(bad))
         verified = True
-        click.echo("copies per uid:           all match the subset")
+        say("copies per uid:           all match the subset")
     record = provenance(
         output=str(output_dir),
         inputs={"subset": str(subset.resolve()), "subset_sha256": file_sha256(subset),

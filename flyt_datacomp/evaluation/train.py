@@ -16,9 +16,10 @@ from typing import Any
 
 from ..errors import FlytInputError, OutputCheckError
 from ..io import provenance, read_json_or_none, write_json
-from .datacomp import Checkout, check_output_dir, empty_output_dir, run_script
+from .datacomp import Checkout, empty_output_dir, run_script
 
 RECORD_FILE = "flyt_train.json"
+START_FILE = "flyt_train_start.json"  # what a run was started with, so a rerun resumes only the same run
 FAILURE_LINE = "Error running training"
 
 
@@ -28,11 +29,11 @@ def check_data_dir(data_dir: str) -> None:
         return  # several sources or a cloud URL: train.py resolves those itself
     path = Path(data_dir)
     if not path.is_dir():
-        raise FlytInputError(f"--data-dir {path} does not exist or is not a folder")
+        raise FlytInputError(f"`resharded_dir` {path} does not exist or is not a folder", params=["resharded_dir"])
     if not any(path.glob("*.tar")) and not any(path.glob("*/meta.json")):
         raise FlytInputError(
-            f"--data-dir {path} holds no .tar shards: give the output folder of `eval reshard` "
-            "(train.py reads resharded shards, not the subset file)"
+            f"`resharded_dir` {path} holds no .tar shards: give the output folder of `eval reshard` "
+            "(train.py reads resharded shards, not the subset file)", params=["resharded_dir"]
         )
 
 
@@ -44,6 +45,12 @@ def train_command(checkout: Checkout, script: Path, args: list[str], num_gpus: i
     return [checkout.python, str(script), *args]
 
 
+def check_exp_name(exp_name: str) -> None:
+    """An experiment name is one plain folder name (not ``.``, ``..`` or a path)."""
+    if not exp_name or exp_name in (".", "..") or "/" in exp_name or "\\" in exp_name or exp_name.startswith("-"):
+        raise FlytInputError(f"`exp_name` must be a plain folder name, got {exp_name!r}", params=["exp_name"])
+
+
 def train(
     checkout: Checkout,
     data_dir: str,
@@ -52,26 +59,30 @@ def train(
     exp_name: str,
     *,
     num_gpus: int = 1,
-    resume: bool = False,
     overwrite: bool = False,
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Check the prerequisites, run DataComp's ``train.py``, check its outputs; return the record."""
+    """Check the prerequisites, run DataComp's ``train.py``, check its outputs; return the record.
+
+    An experiment folder that holds this run already (same scale and data) is resumed from its
+    latest checkpoint, as train.py does; ``overwrite`` deletes it and trains from scratch.
+    """
     script = checkout.script("train.py")
     checkout.require_torch("train.py")
     config = checkout.scale_config(scale)
     if num_gpus < 1:
-        raise FlytInputError(f"--num-gpus must be at least 1, got {num_gpus}")
-    if not exp_name or "/" in exp_name:
-        raise FlytInputError(f"--exp-name must be a plain folder name, got {exp_name!r}")
+        raise FlytInputError(f"`num_gpus` must be at least 1, got {num_gpus}", params=["num_gpus"])
+    check_exp_name(exp_name)
     check_data_dir(data_dir)
     exp_dir = output_dir / exp_name
-    if not resume:
-        check_output_dir(exp_dir, overwrite=overwrite, what="experiment folder",
-                         hint="pass --resume to continue it from its latest checkpoint, or --overwrite "
-                              "to delete it and train from scratch")
+    started = {"scale": scale, "data_dir": data_dir, "extra_args": list(extra_args)}
+    if overwrite:
         empty_output_dir(exp_dir)
+    else:
+        check_resumable(exp_dir, started)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json(exp_dir / START_FILE, provenance(**started))
     args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
             "--exp_name", exp_name, *extra_args]
     run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
@@ -90,6 +101,26 @@ def train(
     )
     write_json(exp_dir / RECORD_FILE, record)
     return record
+
+
+def check_resumable(exp_dir: Path, started: dict[str, Any]) -> None:
+    """Refuse to resume an experiment folder that holds another run (or something else)."""
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise FlytInputError(f"experiment folder {exp_dir} exists and is not a folder")
+    if not exp_dir.is_dir() or not any(exp_dir.iterdir()):
+        return
+    before = read_json_or_none(exp_dir / START_FILE)
+    if isinstance(before, dict):
+        differ = [k for k in ("scale", "data_dir") if before.get(k) != started[k]]
+        if not differ:
+            return
+        what = ", ".join(f"{k} {before.get(k)!r} then, {started[k]!r} now" for k in differ)
+        raise FlytInputError(f"experiment folder {exp_dir} holds a run with other settings ({what}); "
+                             "choose another `exp_name`, or set `overwrite` to train from scratch",
+                             params=["exp_name", "overwrite"])
+    if not (exp_dir / "checkpoints").is_dir():
+        raise FlytInputError(f"experiment folder {exp_dir} holds files that are not a train.py run; "
+                             "choose another `exp_name`, or set `overwrite` to empty it", params=["exp_name", "overwrite"])
 
 
 def read_record(exp_dir: Path) -> dict[str, Any] | None:

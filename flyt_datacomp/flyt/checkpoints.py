@@ -72,7 +72,7 @@ def find_resume_point(folder: Path) -> tuple[Path, dict[str, Any], list[str]] | 
     detail = "; ".join(notes) if notes else "it holds no step_*.pt files"
     raise FlytInputError(
         f"no usable checkpoint to resume from in {folder} ({detail}); delete that folder, or choose a "
-        "new --output-dir, to start the run over"
+        "new `output_dir`, to start the run over", params=["output_dir"]
     )
 
 

@@ -8,15 +8,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from ..errors import FlytInputError
 
 
-def _field(default: Any, doc: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """A TrainConfig field with its command-line help (and its fixed set of values, if it has one)."""
-    metadata = {"help": doc} if choices is None else {"help": doc, "choices": choices}
+def _field(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
+           aliases: tuple[str, ...] = ()) -> Any:
+    """A TrainConfig field with its command-line help (and its fixed set of values, if it has one;
+    ``flag`` and ``aliases``: its command-line spelling when it is not ``--<name-with-dashes>``,
+    and older spellings that still work)."""
+    metadata: dict[str, Any] = {"help": doc, "aliases": aliases}
+    if choices is not None:
+        metadata["choices"] = choices
+    if flag is not None:
+        metadata["flag"] = flag
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -33,7 +41,7 @@ class TrainConfig:
     model: str = _field("m-flyt", "m-flyt (a linear mix of standardised input scores) or e-flyt (an FFN-GLU head "
                         "on the pool's CLIP embeddings)", choices=("m-flyt", "e-flyt"))
     inputs: list[str] = _field([], "M-FLYT input scores, comma separated: columns of the pool's parquet files, or "
-                               "inputs of the store given by --inputs-dir")
+                               "inputs of the store given by inputs_dir")
     inputs_dir: str | None = _field(None, "an input store (flyt-datacomp inputs compute) whose inputs M-FLYT may mix, "
                                     "standardised with their pool statistics")
     embedding_prefix: str = _field("b32", "E-FLYT features: the npz keys <prefix>_img and <prefix>_txt (b32: the "
@@ -41,12 +49,14 @@ class TrainConfig:
     glu_hidden: int | None = _field(None, "E-FLYT hidden width (default: twice the embedding width)")
     glu_cosine_init: bool = _field(True, "E-FLYT: start the head close to the cosine similarity of the two embeddings")
     # data
-    metadata_dir: str | None = _field(None, "pool metadata folder of parquet/npz pairs (any fsspec URL)")
+    metadata_dir: str | None = _field(None, "pool metadata folder of parquet/npz pairs (any fsspec URL)",
+                                      aliases=("--metadata_dir",))
     shards_dir: str | None = _field(None, "pool image shards in img2dataset layout (any fsspec URL)")
     downstream_dir: str | None = _field(None, "labelled downstream shards (jpg + cls), as `flyt-datacomp downstream "
                                         "build` writes them")
     classes: str = _field("imagenet", "downstream class names and prompt templates: imagenet, digits or a JSON file")
-    shuffle_buffer: int = _field(10_000, "samples held by each stream's shuffle buffer")
+    shuffle_buffer: int = _field(10_000, "samples held by each stream's shuffle buffer", flag="--shuffle-bufsize",
+                                 aliases=("--shuffle-buffer",))
     workers: int = _field(0, "DataLoader worker processes per stream (0: read in the training process); part of "
                           "the data order")
     # reference model
@@ -82,7 +92,8 @@ class TrainConfig:
                                           "on one GPU")
     precision: str = _field("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
                             choices=("auto", "fp32", "bf16"))
-    device: str = _field("auto", "auto, cpu, cuda, cuda:1, ...")
+    device: str = _field("auto", "auto (CUDA when there is a GPU), cpu or cuda (a config file may name cuda:N)",
+                         choices=("auto", "cpu", "cuda"))
     # bookkeeping
     seed: int = _field(0, "seed of everything random (data order, initialisations, template draws)")
     checkpoint_every: int = _field(500, "steps between checkpoints")
@@ -103,7 +114,10 @@ class TrainConfig:
 
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) is not None and getattr(self, f.name) not in choices:
+            value = getattr(self, f.name)
+            if f.name == "device" and isinstance(value, str) and re.fullmatch(r"cuda:\d+", value):
+                continue
+            if choices and value is not None and value not in choices:
                 raise bad(f.name, f"choose {', '.join(choices[:-1])} or {choices[-1]}")
         if self.model == "m-flyt" and not self.inputs:
             raise bad("inputs", "M-FLYT needs at least one input score column")
@@ -130,20 +144,21 @@ class TrainConfig:
         self._validate_reference_init()
         for name in ("metadata_dir", "shards_dir", "downstream_dir"):
             if not getattr(self, name):
-                raise FlytInputError(f"missing training option --{name.replace('_', '-')}")
+                raise FlytInputError(f"missing training option `{name}`", params=[name])
 
     def _validate_reference_init(self) -> None:
         if self.reference_init == "checkpoint" and not self.reference_checkpoint:
             raise FlytInputError(
-                "the reference model is to start from a checkpoint (--reference-init checkpoint, which the "
-                "m-flyt-base preset sets), but no --reference-checkpoint was given. The paper's M-FLYT reference is "
+                "the reference model is to start from a checkpoint (`reference_init` checkpoint, which the "
+                "m-flyt-base preset sets), but no `reference_checkpoint` was given. The paper's M-FLYT reference is "
                 "a ViT-B/32 trained on the unfiltered DataComp medium pool (Table 7); starting from random weights "
-                "instead cost 1.8 ImageNet points (0.359 -> 0.341, Table 8). Pass --reference-checkpoint FILE (an "
+                "instead cost 1.8 ImageNet points (0.359 -> 0.341, Table 8). Give `reference_checkpoint` FILE (an "
                 "open_clip checkpoint of such a model, e.g. the epoch_latest.pt that `flyt-datacomp eval train` "
-                "writes for the unfiltered pool), or --reference-init random to start from random weights anyway"
-            )
+                "writes for the unfiltered pool), or `reference_init` random to start from random weights anyway",
+                params=["reference_init", "reference_checkpoint"])
         if self.reference_init == "pretrained" and not self.reference_pretrained:
-            raise FlytInputError("--reference-init pretrained needs --reference-pretrained TAG (an open_clip tag)")
+            raise FlytInputError("`reference_init` pretrained needs `reference_pretrained` TAG (an open_clip tag)",
+                                 params=["reference_init", "reference_pretrained"])
 
 
 # what the two demo presets share: the digits pool on a CPU, the reference initialised from the
@@ -225,7 +240,13 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
                    "(open_clip tag 'openai', or a local copy of them given as --reference-checkpoint), and the "
                    "features are the pool's b32 npz embeddings, which DataComp computed with OpenAI's ViT-B/32; "
                    "CE downstream loss with a learned temperature",
-    "m-flyt-demo": "M-FLYT on the built-in digits demo pool, on a CPU in a few minutes",
+    "m-flyt-demo": "M-FLYT on the built-in digits demo pool (the two CLIP scores and a pure-noise column), on a "
+                   "CPU in a few minutes",
+    "m-flyt-demo-all": "M-FLYT on the digits demo pool over the 7 inputs of its input store (both CLIP scores, "
+                       "s-CLIPLoss of each CLIP, NormSim-inf and a classifier against the target digits, E-FLYT's "
+                       "score); the store is computed once",
+    "e-flyt-demo": "E-FLYT on the digits demo pool: a GLU head on the pool's b32 embeddings, CE with a learned "
+                   "downstream temperature",
 }
 
 

@@ -10,9 +10,9 @@ import torch
 
 from flyt_datacomp.errors import FlytInputError
 
+from ..tars import EmptyShardFolder, where
 from .decode import decode_image
 from .stream import ShardStream
-from .tars import EmptyShardFolder, where
 
 
 class DownstreamStream(ShardStream):

@@ -158,10 +158,10 @@ def _stored_inputs(pool, spec: FeatureSpec, names: list[str]) -> Iterator[dict[s
     if not spec.inputs_dir:
         raise FlytInputError(
             f"M-FLYT input {names[0]!r} is not a column of the pool at {pool.url} "
-            f"(columns: {', '.join(pool.column_names)}) and no input store was given (--inputs-dir); "
+            f"(columns: {', '.join(pool.column_names)}) and no input store was given (inputs_dir); "
             f"the input is named by {spec.origin}"
         )
-    from ..inputs.store import InputStore
+    from ..store import InputStore
 
     store = InputStore(spec.inputs_dir)
     unknown = [n for n in names if n not in store.input_names()]

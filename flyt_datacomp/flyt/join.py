@@ -18,7 +18,7 @@ import numpy as np
 from flyt_datacomp.errors import FlytInputError
 from flyt_datacomp.uids import check_uid_array, hex_to_uids, lookup, uid_order
 
-from .tars import iter_tar, list_shards, where
+from ..tars import iter_tar, list_shards, where
 
 logger = logging.getLogger(__name__)
 

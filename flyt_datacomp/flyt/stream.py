@@ -33,7 +33,7 @@ import numpy as np
 
 from flyt_datacomp.errors import FlytInputError
 
-from .tars import iter_tar, list_shards
+from ..tars import iter_tar, list_shards
 
 logger = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ class Trainer:
         cfg.validate()
         self.cfg = cfg
         self.out = Path(output_dir)
-        ensure_writable_folder(self.out, "--output-dir")
+        ensure_writable_folder(self.out, "output_dir")
         self.group = D.default_group()
         self.progress = progress and D.rank(self.group) == 0
         self.device = torch.device(
@@ -129,8 +129,8 @@ class Trainer:
         used = {"checkpoint": "reference_checkpoint", "pretrained": "reference_pretrained"}.get(source)
         for name in ("reference_checkpoint", "reference_pretrained"):
             if getattr(cfg, name) and name != used:
-                log.warning("--%s is ignored: the reference model starts from %s", name.replace("_", "-"),
-                            "random weights (--reference-init random)" if source == "random" else f"its {source}")
+                log.warning("%s is ignored: the reference model starts from %s", name,
+                            "random weights (reference_init random)" if source == "random" else f"its {source}")
         self.model = create_clip(arch, seed=cfg.seed,
                                  checkpoint=cfg.reference_checkpoint if source == "checkpoint" else None,
                                  pretrained=cfg.reference_pretrained if source == "pretrained" else None).to(self.device)
@@ -262,7 +262,7 @@ class Trainer:
             self.scoring_opt.load_state_dict(upgrade_scoring_opt_state(state["scoring_opt"], self.scoring, self.loss))
         except ValueError as exc:  # parameter groups laid out differently (an older version's checkpoint)
             raise FlytInputError(f"cannot resume from {path}: its scoring optimizer state does not fit this version's "
-                                 f"({exc}); start a new --output-dir") from None
+                                 f"({exc}); start a new `output_dir`", params=["output_dir"]) from None
         self.class_gen.set_state(state["class_gen"])
         torch.set_rng_state(state["torch_rng"])
         self.up_batches = state["data"]["upstream_batches"]
@@ -435,8 +435,8 @@ class CollapseWatch:
                 f"the batch weights have collapsed: their entropy stayed below {self.limit:.2f} nats (uniform: "
                 f"{self.limit * 10:.2f}) for {self.patience} steps up to step {step}, so each step learns from one "
                 "or two examples and the scoring model will rank the pool poorly. Likely causes: a scoring "
-                "learning rate too high for these features (--scoring-lr), a downstream loss that gives "
-                "little signal (plain CE with temperature 1 on a weak reference: try --downstream-loss ce_temp), "
+                "learning rate too high for these features (scoring_lr), a downstream loss that gives "
+                "little signal (plain CE with temperature 1 on a weak reference: try downstream_loss ce_temp), "
                 "or scoring features on a large scale"
             )
             log.warning("warning: %s", self.message)
@@ -475,5 +475,6 @@ def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise FlytInputError("--tensorboard needs the tensorboard package: pip install 'flyt-datacomp[tensorboard]'") from None
+        raise FlytInputError("`tensorboard` needs the tensorboard package: pip install 'flyt-datacomp[tensorboard]'",
+                             params=["tensorboard"]) from None
     return SummaryWriter(str(out / "tensorboard"))

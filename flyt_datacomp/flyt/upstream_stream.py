@@ -17,11 +17,11 @@ import torch
 
 from flyt_datacomp.errors import FlytInputError
 
+from ..tars import where
 from .decode import decode_image, decode_text
 from .features import FeatureTable
 from .join import UidIndex, UidJoin
 from .stream import ShardStream
-from .tars import where
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from .. import __version__
 from ..errors import FlytInputError, quote
 from ..pool import MetadataShard, Pool
 from ..progress import progress_bar
+from ..store import InputStore, shard_stem
 from . import executors
 from .providers import FitContext, Provider, parse_spec
-from .store import InputStore, shard_stem
 
 MISSING_POLICIES = ("error", "min", "mean")
 
@@ -89,7 +89,7 @@ def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, w
                    progress: bool = True) -> dict[str, Any]:
     """Compute the inputs ``specs`` into the store at ``store_dir``; return their manifest entries."""
     if missing not in MISSING_POLICIES:
-        raise FlytInputError(f"--missing must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}")
+        raise FlytInputError(f"`missing` must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}", params=["missing"])
     parsed = [parse_spec(s) for s in specs]
     names = [n for n, _ in parsed]
     dup = next((n for n in names if names.count(n) > 1), None)
@@ -109,7 +109,7 @@ def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, w
             if old is not None and not same and name not in recompute:
                 raise FlytInputError(
                     f"the store already holds an input {quote(name)} made from {old['spec']} with other settings; "
-                    f"name this one differently (NAME=SPEC) or pass --recompute {name}")
+                    f"name this one differently (NAME=SPEC) or set `recompute` {name}", params=["recompute"])
             if not same or name in recompute:
                 entries[name] = {**record, "status": "computing", "device": device}
             entries[name]["missing"] = missing
@@ -184,7 +184,8 @@ def _finalise(store: InputStore, pool: Pool, name: str, missing: str) -> dict[st
         if missing == "error" or absent.all():
             first = int(np.flatnonzero(absent)[0])
             raise FlytInputError(f"input {quote(name)} has no value for {int(absent.sum()):,} of {len(values):,} "
-                                 f"examples (the first at {pool.locate(first)}); choose --missing min or mean")
+                                 f"examples (the first at {pool.locate(first)}); choose `missing` min or mean",
+                                 params=["missing"])
         fill = float(np.nanmin(values) if missing == "min" else np.nanmean(values))
         values[absent] = fill
     finite = np.isfinite(values)

@@ -8,12 +8,11 @@ Adding an executor is one more small function here.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from ..errors import FlytInputError
+from ..parallel import process_map
 
 
 def run_inline(fn: Callable, tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -22,21 +21,8 @@ def run_inline(fn: Callable, tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
 
 
 def run_processes(fn: Callable, tasks: Sequence[Any], workers: int) -> Iterator[tuple[int, Any]]:
-    """A local pool of ``workers`` processes (spawned: no fork of a process holding threads)."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from run_inline(fn, tasks)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
-        pending = {ex.submit(fn, task): i for i, task in enumerate(tasks)}
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield pending.pop(future), future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+    """A local pool of ``workers`` spawned processes (see :mod:`flyt_datacomp.parallel`)."""
+    return process_map(fn, tasks, workers, ordered=False, what="the input shard tasks")
 
 
 def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: float = 0.0) -> Iterator[tuple[int, Any]]:
@@ -45,7 +31,7 @@ def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: 
     try:
         import ray
     except ImportError:
-        raise FlytInputError("--ray needs Ray: pip install 'flyt-datacomp[ray]'") from None
+        raise FlytInputError("`ray` needs Ray: pip install 'flyt-datacomp[ray]'", params=["ray"]) from None
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address, include_dashboard=False,
                  log_to_driver=False, configure_logging=False)

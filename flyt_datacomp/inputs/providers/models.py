@@ -93,7 +93,7 @@ class OpenClipInput(Provider):
 
     def fit(self, ctx: FitContext) -> Any:
         if not ctx.shards_dir:
-            raise FlytInputError(f"input {quote(self.spec)} reads the images: give --shards-dir")
+            raise FlytInputError(f"input {quote(self.spec)} reads the images: give `shards_dir`", params=["shards_dir"])
         if not os.path.isfile(self.args["weights"]):
             raise FlytInputError(f"openclip weights {quote(self.args['weights'])} not found (a local checkpoint)")
         from ...progress import progress_bar

@@ -8,7 +8,7 @@ Layout of a store folder::
     <stem>.parquet       per metadata shard <stem>.parquet of the pool: ``uid`` and one float32
                          column per input, rows in the shard's order (NaN where a provider had no value)
     work/                what providers keep: fitted classifiers, joined per-uid files, image-shard passes
-    .lock                held while ``inputs compute`` writes (a second run waits for nothing: it refuses)
+    .lock                locked (by the OS) while a run writes the store; a second writer is refused
 
 A shard file is rewritten (temporary file, then rename) when an input is added, so a kill never
 leaves a half-written shard, and a shard that already holds an input's column is never recomputed.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import __version__
-from ..errors import FlytInputError, quote
-from ..io import atomic_path, write_json
+from . import __version__
+from .errors import FlytInputError, quote
+from .io import atomic_path, write_json
 
 MANIFEST = "inputs.json"
 FORMAT = 1
@@ -177,38 +176,17 @@ class InputStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
+        """Hold the store's writer lock (an OS-level lock on ``.lock``: released by the OS when the
+        holder dies, so there are no stale locks); a second writer is refused at once."""
+        import filelock
+
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = self.root / ".lock"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                break
-            except FileExistsError:
-                if not _stale(lock):
-                    raise FlytInputError(f"another `inputs compute` is writing the store {self.root} ({lock.read_text()!s}); "
-                                         "wait for it, or delete the lock if that run is gone") from None
-                lock.unlink(missing_ok=True)
-        else:  # pragma: no cover - lost a race twice
-            raise FlytInputError(f"cannot lock the store {self.root}")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{socket.gethostname()} {os.getpid()}")
+        lock = filelock.FileLock(str(self.root / ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise FlytInputError(f"another run is writing the input store {self.root}; wait for it to finish") from None
         try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
-
-
-def _stale(lock: Path) -> bool:
-    try:
-        host, pid = lock.read_text().split()
-    except (OSError, ValueError):
-        return True
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+            lock.release()

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import FlytInputError, quote
 from ..pool import Pool
-from ..scores import Scores, ScoreSource, load_scores, register_score_source
+from .base import Scores, ScoreSource, load_scores, register_score_source, standardize
 
 
 def _split_inputs(text: str, spec: str, kind: str) -> list[str]:
@@ -32,16 +32,6 @@ def _split_inputs(text: str, spec: str, kind: str) -> list[str]:
     if not inputs:
         raise FlytInputError(f"score source {kind}:{spec} names no inputs (write {kind}:A,B with score sources A and B)")
     return inputs
-
-
-def standardized(values: np.ndarray, within: np.ndarray | None, what: str) -> np.ndarray:
-    """``(x - mean) / std`` with the statistics of ``values[within]`` (all values when None)."""
-    part = values if within is None else values[within]
-    std = part.std()
-    if not std > 0:
-        raise FlytInputError(f"cannot standardise {what}: its scores are all equal"
-                             + ("" if within is None else " over the examples kept"))
-    return (values - part.mean()) / std
 
 
 def weights_from_relevance(relevance: list[float], ratio: float) -> np.ndarray:
@@ -71,7 +61,7 @@ class _Aggregate(ScoreSource):
 @register_score_source
 class Sum(_Aggregate):
     kind = "sum"
-    description = "sum:A,B -- the sum of the scores of sources A, B, ..."
+    description = "the sum of the scores of sources A, B, ... (sum:A,B)"
 
     def load(self, pool: Pool) -> Scores:
         total = sum(self.input_scores(pool, s) for s in self.inputs())
@@ -81,17 +71,17 @@ class Sum(_Aggregate):
 @register_score_source
 class StandardizedSum(_Aggregate):
     kind = "standardized_sum"
-    description = "standardized_sum:A,B -- the sum of the sources' z-scores"
+    description = "the sum of the sources' z-scores (standardized_sum:A,B)"
 
     def load(self, pool: Pool) -> Scores:
-        total = sum(standardized(self.input_scores(pool, s), self.within, f"input {s!r}") for s in self.inputs())
+        total = sum(standardize(self.input_scores(pool, s), self.within, f"input {s!r}'s scores") for s in self.inputs())
         return Scores(total, self.spec, self.kind)
 
 
 @register_score_source
 class ImageNetWeighted(_Aggregate):
     kind = "in_weighted"
-    description = "in_weighted:r=R:A=IN_A,B=IN_B -- z-scores weighted by ImageNet relevance (paper C.5)"
+    description = "z-scores weighted by ImageNet relevance, paper C.5 (in_weighted:r=R:A=IN_A,B=IN_B)"
 
     def parse(self) -> tuple[float, dict[str, float]]:
         head, sep, rest = self.spec.partition(":")
@@ -128,7 +118,7 @@ class ImageNetWeighted(_Aggregate):
         ratio, relevance = self.parse()
         self.check_relevance(relevance)
         weights = weights_from_relevance(list(relevance.values()), ratio)
-        total = sum(w * standardized(self.input_scores(pool, s), self.within, f"input {s!r}")
+        total = sum(w * standardize(self.input_scores(pool, s), self.within, f"input {s!r}'s scores")
                     for w, s in zip(weights, relevance))
         return Scores(total, self.spec, self.kind)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import fsspec
 
-from flyt_datacomp.errors import FlytInputError
+from .errors import FlytInputError
 
 
 class EmptyShardFolder(FlytInputError):
@@ -43,8 +43,8 @@ def list_shards(folder: str) -> list[str]:
     return [prefix + posixpath.join(root, n) for n in names]
 
 
-def iter_tar(url: str, *, extensions: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Stream a webdataset tar (any fsspec URL) as raw sample dicts.
+def iter_tar(url: str, *, extensions: Iterable[str] | None = None, fs: Any = None) -> Iterator[dict[str, Any]]:
+    """Stream a webdataset tar (any fsspec URL, or a path of the filesystem ``fs``) as raw sample dicts.
 
     Consecutive members sharing a key form one sample ``{"__key__": key, "__url__": url, "<ext>":
     bytes, ...}`` with lowercased extensions. ``extensions`` restricts which payloads are read: the
@@ -54,7 +54,8 @@ def iter_tar(url: str, *, extensions: Iterable[str] | None = None) -> Iterator[d
     wanted = None if extensions is None else {e.lower() for e in extensions}
     current: dict[str, Any] | None = None
     try:
-        with fsspec.open(url, "rb") as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
+        opened = fs.open(url, "rb") if fs is not None else fsspec.open(url, "rb")
+        with opened as fh, tarfile.open(fileobj=fh, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue

@@ -1,0 +1,145 @@
+"""The demo pool as one object: its paths, training the demo presets on it, and its input store.
+
+:func:`~flyt_datacomp.demo.build.build_demo_pool` returns a :class:`DemoPool`. Everything that
+works on the demo (the ``filter --demo`` job, ``train --preset m-flyt-demo``, the benchmark's
+table) asks it for paths, for a trained scoring model (:meth:`DemoPool.train`) and for its input
+store (:meth:`DemoPool.input_store`), so each of those is done in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import FlytInputError
+
+DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A scoring model trained on the demo: its file, run folder and (M-FLYT) mixing weights."""
+
+    path: str
+    run_dir: Path
+    mixing_weights: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoPool:
+    """A built demo pool (see :mod:`flyt_datacomp.demo.build` for the layout)."""
+
+    root: Path
+    metadata_dir: Path
+    shards_dir: Path
+    downstream_dir: Path
+    downstream_test_dir: Path
+    classes_path: Path
+    truth_path: Path
+    pool_size: int
+    reference_checkpoint: Path
+
+    @classmethod
+    def at(cls, root: str | os.PathLike, pool_size: int) -> DemoPool:
+        root = Path(root)
+        return cls(
+            root=root,
+            metadata_dir=root / "metadata",
+            shards_dir=root / "shards",
+            downstream_dir=root / "downstream",
+            downstream_test_dir=root / "downstream_test",
+            classes_path=root / "classes.json",
+            truth_path=root / "truth.parquet",
+            pool_size=pool_size,
+            reference_checkpoint=root / "scorers" / "b32.pt",
+        )
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> DemoPool:
+        """A built demo pool folder (one holding ``build.json``)."""
+        root = Path(root)
+        marker = root / "build.json"
+        try:
+            size = int(json.loads(marker.read_text())["parameters"]["pool_size"])
+        except FileNotFoundError:
+            raise FlytInputError(f"{root} is not a built demo pool (no build.json); build one with "
+                                 "`python -m flyt_datacomp.filter --demo`") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FlytInputError(f"{marker} is not a demo pool's build record: {exc}") from None
+        return cls.at(root, size)
+
+    # ------------------------------------------------------------------ training the demo presets
+
+    def train_paths(self) -> dict[str, str]:
+        """The data and reference-model paths the demo presets train with."""
+        return {
+            "metadata_dir": str(self.metadata_dir),
+            "shards_dir": str(self.shards_dir),
+            "downstream_dir": str(self.downstream_dir),
+            "classes": str(self.classes_path),
+            "reference_checkpoint": str(self.reference_checkpoint),
+        }
+
+    def train_config(self, preset: str, overrides: dict[str, Any] | None = None, *, progress: bool = True):
+        """The TrainConfig of ``preset`` on this pool (``m-flyt-demo-all`` reads the demo's input store)."""
+        from ..flyt.config import build_config
+
+        overrides = dict(overrides or {})
+        if preset == "m-flyt-demo-all" and overrides.get("inputs_dir") is None:
+            overrides["inputs_dir"] = str(self.input_store(progress=progress))
+        return build_config(preset, self.train_paths(), overrides)
+
+    def train(self, preset: str, *, overrides: dict[str, Any] | None = None, runs_dir: str | os.PathLike | None = None,
+              threads: int | None = None, progress: bool = True) -> TrainedModel:
+        """Train ``preset`` on this pool, once: the run folder ``<runs_dir>/<preset>-<config hash>``
+        (default ``<root>/runs``) is reused while the configuration is unchanged (an interrupted run
+        resumes). ``threads``: torch's CPU thread count for the run (None: torch's default)."""
+        from ..flyt.trainer import MIXING_WEIGHTS_FILE, SCORING_MODEL_FILE, Trainer
+
+        cfg = self.train_config(preset, overrides, progress=progress)
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        run_dir = Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
+        model = run_dir / SCORING_MODEL_FILE
+        if not model.is_file():
+            with _torch_threads(threads):
+                Trainer(cfg, run_dir, progress=progress).run()
+        weights_file = run_dir / MIXING_WEIGHTS_FILE
+        weights = json.loads(weights_file.read_text()) if weights_file.is_file() else None
+        return TrainedModel(str(model), run_dir, weights)
+
+    # ------------------------------------------------------------------ the input store
+
+    def target_embeddings(self, *, progress: bool = True) -> Path:
+        """The downstream-train digits embedded by the demo's b32 CLIP (cached beside the store)."""
+        from .inputs import target_embeddings
+
+        return target_embeddings(self, progress=progress)
+
+    def input_store(self, *, store_dir: str | os.PathLike | None = None, eflyt_model: str | None = None,
+                    classifier_steps: int = 4000, progress: bool = True) -> Path:
+        """Compute (or reuse) the demo's input store (default ``<root>/inputs``, with E-FLYT's score
+        from the ``e-flyt-demo`` preset unless a model is given); returns its folder."""
+        from .inputs import demo_store
+
+        return demo_store(self, store_dir=store_dir, eflyt_model=eflyt_model, classifier_steps=classifier_steps,
+                          progress=progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

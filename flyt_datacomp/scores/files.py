@@ -1,0 +1,80 @@
+"""Per-uid score files: parquet or csv with columns ``uid`` and ``score``, or an ``.npy`` record array."""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import FlytInputError
+from ..pool import Pool, uid_column
+from ..uids import UID_DTYPE, first_duplicate, hex_to_uids, lookup, uid_order, uids_to_hex
+from .base import as_float
+
+
+def read_uid_scores(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A per-uid score file as (uids sorted, float64 scores in that order); duplicates refused.
+
+    Parquet or csv with columns ``uid`` (32 hex characters) and ``score``, or an ``.npy`` record
+    array with a ``uid`` field (hex strings) or ``f0``/``f1`` fields, and a ``score`` field.
+    """
+    file_uids, file_scores = _read_score_table(source)
+    order = uid_order(file_uids)
+    sorted_uids = file_uids[order]
+    i = first_duplicate(sorted_uids)
+    if i is not None:
+        raise FlytInputError(f"score file {source} lists uid {uids_to_hex(sorted_uids[i:i + 1])[0]} more than once")
+    return sorted_uids, file_scores[order]
+
+
+def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uids in file order, float64 scores) from a parquet, csv or npy score file."""
+    lower = source.lower()
+    try:
+        with fsspec.open(source, "rb") as fh:
+            if lower.endswith(".npy"):
+                arr = np.load(fh, allow_pickle=False)
+                names = arr.dtype.names or ()
+                if "score" not in names or not ({"uid"} <= set(names) or {"f0", "f1"} <= set(names)):
+                    raise FlytInputError(f"score file {source} must be a record array with a 'score' field and "
+                                         f"a 'uid' (or 'f0', 'f1') field; fields: {list(names)}")
+                uids = (hex_to_uids(arr["uid"], source=source) if "uid" in names
+                        else np.rec.fromarrays([arr["f0"], arr["f1"]], dtype=UID_DTYPE).view(np.ndarray))
+                return uids, as_float(arr["score"], f"field 'score' of score file {source}")
+            if lower.endswith(".csv"):
+                import pyarrow.csv as pcsv
+
+                table = pcsv.read_csv(fh, convert_options=pcsv.ConvertOptions(
+                    column_types={"uid": pa.string()}))
+            else:
+                table = pq.read_table(fh)
+    except FlytInputError:
+        raise
+    except Exception as exc:
+        raise FlytInputError(f"cannot read score file {source}: {exc}") from None
+    missing = [c for c in ("uid", "score") if c not in table.column_names]
+    if missing:
+        raise FlytInputError(
+            f"score file {source} needs columns 'uid' and 'score'; missing {missing} "
+            f"(columns: {table.column_names})"
+        )
+    file_uids = uid_column(table.column("uid"), source)
+    score_col = table.column("score")
+    if score_col.null_count:
+        raise FlytInputError(f"score file {source} has {score_col.null_count} missing scores")
+    return file_uids, as_float(score_col.to_numpy(), f"column 'score' of score file {source}")
+
+
+def scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:
+    """The file's scores in pool order, and how many of its uids are not in the pool."""
+    sorted_uids, sorted_scores = read_uid_scores(source)
+    pos = lookup(sorted_uids, pool.uids)
+    absent = pos < 0
+    if absent.any():
+        i = int(np.flatnonzero(absent)[0])
+        raise FlytInputError(
+            f"score file {source} has no score for {int(absent.sum())} of the pool's {pool.size} uids; "
+            f"the first is {uids_to_hex(pool.uids[i:i + 1])[0]} ({pool.locate(i)})"
+        )
+    return sorted_scores[pos], len(sorted_uids) - pool.size  # every pool uid matched one distinct file uid
