@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import FlytInputError
-from .io import provenance, temp_sibling, write_json
+from .io import local_path, provenance, temp_sibling, write_json
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def build_downstream_shards(
         raise FlytInputError(f"`image_size` must be positive, got {image_size}", params=["image_size"])
     if seed < 0:
         raise FlytInputError(f"`seed` must be non-negative, got {seed}", params=["seed"])
-    out = Path(out_folder)
+    out = local_path(out_folder, "the output folder")
     if out.exists():
         if not out.is_dir():
             raise FlytInputError(f"output {out} exists and is not a folder")

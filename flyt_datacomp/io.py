@@ -48,18 +48,45 @@ _OURS = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)-[0-9
 # --------------------------------------------------------------------------- paths and names
 
 
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def split_location(path: str | os.PathLike) -> tuple[str | None, str]:
+    """The one place a user-given path or URL is told apart: ``(None, local path)`` for a file on
+    this machine, or ``(protocol, url)`` for any other fsspec location.
+
+    Local are plain paths and the URL forms of the local filesystem: ``file:///abs``, ``file:/abs``,
+    ``file:rel``, ``local:///abs`` (``file://rel`` and ``local://rel`` are relative, as fsspec reads
+    them). Everything with another protocol (``s3://``, ``memory://``, a chain ``a::b://``) is remote.
+    """
+    if isinstance(path, os.PathLike):
+        return None, os.fspath(path)
+    text = str(path)
+    if "::" in text:
+        return text.split("::", 1)[0].split("://", 1)[0], text
+    protocol, sep, rest = text.partition("://")
+    if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", protocol):
+        if protocol.lower() in _LOCAL_PROTOCOLS:
+            return None, rest or "."
+        return protocol.lower(), text
+    for local in _LOCAL_PROTOCOLS:
+        if text.lower().startswith(local + ":"):
+            return None, text[len(local) + 1:] or "."
+    return None, text
+
+
 def is_url(path: str | os.PathLike) -> bool:
-    """True for a non-local fsspec URL (``s3://...``); local paths and ``file://`` are not."""
-    text = str(path)
-    if "://" not in text:
-        return False
-    return text.split("://", 1)[0] not in ("file", "local")
+    """True for a location that is not on this machine's filesystem (``s3://...``)."""
+    return split_location(path)[0] is not None
 
 
-def local_path(path: str | os.PathLike) -> Path:
-    """A local path, with a ``file://`` prefix removed."""
-    text = str(path)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
+def local_path(path: str | os.PathLike, what: str = "path") -> Path:
+    """A local path from a plain path or a ``file:``/``local:`` URL; a remote URL is an input error
+    naming ``what`` (a local path is needed there)."""
+    protocol, where = split_location(path)
+    if protocol is not None:
+        raise FlytInputError(f"{what} must be a local path, got the {protocol} URL {path}")
+    return Path(where).expanduser()
 
 
 def sidecar_path(output: str | os.PathLike) -> Any:

@@ -442,5 +442,5 @@ def _write(sel: Selection, pool: Pool, counts: np.ndarray, info: dict[str, Any],
     """Stage 5: the subset, its sidecar and its histogram, committed together."""
     stats = write_subset(sel.output.path, pool.uids, counts, info=info, overwrite=sel.output.overwrite,
                          histogram_title=title)
-    sidecar, histogram = subset_outputs(sel.output.path)[1:]
-    return SelectionResult(sel.output.path, sidecar, histogram, counts, pool, stats, notes)
+    output, sidecar, histogram = subset_outputs(sel.output.path)
+    return SelectionResult(output, sidecar, histogram, counts, pool, stats, notes)

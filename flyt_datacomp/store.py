@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import FlytInputError, quote
-from .io import atomic_path, write_json
+from .io import atomic_path, local_path, write_json
 
 MANIFEST = "inputs.json"
 FORMAT = 1
@@ -43,7 +43,7 @@ class InputStore:
     """A store folder (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = local_path(root, "the input store")
         self.work_dir = self.root / "work"
 
     # ------------------------------------------------------------------ manifest

@@ -10,13 +10,12 @@ Everything here is vectorised: no Python loop runs per uid.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import FlytInputError, quote
-from .io import OutputSet, dumps, file_sha256, is_url, provenance, sidecar_path
+from .io import OutputSet, dumps, file_sha256, is_url, local_path, provenance, sidecar_path
 
 UID_DTYPE = np.dtype("u8,u8")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -260,10 +259,12 @@ def subset_outputs(path: str | os.PathLike, *, histogram: bool = True) -> list:
     """The files a subset is written as: the ``.npy``, its ``.npy.json`` sidecar, its ``.png``."""
     if not str(path).endswith(".npy"):
         raise FlytInputError(f"subset output {path} must end in .npy")
-    files = [path if is_url(path) else Path(path), sidecar_path(path)]
-    if histogram:
-        files.append(str(path)[: -len(".npy")] + ".png" if is_url(path) else Path(path).with_suffix(".png"))
-    return files
+    if is_url(path):
+        files = [str(path), sidecar_path(path)]
+        return files + [str(path)[: -len(".npy")] + ".png"] if histogram else files
+    local = local_path(path)
+    files = [local, sidecar_path(local)]
+    return files + [local.with_suffix(".png")] if histogram else files
 
 
 def subset_file_bytes(entries: int) -> int:
@@ -310,7 +311,7 @@ def write_subset(
 
 def read_subset(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a subset file (``.npy`` or DataComp's raw headerless form) as (unique uids, counts)."""
-    path = Path(path)
+    path = local_path(path, "subset file")
     if not path.is_file():
         raise FlytInputError(f"subset file {path} does not exist")
     with open(path, "rb") as fh:

@@ -15,7 +15,7 @@ import click
 from ..benchmark.recipe import RECIPES, get_recipe
 from ..benchmark.table import ROW_IDS, TableSettings
 from ..errors import FlytInputError
-from ..io import atomic_path, provenance, write_json
+from ..io import atomic_path, local_path, provenance, write_json
 from . import options as O
 from .base import command, option
 
@@ -75,7 +75,7 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
     jobs = workers or max(1, min(8, os.cpu_count() or 1))
     bench = Benchmark(pool, recipe, cache_dir, progress=progress, jobs=jobs)
     seed_ids = list(range(num_seeds))
-    json_path = Path(output) if output is not None else None
+    json_path = local_path(output, "--output") if output is not None else None
 
     if subsets:
         result = {"rows": bench.evaluate_many([(s, None) for s in subsets], seed_ids),
@@ -89,7 +89,7 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
         result = standard_table(bench, seed_ids, bench.cache_dir / "table", settings,
                                 rows=[r.strip() for r in rows.split(",") if r.strip()] if rows else None,
                                 progress=progress)
-        out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_DIR
+        out = local_path(output_dir, "--output-dir") if output_dir is not None else DEFAULT_OUTPUT_DIR
         out.mkdir(parents=True, exist_ok=True)
         json_path = json_path or out / "table.json"
         save_bar_chart(result["rows"], out / "table.png", chance=1 / bench.data.num_classes,

@@ -18,7 +18,7 @@ def downstream_group() -> None:
 @downstream_group.command("build")
 @click.argument("src", type=click.Path(file_okay=False, path_type=str))
 @click.argument("out", cls=HiddenArgument, required=False, type=click.Path(file_okay=False, path_type=str))
-@O.output_dir(help="The shards folder to write (built beside it, then renamed into place).")
+@O.output_dir(help="The shards folder to write (built beside it, then renamed into place). Required.")
 @option("--per-shard", type=int, default=100, show_default=True, help="Samples per tar shard.")
 @O.seed(help="Seed of the global shuffle.")
 @option("--image-size", type=int, default=None, help="Resize so the shorter side is N pixels.")

@@ -16,6 +16,7 @@ from ..evaluation import train as train_stage
 from ..evaluation.datacomp import ENV_DIR, ENV_PYTHON, locate
 from ..evaluation.pipeline import run_pipeline
 from ..evaluation.report import SCORED, TASKS, aggregate, find_results, format_scores, partial_scores, read_results, report_json
+from ..io import local_path
 from ..scales import SCALES
 from . import options as O
 from .base import group, option
@@ -82,7 +83,7 @@ def reshard_command(subset: Path, shards_dir: str, output_dir: str, workers: int
     """Reshard the pool's image shards to SUBSET.npy with DataComp's resharder.py, then check that
     it wrote one sample per subset entry with an image."""
     checkout = locate(datacomp_dir, datacomp_python)
-    reshard_stage.reshard(checkout, subset, shards_dir, Path(output_dir), workers=workers,
+    reshard_stage.reshard(checkout, subset, shards_dir, local_path(output_dir, "--output-dir"), workers=workers,
                           shuffle_bufsize=shuffle_bufsize, overwrite=overwrite, verify_copies=verify_copies,
                           extra_args=extra, log_path=log_path, progress=not quiet)
     click.echo(f"resharded: {output_dir}")
@@ -107,8 +108,8 @@ def train_command(resharded_dir: str, scale: str, output_dir: str, exp_name: str
     (rerun the same command to resume from the latest checkpoint)."""
     _exclusive(resume, overwrite)
     checkout = locate(datacomp_dir, datacomp_python)
-    record = train_stage.train(checkout, resharded_dir, scale, Path(output_dir), exp_name, num_gpus=_gpus(num_gpus),
-                               overwrite=overwrite, extra_args=extra, log_path=log_path)
+    record = train_stage.train(checkout, resharded_dir, scale, local_path(output_dir, "--output-dir"), exp_name,
+                               num_gpus=_gpus(num_gpus), overwrite=overwrite, extra_args=extra, log_path=log_path)
     click.echo(f"trained: {record['checkpoint']}")
 
 
@@ -180,7 +181,7 @@ def run_command(subset: Path, shards_dir: str, scale: str, output_dir: str, eval
     """Reshard, train, evaluate and report SUBSET.npy, skipping the stages already complete in
     OUTPUT_DIR, and write OUTPUT_DIR/submission/."""
     checkout = locate(datacomp_dir, datacomp_python)
-    run_pipeline(checkout, subset, shards_dir, scale, Path(output_dir), evalsets_dir, exp_name=exp_name,
+    run_pipeline(checkout, subset, shards_dir, scale, local_path(output_dir, "--output-dir"), evalsets_dir, exp_name=exp_name,
                  workers=workers, shuffle_bufsize=shuffle_bufsize, num_gpus=_gpus(num_gpus),
                  verify_copies=verify_copies, reshard_args=_split(reshard_args, "--reshard-args"),
                  train_args=_split(train_args, "--train-args"), evaluate_args=_split(evaluate_args, "--evaluate-args"),

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import click
@@ -58,7 +57,7 @@ def _option(f: dataclasses.Field, annotation: Any):
         (base,) = [a for a in typing.get_args(base) if a is not type(None)]
     if base is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=doc)
-    aliases = tuple(f.metadata.get("aliases", ()))
+    aliases, metavar = tuple(f.metadata.get("aliases", ())), f.metadata.get("metavar")
     if typing.get_origin(base) is list:
         return option(flag, f.name, aliases=aliases, type=str, default=None, callback=_comma_list, metavar="A,B,...",
                       help=doc)
@@ -66,7 +65,7 @@ def _option(f: dataclasses.Field, annotation: Any):
         raise TypeError(f"TrainConfig.{f.name}: no command-line type for {annotation!r}")
     choices = f.metadata.get("choices")
     return option(flag, f.name, aliases=aliases, type=_FieldChoice(choices, f.name) if choices else base,
-                  default=None, help=doc)
+                  default=None, metavar=metavar, help=doc)
 
 
 def config_options(fn):
@@ -102,7 +101,7 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
         logging.getLogger(__name__).info("preset %s: %s", preset, PRESET_DESCRIPTIONS[preset])
     D.init_from_env()
     try:
-        result = Trainer(cfg, Path(output_dir), progress=not quiet).run()
+        result = Trainer(cfg, output_dir, progress=not quiet).run()
         is_main = D.rank(D.default_group()) == 0
     finally:
         D.shutdown()

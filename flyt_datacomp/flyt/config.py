@@ -16,11 +16,11 @@ from ..errors import FlytInputError
 
 
 def _field(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, flag: str | None = None,
-           aliases: tuple[str, ...] = ()) -> Any:
+           aliases: tuple[str, ...] = (), metavar: str | None = None) -> Any:
     """A TrainConfig field with its command-line help (and its fixed set of values, if it has one;
     ``flag`` and ``aliases``: its command-line spelling when it is not ``--<name-with-dashes>``,
     and older spellings that still work)."""
-    metadata: dict[str, Any] = {"help": doc, "aliases": aliases}
+    metadata: dict[str, Any] = {"help": doc, "aliases": aliases, "metavar": metavar}
     if choices is not None:
         metadata["choices"] = choices
     if flag is not None:
@@ -41,19 +41,19 @@ class TrainConfig:
     model: str = _field("m-flyt", "m-flyt (a linear mix of standardised input scores) or e-flyt (an FFN-GLU head "
                         "on the pool's CLIP embeddings)", choices=("m-flyt", "e-flyt"))
     inputs: list[str] = _field([], "M-FLYT input scores, comma separated: columns of the pool's parquet files, or "
-                               "inputs of the store given by inputs_dir")
+                               "inputs of the store given by --inputs-dir")
     inputs_dir: str | None = _field(None, "an input store (flyt-datacomp inputs compute) whose inputs M-FLYT may mix, "
-                                    "standardised with their pool statistics")
+                                    "standardised with their pool statistics", metavar="STORE")
     embedding_prefix: str = _field("b32", "E-FLYT features: the npz keys <prefix>_img and <prefix>_txt (b32: the "
                                    "OpenAI ViT-B/32 embeddings DataComp ships)")
     glu_hidden: int | None = _field(None, "E-FLYT hidden width (default: twice the embedding width)")
     glu_cosine_init: bool = _field(True, "E-FLYT: start the head close to the cosine similarity of the two embeddings")
     # data
     metadata_dir: str | None = _field(None, "pool metadata folder of parquet/npz pairs (any fsspec URL)",
-                                      aliases=("--metadata_dir",))
-    shards_dir: str | None = _field(None, "pool image shards in img2dataset layout (any fsspec URL)")
+                                      aliases=("--metadata_dir",), metavar="URL")
+    shards_dir: str | None = _field(None, "pool image shards in img2dataset layout (any fsspec URL)", metavar="URL")
     downstream_dir: str | None = _field(None, "labelled downstream shards (jpg + cls), as `flyt-datacomp downstream "
-                                        "build` writes them")
+                                        "build` writes them", metavar="URL")
     classes: str = _field("imagenet", "downstream class names and prompt templates: imagenet, digits or a JSON file")
     shuffle_buffer: int = _field(10_000, "samples held by each stream's shuffle buffer", flag="--shuffle-bufsize",
                                  aliases=("--shuffle-buffer",))
@@ -66,7 +66,8 @@ class TrainConfig:
                                         "(--reference-checkpoint), pretrained (--reference-pretrained) or random; "
                                         "unset: the checkpoint if given, else the pretrained tag if given, else random",
                                         choices=REFERENCE_INITS)
-    reference_checkpoint: str | None = _field(None, "local open_clip checkpoint to start the reference model from")
+    reference_checkpoint: str | None = _field(None, "local open_clip checkpoint to start the reference model from",
+                                              metavar="FILE")
     reference_pretrained: str | None = _field(None, "open_clip pretrained tag to start the reference model from "
                                               "(its weights must be reachable)")
     reference_pretrain_steps: int = _field(0, "plain CLIP steps on the unfiltered pool before FLYT (a stand-in for a "

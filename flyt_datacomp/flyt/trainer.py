@@ -30,7 +30,7 @@ from .. import __version__
 from ..clip_models import create_clip, image_normalization, resolve_arch
 from ..clip_models import tokenizer as make_tokenizer
 from ..errors import FlytInputError, TrainingDiverged
-from ..io import atomic_path, ensure_writable_folder, provenance, sidecar_path, write_json
+from ..io import atomic_path, ensure_writable_folder, local_path, provenance, sidecar_path, write_json
 from ..pool import Pool
 from ..progress import progress_bar
 from . import distributed as D
@@ -104,7 +104,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, output_dir: str | os.PathLike, *, progress: bool = True):
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(output_dir)
+        self.out = local_path(output_dir, "the output folder")
         ensure_writable_folder(self.out, "output_dir")
         self.group = D.default_group()
         self.progress = progress and D.rank(self.group) == 0
