@@ -161,10 +161,30 @@ def atomic_path(path: str | os.PathLike, *, temp_named_after: Path | None = None
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        failed = write_failure(exc, path)
+        if failed is not None:
+            raise failed from None
         raise
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def write_failure(exc: BaseException, target: Any) -> FlytInputError | None:
+    """The input error for a write that the file system refused (a full disk, a quota, a read-only
+    or failing device), or None for any other exception."""
+    if not isinstance(exc, OSError):
+        return None
+    code = exc.errno if isinstance(exc.errno, int) else None
+    if code is None:  # pyarrow's IO errors carry the errno only in their text
+        text = str(exc)
+        code = next((c for c in _WRITE_ERRNOS if os.strerror(c) in text), None)
+    if code not in _WRITE_ERRNOS:
+        return None
+    return FlytInputError(f"cannot write {target}: {os.strerror(code)}; what was there before is unchanged")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -334,6 +354,9 @@ class OutputSet:
                     self._commit_local()
         finally:
             self._discard()
+        failed = write_failure(exc, self.targets[0]) if exc is not None else None
+        if failed is not None:  # staging a file failed: nothing at the destination changed
+            raise failed from None
 
     def _discard(self) -> None:
         for tmp in self._staged.values():

@@ -421,6 +421,9 @@ def _write_survivors(sel: Selection, pool: Pool, kept: Restriction, start: float
     """No score: the examples inside every mask, once each (a baseline alone: DataComp's baseline file)."""
     r = sel.restrict
     counts = kept.survivors.astype(np.int64)
+    if not counts.any():
+        raise FlytInputError(f"no example of the pool survives ({kept.describe()}): an empty subset would be "
+                             "written; nothing was written")
     notes = kept.notes()
     info = {
         "inputs": kept.inputs(sel, pool),

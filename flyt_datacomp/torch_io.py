@@ -26,10 +26,14 @@ class UnusableCheckpoint(FlytInputError):
     """A torch file that cannot be loaded (the message says why)."""
 
 
-def save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a partial file."""
+def save(obj: Any, path: str | os.PathLike, *, before_rename=None) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a partial file.
+    ``before_rename(tmp)`` runs once the temporary file is complete (to record its size and hash
+    before the file appears under its name)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+        if before_rename is not None:
+            before_rename(tmp)
 
 
 def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:

@@ -1,5 +1,6 @@
 """Resuming training from damaged, missing or planted checkpoints, and reading bad model files."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -67,6 +68,12 @@ def test_planted_pickle_never_runs_and_the_run_falls_back(finished_and_interrupt
     (out / "checkpoints" / "latest.json").write_text(json.dumps({"step": 9, "path": planted.name}))
     path, _, notes = find_resume_point(out / "checkpoints")
     assert path.name == "step_0000003.pt"
+    assert "step_0000009.pt" in notes[0] and "no integrity record" in notes[0]
+    # with a forged record that matches it, the file is still never unpickled
+    record = {"step": 9, "bytes": planted.stat().st_size, "sha256": hashlib.sha256(planted.read_bytes()).hexdigest()}
+    (out / "checkpoints" / "step_0000009.pt.json").write_text(json.dumps(record))
+    path, _, notes = find_resume_point(out / "checkpoints")
+    assert path.name == "step_0000003.pt"
     assert "step_0000009.pt" in notes[0] and "could run arbitrary code" in notes[0]
     _resume(tiny_demo_pool, out)
     assert not marker.exists()
@@ -74,7 +81,7 @@ def test_planted_pickle_never_runs_and_the_run_falls_back(finished_and_interrupt
 
 
 @pytest.mark.parametrize("damage", ["truncated checkpoint", "flipped byte", "truncated latest.json",
-                                    "deleted checkpoint", "no integrity record"])
+                                    "deleted checkpoint", "no integrity record", "unreadable integrity record"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_and_interrupted, tmp_path, damage):
     ck = _copy(finished_and_interrupted / "part", tmp_path / "run") / "checkpoints"
     latest = ck / "step_0000003.pt"
@@ -87,17 +94,20 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(finished_and_i
         (ck / "latest.json").write_text('{"step": 3, "pa')
     elif damage == "deleted checkpoint":
         latest.unlink()
-    else:
+    elif damage == "no integrity record":
         (ck / "step_0000003.pt.json").unlink()
+    else:  # a hand-edited state whose record no longer parses: never loaded unverified
+        (ck / "step_0000003.pt.json").write_text('{"step": 3, "bytes": ')
     path, state, notes = find_resume_point(ck)
-    if damage in ("truncated latest.json", "no integrity record"):  # the newest file itself is fine
+    if damage == "truncated latest.json":  # the newest file itself is fine
         assert path == latest and state["step"] == 3
-        assert notes == (["latest.json is unreadable (truncated?) and was ignored"]
-                         if damage == "truncated latest.json" else [])
+        assert notes == ["latest.json is unreadable (truncated?) and was ignored"]
     else:
         assert path.name == "step_0000002.pt" and state["step"] == 2
         expected = {"truncated checkpoint": "truncated", "flipped byte": "sha256",
-                    "deleted checkpoint": "step_0000003.pt, which is missing"}[damage]
+                    "deleted checkpoint": "step_0000003.pt, which is missing",
+                    "no integrity record": "no integrity record",
+                    "unreadable integrity record": "integrity record step_0000003.pt.json is unreadable"}[damage]
         assert expected in " ".join(notes), notes
 
 
@@ -135,7 +145,8 @@ def test_nothing_usable_left_is_a_clear_error(finished_and_interrupted, tiny_dem
 def test_checkpoint_with_a_wrong_step_is_not_used(tmp_path):
     save_checkpoint(tmp_path, 2, {"step": 2, "warmed": True, "theta": {}, "adam": {}, "scoring": {},
                                   "config": {}, "data": {}})
-    (tmp_path / "step_0000002.pt").rename(tmp_path / "step_0000005.pt")
+    (tmp_path / "step_0000002.pt").rename(tmp_path / "step_0000005.pt")  # renamed with its record
+    (tmp_path / "step_0000002.pt.json").rename(tmp_path / "step_0000005.pt.json")
     with pytest.raises(FlytInputError, match="holds step 2, not 5"):
         find_resume_point(tmp_path)
 

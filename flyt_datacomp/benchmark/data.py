@@ -55,6 +55,7 @@ class SubsetIndex:
     entries: int  # entries (rows) in the subset file
     distinct_with_image: int
     entries_with_image: int
+    distinct_not_in_pool: int = 0  # uids the pool does not have at all (not only no image)
 
     @property
     def skipped_distinct(self) -> int:
@@ -67,7 +68,8 @@ class SubsetIndex:
     def stats(self) -> dict[str, int]:
         return {"distinct": self.distinct, "entries": self.entries,
                 "distinct_with_image": self.distinct_with_image, "entries_with_image": self.entries_with_image,
-                "skipped_distinct": self.skipped_distinct, "skipped_entries": self.skipped_entries}
+                "skipped_distinct": self.skipped_distinct, "skipped_entries": self.skipped_entries,
+                "distinct_not_in_pool": self.distinct_not_in_pool}
 
 
 def shards_fingerprint(shards_dir: str | os.PathLike) -> str:
@@ -152,18 +154,21 @@ def _read_cache(path: Path) -> PoolImages | None:
         return None
 
 
-def subset_index(subset_path: str | os.PathLike, pool: PoolImages) -> SubsetIndex:
-    """The subset's entries as rows of ``pool``, repetitions kept, uids without an image skipped."""
+def subset_index(subset_path: str | os.PathLike, pool: PoolImages, pool_uids: np.ndarray | None = None) -> SubsetIndex:
+    """The subset's entries as rows of ``pool``, repetitions kept, uids without an image skipped.
+    ``pool_uids`` (sorted): every uid of the pool, to count the subset's uids that are not in it."""
     uids, counts = read_subset(subset_path)
     pos = lookup(pool.uids, uids)
     have = pos >= 0
     if len(uids) and not have.any():
         raise FlytInputError(f"none of the {len(uids):,} uids of subset {subset_path} has an image in the pool's "
                              "shards: is it a subset of another pool?")
+    outside = 0 if pool_uids is None else int((lookup(pool_uids, uids) < 0).sum())
     return SubsetIndex(
         index=np.repeat(pos[have], counts[have]),
         distinct=int(len(uids)), entries=int(counts.sum()),
         distinct_with_image=int(have.sum()), entries_with_image=int(counts[have].sum()),
+        distinct_not_in_pool=outside,
     )
 
 

@@ -64,6 +64,14 @@ class Benchmark:
         return load_pool_images(self.pool.shards_dir, self.cache_dir / "images.npz", progress=self.progress)
 
     @cached_property
+    def pool_uids(self) -> np.ndarray:
+        """Every uid of the pool (sorted), images or not."""
+        from ..pool import Pool
+
+        uids = Pool(str(self.pool.metadata_dir), progress=False).uids
+        return uids[uid_order(uids)]
+
+    @cached_property
     def data(self) -> TrainingData:
         classes = json.loads(self.pool.classes_path.read_text())
         test_images, test_labels = load_labelled_images(self.pool.downstream_test_dir)
@@ -102,7 +110,7 @@ class Benchmark:
         for subset, name in subsets:
             subset = Path(subset)
             sha = file_sha256(subset)
-            idx = subset_index(subset, self.images)
+            idx = subset_index(subset, self.images, self.pool_uids)
             keys = [result_key(self.pool_fingerprint, sha, seed, self.recipe.hash()) for seed in seeds]
             prepared.append((subset, name or subset.stem, sha, idx, keys))
             for seed, key in zip(seeds, keys):
@@ -120,6 +128,7 @@ class Benchmark:
                 "name": name, "mean": float(np.mean(accs)), "std": spread(accs), "seeds": accs,
                 "seed_ids": [int(s) for s in seeds], "distinct": idx.distinct, "entries": idx.entries,
                 "distinct_with_image": idx.distinct_with_image, "entries_with_image": idx.entries_with_image,
+                "distinct_not_in_pool": idx.distinct_not_in_pool,
                 "subset": str(subset), "subset_sha256": sha, "true_types": self.type_shares(idx.index),
                 "cached_seeds": sum(json.dumps(k, sort_keys=True) not in todo for k in keys),
             })
@@ -179,12 +188,20 @@ def _run_in_worker(task: tuple[np.ndarray, int]) -> dict[str, Any]:
     return train_and_evaluate(_WORKER.data, index, _WORKER.recipe, seed, progress=False)
 
 
+def outside_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """A note for each row whose subset holds uids that are not in the demo pool at all."""
+    return [f"{r['name']}: {r['distinct_not_in_pool']:,} of its {r['distinct']:,} uids are not in the demo pool "
+            f"(another pool's subset?); it trained on {r['entries_with_image']:,} of its {r['entries']:,} entries"
+            for r in rows if r.get("distinct_not_in_pool")]
+
+
 def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """The results as a Markdown table: accuracy mean +- std over seeds, distinct uids, entries."""
-    lines = ["| subset | zero-shot accuracy (%) | per seed | distinct | entries |",
+    """The results as a Markdown table: accuracy mean +- std over seeds, and what the runs trained on
+    (the subset's distinct uids and entries that have an image in the pool's shards)."""
+    lines = ["| subset | zero-shot accuracy (%) | per seed | trained on: distinct | entries |",
              "|---|---|---|---:|---:|"]
     for r in rows:
         per_seed = ", ".join(f"{100 * a:.1f}" for a in r["seeds"])
         acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" if math.isfinite(r["mean"]) else "n/a"
-        lines.append(f"| {r['name']} | {acc} | {per_seed} | {r['distinct']:,} | {r['entries']:,} |")
+        lines.append(f"| {r['name']} | {acc} | {per_seed} | {r['distinct_with_image']:,} | {r['entries_with_image']:,} |")
     return "\n".join(lines)

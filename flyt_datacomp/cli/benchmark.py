@@ -57,7 +57,7 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
     """Train a small CLIP from scratch on a subset of the digits demo pool for a fixed number of
     samples seen and report its zero-shot accuracy on the held-out test digits (mean ± std over
     seeds). Results are cached per (subset file hash, seed, recipe): reruns train only what changed."""
-    from ..benchmark.evaluate import Benchmark, format_markdown
+    from ..benchmark.evaluate import Benchmark, format_markdown, outside_notes
     from ..demo import DemoPool, build_demo_pool
 
     start = time.perf_counter()
@@ -103,6 +103,8 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
     if json_path is not None:
         write_json(json_path, provenance(kind="benchmark", **result))
     click.echo(format_markdown(result["rows"]))
+    for note in outside_notes(result["rows"]):
+        click.echo(f"note: {note}", err=True)
     trained = f"{len(bench.timings)} training run(s)"
     if share is not None:
         trained += f", {100 * share:.1f}% of training time in data loading"

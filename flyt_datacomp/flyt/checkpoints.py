@@ -5,9 +5,10 @@ A checkpoint ``checkpoints/step_0000500.pt`` holds everything that determines th
 ``step_0000500.pt.json`` records its size and sha256, and ``latest.json`` names the newest one.
 The last ``keep`` checkpoints stay on disk.
 
-Resuming takes the newest checkpoint that loads and verifies: its size and sha256 match its
-record (when the record exists), it is a readable torch file of plain values, and it holds the
-step its name says. Newer files that fail are skipped with the reason (a kill while writing, a
+Resuming takes the newest checkpoint that loads and verifies: it has a readable record (written
+before the checkpoint appears under its name, so a checkpoint without one was tampered with),
+its size and sha256 match it, it is a readable torch file of plain values, and it holds the step
+its name says. Newer files that fail are skipped with the reason (a kill while writing, a
 truncated copy, a planted file); ``latest.json`` is only a hint, so a truncated or stale one, or a
 deleted latest checkpoint, costs at most the steps since the previous checkpoint. When checkpoints
 exist but none is usable the run stops with a clear error instead of silently starting over.
@@ -37,9 +38,12 @@ def checkpoint_path(folder: Path, step: int) -> Path:
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], *, keep: int = 2) -> Path:
     """Write ``state`` as the checkpoint of ``step`` with its integrity record; keep the last ``keep``."""
     path = checkpoint_path(folder, step)
-    torch_io.save(state, path)
-    write_json(_record_path(path), {"step": step, "bytes": path.stat().st_size,
-                                    "sha256": file_sha256(path), "version": __version__})
+
+    def record(tmp: Path) -> None:  # the record exists before the checkpoint appears under its name
+        write_json(_record_path(path), {"step": step, "bytes": tmp.stat().st_size,
+                                        "sha256": file_sha256(tmp), "version": __version__})
+
+    torch_io.save(state, path, before_rename=record)
     write_json(folder / LATEST, {"step": step, "path": path.name})
     for old in _checkpoints(folder)[keep:]:
         for p in (old, _record_path(old)):
@@ -79,18 +83,18 @@ def find_resume_point(folder: Path) -> tuple[Path, dict[str, Any], list[str]] | 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Load ``path`` and check it against its record and its name; return the state."""
     record = _record_path(path)
-    if record.exists():
-        try:
-            rec = json.loads(record.read_text())
-            expected_bytes, expected_sha = int(rec["bytes"]), str(rec["sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
-            rec = None
-        if rec is not None:
-            size = path.stat().st_size
-            if size != expected_bytes:
-                raise FlytInputError(f"it has {size:,} bytes but was written with {expected_bytes:,} (truncated?)")
-            if file_sha256(path) != expected_sha:
-                raise FlytInputError("its sha256 differs from the one recorded when it was written (corrupt)")
+    try:
+        rec = json.loads(record.read_text())
+        expected_bytes, expected_sha = int(rec["bytes"]), str(rec["sha256"])
+    except FileNotFoundError:
+        raise FlytInputError(f"it has no integrity record ({record.name}), so it cannot be verified") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FlytInputError(f"its integrity record {record.name} is unreadable, so it cannot be verified") from None
+    size = path.stat().st_size
+    if size != expected_bytes:
+        raise FlytInputError(f"it has {size:,} bytes but was written with {expected_bytes:,} (truncated?)")
+    if file_sha256(path) != expected_sha:
+        raise FlytInputError("its sha256 differs from the one recorded when it was written (corrupt)")
     state = torch_io.load(path)
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
         raise FlytInputError("it is not a flyt-datacomp training checkpoint")

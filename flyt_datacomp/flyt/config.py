@@ -9,6 +9,8 @@ import dataclasses
 import json
 import math
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -284,4 +286,41 @@ def build_config(preset: str | None, file_values: dict[str, Any], overrides: dic
     unknown = sorted(set(values) - known)
     if unknown:
         raise FlytInputError(f"unknown training option(s) {', '.join(unknown)}")
-    return TrainConfig(**values)
+    hints = typing.get_type_hints(TrainConfig)
+    return TrainConfig(**{k: _typed(k, v, hints[k]) for k, v in values.items()})
+
+
+def _typed(name: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the type field ``name`` declares (a config file may hold anything)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (annotation,) = [a for a in args if a is not type(None)]
+    want, ok = annotation, None
+    if want in (int, float) and isinstance(value, str):  # YAML reads 1e-3 as a string
+        try:
+            value = float(value.strip()) if want is float or not value.strip().lstrip("+-").isdigit() else int(value)
+        except ValueError:
+            pass
+    if want is bool:
+        ok = value if isinstance(value, bool) else None
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            ok = value
+        elif isinstance(value, float) and value.is_integer():
+            ok = int(value)
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            ok = float(value)
+    elif want is str:
+        ok = value if isinstance(value, str) else None
+    elif typing.get_origin(want) is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        ok = list(value) if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) else None
+    if ok is None:
+        kind = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}.get(
+            want, "a list of names")
+        raise FlytInputError(f"training option `{name}` must be {kind}, got {value!r}", params=[name])
+    return ok

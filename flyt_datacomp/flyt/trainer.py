@@ -106,11 +106,17 @@ class Trainer:
         self.cfg = cfg
         self.out = local_path(output_dir, "the output folder")
         ensure_writable_folder(self.out, "output_dir")
+        self._check_outputs()
         self.group = D.default_group()
         self.progress = progress and D.rank(self.group) == 0
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         )
+        if self.device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if count == 0 or (self.device.index or 0) >= count:
+                raise FlytInputError(f"`device` {cfg.device} asked for, but this machine has {count} CUDA device(s); "
+                                     "use `device` cpu or auto", params=["device"])
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self.world, self.rank = D.world_size(self.group), D.rank(self.group)
@@ -118,6 +124,20 @@ class Trainer:
             if size % self.world:
                 raise FlytInputError(f"{name} {size} is not divisible by the {self.world} ranks")
         self._setup_data_and_models()
+
+    def _check_outputs(self) -> None:
+        """Refuse, before any work, a run folder where something else sits at an output's name."""
+        files = ("config.json", "metrics.jsonl", SCORING_MODEL_FILE, MIXING_WEIGHTS_FILE,
+                 SCORING_MODEL_FILE + ".json")
+        for name in files:
+            path = self.out / name
+            if os.path.lexists(path) and not path.is_file():
+                raise FlytInputError(f"{path} is not a file (a folder or a broken link?): this run writes a file "
+                                     "there; move it away or choose another `output_dir`", params=["output_dir"])
+        checkpoints = self.out / "checkpoints"
+        if os.path.lexists(checkpoints) and not checkpoints.is_dir():
+            raise FlytInputError(f"{checkpoints} is not a folder: this run keeps its checkpoints there; move it "
+                                 "away or choose another `output_dir`", params=["output_dir"])
 
     # ------------------------------------------------------------------ setup
 
