@@ -23,6 +23,16 @@ contributing its rows' embedding gradients (2, 4) or J_e u rows (6). Class texts
 per step (and re-forwarded chunk-wise for their backward). Sums go through
 ``distributed.all_reduce_sum`` and per-example rows through ``distributed.all_gather_cat``.
 
+Precision under autocast (the trainer's bf16): the encoders run as the caller set them up (bf16
+matrix products in the forward, the backward and the JVP); everything at the embedding level runs in
+float32 (float64) with autocast off: the features' L2 normalisation, both losses, their first and
+second derivatives (G(w) and step 7) and the scoring model's chain rule; every backward runs with
+autocast off too, so each operation's backward keeps its forward's dtype. The meta-gradient is a
+small difference of nearly equal per-example and per-class terms, which bf16 rounding of the losses
+erased (cosine 0.947 to float32 on ViT-B-32 at B 256); what bf16 still costs is the encoders' own
+rounding. ``bench/diagnose_bf16.py`` measures each stage. Without autocast nothing changes: float32
+and float64 results are the same bit for bit.
+
 Naive method (``method="naive"``, the test oracle): grads with create_graph through the whole
 model, the differentiable AdamW step, L_down at theta_plus, autograd back to s.
 
@@ -36,13 +46,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flyt_datacomp.flyt import distributed as D
 from flyt_datacomp.flyt.adamw import AdamState, AdamWConfig, Params, adamw_step, adamw_step_with_derivative
-from flyt_datacomp.flyt.losses import DownstreamLoss, weighted_clip_loss
+from flyt_datacomp.flyt.losses import DownstreamLoss, full_precision, weighted_clip_loss
 
 LOGIT_SCALE = "logit_scale"
 
@@ -81,19 +92,42 @@ def autodiff_kernels():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
+class _Features(nn.Module):
+    """An open_clip model's image and text features, L2-normalised in float32 (float64 for a float64
+    model) with autocast off: under autocast open_clip would normalise in the encoders' bfloat16 (on
+    the CPU) and the tangents of the JVP would be rounded there too. Without autocast this is exactly
+    open_clip's own ``forward`` (the same ``F.normalize`` in the model's dtype)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.clip = model
+
+    def forward(self, images: Tensor | None, texts: Tensor | None):
+        img = None if images is None else _normalised(self.clip.encode_image(images, normalize=False))
+        txt = None if texts is None else _normalised(self.clip.encode_text(texts, normalize=False))
+        return img, txt
+
+
+def _normalised(x: Tensor) -> Tensor:
+    with full_precision(x.device):
+        return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+
+
+def _features(model: nn.Module, params: Mapping[str, Tensor], images: Tensor | None, texts: Tensor | None):
+    return functional_call(_Features(model), {f"clip.{k}": v for k, v in params.items()}, (images, texts))
+
+
 def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor):
-    """(image features, text features) of an open_clip model evaluated at ``params`` (open_clip's
-    CLIP returns the tuple (image features, text features, logit scale))."""
-    out = functional_call(model, dict(params), (images, texts))
-    return out[0], out[1]
+    """(image features, text features) of an open_clip model evaluated at ``params``, normalised."""
+    return _features(model, params, images, texts)
 
 
 def encode_images(model: nn.Module, params: Mapping[str, Tensor], images: Tensor) -> Tensor:
-    return functional_call(model, dict(params), (images, None))[0]
+    return _features(model, params, images, None)[0]
 
 
 def encode_texts(model: nn.Module, params: Mapping[str, Tensor], texts: Tensor) -> Tensor:
-    return functional_call(model, dict(params), (None, texts))[1]
+    return _features(model, params, None, texts)[1]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -109,8 +143,14 @@ def _leaves(tensors: Mapping[str, Tensor]) -> Params:
 
 
 def _grads(outputs, leaves: Params, grad_outputs=None, **kw) -> Params:
-    """autograd.grad into a dict, with zeros for leaves the outputs do not depend on."""
-    grads = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs, allow_unused=True, **kw)
+    """autograd.grad into a dict, with zeros for leaves the outputs do not depend on.
+
+    The backward runs with autocast off, as in ordinary mixed-precision training: each operation's
+    backward keeps the dtype its forward had (under autocast a float32 loss's backward would be
+    recomputed in bfloat16).
+    """
+    with full_precision(next(iter(leaves.values())).device):
+        grads = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs, allow_unused=True, **kw)
     return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
 
 
@@ -139,7 +179,8 @@ def _scoring_grads(scores: Tensor, scoring_params: Mapping[str, Tensor] | None, 
     if not scoring_params:
         return {}
     local = D.local_rows(grad_scores, group).to(scores.dtype)
-    grads = torch.autograd.grad(scores, list(scoring_params.values()), local, allow_unused=True)
+    with full_precision(scores.device):
+        grads = torch.autograd.grad(scores, list(scoring_params.values()), local, allow_unused=True)
     out = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(scoring_params.items(), grads)}
     return D.all_reduce_sum(out, group)
 
@@ -147,6 +188,41 @@ def _scoring_grads(scores: Tensor, scoring_params: Mapping[str, Tensor] | None, 
 def _downstream_loss(loss: DownstreamLoss, loss_params: Params, image_features, labels, class_features,
                      log_tau) -> Tensor:
     return functional_call(loss, loss_params, (image_features, labels, class_features, log_tau.exp()))
+
+
+def upstream_loss_grads(e_img: Tensor, e_txt: Tensor, log_tau: Tensor, w: Tensor) -> tuple[Tensor, tuple]:
+    """Step 1 at the embedding level: L_up(e, w) and G(w) = (dL_up/de_img, dL_up/de_txt, dL_up/d log tau).
+
+    The gradients keep a graph to ``w`` (create_graph on B x d tensors only). Everything here runs
+    in float32 (float64) with autocast off, whatever the encoders ran in.
+    """
+    with full_precision(e_img.device):
+        e_img, e_txt = e_img.detach().requires_grad_(True), e_txt.detach().requires_grad_(True)
+        log_tau = log_tau.detach().requires_grad_(True)
+        up = weighted_clip_loss(e_img, e_txt, log_tau.exp(), w)
+        return up, torch.autograd.grad(up, [e_img, e_txt, log_tau], create_graph=True)
+
+
+def downstream_loss_grads(loss: DownstreamLoss, loss_params: Params, img_e: Tensor, labels: Tensor, txt_e: Tensor,
+                          log_tau: Tensor) -> tuple[Tensor, Params]:
+    """L_down at the embedding level and its gradients: keys ``img``, ``txt``, ``tau`` (log tau) and
+    ``("ds", name)`` for the loss's own parameters (``loss_params``, leaves); autocast off."""
+    with full_precision(img_e.device):
+        img_leaf, txt_leaf = img_e.detach().requires_grad_(True), txt_e.detach().requires_grad_(True)
+        log_tau = log_tau.detach().requires_grad_(True)
+        down = _downstream_loss(loss, loss_params, img_leaf, labels, txt_leaf, log_tau)
+        return down, _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
+                                   **{("ds", k): p for k, p in loss_params.items()}})
+
+
+def meta_gradient(G: tuple[Tensor, Tensor, Tensor], tangents: tuple[Tensor, Tensor, Tensor], s: Tensor) -> Tensor:
+    """Step 7: d/ds [<G_img(w), J u_img> + <G_txt(w), J u_txt> + G_tau(w) u_tau], autocast off.
+
+    ``tangents`` (J_e u rows and u's logit-scale entry) are constants, taken in G's dtype.
+    """
+    with full_precision(s.device):
+        inner = sum((g * t.to(g.dtype)).sum() for g, t in zip(G, tangents))
+        return torch.autograd.grad(inner, s)[0]
 
 
 # ------------------------------------------------------------------------------- public API
@@ -253,10 +329,7 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
         e_img = D.all_gather_cat(torch.cat([p[0] for p in parts]), group)
         e_txt = D.all_gather_cat(torch.cat([p[1] for p in parts]), group)
     s, w = _weights(D.all_gather_cat(scores.detach(), group), theta[LOGIT_SCALE].dtype)
-    e_img_leaf, e_txt_leaf = e_img.requires_grad_(True), e_txt.requires_grad_(True)
-    log_tau = theta[LOGIT_SCALE].detach().requires_grad_(True)
-    up = weighted_clip_loss(e_img_leaf, e_txt_leaf, log_tau.exp(), w)
-    G_img, G_txt, G_tau = torch.autograd.grad(up, [e_img_leaf, e_txt_leaf, log_tau], create_graph=True)
+    up, (G_img, G_txt, G_tau) = upstream_loss_grads(e_img, e_txt, theta[LOGIT_SCALE], w)
 
     # 2. g = J_e^T G (+ the direct logit-scale term), re-forwarding chunk by chunk if needed.
     local_G_img, local_G_txt = D.local_rows(G_img.detach(), group), D.local_rows(G_txt.detach(), group)
@@ -294,8 +367,7 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
     ju_txt = D.all_gather_cat(torch.cat(ju_txt), group)
 
     # 7. dL_down/ds = d/ds [<G(w), J_e u> + G_tau(w) u_tau] at the embedding level.
-    inner = (G_img * ju_img).sum() + (G_txt * ju_txt).sum() + (G_tau * u[LOGIT_SCALE]).sum()
-    (grad_s,) = torch.autograd.grad(inner, s)
+    grad_s = meta_gradient((G_img, G_txt, G_tau), (ju_img, ju_txt, u[LOGIT_SCALE]), s)
 
     return StepResult(
         theta_plus=theta_plus,
@@ -349,11 +421,7 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
         else:
             txt_e = torch.cat(parts)
     all_labels = D.all_gather_cat(labels, group)
-    img_leaf, txt_leaf = img_e.requires_grad_(True), txt_e.requires_grad_(True)
-    log_tau = theta_plus[LOGIT_SCALE].detach().requires_grad_(True)
-    down = _downstream_loss(loss, ds_leaves, img_leaf, all_labels, txt_leaf, log_tau)
-    grads = _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
-                          **{("ds", k): p for k, p in ds_leaves.items()}})
+    down, grads = downstream_loss_grads(loss, ds_leaves, img_e, all_labels, txt_e, theta_plus[LOGIT_SCALE])
     G_img = D.local_rows(grads["img"], group)
     G_txt = grads["txt"][own]
 
