@@ -27,7 +27,7 @@ def _normalise(x: Tensor, dtype: torch.dtype) -> Tensor:
     return F.normalize(x.to(dtype), dim=-1)
 
 
-def full_precision(device: torch.device | str):
+def no_autocast(device: torch.device | str):
     """A context in which autocast is off on ``device`` (the tensors' own dtypes decide the precision).
 
     Without autocast in effect this changes nothing, so float32 / float64 results stay bit for bit the
@@ -37,6 +37,28 @@ def full_precision(device: torch.device | str):
     if device_type in ("cpu", "cuda") and _autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str):
+    """:func:`no_autocast`, and on CUDA no TF32 in float32 matrix products either (where the caller
+    allowed it for the encoders): the losses and their derivatives are computed in true float32."""
+    tf32 = torch.device(device).type == "cuda" and _tf32_matmuls()
+    with no_autocast(device):
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            if tf32:
+                torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _tf32_matmuls() -> bool:
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # settings made with torch's newer fp32_precision API: leave them alone
+        return False
 
 
 def _autocast_enabled(device_type: str) -> bool:
