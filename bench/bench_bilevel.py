@@ -179,7 +179,7 @@ def build_inputs(args, device: torch.device) -> dict:
     words = ["a", "photo", "of", "the", "red", "blue", "small", "large", "dog", "cat", "car", "tree",
              "house", "on", "in", "with", "and", "street", "beach", "person"]
 
-    low, high = args.caption_words
+    low, high = getattr(args, "caption_words", (8, 8))
 
     def captions(n):
         lengths = torch.randint(low, high + 1, (n,), generator=gen).tolist()
@@ -293,34 +293,40 @@ def parse_variant(spec: str, args) -> dict:
     return variant
 
 
-def run_variants(args, inputs, device: torch.device) -> dict:
-    """The efficient step once per ``--variants`` SPEC, same inputs; ratios and cosines to the first."""
+def run_variants(args, inputs, device: torch.device, write=None) -> dict:
+    """The efficient step once per ``--variants`` SPEC, same inputs; ratios and cosines to the first.
+
+    ``write(summary)`` is called after each variant (so a run cut short still leaves its rows).
+    """
     gpu = device.type == "cuda"
-    rows = {}
+    mem_key = "peak_bytes" if gpu else "delta_bytes"
+    summary = {"args": vars(args), "device": torch.cuda.get_device_name(device) if gpu else "cpu", "variants": {}}
+    rows, first = {}, None
     for spec in args.variants:
         v = parse_variant(spec, args)
-        rows[spec] = measure(bilevel_fn(inputs, "efficient", v["dtype"], device, v["micro_batch"], v["trim_text"]),
-                             device, args.repeats)
-        rows[spec]["note"] = (f"{v['dtype']}, micro-batch {v['micro_batch'] or 'none'}, "
-                              f"{'trimmed texts' if v['trim_text'] else 'full context'}")
-        print(f"# {spec} done ({OOM if rows[spec].get('oom') else rows[spec]['median_s']})", flush=True)
-    first = rows[args.variants[0]]
-    mem_key = "peak_bytes" if gpu else "delta_bytes"
+        row = measure(bilevel_fn(inputs, "efficient", v["dtype"], device, v["micro_batch"], v["trim_text"]),
+                      device, args.repeats)
+        row["note"] = (f"{v['dtype']}, micro-batch {v['micro_batch'] or 'none'}, "
+                       f"{'trimmed texts' if v['trim_text'] else 'full context'}")
+        first = row if first is None else first
+        ok = not row.get("oom") and not first.get("oom")
+        row["time_ratio"] = row["median_s"] / first["median_s"] if ok else None
+        row["memory_ratio"] = row[mem_key] / first[mem_key] if first[mem_key] and row[mem_key] is not None else None
+        row["cosine_first"] = _cos(row["result"]["grad_scores"], first["result"]["grad_scores"]) if ok else None
+        rows[spec] = row
+        summary["variants"][spec] = {k: vv for k, vv in row.items() if k != "result"}
+        print(f"# {spec} done ({OOM if row.get('oom') else row['median_s']})", flush=True)
+        if write is not None:
+            write(summary)
     print()
     print(f"{'variant':<28} {'median s':>9} {'x first':>8} {'peak mem':>10} {'x first':>8} {'cos first':>10}  notes")
-    out = {}
     for spec, row in rows.items():
-        ok = not row.get("oom") and not first.get("oom")
-        t_ratio = row["median_s"] / first["median_s"] if ok else None
-        m_ratio = row[mem_key] / first[mem_key] if first[mem_key] and row[mem_key] is not None else None
-        cos = _cos(row["result"]["grad_scores"], first["result"]["grad_scores"]) if ok else None
+        t_ratio, m_ratio, cos = row["time_ratio"], row["memory_ratio"], row["cosine_first"]
         med = OOM if row.get("oom") else f"{row['median_s']:.4f}"
         mem = _gib(row["peak_bytes"]) if gpu else _mib(row["delta_bytes"])
         print(f"{spec:<28} {med:>9} {'-' if t_ratio is None else f'{t_ratio:.3f}':>8} {mem:>10} "
               f"{'-' if m_ratio is None else f'{m_ratio:.3f}':>8} {'-' if cos is None else f'{cos:.6f}':>10}  {row['note']}")
-        out[spec] = {**{k: vv for k, vv in row.items() if k != "result"}, "time_ratio": t_ratio, "memory_ratio": m_ratio,
-                     "cosine_first": cos}
-    return {"args": vars(args), "device": torch.cuda.get_device_name(device) if gpu else "cpu", "variants": out}
+    return summary
 
 
 def main(argv=None) -> int:
@@ -347,6 +353,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the numbers to this file")
     args = ap.parse_args(argv)
 
+    if args.variants and len(set(args.variants)) != len(args.variants):
+        ap.error("--variants: each SPEC once")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -376,10 +384,12 @@ def main(argv=None) -> int:
     sys.stdout.flush()
 
     if args.variants:
-        summary = run_variants(args, inputs, device)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(summary, fh, indent=2, default=str)
+        def write(summary):
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(summary, fh, indent=2, default=str)
+
+        write(run_variants(args, inputs, device, write))
         return 0
 
     rows: dict[str, dict] = {}

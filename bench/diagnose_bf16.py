@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--downstream-batch", type=int, default=48)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--warmup-batch", type=int, default=256)
+    ap.add_argument("--caption-words", type=int, nargs=2, default=(8, 8), metavar=("MIN", "MAX"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
