@@ -22,7 +22,8 @@
 # training run on the GPU against the CPU (about 3 more minutes). It writes OUT_DIR/gpu_check.log
 # (every step's output), OUT_DIR/results.json and OUT_DIR/RESULTS.md (the numbers with the device
 # name and date). A step that fails or runs past its limit is recorded as such and the next one still
-# runs. GPU_CHECK_SMOKE=1 runs every step (the train steps too) small, on the CPU, to test the script.
+# runs. GPU_CHECK_SMOKE=1 runs every step (the train steps too) small, on the CPU, to test the script,
+# with 5 times the time limits (GPU_CHECK_LIMIT_SCALE sets that factor).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/gpu-check}
@@ -39,7 +40,7 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log everything, record rc and seconds
-    local name=$1 limit=$2 start rc
+    local name=$1 limit=$(( $2 * SCALE )) start rc
     shift 2
     echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
     start=$(date +%s)
@@ -52,6 +53,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log everything,
 VIT=(--arch ViT-B-32 --classes 1000)
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then  # every step, tiny and on the CPU: checks the script, not the GPU
     DEV=cpu
+    SCALE=${GPU_CHECK_LIMIT_SCALE:-5}  # a busy 2-core CPU: the demo pool alone took up to 2 minutes
     TRAIN=1
     B512=(--device cpu --arch tiny --batch 16 --downstream-batch 12 --classes 10 --dtype bf16 --repeats 1 --skip-naive)
     B256=(--device cpu --arch tiny --batch 16 --downstream-batch 12 --classes 10 --dtype fp32 --repeats 1)
@@ -64,6 +66,7 @@ if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then  # every step, tiny and on the CPU: che
     RECIPE=quick
 else
     DEV=cuda
+    SCALE=${GPU_CHECK_LIMIT_SCALE:-1}
     TRAIN=${GPU_CHECK_TRAIN:-0}
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$WORK/gpu.txt" 2>&1
     B512=(--device cuda "${VIT[@]}" --batch 512 --downstream-batch 384 --dtype bf16 --repeats 3 --skip-naive)

@@ -29,7 +29,7 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "GPU_CHECK_SMOKE": "1", "GPU_CHECK_WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
     proc = subprocess.run(["bash", "bench/gpu_check.sh", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results["steps"]) == CORE | TRAIN
