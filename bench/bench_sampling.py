@@ -10,7 +10,7 @@ Our ``scs`` runs the whole job on each of ``--devices`` (default the CPU path al
 the Gumbel-top-k path in torch, timed with the transfer of the scores and counts included;
 ``torch-cpu`` is that torch path on CPU tensors). ``--compare-old`` also runs, on each torch device
 and in the same process, the torch path as it was before its threshold selection (``old_scs_torch``
-below: a full ``torch.topk`` per round, seven passes to make the keys) and reports old / new time and
+below: a full ``torch.topk`` per round, nine passes to make the keys) and reports old / new time and
 whether the counts are identical (on CPU tensors they should be: the same uniforms, the same keys up
 to rounding, the same selection; on CUDA the new path draws ``exponential_`` instead, another random
 path to the same distribution).

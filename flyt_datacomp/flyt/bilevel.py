@@ -178,8 +178,8 @@ def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor,
     """(image features, text features) of an open_clip model evaluated at ``params``, normalised.
 
     ``trim_text``: run the text tower only up to the longest text's end token where that is exact
-    (:func:`causal_text_tower`); short texts (class prompts, most captions) then cost a fraction of
-    the context length. False: always the full context (what open_clip's ``forward`` does).
+    (:func:`causal_text_tower`): a batch of short texts (the class prompts) then costs a fraction of
+    the full context. False: always the full context (what open_clip's ``forward`` does).
     """
     return _features(model, params, images, texts, trim_text)
 
