@@ -4,24 +4,37 @@
     python bench/bench_bilevel.py --device cuda --arch ViT-B-32 --batch 512 --downstream-batch 384 \\
         --classes 1000 --dtype bf16 --plain
     python bench/bench_bilevel.py --device cuda --arch ViT-B-32 --batch 4096 --downstream-batch 3072 \\
-        --classes 1000 --dtype bf16 --micro-batch 256
+        --classes 1000 --dtype bf16 --micro-batch 512 --caption-words 4 70 \\
+        --variants full-context default micro=1024
 
 Both methods run in the same process on the same inputs: a randomly initialised reference model
 (``create_clip``), random images at the model's image size, tokenised random captions, random
 labels, K class prompts "a photo of a class{i}.", a warmed-up Adam state (2 plain CLIP steps on
 random batches, so the meta-gradient is not the zero-state artefact), downstream loss ``ce``, random
-scores. Each method: 1 warm-up call, then the median of ``--repeats`` timed calls (synchronised on
-CUDA). Memory: on CUDA the peak of ``torch.cuda.max_memory_allocated`` (reset before each method),
-absolute and above what was allocated before the method ran; on the CPU the peak resident set
-size above the level before the method ran, sampled every millisecond by a thread (approximate).
+scores. Captions have ``--caption-words MIN MAX`` random words (default 8 8): with a wide range
+nearly every micro-batch holds a caption that fills the 77-token context, as web captions do, so
+trimming the padding (below) saves little on the upstream texts and its measured gain is mostly the
+class prompts' (about 12 tokens each); short captions would gain more. Each method: 1 warm-up
+call, then the median of ``--repeats`` timed calls (synchronised on CUDA). Memory: on CUDA the
+peak of ``torch.cuda.max_memory_allocated`` (reset before each method), absolute and above what
+was allocated before the method ran; on the CPU the peak resident set size above the level before
+the method ran, sampled every millisecond by a thread (approximate).
 
 ``--micro-batch N`` chunks every encoder pass of the efficient step (upstream pairs, downstream
-images and the K class texts) into N rows; the naive method supports no chunks and always runs
+images and, unless they fit one pass, the K class texts) into N rows; the naive method supports no chunks and always runs
 the whole batch (it may run out of memory: reported as OOM). With ``--dtype bf16`` the efficient
 step's dL/ds is also computed in float32 (same inputs, no autocast) and their cosine similarity
-reported (``--no-fp32-check`` skips that). ``--plain`` also times one plain CLIP training step
-(forward + backward + torch.optim.AdamW, whole batch) as a reference point. ``--json PATH`` writes
-the numbers.
+reported (``--no-fp32-check`` skips that). ``--dtype tf32`` runs float32 with TF32 matrix products
+and convolutions in the encoders (``precision tf32`` of training); its cosine check is against true
+float32. ``--plain`` also times one plain CLIP training step (forward + backward + torch.optim.AdamW,
+whole batch) as a reference point. ``--json PATH`` writes the numbers.
+
+``--variants SPEC ...`` times the efficient step once per SPEC on the same inputs instead (no naive
+run, no check), each against the first SPEC: comma-separated settings out of ``full-context`` (the
+texts over the whole context, no trimming: the step before that option, with the class prompts
+encoded twice when micro-batched), ``micro=N`` (micro-batch N instead of ``--micro-batch``),
+``tf32`` (``--dtype fp32`` becomes tf32) and ``default`` (nothing changed). The table gives each
+variant's time and peak memory, their ratio to the first, and the cosine of its dL/ds to the first's.
 """
 
 from __future__ import annotations
@@ -166,9 +179,12 @@ def build_inputs(args, device: torch.device) -> dict:
     words = ["a", "photo", "of", "the", "red", "blue", "small", "large", "dog", "cat", "car", "tree",
              "house", "on", "in", "with", "and", "street", "beach", "person"]
 
+    low, high = getattr(args, "caption_words", (8, 8))
+
     def captions(n):
-        ids = torch.randint(len(words), (n, 8), generator=gen).tolist()
-        return tok([" ".join(words[i] for i in row) for row in ids]).to(device)
+        lengths = torch.randint(low, high + 1, (n,), generator=gen).tolist()
+        return tok([" ".join(words[i] for i in torch.randint(len(words), (k,), generator=gen).tolist())
+                    for k in lengths]).to(device)
 
     def images(n):
         return torch.randn(n, 3, h, w, generator=gen).to(device)
@@ -196,13 +212,17 @@ def build_inputs(args, device: torch.device) -> dict:
 def _autocast(device: torch.device, dtype: str):
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if dtype == "tf32" and device.type == "cuda":
+        from flyt_datacomp.flyt.bilevel import tf32_matmuls
+
+        return tf32_matmuls(True)
     return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- steps
 
 
-def bilevel_fn(inputs, method: str, dtype: str, device: torch.device, micro_batch: int | None):
+def bilevel_fn(inputs, method: str, dtype: str, device: torch.device, micro_batch: int | None, trim_text: bool = True):
     from flyt_datacomp.flyt.bilevel import flyt_step
     from flyt_datacomp.flyt.losses import make_downstream_loss
 
@@ -213,7 +233,7 @@ def bilevel_fn(inputs, method: str, dtype: str, device: torch.device, micro_batc
             result = flyt_step(inputs["model"], inputs["params"], inputs["state"], inputs["scores"],
                                inputs["upstream"], inputs["downstream"], inputs["class_tokens"], loss,
                                cfg=inputs["cfg"], method=method,
-                               micro_batch_size=micro_batch if method == "efficient" else None)
+                               micro_batch_size=micro_batch if method == "efficient" else None, trim_text=trim_text)
         # Keep only what is compared; theta_plus / state would double the memory between calls.
         return {"grad_scores": result.grad_scores.detach().float().cpu(), "metrics": result.metrics}
 
@@ -256,6 +276,59 @@ def _mib(n) -> str:
     return "-" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def parse_variant(spec: str, args) -> dict:
+    """``full-context``, ``micro=N``, ``tf32``, ``default``, comma-separated (see the module docstring)."""
+    variant = {"trim_text": True, "micro_batch": args.micro_batch, "dtype": args.dtype}
+    for part in filter(None, spec.split(",")):
+        if part == "full-context":
+            variant["trim_text"] = False
+        elif part.startswith("micro="):
+            variant["micro_batch"] = int(part.split("=", 1)[1]) or None
+        elif part == "tf32":
+            if args.dtype == "bf16":
+                raise SystemExit("variant tf32: use --dtype fp32 (under bf16 autocast no encoder work is float32)")
+            variant["dtype"] = "tf32"
+        elif part != "default":
+            raise SystemExit(f"unknown variant setting {part!r} (full-context, micro=N, tf32, default)")
+    return variant
+
+
+def run_variants(args, inputs, device: torch.device, write=None) -> dict:
+    """The efficient step once per ``--variants`` SPEC, same inputs; ratios and cosines to the first.
+
+    ``write(summary)`` is called after each variant (so a run cut short still leaves its rows).
+    """
+    gpu = device.type == "cuda"
+    mem_key = "peak_bytes" if gpu else "delta_bytes"
+    summary = {"args": vars(args), "device": torch.cuda.get_device_name(device) if gpu else "cpu", "variants": {}}
+    rows, first = {}, None
+    for spec in args.variants:
+        v = parse_variant(spec, args)
+        row = measure(bilevel_fn(inputs, "efficient", v["dtype"], device, v["micro_batch"], v["trim_text"]),
+                      device, args.repeats)
+        row["note"] = (f"{v['dtype']}, micro-batch {v['micro_batch'] or 'none'}, "
+                       f"{'trimmed texts' if v['trim_text'] else 'full context'}")
+        first = row if first is None else first
+        ok = not row.get("oom") and not first.get("oom")
+        row["time_ratio"] = row["median_s"] / first["median_s"] if ok else None
+        row["memory_ratio"] = row[mem_key] / first[mem_key] if first[mem_key] and row[mem_key] is not None else None
+        row["cosine_first"] = _cos(row["result"]["grad_scores"], first["result"]["grad_scores"]) if ok else None
+        rows[spec] = row
+        summary["variants"][spec] = {k: vv for k, vv in row.items() if k != "result"}
+        print(f"# {spec} done ({OOM if row.get('oom') else row['median_s']})", flush=True)
+        if write is not None:
+            write(summary)
+    print()
+    print(f"{'variant':<28} {'median s':>9} {'x first':>8} {'peak mem':>10} {'x first':>8} {'cos first':>10}  notes")
+    for spec, row in rows.items():
+        t_ratio, m_ratio, cos = row["time_ratio"], row["memory_ratio"], row["cosine_first"]
+        med = OOM if row.get("oom") else f"{row['median_s']:.4f}"
+        mem = _gib(row["peak_bytes"]) if gpu else _mib(row["delta_bytes"])
+        print(f"{spec:<28} {med:>9} {'-' if t_ratio is None else f'{t_ratio:.3f}':>8} {mem:>10} "
+              f"{'-' if m_ratio is None else f'{m_ratio:.3f}':>8} {'-' if cos is None else f'{cos:.6f}':>10}  {row['note']}")
+    return summary
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda if available")
@@ -265,18 +338,23 @@ def main(argv=None) -> int:
     ap.add_argument("--downstream-batch", type=int, default=None, help="B' (default 384 cuda / 48 cpu)")
     ap.add_argument("--classes", type=int, default=None, help="K class prompts (default 1000 cuda / 10 cpu)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--dtype", choices=["bf16", "fp32"], default=None, help="default bf16 cuda / fp32 cpu")
+    ap.add_argument("--dtype", choices=["bf16", "fp32", "tf32"], default=None, help="default bf16 cuda / fp32 cpu")
     ap.add_argument("--micro-batch", type=int, default=None, help="chunk size of the efficient step")
     ap.add_argument("--plain", action="store_true", help="also time a plain CLIP training step")
     ap.add_argument("--skip-naive", action="store_true", help="do not run the naive method")
     ap.add_argument("--no-fp32-check", action="store_true", help="skip the float32 cosine check")
     ap.add_argument("--warmup-batch", type=int, default=256, help="batch of the 2 Adam warm-up steps")
+    ap.add_argument("--caption-words", type=int, nargs=2, default=(8, 8), metavar=("MIN", "MAX"),
+                    help="random words per caption (default 8 8)")
+    ap.add_argument("--variants", nargs="+", default=None, help="time the efficient step per variant (see above)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads on the cpu (default 1: "
                     "on a shared 2-core machine more threads made the tiny step 10x slower)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the numbers to this file")
     args = ap.parse_args(argv)
 
+    if args.variants and len(set(args.variants)) != len(args.variants):
+        ap.error("--variants: each SPEC once")
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -304,6 +382,15 @@ def main(argv=None) -> int:
     print(f"# inputs + warmed Adam state ready in {time.perf_counter() - t0:.1f} s "
           f"({n_params / 1e6:.2f}M parameters)")
     sys.stdout.flush()
+
+    if args.variants:
+        def write(summary):
+            if args.json:
+                with open(args.json, "w") as fh:
+                    json.dump(summary, fh, indent=2, default=str)
+
+        write(run_variants(args, inputs, device, write))
+        return 0
 
     rows: dict[str, dict] = {}
     micro_note = f"micro-batch {args.micro_batch}" if args.micro_batch else "whole batch"

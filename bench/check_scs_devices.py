@@ -10,7 +10,9 @@ spread, several rounds so the repetition penalty matters) each path is run ``--r
 different seeds; the per-item mean counts are compared with a two-sample z-score per item (the
 variance estimated from the runs). Passes when no item's |z| exceeds ``--max-z`` (default 5:
 with 60 items, a false alarm has odds of about 1 in 30,000) and the total counts are exact.
-Exits 1 on failure. ``--json PATH`` writes the numbers.
+Exits 1 on failure. ``--json PATH`` writes the numbers. ``--threshold`` makes every round of the
+device path select by its threshold (``sampling._top_indices``), which on so small a pool would
+otherwise be a plain top-k; the numbers record how many rounds did, and how many fell back.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--max-z", type=float, default=5.0)
+    ap.add_argument("--threshold", action="store_true", help="force the threshold selection on the device path")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
@@ -39,7 +42,11 @@ def main(argv=None) -> int:
     if any(str(d).startswith("cuda") for d in [args.device]) and not torch.cuda.is_available():
         ap.error("a cuda device was asked for but CUDA is not available here")
 
+    from flyt_datacomp import sampling
     from flyt_datacomp.sampling import _scs_torch, scs
+
+    if args.threshold:
+        sampling._TOPK_SAMPLE, sampling._TOPK_MAX_FRACTION = 1, 1.0
 
     scores = np.random.default_rng(7).normal(scale=1.5, size=args.size)
     params = dict(alpha=args.alpha, group_size=args.group_size, num_samples=args.num_samples)
@@ -47,7 +54,8 @@ def main(argv=None) -> int:
     cpu = np.stack([scs(scores, seed=1_000_000 + r, device="cpu", **params) for r in range(args.runs)])
     t_cpu = time.perf_counter() - t0
     t0 = time.perf_counter()
-    dev = np.stack([_scs_torch(scores, seed=r, device=args.device, **params) for r in range(args.runs)])
+    st: dict = {}
+    dev = np.stack([_scs_torch(scores, seed=r, device=args.device, stats=st, **params) for r in range(args.runs)])
     t_dev = time.perf_counter() - t0
 
     exact = bool((cpu.sum(1) == args.num_samples).all() and (dev.sum(1) == args.num_samples).all())
@@ -60,10 +68,12 @@ def main(argv=None) -> int:
     result = {"device": args.device, "size": args.size, **params, "runs": args.runs, "exact_totals": exact,
               "max_abs_z": float(np.abs(z).max()), "worst_item": worst, "worst_means": [float(cpu.mean(0)[worst]),
               float(dev.mean(0)[worst])], "max_mean_count": float(cpu.mean(0).max()), "seconds_cpu": t_cpu,
-              "seconds_device": t_dev, "passed": ok}
+              "seconds_device": t_dev, "threshold_rounds": st["threshold_rounds"],
+              "fallbacks": st["fallbacks"], "rounds": st["rounds"], "passed": ok}
     print(f"SCS on {args.device} vs the CPU path, {args.runs} runs each, M {args.size}, G {args.group_size}, "
           f"N {args.num_samples}, alpha {args.alpha}: max |z| {result['max_abs_z']:.2f} (item {worst}: mean count "
           f"{result['worst_means'][0]:.3f} cpu, {result['worst_means'][1]:.3f} {args.device}); totals exact: {exact}; "
+          f"threshold rounds {st['threshold_rounds']} of {st['rounds']} ({st['fallbacks']} fell back); "
           f"{'PASS' if ok else 'FAIL'}")
     if args.json:
         with open(args.json, "w") as fh:

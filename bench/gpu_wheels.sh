@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Download, here, the wheels the device image lacks (open_clip_torch and what it needs beyond the
-# image's packages) into .whl/, which git ignores, for `bench/gpu_check.sh` to install there.
+# Download the wheels that a GPU machine without open_clip needs (open_clip_torch at this machine's
+# version, ftfy, wcwidth; CPython 3.12, manylinux) into .whl/, which git ignores. Run it where the
+# package index is reachable, copy .whl/ along with the repository, and `bench/gpu_check.sh` installs
+# them there.
 set -eu
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -25,7 +25,9 @@ uniformly random order is recovered exactly by giving each distinct item an ``Ex
 key, so the ``need`` smallest keys are the next ``need`` items of the round. When rejection would need
 too many proposals (``G`` close to the pool size, very peaked weights, tiny pools) the rest of the
 round is drawn by exact Gumbel-top-k over the items not yet chosen. On a CUDA device each round is one
-Gumbel-top-k in torch. :func:`hcs` uses the same rejection idea with a cumulative-sum proposal.
+Gumbel-top-k in torch: keys drawn in place into a reused buffer, a threshold from a sample of them,
+then a top-k of the few keys above it (exactly the items a full top-k would give). :func:`hcs` uses
+the same rejection idea with a cumulative-sum proposal.
 """
 
 from __future__ import annotations
@@ -239,9 +241,23 @@ def _resolve_device(device):
     return dev
 
 
+_TOPK_SAMPLE = 1024  # torch SCS rounds: the threshold comes from every (G // this)-th key ...
+_TOPK_MAX_FRACTION = 0.125  # ... unless G is small or above this fraction of the pool (then a plain top-k)
+
+
 def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, seed: int | None, device,
-               progress: bool = False, dtype=None) -> np.ndarray:
-    """SCS by exact Gumbel-top-k per round in torch on ``device`` (also runs on a CPU device)."""
+               progress: bool = False, dtype=None, stats: dict | None = None, exponential: bool | None = None
+               ) -> np.ndarray:
+    """SCS by exact Gumbel-top-k per round in torch on ``device`` (also runs on a CPU device).
+
+    A round's keys are ``(s - alpha c) - log E`` with ``E ~ Exp(1)`` (``-log E`` is Gumbel noise),
+    drawn in place into one preallocated buffer (three passes over the pool on CUDA). The logits
+    ``s - alpha c`` live in their own buffer, refreshed only at the items a round drew. The ``G`` largest keys come
+    from :func:`_top_indices` (a threshold, then a top-k of the few candidates above it), which gives
+    exactly the items ``torch.topk`` would. ``stats`` (a dict) counts ``rounds``, ``threshold_rounds``
+    (rounds that used a threshold) and ``fallbacks`` (thresholds too high: plain top-k instead).
+    ``exponential``: how ``E`` is drawn (see :func:`_draw_keys`); default: ``exponential_`` on CUDA.
+    """
     import torch
 
     from .progress import progress_bar
@@ -249,6 +265,9 @@ def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, s
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float32 if device.type == "cuda" else torch.float64
+    stats = {} if stats is None else stats
+    for key in ("rounds", "threshold_rounds", "fallbacks"):
+        stats.setdefault(key, 0)
     m = s.size
     gen = torch.Generator(device=device)
     if seed is None:
@@ -256,23 +275,81 @@ def _scs_torch(s: np.ndarray, alpha: float, group_size: int, num_samples: int, s
     else:
         gen.manual_seed(seed)
     st = torch.from_numpy(np.array(s, copy=True)).to(device=device, dtype=dtype)
+    logits = st.clone()  # s - alpha * counts
     counts = torch.zeros(m, dtype=torch.int64, device=device)
     keys = torch.empty(m, dtype=dtype, device=device)
-    tiny = torch.finfo(dtype).tiny
+    mask = torch.empty(m, dtype=torch.bool, device=device)
+    if exponential is None:
+        exponential = device.type == "cuda"
+    clamp = not exponential
     drawn = 0
     with progress_bar(total=num_samples, disable=not progress, unit="sample", desc="scs") as bar:
         while drawn < num_samples:
             g = min(group_size, num_samples - drawn)
-            torch.rand(m, generator=gen, dtype=dtype, device=device, out=keys)
-            # Gumbel noise -log(-log(u)); u clamped away from 0 so log never sees 0 (u < 1 always)
-            keys.clamp_(min=tiny).log_().neg_().log_().neg_()
-            keys.add_(st)
-            keys.add_(counts.to(dtype), alpha=-alpha)
-            idx = torch.topk(keys, g, sorted=False).indices
+            _draw_keys(keys, logits, gen, exponential, clamp)
+            idx = _top_indices(keys, g, mask, stats)
+            if not clamp and not bool(torch.isfinite(keys[idx]).all()):  # an E of 0 after all: clamp, draw again
+                clamp = True
+                continue
             counts[idx] += 1
+            logits[idx] = st[idx] - alpha * counts[idx].to(dtype)
+            stats["rounds"] += 1
             drawn += g
             bar.update(g)
     return counts.cpu().numpy().astype(np.int64, copy=False)
+
+
+def _draw_keys(keys, logits, gen, exponential: bool, clamp: bool) -> None:
+    """``keys = logits - log E`` in place, ``E ~ Exp(1)`` i.i.d. (``-log E`` is standard Gumbel noise).
+
+    ``exponential``: ``E`` from torch's ``exponential_``, one kernel on CUDA, where it never returns 0
+    (torch maps the uniform's end point to eps / 2; ``clamp`` guards other implementations, where
+    ``log 0 = -inf`` would give an infinite key); otherwise ``E = -log u`` from ``torch.rand``, ``u``
+    clamped to ``[tiny, 1)`` (torch's CPU ``exponential_`` is several times slower than that).
+    """
+    import torch
+
+    tiny = torch.finfo(keys.dtype).tiny
+    if exponential:
+        keys.exponential_(generator=gen)
+        if clamp:
+            keys.clamp_(min=tiny)
+    else:
+        torch.rand(keys.shape, generator=gen, dtype=keys.dtype, device=keys.device, out=keys)
+        keys.clamp_(min=tiny).log_().neg_()
+    keys.log_()
+    torch.sub(logits, keys, out=keys)
+
+
+def _top_indices(keys, g: int, mask=None, stats: dict | None = None):
+    """The indices of the ``g`` largest ``keys`` (a 1-D torch tensor), in no particular order.
+
+    Exactly the set ``torch.topk(keys, g).indices`` holds (up to the order among equal keys), found
+    with less memory traffic: a threshold ``t`` from a systematic sample (every ``stride``-th key,
+    ``stride = g // _TOPK_SAMPLE``), chosen so that about ``g`` plus 7 standard deviations of the
+    keys lie at or above it; one pass marks the keys ``>= t`` (into ``mask`` if given), and a top-k of
+    those candidates gives the result. Whatever the sample, the result is exact: with fewer than
+    ``g`` candidates (which the margin makes rare) the round falls back to a plain top-k.
+    """
+    import torch
+
+    m = keys.numel()
+    stride = g // _TOPK_SAMPLE
+    if stride < 2 or g > _TOPK_MAX_FRACTION * m:
+        return torch.topk(keys, g, sorted=False).indices
+    stats = {} if stats is None else stats
+    sample = keys[::stride]
+    expect = g * sample.numel() / m  # sampled keys among the g largest, on average
+    rank = min(sample.numel(), math.ceil(expect + 7 * math.sqrt(expect) + 16))
+    t = torch.topk(sample, rank, sorted=False).values.min()
+    mask = torch.ge(keys, t, out=mask) if mask is not None else keys >= t
+    candidates = torch.nonzero(mask).squeeze(1)
+    stats["threshold_rounds"] = stats.get("threshold_rounds", 0) + 1
+    stats.setdefault("fallbacks", 0)
+    if candidates.numel() < g:
+        stats["fallbacks"] += 1
+        return torch.topk(keys, g, sorted=False).indices
+    return candidates[torch.topk(keys[candidates], g, sorted=False).indices]
 
 
 def _gumbel_top(s, counts, alpha, need, rng, big) -> np.ndarray:

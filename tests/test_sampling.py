@@ -238,6 +238,83 @@ def test_scs_torch_path_on_cpu_exact(case):
     assert_matches(run, exact_scs(s, alpha, g, n), 2500)
 
 
+@pytest.mark.parametrize("case", [c for c in SCS_CASES if c[2] >= 2])
+def test_scs_torch_threshold_selection_exact(case, monkeypatch):
+    """The torch path with its threshold selection forced on tiny pools (every round with G >= 2; with
+    G = M or a sample of one key the threshold often leaves too few candidates: then the fallback)."""
+    import torch
+
+    monkeypatch.setattr(sampling, "_TOPK_SAMPLE", 1)
+    monkeypatch.setattr(sampling, "_TOPK_MAX_FRACTION", 1.0)
+    s, alpha, g, n = case
+    arr = np.asarray(s, dtype=np.float64)
+    st = {}
+    run = lambda t: sampling._scs_torch(arr, alpha, g, n, t, torch.device("cpu"), stats=st)  # noqa: E731
+    assert_matches(run, exact_scs(s, alpha, g, n), 2500)
+    assert st["threshold_rounds"] > 0
+
+
+@pytest.mark.parametrize("case", SCS_CASES[2:])
+def test_scs_torch_exponential_draw_exact(case, monkeypatch):
+    """The CUDA way of drawing the keys (``exponential_``), here on CPU tensors, threshold forced."""
+    import torch
+
+    monkeypatch.setattr(sampling, "_TOPK_SAMPLE", 1)
+    monkeypatch.setattr(sampling, "_TOPK_MAX_FRACTION", 1.0)
+    s, alpha, g, n = case
+    arr = np.asarray(s, dtype=np.float64)
+    run = lambda t: sampling._scs_torch(arr, alpha, g, n, t, torch.device("cpu"), exponential=True)  # noqa: E731
+    assert_matches(run, exact_scs(s, alpha, g, n), 2500)
+
+
+def test_scs_torch_redraws_a_round_with_an_infinite_key(monkeypatch):
+    """An exponential draw of exactly 0 (log 0 = -inf: an infinite key) makes the round draw again, clamped."""
+    import torch
+
+    calls = []
+    original = torch.Tensor.exponential_
+
+    def zero_once(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if not calls:
+            out[3] = 0.0
+        calls.append(1)
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "exponential_", zero_once)
+    scores = np.full(50, -30.0)
+    scores[:3] = 5.0  # item 3 has a tiny weight: only its infinite key would draw it in round one
+    st = {}
+    c = sampling._scs_torch(scores, 0.0, 3, 3, 0, torch.device("cpu"), stats=st, exponential=True)
+    assert len(calls) == 2 and st["rounds"] == 1
+    assert c.sum() == 3 and c[3] == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_top_indices_equals_topk(dtype):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    m, g = 200_000, 8192  # stride 8: the threshold path with the default settings
+    keys = torch.randn(m, generator=gen, dtype=getattr(torch, dtype))
+    for case in ("random", "sorted", "ties", "periodic"):
+        k = keys.clone()
+        if case == "sorted":
+            k = k.sort().values
+        elif case == "ties":
+            k = (k * 4).round() / 4  # a few distinct values: many keys equal to the g-th largest
+        elif case == "periodic":
+            k[::g // sampling._TOPK_SAMPLE] += 100  # the sample overestimates: too few candidates
+        st = {}
+        idx = sampling._top_indices(k, g, torch.empty(m, dtype=torch.bool), st)
+        assert st["threshold_rounds"] == 1 and st["fallbacks"] == (case == "periodic")
+        assert idx.numel() == g and torch.unique(idx).numel() == g
+        expected = torch.topk(k, g).values
+        assert torch.equal(k[idx].sort(descending=True).values, expected)
+        if case != "ties":
+            assert set(idx.tolist()) == set(torch.topk(k, g).indices.tolist())
+
+
 def test_scs_public_default_exact():
     s, alpha, g, n = SCS_CASES[3]
     assert_matches(lambda t: scs(s, alpha=alpha, group_size=g, num_samples=n, seed=t, device="cpu"),

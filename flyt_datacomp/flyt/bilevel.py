@@ -19,9 +19,25 @@ Efficient method (default, forward mode; SPEC section 4, paper Appendix A):
 
 Micro-batching (``micro_batch_size``, GradCache-style): the embeddings of the whole batch come
 first without a graph; then step 2, 4 and 6 run per micro-batch by re-forwarding, each chunk
-contributing its rows' embedding gradients (2, 4) or J_e u rows (6). Class texts are encoded once
-per step (and re-forwarded chunk-wise for their backward). Sums go through
-``distributed.all_reduce_sum`` and per-example rows through ``distributed.all_gather_cat``.
+contributing its rows' embedding gradients (2, 4) or J_e u rows (6). The K class prompts are
+encoded once per step, with their graph, when they take no more token positions than a micro-batch
+of full-length texts (else they go through GradCache like the images: a forward, then a re-forward
+with the backward). Sums go through ``distributed.all_reduce_sum`` and per-example rows through
+``distributed.all_gather_cat``.
+
+Texts (``trim_text``, default on): open_clip's CLIP runs its text tower over the whole context (77
+tokens) although a causal tower pooled at the end token never looks past it; every text pass here
+stops after the longest text's end token instead (exact; a class prompt is about 12 tokens).
+
+Precision under autocast (the trainer's bf16): the encoders run as the caller set them up (bf16
+matrix products in the forward, the backward and the JVP); everything at the embedding level runs in
+float32 (float64) with autocast off: the features' L2 normalisation, both losses, their first and
+second derivatives (G(w) and step 7) and the scoring model's chain rule; every backward runs with
+autocast off too, so each operation's backward keeps its forward's dtype. The meta-gradient is a
+small difference of nearly equal per-example and per-class terms, which bf16 rounding of the losses
+erased (cosine 0.947 to float32 on ViT-B-32 at B 256); what bf16 still costs is the encoders' own
+rounding. ``bench/diagnose_bf16.py`` measures each stage. Without autocast none of this changes a
+bit of a float32 or float64 result.
 
 Naive method (``method="naive"``, the test oracle): grads with create_graph through the whole
 model, the differentiable AdamW step, L_down at theta_plus, autograd back to s.
@@ -32,17 +48,20 @@ Adam's state is advanced exactly once per call (to the returned state); inputs a
 from __future__ import annotations
 
 import contextlib
+import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flyt_datacomp.flyt import distributed as D
 from flyt_datacomp.flyt.adamw import AdamState, AdamWConfig, Params, adamw_step, adamw_step_with_derivative
-from flyt_datacomp.flyt.losses import DownstreamLoss, weighted_clip_loss
+from flyt_datacomp.flyt.losses import DownstreamLoss, full_precision, no_autocast, weighted_clip_loss
 
 LOGIT_SCALE = "logit_scale"
 
@@ -70,6 +89,19 @@ class StepResult:
 
 
 @contextlib.contextmanager
+def tf32_matmuls(enabled: bool):
+    """On CUDA, float32 matrix products and convolutions in TF32 (``enabled``) or in true float32
+    while inside; the previous settings come back on exit. The embedding-level losses of the step
+    stay in float32 either way (``losses.full_precision``)."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@contextlib.contextmanager
 def autodiff_kernels():
     """Math attention (double backward and forward-mode AD work) and no fused MHA fast path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -81,19 +113,83 @@ def autodiff_kernels():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor):
-    """(image features, text features) of an open_clip model evaluated at ``params`` (open_clip's
-    CLIP returns the tuple (image features, text features, logit scale))."""
-    out = functional_call(model, dict(params), (images, texts))
-    return out[0], out[1]
+class _Features(nn.Module):
+    """An open_clip model's image and text features, L2-normalised in float32 (float64 for a float64
+    model) with autocast off: under autocast open_clip would normalise in the encoders' bfloat16 (on
+    the CPU) and the tangents of the JVP would be rounded there too. Without autocast this is exactly
+    open_clip's own ``forward`` (the same ``F.normalize`` in the model's dtype)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.clip = model
+
+    def forward(self, images: Tensor | None, texts: Tensor | None):
+        img = None if images is None else _normalised(self.clip.encode_image(images, normalize=False))
+        txt = None if texts is None else _normalised(self.clip.encode_text(texts, normalize=False))
+        return img, txt
+
+
+def _normalised(x: Tensor) -> Tensor:
+    with no_autocast(x.device):
+        return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=-1)
+
+
+_CAUSAL_TEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def causal_text_tower(model: nn.Module) -> bool:
+    """Whether a text's features depend only on its tokens up to its end token, the highest id: an
+    open_clip ``CLIP`` whose text tower has a causal attention mask and pools at the argmax token.
+    (Checked once per model.)"""
+    known = _CAUSAL_TEXT.get(model)
+    if known is None:
+        import open_clip
+
+        mask = getattr(model, "attn_mask", None)
+        known = (isinstance(model, open_clip.CLIP) and getattr(model, "text_pool_type", None) == "argmax"
+                 and isinstance(getattr(model, "positional_embedding", None), Tensor)
+                 and isinstance(mask, Tensor) and mask.dim() == 2 and mask.is_floating_point()
+                 and torch.equal(mask, torch.full_like(mask, -math.inf).triu(1)))
+        _CAUSAL_TEXT[model] = known
+    return known
+
+
+def _trim(model: nn.Module, params: dict[str, Tensor], texts: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Drop the token columns after the longest text's end token, with the positional embedding and
+    the attention mask cut to match: exact for :func:`causal_text_tower` models (the pooled position
+    attends only to earlier ones), which open_clip would otherwise run over the full context."""
+    n = int(texts.argmax(dim=-1).max()) + 1 if texts.shape[0] else texts.shape[1]
+    if n >= texts.shape[1]:
+        return params, texts
+    pos = params.get("clip.positional_embedding", model.positional_embedding)
+    return {**params, "clip.positional_embedding": pos[:n], "clip.attn_mask": model.attn_mask[:n, :n]}, texts[:, :n]
+
+
+def _features(model: nn.Module, params: Mapping[str, Tensor], images: Tensor | None, texts: Tensor | None,
+              trim_text: bool = True):
+    named = {f"clip.{k}": v for k, v in params.items()}
+    if texts is not None and trim_text and causal_text_tower(model):
+        named, texts = _trim(model, named, texts)
+    return functional_call(_Features(model), named, (images, texts))
+
+
+def encode_pairs(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor, *,
+                 trim_text: bool = True):
+    """(image features, text features) of an open_clip model evaluated at ``params``, normalised.
+
+    ``trim_text``: run the text tower only up to the longest text's end token where that is exact
+    (:func:`causal_text_tower`): a batch of short texts (the class prompts) then costs a fraction of
+    the full context. False: always the full context (what open_clip's ``forward`` does).
+    """
+    return _features(model, params, images, texts, trim_text)
 
 
 def encode_images(model: nn.Module, params: Mapping[str, Tensor], images: Tensor) -> Tensor:
-    return functional_call(model, dict(params), (images, None))[0]
+    return _features(model, params, images, None)[0]
 
 
-def encode_texts(model: nn.Module, params: Mapping[str, Tensor], texts: Tensor) -> Tensor:
-    return functional_call(model, dict(params), (None, texts))[1]
+def encode_texts(model: nn.Module, params: Mapping[str, Tensor], texts: Tensor, *, trim_text: bool = True) -> Tensor:
+    return _features(model, params, None, texts, trim_text)[1]
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -109,8 +205,14 @@ def _leaves(tensors: Mapping[str, Tensor]) -> Params:
 
 
 def _grads(outputs, leaves: Params, grad_outputs=None, **kw) -> Params:
-    """autograd.grad into a dict, with zeros for leaves the outputs do not depend on."""
-    grads = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs, allow_unused=True, **kw)
+    """autograd.grad into a dict, with zeros for leaves the outputs do not depend on.
+
+    The backward runs with autocast off, as in ordinary mixed-precision training: each operation's
+    backward keeps the dtype its forward had (under autocast a float32 loss's backward would be
+    recomputed in bfloat16).
+    """
+    with no_autocast(next(iter(leaves.values())).device):
+        grads = torch.autograd.grad(outputs, list(leaves.values()), grad_outputs, allow_unused=True, **kw)
     return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
 
 
@@ -139,7 +241,8 @@ def _scoring_grads(scores: Tensor, scoring_params: Mapping[str, Tensor] | None, 
     if not scoring_params:
         return {}
     local = D.local_rows(grad_scores, group).to(scores.dtype)
-    grads = torch.autograd.grad(scores, list(scoring_params.values()), local, allow_unused=True)
+    with full_precision(scores.device):
+        grads = torch.autograd.grad(scores, list(scoring_params.values()), local, allow_unused=True)
     out = {k: torch.zeros_like(p) if g is None else g for (k, p), g in zip(scoring_params.items(), grads)}
     return D.all_reduce_sum(out, group)
 
@@ -147,6 +250,41 @@ def _scoring_grads(scores: Tensor, scoring_params: Mapping[str, Tensor] | None, 
 def _downstream_loss(loss: DownstreamLoss, loss_params: Params, image_features, labels, class_features,
                      log_tau) -> Tensor:
     return functional_call(loss, loss_params, (image_features, labels, class_features, log_tau.exp()))
+
+
+def upstream_loss_grads(e_img: Tensor, e_txt: Tensor, log_tau: Tensor, w: Tensor) -> tuple[Tensor, tuple]:
+    """Step 1 at the embedding level: L_up(e, w) and G(w) = (dL_up/de_img, dL_up/de_txt, dL_up/d log tau).
+
+    The gradients keep a graph to ``w`` (create_graph on B x d tensors only). Everything here runs
+    in float32 (float64) with autocast off, whatever the encoders ran in.
+    """
+    with full_precision(e_img.device):
+        e_img, e_txt = e_img.detach().requires_grad_(True), e_txt.detach().requires_grad_(True)
+        log_tau = log_tau.detach().requires_grad_(True)
+        up = weighted_clip_loss(e_img, e_txt, log_tau.exp(), w)
+        return up, torch.autograd.grad(up, [e_img, e_txt, log_tau], create_graph=True)
+
+
+def downstream_loss_grads(loss: DownstreamLoss, loss_params: Params, img_e: Tensor, labels: Tensor, txt_e: Tensor,
+                          log_tau: Tensor) -> tuple[Tensor, Params]:
+    """L_down at the embedding level and its gradients: keys ``img``, ``txt``, ``tau`` (log tau) and
+    ``("ds", name)`` for the loss's own parameters (``loss_params``, leaves); autocast off."""
+    with full_precision(img_e.device):
+        img_leaf, txt_leaf = img_e.detach().requires_grad_(True), txt_e.detach().requires_grad_(True)
+        log_tau = log_tau.detach().requires_grad_(True)
+        down = _downstream_loss(loss, loss_params, img_leaf, labels, txt_leaf, log_tau)
+        return down, _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
+                                   **{("ds", k): p for k, p in loss_params.items()}})
+
+
+def meta_gradient(G: tuple[Tensor, Tensor, Tensor], tangents: tuple[Tensor, Tensor, Tensor], s: Tensor) -> Tensor:
+    """Step 7: d/ds [<G_img(w), J u_img> + <G_txt(w), J u_txt> + G_tau(w) u_tau], autocast off.
+
+    ``tangents`` (J_e u rows and u's logit-scale entry) are constants, taken in G's dtype.
+    """
+    with full_precision(s.device):
+        inner = sum((g * t.to(g.dtype)).sum() for g, t in zip(G, tangents))
+        return torch.autograd.grad(inner, s)[0]
 
 
 # ------------------------------------------------------------------------------- public API
@@ -167,6 +305,7 @@ def flyt_step(
     method: str = "efficient",
     micro_batch_size: int | None = None,
     group=None,
+    trim_text: bool = True,
 ) -> StepResult:
     """One FLYT bilevel step (pure: nothing passed in is modified).
 
@@ -186,6 +325,9 @@ def flyt_step(
         passes its own B/W upstream rows (and their scores) and B'/W downstream rows, the same
         class_tokens, params and state; every rank gets the global result (grad_scores for the
         gathered batch, rank order; grad_scoring summed over ranks; global metrics).
+    trim_text: encode texts only up to the longest one's end token where that is exact (open_clip's
+        CLIP: causal text tower pooled at that token; see ``encode_pairs``). The same result as the
+        full context up to rounding; False runs the full context (for comparison).
     """
     cfg = AdamWConfig() if cfg is None else cfg
     downstream_params = dict(downstream_loss.named_parameters())
@@ -193,31 +335,31 @@ def flyt_step(
         if micro_batch_size is not None or D.world_size(group) > 1:
             raise ValueError("the naive method supports neither micro-batching nor several ranks")
         return _naive_step(model, params, adam_state, scores, upstream, downstream, class_tokens,
-                           downstream_loss, downstream_params, scoring_params, cfg)
+                           downstream_loss, downstream_params, scoring_params, cfg, trim_text)
     if method != "efficient":
         raise ValueError(f"unknown method {method!r} (use 'efficient' or 'naive')")
     return _efficient_step(model, params, adam_state, scores, upstream, downstream, class_tokens,
                            downstream_loss, downstream_params, scoring_params, cfg, micro_batch_size,
-                           group)
+                           group, trim_text)
 
 
 # ------------------------------------------------------------------------------- naive (oracle)
 
 
 def _naive_step(model, params, adam_state, scores, upstream, downstream, class_tokens, loss,
-                loss_params, scoring_params, cfg) -> StepResult:
+                loss_params, scoring_params, cfg, trim) -> StepResult:
     images, texts = upstream
     ds_images, labels = downstream
     theta = _leaves(params)
     ds = _leaves(loss_params)
     s, w = _weights(scores, theta[LOGIT_SCALE].dtype)
     with autodiff_kernels():
-        img, txt = encode_pairs(model, theta, images, texts)
+        img, txt = encode_pairs(model, theta, images, texts, trim_text=trim)
         up = weighted_clip_loss(img, txt, theta[LOGIT_SCALE].exp(), w)
         g = _grads(up, theta, create_graph=True)
         theta_plus, new_state = adamw_step(theta, g, adam_state, cfg)
         down = _downstream_loss(loss, ds, encode_images(model, theta_plus, ds_images), labels,
-                                encode_texts(model, theta_plus, class_tokens), theta_plus[LOGIT_SCALE])
+                                encode_texts(model, theta_plus, class_tokens, trim_text=trim), theta_plus[LOGIT_SCALE])
     grads = _grads(down, {"__scores__": s, **ds})
     grad_s = grads.pop("__scores__")
     return StepResult(
@@ -235,7 +377,7 @@ def _naive_step(model, params, adam_state, scores, upstream, downstream, class_t
 
 
 def _efficient_step(model, params, adam_state, scores, upstream, downstream, class_tokens, loss,
-                    loss_params, scoring_params, cfg, micro_batch_size, group) -> StepResult:
+                    loss_params, scoring_params, cfg, micro_batch_size, group, trim) -> StepResult:
     theta = {k: v.detach() for k, v in params.items()}
     images, texts = upstream
     up_chunks = _chunks(images.shape[0], micro_batch_size)
@@ -245,18 +387,15 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
     #    differentiable in w (create_graph on B x d tensors only).
     if single:
         leaves = _leaves(theta)
-        img_graph, txt_graph = encode_pairs(model, leaves, images, texts)
+        img_graph, txt_graph = encode_pairs(model, leaves, images, texts, trim_text=trim)
         e_img, e_txt = img_graph.detach(), txt_graph.detach()
     else:
         with torch.no_grad():
-            parts = [encode_pairs(model, theta, images[c], texts[c]) for c in up_chunks]
+            parts = [encode_pairs(model, theta, images[c], texts[c], trim_text=trim) for c in up_chunks]
         e_img = D.all_gather_cat(torch.cat([p[0] for p in parts]), group)
         e_txt = D.all_gather_cat(torch.cat([p[1] for p in parts]), group)
     s, w = _weights(D.all_gather_cat(scores.detach(), group), theta[LOGIT_SCALE].dtype)
-    e_img_leaf, e_txt_leaf = e_img.requires_grad_(True), e_txt.requires_grad_(True)
-    log_tau = theta[LOGIT_SCALE].detach().requires_grad_(True)
-    up = weighted_clip_loss(e_img_leaf, e_txt_leaf, log_tau.exp(), w)
-    G_img, G_txt, G_tau = torch.autograd.grad(up, [e_img_leaf, e_txt_leaf, log_tau], create_graph=True)
+    up, (G_img, G_txt, G_tau) = upstream_loss_grads(e_img, e_txt, theta[LOGIT_SCALE], w)
 
     # 2. g = J_e^T G (+ the direct logit-scale term), re-forwarding chunk by chunk if needed.
     local_G_img, local_G_txt = D.local_rows(G_img.detach(), group), D.local_rows(G_txt.detach(), group)
@@ -267,7 +406,7 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
         g = {k: torch.zeros_like(v) for k, v in theta.items()}
         for c in up_chunks:
             leaves = _leaves(theta)
-            _accumulate(g, _grads(encode_pairs(model, leaves, images[c], texts[c]), leaves,
+            _accumulate(g, _grads(encode_pairs(model, leaves, images[c], texts[c], trim_text=trim), leaves,
                                   (local_G_img[c], local_G_txt[c])))
         g = D.all_reduce_sum(g, group)
     g[LOGIT_SCALE] = g[LOGIT_SCALE] + G_tau.detach()
@@ -277,7 +416,7 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
 
     # 4. v = grad of L_down at theta_plus (and the downstream loss's own parameters' gradient).
     down, v, grad_ds = _downstream_grads(model, theta_plus, downstream, class_tokens, loss, loss_params,
-                                         micro_batch_size, group)
+                                         micro_batch_size, group, trim)
 
     # 5. u = diag(d theta_plus / d g) v.
     u = {k: deriv[k] * v[k] for k in theta}
@@ -287,15 +426,14 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
     ju_img, ju_txt = [], []
     with torch.no_grad(), autodiff_kernels():
         for c in up_chunks:
-            _, (ji, jt) = jvp(lambda p, c=c: encode_pairs(model, p, images[c], texts[c]), (theta,), (u,))
+            _, (ji, jt) = jvp(lambda p, c=c: encode_pairs(model, p, images[c], texts[c], trim_text=trim), (theta,), (u,))
             ju_img.append(ji)
             ju_txt.append(jt)
     ju_img = D.all_gather_cat(torch.cat(ju_img), group)
     ju_txt = D.all_gather_cat(torch.cat(ju_txt), group)
 
     # 7. dL_down/ds = d/ds [<G(w), J_e u> + G_tau(w) u_tau] at the embedding level.
-    inner = (G_img * ju_img).sum() + (G_txt * ju_txt).sum() + (G_tau * u[LOGIT_SCALE]).sum()
-    (grad_s,) = torch.autograd.grad(inner, s)
+    grad_s = meta_gradient((G_img, G_txt, G_tau), (ju_img, ju_txt, u[LOGIT_SCALE]), s)
 
     return StepResult(
         theta_plus=theta_plus,
@@ -307,24 +445,38 @@ def _efficient_step(model, params, adam_state, scores, upstream, downstream, cla
     )
 
 
+def _one_text_pass(model, tokens: Tensor, micro_batch_size, trim: bool) -> bool:
+    """Whether ``tokens`` may be encoded with a graph in one piece: at most ``micro_batch_size`` texts,
+    or no more token positions (after trimming, where it applies) than that many full-length texts."""
+    if not micro_batch_size or tokens.shape[0] <= micro_batch_size:
+        return True
+    n = tokens.shape[1]
+    if trim and causal_text_tower(model):
+        n = int(tokens.argmax(dim=-1).max()) + 1
+    return tokens.shape[0] * n <= micro_batch_size * tokens.shape[1]
+
+
 def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss, loss_params,
-                      micro_batch_size, group) -> tuple[Tensor, Params, Params]:
+                      micro_batch_size, group, trim) -> tuple[Tensor, Params, Params]:
     """L_down at theta_plus, its gradient v w.r.t. theta_plus, and w.r.t. the loss's parameters.
 
     Without chunks: one forward with a graph (class texts encoded once) and one backward. With
-    chunks (GradCache): image and class-text embeddings without a graph, the loss and its embedding
-    gradients on the whole (gathered) batch, then a re-forward + backward per chunk. The class
-    texts are split into one contiguous share per rank (encoded there, all-gathered, and
-    back-propagated only there), so the summed v counts each of them once.
+    chunks (GradCache): image embeddings without a graph, the loss and its embedding gradients on
+    the whole (gathered) batch, then a re-forward + backward per chunk. The class texts are split
+    into one contiguous share per rank (encoded there, all-gathered, and back-propagated only
+    there), so the summed v counts each of them once. A share that fits one pass (see
+    ``_one_text_pass``: K trimmed prompts take about as much memory as a micro-batch of full-length
+    texts) is encoded once, with its graph, and back-propagated before the image chunks; a larger
+    one goes through GradCache like the images (encoded twice).
     """
     ds_images, labels = downstream
     img_chunks = _chunks(ds_images.shape[0], micro_batch_size)
-    txt_chunks = _chunks(class_tokens.shape[0], micro_batch_size)
     ds_leaves = _leaves(loss_params)
-    if len(img_chunks) == 1 and len(txt_chunks) == 1 and D.world_size(group) == 1:
+    world, me = D.world_size(group), D.rank(group)
+    if len(img_chunks) == 1 and world == 1 and _one_text_pass(model, class_tokens, micro_batch_size, trim):
         leaves = _leaves(theta_plus)
         down = _downstream_loss(loss, ds_leaves, encode_images(model, leaves, ds_images), labels,
-                                encode_texts(model, leaves, class_tokens), leaves[LOGIT_SCALE])
+                                encode_texts(model, leaves, class_tokens, trim_text=trim), leaves[LOGIT_SCALE])
         grads = _grads(down, {**{("theta", k): v for k, v in leaves.items()},
                               **{("ds", k): v for k, v in ds_leaves.items()}})
         v = {k: grads[("theta", k)] for k in leaves}
@@ -332,15 +484,19 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
 
     # Class texts: each rank encodes (and later back-propagates) only its own contiguous share of
     # the K prompts, so the summed v counts every prompt once and the forward work is split too.
-    world, me = D.world_size(group), D.rank(group)
     share = -(-class_tokens.shape[0] // world)
     own = slice(min(me * share, class_tokens.shape[0]), min((me + 1) * share, class_tokens.shape[0]))
     own_tokens = class_tokens[own]
-    own_chunks = _chunks(own_tokens.shape[0], micro_batch_size) if own_tokens.shape[0] else []
+    one_pass = own_tokens.shape[0] > 0 and _one_text_pass(model, own_tokens, micro_batch_size, trim)
+    own_chunks = _chunks(own_tokens.shape[0], micro_batch_size) if own_tokens.shape[0] and not one_pass else []
+    if one_pass:
+        txt_leaves = _leaves(theta_plus)
+        txt_graph = encode_texts(model, txt_leaves, own_tokens, trim_text=trim)
     with torch.no_grad():
         img_e = D.all_gather_cat(torch.cat([encode_images(model, theta_plus, ds_images[c]) for c in img_chunks]),
                                  group)
-        parts = [encode_texts(model, theta_plus, own_tokens[c]) for c in own_chunks]
+        parts = [txt_graph.detach()] if one_pass else [encode_texts(model, theta_plus, own_tokens[c], trim_text=trim)
+                                                       for c in own_chunks]
         if world > 1:
             pad = share - own_tokens.shape[0]
             if pad or not parts:
@@ -349,21 +505,20 @@ def _downstream_grads(model, theta_plus: Params, downstream, class_tokens, loss,
         else:
             txt_e = torch.cat(parts)
     all_labels = D.all_gather_cat(labels, group)
-    img_leaf, txt_leaf = img_e.requires_grad_(True), txt_e.requires_grad_(True)
-    log_tau = theta_plus[LOGIT_SCALE].detach().requires_grad_(True)
-    down = _downstream_loss(loss, ds_leaves, img_leaf, all_labels, txt_leaf, log_tau)
-    grads = _grads(down, {"img": img_leaf, "txt": txt_leaf, "tau": log_tau,
-                          **{("ds", k): p for k, p in ds_leaves.items()}})
+    down, grads = downstream_loss_grads(loss, ds_leaves, img_e, all_labels, txt_e, theta_plus[LOGIT_SCALE])
     G_img = D.local_rows(grads["img"], group)
     G_txt = grads["txt"][own]
 
     v = {k: torch.zeros_like(p) for k, p in theta_plus.items()}
+    if one_pass:  # first, so that its graph is freed before the image chunks build theirs
+        _accumulate(v, _grads(txt_graph, txt_leaves, G_txt))
+        del txt_graph, txt_leaves
     for c in img_chunks:
         leaves = _leaves(theta_plus)
         _accumulate(v, _grads(encode_images(model, leaves, ds_images[c]), leaves, G_img[c]))
     for c in own_chunks:
         leaves = _leaves(theta_plus)
-        _accumulate(v, _grads(encode_texts(model, leaves, own_tokens[c]), leaves, G_txt[c]))
+        _accumulate(v, _grads(encode_texts(model, leaves, own_tokens[c], trim_text=trim), leaves, G_txt[c]))
     v = D.all_reduce_sum(v, group)
     v[LOGIT_SCALE] = v[LOGIT_SCALE] + grads["tau"]
     return down.detach(), v, {k: grads[("ds", k)] for k in ds_leaves}

@@ -93,8 +93,10 @@ class TrainConfig:
                                   "clip (CLIP loss on image / class-prompt pairs)", choices=("ce", "ce_temp", "clip"))
     micro_batch_size: int | None = _field(None, "chunk size of every encoder pass (GradCache-style), to fit B = 4096 "
                                           "on one GPU")
-    precision: str = _field("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16",
-                            choices=("auto", "fp32", "bf16"))
+    precision: str = _field("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32, bf16, or tf32: float32 with "
+                            "TF32 matrix products and convolutions in the encoders on CUDA (faster, about 10 mantissa "
+                            "bits; the losses stay in float32; elsewhere the same as fp32)",
+                            choices=("auto", "fp32", "bf16", "tf32"))
     device: str = _field("auto", "auto (CUDA when there is a GPU), cpu or cuda (a config file may name cuda:N)",
                          choices=("auto", "cpu", "cuda"))
     # bookkeeping

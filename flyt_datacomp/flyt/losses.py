@@ -3,11 +3,15 @@
 All losses work at the embedding level (features in, scalar out), so the bilevel step can evaluate
 them on cached embeddings, differentiate them twice cheaply, and split the encoders' work into
 micro-batches. Features may be unnormalised and in low precision: they are L2-normalised here in
-float32 (float64 if given float64), and every exp/log goes through log-softmax.
+float32 (float64 if given float64), and every exp/log goes through log-softmax. Autocast is switched
+off inside (``full_precision``): under it a float32 matrix product would run in bfloat16, and the
+meta-gradient depends on small differences between nearly equal per-class and per-example terms
+(the logits of a class prompt and of its neighbours), which bfloat16 rounding erases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -23,6 +27,47 @@ def _normalise(x: Tensor, dtype: torch.dtype) -> Tensor:
     return F.normalize(x.to(dtype), dim=-1)
 
 
+def no_autocast(device: torch.device | str):
+    """A context in which autocast is off on ``device`` (the tensors' own dtypes decide the precision).
+
+    Without autocast in effect this changes nothing, so float32 / float64 results stay bit for bit the
+    same. Autograd calls made inside also run their backward without autocast.
+    """
+    device_type = torch.device(device).type
+    if device_type in ("cpu", "cuda") and _autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str):
+    """:func:`no_autocast`, and on CUDA no TF32 in float32 matrix products either (where the caller
+    allowed it for the encoders): the losses and their derivatives are computed in true float32."""
+    tf32 = torch.device(device).type == "cuda" and _tf32_matmuls()
+    with no_autocast(device):
+        if tf32:
+            torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            if tf32:
+                torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _tf32_matmuls() -> bool:
+    try:
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    except RuntimeError:  # settings made with torch's newer fp32_precision API: leave them alone
+        return False
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def weighted_clip_terms(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
                         weights: Tensor) -> tuple[Tensor, Tensor]:
     """Per-example contrastive terms of the weighted CLIP loss: ``(l_img, l_txt)``, each shape (B,).
@@ -34,19 +79,20 @@ def weighted_clip_terms(image_features: Tensor, text_features: Tensor, logit_sca
     of -inf in every softmax, so it neither appears nor receives gradient.
     """
     dtype = _compute_dtype(image_features, text_features, weights)
-    img = _normalise(image_features, dtype)
-    txt = _normalise(text_features, dtype)
-    tau = torch.as_tensor(logit_scale).to(dtype)
-    w = weights.to(dtype)
-    positive = w > 0
-    # log w with log 0 = -inf, without an infinite derivative reaching w (double-where trick).
-    log_w = torch.where(positive, torch.log(torch.where(positive, w, torch.ones_like(w))),
-                        torch.full_like(w, -math.inf))
-    logits = tau * img @ txt.T
-    l_img = -torch.log_softmax(logits + log_w[None, :], dim=1).diagonal()
-    l_txt = -torch.log_softmax(logits.T + log_w[None, :], dim=1).diagonal()
-    zero = torch.zeros_like(l_img)
-    return torch.where(positive, l_img, zero), torch.where(positive, l_txt, zero)
+    with full_precision(image_features.device):
+        img = _normalise(image_features, dtype)
+        txt = _normalise(text_features, dtype)
+        tau = torch.as_tensor(logit_scale).to(dtype)
+        w = weights.to(dtype)
+        positive = w > 0
+        # log w with log 0 = -inf, without an infinite derivative reaching w (double-where trick).
+        log_w = torch.where(positive, torch.log(torch.where(positive, w, torch.ones_like(w))),
+                            torch.full_like(w, -math.inf))
+        logits = tau * img @ txt.T
+        l_img = -torch.log_softmax(logits + log_w[None, :], dim=1).diagonal()
+        l_txt = -torch.log_softmax(logits.T + log_w[None, :], dim=1).diagonal()
+        zero = torch.zeros_like(l_img)
+        return torch.where(positive, l_img, zero), torch.where(positive, l_txt, zero)
 
 
 def weighted_clip_loss(image_features: Tensor, text_features: Tensor, logit_scale: Tensor | float,
@@ -95,8 +141,15 @@ class DownstreamLoss(nn.Module):
 
 
 def _class_logits(image_features: Tensor, class_features: Tensor, tau: Tensor | float) -> Tensor:
+    """tau <img, class text> on normalised features, in float32 (float64) with autocast off."""
     dtype = _compute_dtype(image_features, class_features)
-    return torch.as_tensor(tau).to(dtype) * _normalise(image_features, dtype) @ _normalise(class_features, dtype).T
+    with full_precision(image_features.device):
+        return torch.as_tensor(tau).to(dtype) * _normalise(image_features, dtype) @ _normalise(class_features, dtype).T
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    with full_precision(logits.device):
+        return F.cross_entropy(logits, labels)
 
 
 class CrossEntropyLoss(DownstreamLoss):
@@ -106,7 +159,7 @@ class CrossEntropyLoss(DownstreamLoss):
     temperature = 1.0
 
     def forward(self, image_features, labels, class_features, logit_scale=None):
-        return F.cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
+        return _cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
 
 
 class _LearnedTemperature(DownstreamLoss):
@@ -132,7 +185,7 @@ class LearnedTemperatureCrossEntropyLoss(_LearnedTemperature):
     name = "ce_temp"
 
     def forward(self, image_features, labels, class_features, logit_scale=None):
-        return F.cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
+        return _cross_entropy(_class_logits(image_features, class_features, self.temperature), labels)
 
 
 class ClipPairsLoss(_LearnedTemperature):

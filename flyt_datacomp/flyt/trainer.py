@@ -35,7 +35,7 @@ from ..pool import Pool
 from ..progress import progress_bar
 from . import distributed as D
 from .adamw import AdamState, AdamWConfig, warmup_adam_state
-from .bilevel import LOGIT_SCALE, flyt_step
+from .bilevel import LOGIT_SCALE, flyt_step, tf32_matmuls
 from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, verify_checkpoint
 from .classes import load_classes, sample_class_texts
 from .config import TrainConfig
@@ -119,6 +119,8 @@ class Trainer:
                                      "use `device` cpu or auto", params=["device"])
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        # TF32 only when asked for (precision tf32); otherwise float32 work on CUDA is true float32
+        self.tf32 = cfg.precision == "tf32"
         self.world, self.rank = D.world_size(self.group), D.rank(self.group)
         for name, size in (("batch_size", cfg.batch_size), ("downstream_batch_size", cfg.downstream_batch_size)):
             if size % self.world:
@@ -323,7 +325,8 @@ class Trainer:
         scores = score_features(self.scoring, feats)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
-        with autocast:
+        matmuls = tf32_matmuls(self.tf32) if self.device.type == "cuda" else contextlib.nullcontext()
+        with autocast, matmuls:
             res = flyt_step(
                 self.model, self.theta, self.adam, scores,
                 (self._to_device(up["images"]), self._to_device(up["texts"])),
