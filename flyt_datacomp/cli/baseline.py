@@ -1,4 +1,5 @@
-"""``flyt-datacomp baseline NAME``: one of DataComp's baselines as a subset file (``filter --name NAME``)."""
+"""``flyt-datacomp baseline NAME``: one of DataComp's baselines, or one of the paper's released subsets,
+as a subset file (``filter --name NAME``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ import click
 
 from .. import selection
 from ..baselines.datacomp import ARCH_COLUMNS, BASELINES, BaselineParams
+from ..errors import FlytInputError
+from ..recipes import RECIPES
 from . import options as O
 from .base import command, option
-from .filter import baseline_options, mask_option, pop_baseline_options, print_summary
+from .filter import baseline_options, mask_option, mixing_options, pop_baseline_options, print_summary, run_recipe
+
+
+def recipe_options(fn):
+    """The options of the paper's recipes (flyt_mflyt_scs, flyt_mflyt_top20), with their scale."""
+    fn = option("--scale", type=click.Choice(["small", "medium"]), default="medium", show_default=True,
+                help="flyt_* recipes: the paper's scale, which sets SCS's alpha, G and N.")(fn)
+    return mixing_options(fn)
 
 
 @command("baseline", extra_flags={"baseline": "NAME"})
-@click.argument("name", type=click.Choice(list(BASELINES)))
+@click.argument("name", type=click.Choice([*BASELINES, *RECIPES]))
 @O.metadata_dir(required=True)
 @O.output(required=True, aliases=("--save_path",), help="Subset file to write (.npy): a local path or any fsspec URL.")
 @option("--arch", type=click.Choice(list(ARCH_COLUMNS)), help="clip_score baselines: which CLIP score.")
@@ -25,18 +35,31 @@ from .filter import baseline_options, mask_option, pop_baseline_options, print_s
 @O.device(default="cpu", help="Where the image_based baselines' nearest-centroid search runs.")
 @mask_option
 @O.shards_dir(help="Keep only pool examples with an image in these downloaded shards.")
-@O.inputs_dir(help="An input store, for --mask store:...")
+@O.inputs_dir(help="An input store: the released input scores for the flyt_* recipes, or for --mask store:...")
+@recipe_options
+@O.seed()
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
            help="Metadata shards read at once (threads), and processes for the caption rules.")
 @O.overwrite(help="Replace existing output files.")
 @O.quiet()
-def baseline_command(name: str, arch, fraction, threshold, device: str, quiet: bool, **opts: Any) -> None:
-    """Write one of DataComp's baselines (the uids it keeps) as a subset file.
+def baseline_command(name: str, arch, fraction, threshold, device: str, seed: int, quiet: bool, **opts: Any) -> None:
+    """Write one of DataComp's baselines (the uids it keeps), or one of the paper's released subsets
+    (flyt_mflyt_scs, flyt_mflyt_top20: the authors' M-FLYT model over their released input scores),
+    as a subset file.
 
     DataComp's spellings work too: --metadata_dir, --save_path, --num_workers, --num_gpus,
     --batch_size, --image_based_scale.
     """
     start = time.perf_counter()
+    if name in RECIPES:
+        result = run_recipe(name, {**opts, "arch": arch, "fraction": fraction, "threshold": threshold}, seed=seed,
+                            device=device, progress=not quiet)
+        print_summary(result, time.perf_counter() - start)
+        return
+    for flag, key in (("--mixing-model", "mixing_model"), ("--mixing-inputs", "mixing_inputs")):
+        if opts.pop(key):
+            raise FlytInputError(f"{flag} applies to the flyt_* recipes, not to DataComp's {name}")
+    opts.pop("scale")
     settings = pop_baseline_options(opts, device)
     params = BaselineParams(**{k: v for k, v in {"arch": arch, "fraction": fraction, "threshold": threshold}.items()
                                if v is not None})

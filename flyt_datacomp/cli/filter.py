@@ -22,6 +22,7 @@ from ..baselines import datacomp as baselines
 from ..baselines.assets import CENTROID_SCALES, AssetPaths
 from ..baselines.masks import MASK_KINDS
 from ..errors import FlytInputError, render_settings
+from ..recipes import RECIPES, recipe_selection
 from ..scales import SCALES
 from ..scores import SCORE_SOURCES
 from . import options as O
@@ -101,6 +102,32 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def mixing_options(fn):
+    """Where the paper's recipes find the authors' released M-FLYT model and its inputs' names."""
+    for opt in reversed([
+        option("--mixing-model", metavar="PATH", help="flyt_* recipes: the authors' released M-FLYT model "
+               "(scoring_models/mflyt.pt, a state dict; loaded without unpickling objects)."),
+        option("--mixing-inputs", metavar="A,B,...", help="flyt_* recipes: the store's names of the model's inputs, "
+               "in the model's order [default: the 12 names of the authors' notebook]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool):
+    """A paper recipe through the selection pipeline (options left over from DataComp's baselines refused)."""
+    given = [flag for flag, key in (("--arch", "arch"), ("--fraction", "fraction"), ("--threshold", "threshold"),
+                                    ("--mask", "masks")) if opts.get(key)]
+    if given:
+        raise FlytInputError(f"{name} takes none of {', '.join(given)} (they are DataComp's baselines' options)")
+    inputs = opts["mixing_inputs"].split(",") if opts.get("mixing_inputs") else None
+    kwargs = {"inputs": inputs} if inputs else {}
+    return selection.run(recipe_selection(
+        name, metadata_dir=opts["metadata_dir"], output=opts["output"], inputs_dir=opts["inputs_dir"],
+        mixing_model=opts["mixing_model"], scale=opts["scale"], shards_dir=opts["shards_dir"], seed=seed,
+        overwrite=opts["overwrite"], workers=opts["workers"], progress=progress, device=device, **kwargs))
+
+
 def mask_option(fn):
     return option("--mask", "masks", metavar="SPEC", multiple=True,
                   help="Hard filter (repeatable): only examples inside every mask can be selected. "
@@ -171,9 +198,10 @@ def _demo_defaults(opts: dict[str, Any], progress: bool):
 
 @command("filter", extra_flags={**sampler_flags(), "baseline": "--name", "score": "--score"})
 @O.metadata_dir()
-@option("--name", type=click.Choice(list(baselines.BASELINES)),
+@option("--name", type=click.Choice([*baselines.BASELINES, *RECIPES]),
         help="DataComp's baseline: write the uids it keeps (with --arch, --fraction, --threshold, "
-             "--image-based-scale as in DataComp's baselines.py).")
+             "--image-based-scale as in DataComp's baselines.py); or one of the paper's released subsets "
+             "(flyt_*: with --inputs-dir, --mixing-model and --scale small or medium).")
 @mask_option
 @option("--scale", type=click.Choice(list(SCALES)), help="DataComp scale: sets the default --num-samples and SCS settings.")
 @option("--score", "score", metavar="SOURCE",
@@ -198,6 +226,7 @@ def _demo_defaults(opts: dict[str, Any], progress: bool):
 @O.inputs_dir(help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
 @O.shards_dir(help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @baseline_options
+@mixing_options
 @option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @O.quiet()
 def filter_command(demo: bool, quiet: bool, arch: str | None, **opts: Any) -> None:
@@ -208,6 +237,14 @@ def filter_command(demo: bool, quiet: bool, arch: str | None, **opts: Any) -> No
     """
     start = time.perf_counter()
     progress = not quiet
+    if opts["name"] in RECIPES:
+        result = run_recipe(opts["name"], {**opts, "arch": arch, "scale": opts["scale"] or "medium"}, seed=opts["seed"],
+                            device=opts["device"] or "cpu", progress=progress)
+        print_summary(result, time.perf_counter() - start)
+        return
+    for flag in ("mixing_model", "mixing_inputs"):
+        if opts.pop(flag):
+            raise FlytInputError(f"--{flag.replace('_', '-')} applies to the flyt_* recipes (--name flyt_...)")
     opts["baseline_settings"] = pop_baseline_options(opts, opts["device"] or "cpu")
     baseline_params = {"arch": arch, "fraction": None, "threshold": None}
     if opts["name"] is not None:  # DataComp's options belong to its baseline, not to a sampler

@@ -2,13 +2,14 @@
 
 :mod:`.base` defines a source and the registry; :mod:`.sources` registers ``column``, ``model``,
 ``file`` and ``store``; :mod:`.aggregate` the paper's aggregation baselines ``sum``,
-``standardized_sum`` and ``in_weighted``. A new kind is one subclass of :class:`ScoreSource` and
-:func:`register_score_source`.
+``standardized_sum`` and ``in_weighted``; :mod:`.mixing` the authors' released M-FLYT model
+(``mixing``). A new kind is one subclass of :class:`ScoreSource` and :func:`register_score_source`.
 """
 
 # registration order: the kinds a bare spec may name first, then the aggregations
 from . import sources  # noqa: F401, I001
 from . import aggregate  # noqa: F401, I001
+from . import mixing  # noqa: F401, I001
 from .base import (
     SCORE_SOURCES,
     Scores,
