@@ -826,3 +826,17 @@ def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_p
     r = invoke(["evaluate", "--train-output-dir", trained, "--evalsets-dir", evalsets, *dc["args"], "--", flag,
                 str(tmp_path)], code=2)
     assert flag.split("=")[0] in r.output and not calls(dc, "evaluate")
+
+
+# --------------------------------------------------------------------------- damaged files, empty subsets
+
+
+def test_report_names_the_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "eval_results.jsonl"
+    results_file(path, np.random.default_rng(6))
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b'"key"', b'"k\xff\xfeey"')
+    path.write_bytes(b"".join(lines))
+    r = invoke(["report", path], code=2)
+    assert "line 7" in r.output and str(path) in r.output and "UTF-8" in r.output
+    assert "Traceback" not in r.output

@@ -126,29 +126,38 @@ class Results:
         return "; ".join(parts)
 
 
+def _parse_line(raw: bytes, i: int, path: Path) -> dict[str, Any] | None:
+    """One line of a results file: its row, None for a blank line; an error naming the line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FlytInputError(f"line {i} of {path} is not UTF-8 text (byte {exc.start + 1} of the line: "
+                             f"{exc.reason}); is it a DataComp results file?") from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line, parse_float=pandas_float)
+        metrics = obj["metrics"]
+        row = {"dataset": str(obj["dataset"]), "key": obj.get("key"), "main_metric": metrics.get("main_metric")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FlytInputError(
+            f"line {i} of {path} is not a DataComp result line "
+            f'({{"key", "dataset", "metrics": {{"main_metric", ...}}}}): {exc!r}'
+        ) from None
+    if row["main_metric"] is not None and not isinstance(row["main_metric"], (int, float)):
+        raise FlytInputError(f"line {i} of {path}: main_metric must be a number or null")
+    return row
+
+
 def read_results(path: str | os.PathLike) -> Results:
-    """Parse an ``eval_results.jsonl``; a malformed line is an error naming its number."""
+    """Parse an ``eval_results.jsonl``; a malformed line (or one that is not UTF-8 text) is an error
+    naming its number."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise FlytInputError(f"cannot read results file {path}: {exc}") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line, parse_float=pandas_float)
-            metrics = obj["metrics"]
-            rows.append({"dataset": str(obj["dataset"]), "key": obj.get("key"),
-                         "main_metric": metrics.get("main_metric")})
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FlytInputError(
-                f"line {i} of {path} is not a DataComp result line "
-                f'({{"key", "dataset", "metrics": {{"main_metric", ...}}}}): {exc!r}'
-            ) from None
-        if rows[-1]["main_metric"] is not None and not isinstance(rows[-1]["main_metric"], (int, float)):
-            raise FlytInputError(f"line {i} of {path}: main_metric must be a number or null")
+    rows = [row for i, raw in enumerate(data.split(b"\n"), 1) if (row := _parse_line(raw, i, path)) is not None]
     return Results(str(path), rows)
 
 
