@@ -840,3 +840,85 @@ def test_report_names_the_line_that_is_not_utf8(tmp_path):
     r = invoke(["report", path], code=2)
     assert "line 7" in r.output and str(path) in r.output and "UTF-8" in r.output
     assert "Traceback" not in r.output
+
+
+def cut_results(path, keep, tail):
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:keep]) + tail)
+
+
+@pytest.mark.parametrize("tail", [b'{"key": "mnist", "dataset": "MN', b"\0\0\0\0", b'{"key": "x", "dataset": "\xe2\x82'])
+def test_evaluate_rerun_drops_a_partial_last_line(dc, trained, tmp_path, caplog, tail):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    cut_results(results, 12, tail)
+    r = invoke(base)
+    assert "Found 12 eval result(s)" in r.output and "Average:" in r.output
+    assert sorted(results.read_text().splitlines()) == sorted(full)
+    assert any("line 13" in m and str(results) in m for m in caplog.messages)
+
+
+def test_evaluate_rerun_keeps_a_complete_last_line_without_newline(dc, trained, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    results.write_text("\n".join(full[:12]))
+    r = invoke(base)
+    assert "Found 12 eval result(s)" in r.output and results.read_text().splitlines() == full
+
+
+def test_evaluate_rerun_refuses_a_malformed_line_in_the_middle(dc, trained, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    lines = results.read_bytes().splitlines(keepends=True)
+    lines[4] = b'{"key": "cut\n'
+    results.write_bytes(b"".join(lines[:20]))
+    before = results.read_bytes()
+    n = len(calls(dc, "evaluate"))
+    r = invoke(base, code=2)
+    assert "line 5" in r.output and str(results) in r.output
+    assert results.read_bytes() == before and len(calls(dc, "evaluate")) == n
+
+
+def test_run_resumes_past_a_partial_results_line(dc, pool, tmp_path, caplog):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets))
+    results = work / "train" / "flyt" / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    cut_results(results, 30, b'{"key": "vtab/svhn", "data')
+    invoke(run_args(dc, pool, work, evalsets))
+    assert [c["script"] for c in calls(dc)][-1] == "evaluate"
+    assert results.read_text().splitlines() == full
+    assert any("line 31" in m for m in caplog.messages)
+
+
+def test_cut_results_lines(tmp_path):
+    from flyt_datacomp.evaluation.report import drop_cut_end, read_results
+
+    path = tmp_path / "eval_results.jsonl"
+    line = json.dumps({"key": "mnist", "dataset": "MNIST", "metrics": {"main_metric": 0.5}})
+    for data, dropped, after in [
+        (b'{"key": "mni', 1, b""),  # the only line, cut
+        (line.encode(), None, line.encode() + b"\n"),  # complete, without its newline
+        (line.encode() + b"\n   ", 2, line.encode() + b"\n"),  # blanks after the last newline
+        (line.encode() + b"\n", None, line.encode() + b"\n"),  # nothing to do
+        (b"", None, b""),
+    ]:
+        path.write_bytes(data)
+        assert drop_cut_end(path) == dropped, data
+        assert path.read_bytes() == after, data
+    path.write_bytes(line.encode() + b'\n{"key": "mni')
+    with pytest.raises(Exception, match="line 2 .*the last line, cut short"):
+        read_results(path)
+    assert read_results(path, allow_cut_end=True).evaluated == {"MNIST"}

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import FlytInputError, OutputCheckError
 from ..folders import Location, check_output_file, lock_folder
 from .datacomp import Checkout, check_log, refuse_managed_flags, run_script
-from .report import RESULTS_FILE, TASKS, Results, read_results
+from .report import RESULTS_FILE, TASKS, Results, drop_cut_end, read_results
 
 # evaluate.py's flags that this command sets itself, and the setting each comes from
 MANAGED_FLAGS = {"--train_output_dir": "train_output_dir", "--data_dir": "evalsets_dir"}
@@ -31,10 +31,11 @@ def option_value(args: Sequence[str], flag: str) -> str | None:
 
 
 def unevaluated(results_file: Path) -> list[str]:
-    """The tasks of DataComp's task list that have no line in ``results_file`` yet."""
+    """The tasks of DataComp's task list that have no line in ``results_file`` yet (a cut-short last
+    line, left by a killed evaluate.py, does not count)."""
     if not results_file.is_file():
         return [name for _, name in TASKS]
-    done = read_results(results_file).evaluated
+    done = read_results(results_file, allow_cut_end=True).evaluated
     return [name for _, name in TASKS if name not in done]
 
 
@@ -50,10 +51,14 @@ def check_pass_through(extra_args: Sequence[str]) -> None:
 
 def prepare_results_file(results_file: Path, inputs: Mapping[str, Location | None], *, overwrite: bool) -> None:
     """Make the results file ready for evaluate.py to append to: it must be a file (or nothing) apart
-    from the inputs; ``overwrite`` deletes it."""
+    from the inputs; ``overwrite`` deletes it, else a line cut short by a killed run is dropped."""
     check_output_file(results_file, inputs, what="results file")
-    if overwrite and results_file.exists():
+    if not results_file.exists():
+        return
+    if overwrite:
         results_file.unlink()
+    else:
+        drop_cut_end(results_file)
 
 
 def evaluate(

@@ -174,6 +174,8 @@ def run_pipeline(
 
     _stage("evaluate")
     if evaluated:
+        evaluate_stage.prepare_results_file(layout.results, {"evalsets_dir": evalsets,
+                                                             "the DataComp checkout": checkout.root}, overwrite=False)
         say(f"complete ({layout.results}), skipped")
     else:
         evaluate_stage.evaluate(checkout, layout.experiment, evalsets, extra_args=evaluate_args,
