@@ -25,7 +25,7 @@ from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.evaluation import reshard as reshard_mod
 from flyt_datacomp.evaluation.report import TASKS
 from flyt_datacomp.shards import index_shards
-from flyt_datacomp.uids import hex_to_uids, read_subset, write_subset
+from flyt_datacomp.uids import UID_DTYPE, hex_to_uids, read_subset, write_subset
 
 STANDIN = Path(__file__).parent / "datacomp_standin"
 STANDIN_TASKS = json.loads((STANDIN / "tasklist.json").read_text())
@@ -840,6 +840,19 @@ def test_report_names_the_line_that_is_not_utf8(tmp_path):
     r = invoke(["report", path], code=2)
     assert "line 7" in r.output and str(path) in r.output and "UTF-8" in r.output
     assert "Traceback" not in r.output
+
+
+def test_reshard_refuses_a_subset_without_any_image(dc, pool, tmp_path):
+    empty = tmp_path / "empty.npy"
+    write_subset(empty, np.zeros(0, UID_DTYPE), np.zeros(0, np.int64))
+    r = invoke(reshard_args(dc, {**pool, "subset": empty}, tmp_path / "a"), code=2)
+    assert "no entry" in r.output and "image in the shards" in r.output
+    absent = [u for u in pool["hexes"] if u not in set(pool["kept"])]
+    other = tmp_path / "absent.npy"
+    write_subset(other, hex_to_uids(absent), np.ones(len(absent), np.int64))
+    r = invoke(reshard_args(dc, {**pool, "subset": other}, tmp_path / "b"), code=2)
+    assert "no entry" in r.output and f"{len(absent)} entries" in r.output
+    assert not calls(dc, "resharder") and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def cut_results(path, keep, tail):

@@ -292,6 +292,7 @@ def reshard(
     images = index.images_of(uids)
     cov = coverage(counts, images)
     print_coverage(cov)
+    check_has_images(cov, subset, shards_dir)
     workers = workers or os.cpu_count() or 1
     effective_workers = min(workers, len(index.shards))
     bufsize = default_bufsize(counts) if shuffle_bufsize is None else shuffle_bufsize
@@ -358,6 +359,17 @@ def output_folder(checkout: Checkout, subset: Path, shards_dir: str, output_dir:
         output_dir, "eval reshard", (RECORD_FILE, PARTIAL_FILE),
         inputs={"shards_dir": shards_dir, "the subset file": subset, "the DataComp checkout": checkout.root,
                 **(other_inputs or {})},
+    )
+
+
+def check_has_images(cov: Coverage, subset: Path, shards_dir: str) -> None:
+    """Refuse a subset of which no entry has an image in the shards: the resharder would write nothing."""
+    if cov.expected_samples:
+        return
+    why = "it is empty" if not cov.entries else f"none of its {cov.entries:,} entries ({cov.distinct_uids:,} uids) is there"
+    raise FlytInputError(
+        f"no entry of subset file {subset} has an image in the shards of {shards_dir} ({why}); "
+        "nothing to reshard: was the subset made from this pool?"
     )
 
 
