@@ -757,76 +757,6 @@ def test_evaluate_overwrite_deletes_only_its_own_results_file(dc, trained, tmp_p
     r = invoke([*base, "--overwrite"], code=2)
     assert "eval_results.jsonl" in r.output and "not a file" in r.output and not calls(dc, "evaluate")
 
-def test_run_checks_the_experiment_folder_before_the_first_stage(dc, pool, tmp_path):
-    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
-    evalsets.mkdir()
-    (work / "train" / "flyt").mkdir(parents=True)
-    (work / "train" / "flyt" / "notes.txt").write_text("keep")
-    r = invoke(run_args(dc, pool, work, evalsets), code=2)
-    assert "not a train.py run" in r.output and not calls(dc)
-    assert (work / "train" / "flyt" / "notes.txt").read_text() == "keep"
-
-
-def test_two_commands_on_one_folder_the_second_is_refused(dc, pool, resharded, tmp_path):
-    from flyt_datacomp.folders import lock_folder
-
-    out = tmp_path / "busy"
-    out.mkdir()
-    with lock_folder(out, "held by the test"):
-        r = invoke(reshard_args(dc, pool, out), code=2)
-        assert "in use by another command" in r.output and not any(out.iterdir())
-    assert len(calls(dc, "resharder")) == 1  # the fixture's only
-    exp = tmp_path / "train" / "exp"
-    exp.mkdir(parents=True)
-    with lock_folder(exp, "held by the test"):
-        r = invoke(train_args(dc, resharded, tmp_path / "train"), code=2)
-        assert "in use by another command" in r.output and not calls(dc, "train")
-    # an eval reshard output is not an eval train experiment, nor the other way round
-    r = invoke(train_args(dc, resharded, resharded.parent, "--overwrite", "--exp-name", "x"))
-    r = invoke(reshard_args(dc, pool, resharded.parent / "x", "--overwrite"), code=2)
-    assert "did not write" in r.output and "flyt_reshard.json" in r.output
-
-
-def test_run_never_empties_a_reshard_folder_that_holds_the_evalsets(dc, pool, tmp_path, monkeypatch):
-    work = tmp_path / "work"
-    monkeypatch.setenv("STANDIN_DROP", "1")
-    evalsets = tmp_path / "evalsets"
-    evalsets.mkdir()
-    invoke(run_args(dc, pool, work, evalsets), code=4)  # a failed reshard: the folder is the run's to redo
-    monkeypatch.delenv("STANDIN_DROP")
-    inside = work / "reshard" / "evalsets"
-    inside.mkdir()
-    (inside / "imagenet.tar").write_bytes(b"keep")
-    r = invoke(run_args(dc, pool, work, inside), code=2)
-    assert "--evalsets" in r.output and (inside / "imagenet.tar").read_bytes() == b"keep"
-    assert len(calls(dc, "resharder")) == 1
-
-
-def test_unwritable_output_and_log_paths_are_one_line_errors(dc, pool, tmp_path):
-    (tmp_path / "a-file").write_text("x")
-    r = invoke(reshard_args(dc, pool, tmp_path / "a-file" / "out"), code=2)
-    assert "cannot be created" in r.output and "Traceback" not in r.output
-    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", tmp_path / "a-file" / "x.log"), code=2)
-    assert "cannot write the log file" in r.output and "--log" in r.output
-
-
-@pytest.mark.parametrize("which,flag", [("--reshard-args", "-o"), ("--train-args", "--output_dir"),
-                                         ("--evaluate-args", "--output_dir"), ("--evaluate-args", "--data_dir")])
-def test_run_refuses_script_flags_it_sets_itself_before_the_first_stage(dc, pool, tmp_path, which, flag):
-    evalsets = tmp_path / "evalsets"
-    evalsets.mkdir()
-    r = invoke(run_args(dc, pool, tmp_path / "work", evalsets, which, f"{flag} {tmp_path}"), code=2)
-    assert flag in r.output and not calls(dc)
-
-
-@pytest.mark.parametrize("flag", ["--train_output_dir", "--data_dir=x", "--output", "--output_d"])
-def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_path, flag):
-    evalsets = tmp_path / "evalsets"
-    evalsets.mkdir()
-    r = invoke(["evaluate", "--train-output-dir", trained, "--evalsets-dir", evalsets, *dc["args"], "--", flag,
-                str(tmp_path)], code=2)
-    assert flag.split("=")[0] in r.output and not calls(dc, "evaluate")
-
 
 # --------------------------------------------------------------------------- damaged files, empty subsets
 
@@ -916,6 +846,59 @@ def test_run_resumes_past_a_partial_results_line(dc, pool, tmp_path, caplog):
     assert any("line 31" in m for m in caplog.messages)
 
 
+def test_run_checks_the_experiment_folder_before_the_first_stage(dc, pool, tmp_path):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    (work / "train" / "flyt").mkdir(parents=True)
+    (work / "train" / "flyt" / "notes.txt").write_text("keep")
+    r = invoke(run_args(dc, pool, work, evalsets), code=2)
+    assert "not a train.py run" in r.output and not calls(dc)
+    assert (work / "train" / "flyt" / "notes.txt").read_text() == "keep"
+
+
+def test_two_commands_on_one_folder_the_second_is_refused(dc, pool, resharded, tmp_path):
+    from flyt_datacomp.folders import lock_folder
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with lock_folder(out, "held by the test"):
+        r = invoke(reshard_args(dc, pool, out), code=2)
+        assert "in use by another command" in r.output and not any(out.iterdir())
+    assert len(calls(dc, "resharder")) == 1  # the fixture's only
+    exp = tmp_path / "train" / "exp"
+    exp.mkdir(parents=True)
+    with lock_folder(exp, "held by the test"):
+        r = invoke(train_args(dc, resharded, tmp_path / "train"), code=2)
+        assert "in use by another command" in r.output and not calls(dc, "train")
+    # an eval reshard output is not an eval train experiment, nor the other way round
+    r = invoke(train_args(dc, resharded, resharded.parent, "--overwrite", "--exp-name", "x"))
+    r = invoke(reshard_args(dc, pool, resharded.parent / "x", "--overwrite"), code=2)
+    assert "did not write" in r.output and "flyt_reshard.json" in r.output
+
+
+def test_run_never_empties_a_reshard_folder_that_holds_the_evalsets(dc, pool, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    monkeypatch.setenv("STANDIN_DROP", "1")
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets), code=4)  # a failed reshard: the folder is the run's to redo
+    monkeypatch.delenv("STANDIN_DROP")
+    inside = work / "reshard" / "evalsets"
+    inside.mkdir()
+    (inside / "imagenet.tar").write_bytes(b"keep")
+    r = invoke(run_args(dc, pool, work, inside), code=2)
+    assert "--evalsets" in r.output and (inside / "imagenet.tar").read_bytes() == b"keep"
+    assert len(calls(dc, "resharder")) == 1
+
+
+def test_unwritable_output_and_log_paths_are_one_line_errors(dc, pool, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    r = invoke(reshard_args(dc, pool, tmp_path / "a-file" / "out"), code=2)
+    assert "cannot be created" in r.output and "Traceback" not in r.output
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", tmp_path / "a-file" / "x.log"), code=2)
+    assert "cannot write the log file" in r.output and "--log" in r.output
+
+
 def test_cut_results_lines(tmp_path):
     from flyt_datacomp.evaluation.report import drop_cut_end, read_results
 
@@ -935,3 +918,33 @@ def test_cut_results_lines(tmp_path):
     with pytest.raises(Exception, match="line 2 .*the last line, cut short"):
         read_results(path)
     assert read_results(path, allow_cut_end=True).evaluated == {"MNIST"}
+
+
+@pytest.mark.parametrize("which,flag", [("--reshard-args", "-o"), ("--train-args", "--output_dir"),
+                                         ("--evaluate-args", "--output_dir"), ("--evaluate-args", "--data_dir")])
+def test_run_refuses_script_flags_it_sets_itself_before_the_first_stage(dc, pool, tmp_path, which, flag):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(run_args(dc, pool, tmp_path / "work", evalsets, which, f"{flag} {tmp_path}"), code=2)
+    assert flag in r.output and not calls(dc)
+
+
+@pytest.mark.parametrize("flag", ["--train_output_dir", "--data_dir=x", "--output", "--output_d"])
+def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_path, flag):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(["evaluate", "--train-output-dir", trained, "--evalsets-dir", evalsets, *dc["args"], "--", flag,
+                str(tmp_path)], code=2)
+    assert flag.split("=")[0] in r.output and not calls(dc, "evaluate")
+
+
+@pytest.mark.parametrize("damage", ["[]", '{"inputs": {}}', '{"written": 5}', "{cut", ""])
+def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets))
+    for record in (work / "reshard" / "flyt_reshard.json", work / "train" / "flyt" / "flyt_train.json"):
+        record.write_text(damage)
+    r = invoke(run_args(dc, pool, work, evalsets))
+    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "resharder", "train"]
+    assert "Traceback" not in r.output and json.loads((work / "reshard" / "flyt_reshard.json").read_text())["written"]

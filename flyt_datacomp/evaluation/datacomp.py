@@ -175,6 +175,23 @@ def _probe(python: str, root: str) -> Environment:
                        info.get("scales"), info.get("scales_error"))
 
 
+# --------------------------------------------------------------------------- records
+
+
+def has_fields(record: Any, fields: dict[str, type | tuple[type, ...]]) -> bool:
+    """True when ``record`` is a dict holding every dotted field (``"written.samples"``) with its type:
+    a record file damaged or edited by hand is then not taken for a finished stage."""
+    for dotted, kind in fields.items():
+        value = record
+        for key in dotted.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return False
+            value = value[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            return False
+    return True
+
+
 # --------------------------------------------------------------------------- pass-through arguments
 
 

@@ -37,7 +37,7 @@ from ..folders import Location, OutputFolder
 from ..io import provenance, read_json_or_none, write_json
 from ..shards import index_shards, list_tars, open_folder
 from ..uids import read_subset, uids_to_hex
-from .datacomp import Checkout, check_log, human_bytes, refuse_managed_flags, run_script
+from .datacomp import Checkout, check_log, has_fields, human_bytes, refuse_managed_flags, run_script
 
 PAPER_SHUFFLE_BUFSIZE = 1_500_000  # the FLYT paper's buffer for repeated subsets
 ENTRY_OVERHEAD_BYTES = 400  # one buffered copy: a small dict and its "<uid>-k" key string
@@ -388,6 +388,12 @@ def _marked_if_failed(output_dir: Path, subset: Path, shards_dir: str) -> Iterat
         raise
 
 
+RECORD_FIELDS = {"inputs.subset": str, "inputs.subset_sha256": str, "written.samples": int,
+                 "coverage.entries": int, "coverage.distinct_uids": int, "coverage.entries_without_image": int}
+
+
 def read_record(output_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished, checked reshard in ``output_dir`` (None when there is none)."""
-    return read_json_or_none(output_dir / RECORD_FILE)
+    """The record of a finished, checked reshard in ``output_dir`` (None when there is none, or it is
+    damaged: the reshard is then redone)."""
+    record = read_json_or_none(output_dir / RECORD_FILE)
+    return record if has_fields(record, RECORD_FIELDS) else None

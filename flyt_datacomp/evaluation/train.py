@@ -17,9 +17,10 @@ from typing import Any
 from ..errors import FlytInputError, OutputCheckError
 from ..folders import OutputFolder
 from ..io import provenance, read_json_or_none, write_json
-from .datacomp import Checkout, check_log, refuse_managed_flags, run_script
+from .datacomp import Checkout, check_log, has_fields, refuse_managed_flags, run_script
 
 RECORD_FILE = "flyt_train.json"
+RECORD_FIELDS = {"checkpoint": str, "parameters.scale": str, "scale_config": dict}
 START_FILE = "flyt_train_start.json"  # what a run was started with, so a rerun resumes only the same run
 FAILURE_LINE = "Error running training"
 # train.py's flags that this command sets itself, and the setting each comes from
@@ -149,8 +150,9 @@ def check_resumable(exp_dir: Path, started: dict[str, Any]) -> None:
 
 
 def read_record(exp_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished training run in ``exp_dir`` whose outputs are all still there."""
+    """The record of a finished training run in ``exp_dir`` whose outputs are all still there (None
+    when it is missing or damaged: the run is then resumed)."""
     record = read_json_or_none(exp_dir / RECORD_FILE)
-    if not isinstance(record, dict) or not (exp_dir / "info.pkl").is_file() or not Path(record.get("checkpoint", "")).is_file():
+    if not has_fields(record, RECORD_FIELDS) or not (exp_dir / "info.pkl").is_file():
         return None
-    return record
+    return record if Path(record["checkpoint"]).is_file() else None
