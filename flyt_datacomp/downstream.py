@@ -138,9 +138,12 @@ def build_downstream_shards(
         class_obj = {"classnames": [_classname(c) for c in class_dirs], "templates": list(DEFAULT_TEMPLATES)}
 
     order = np.random.default_rng(seed).permutation(len(items))
-    real.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(real, create=False)
-    tmp.mkdir()  # a normal folder (0777 minus the umask), unlike mkdtemp's private one
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # a normal folder (0777 minus the umask), unlike mkdtemp's private one
+    except OSError as exc:
+        raise FlytInputError(f"cannot write the output folder {out}: {exc}") from None
     try:
         num_shards = (len(items) + per_shard - 1) // per_shard
         bar = progress_bar(total=len(items), desc="building downstream shards", unit="img", disable=not progress)

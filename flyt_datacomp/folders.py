@@ -129,7 +129,10 @@ class OutputFolder:
 
     def _label(self) -> str:
         path = local_path(self.path)
-        link = f" (a link to {real_path(path)})" if path.is_symlink() and path.exists() else ""
+        try:
+            link = f" (a link to {real_path(path)})" if path.is_symlink() and path.exists() else ""
+        except OSError:
+            link = ""
         return f"{self.what} {path}{link}"
 
     def _error(self, text: str, *extra: str) -> FlytInputError:
@@ -138,6 +141,12 @@ class OutputFolder:
     def check(self, *, overwrite: bool) -> Path:
         """Refuse the folder unless this command may write into it (emptying it first when
         ``overwrite`` and it holds something); return its real path."""
+        try:
+            return self._check(overwrite)
+        except OSError as exc:  # a name too long, a folder that cannot be listed, ...
+            raise self._error(f"cannot be used: {exc}") from None
+
+    def _check(self, overwrite: bool) -> Path:
         real = self.check_place()
         path = local_path(self.path)
         if not path.is_dir() or not any(path.iterdir()):
@@ -155,6 +164,12 @@ class OutputFolder:
     def check_place(self) -> Path:
         """The checks that do not depend on what the folder holds: a folder (or nothing) at the path,
         not the root or home folder, apart from every input. Return its real path."""
+        try:
+            return self._check_place()
+        except OSError as exc:
+            raise self._error(f"cannot be used: {exc}") from None
+
+    def _check_place(self) -> Path:
         path = local_path(self.path)
         if os.path.lexists(path) and not path.exists():
             raise self._error(f"is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -251,8 +266,11 @@ def check_output_file(path: Location, inputs: Mapping[str, Location | None], *, 
     """Refuse to replace or delete the output file ``path`` when it is something other than a
     file (a folder, a broken link) or overlaps one of ``inputs``; return its path."""
     path = local_path(path)
-    if os.path.lexists(path) and not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a file"
-        raise FlytInputError(f"{what} {path} is {kind}, not a file this command wrote", params=list(params))
+    try:
+        if os.path.lexists(path) and not path.is_file():
+            kind = "a folder" if path.is_dir() else "not a file"
+            raise FlytInputError(f"{what} {path} is {kind}, not a file this command wrote", params=list(params))
+    except OSError as exc:
+        raise FlytInputError(f"{what} {path} cannot be used: {exc}", params=list(params)) from None
     check_apart(path, inputs, what=f"{what} {path}", params=params)
     return path

@@ -587,7 +587,7 @@ def tree(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "./x", "-x", "a\\b"])
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "./x", "-x", "a\\b", "x" * 256])
 def test_train_refuses_an_exp_name_that_is_not_a_folder_name(dc, resharded, tmp_path, name):
     out = tmp_path / "runs" / "train"
     (out / "other-exp").mkdir(parents=True)
@@ -948,3 +948,13 @@ def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
     r = invoke(run_args(dc, pool, work, evalsets))
     assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "resharder", "train"]
     assert "Traceback" not in r.output and json.loads((work / "reshard" / "flyt_reshard.json").read_text())["written"]
+
+
+def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
+    long = tmp_path / ("a" * 300)
+    r = invoke(reshard_args(dc, pool, long), code=2)
+    assert "cannot be used" in r.output and "File name too long" in r.output
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(run_args(dc, pool, long, evalsets), code=2)
+    assert "cannot be used" in r.output and "--output-dir" in r.output and not calls(dc)

@@ -515,3 +515,10 @@ def test_downstream_build_overwrite_replaces_only_its_own_output(tmp_path):
                                            "--per-shard", "2"])
     assert res.exit_code == 0, res.output
     assert link.is_symlink() and len(list(out.glob("*.tar"))) == 5 and not classes.exists()
+
+
+def test_downstream_build_into_an_impossible_folder_is_one_line(tmp_path):
+    src = image_folder(tmp_path / "src")
+    (tmp_path / "a-file").write_text("x")
+    res = CliRunner().invoke(downstream_group, ["build", str(src), "--output-dir", str(tmp_path / "a-file" / "out")])
+    assert res.exit_code == 2 and "cannot write the output folder" in res.output

@@ -138,6 +138,10 @@ def run_pipeline(
     """Run the missing stages in order; return the submission record."""
     train_stage.check_exp_name(exp_name)
     check_pass_through(reshard_args, train_args, evaluate_args)
+    try:
+        work_dir.is_dir()
+    except OSError as exc:  # a name too long, ...
+        raise FlytInputError(f"`output_dir` {work_dir} cannot be used: {exc}", params=["output_dir"]) from None
     read_subset(subset)
     layout = Layout(work_dir, exp_name)
     resharded = finished_reshard(layout, subset, reshard_stage.file_sha256(subset))

@@ -10,11 +10,12 @@ here. A finished run gets ``OUT/NAME/flyt_train.json``, which ``eval run`` uses 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlytInputError, OutputCheckError
+from ..errors import FlytInputError, OutputCheckError, quote
 from ..folders import OutputFolder
 from ..io import provenance, read_json_or_none, write_json
 from .datacomp import Checkout, check_log, has_fields, refuse_managed_flags, run_script
@@ -52,8 +53,9 @@ def train_command(checkout: Checkout, script: Path, args: list[str], num_gpus: i
 
 def check_exp_name(exp_name: str) -> None:
     """An experiment name is one plain folder name (not ``.``, ``..`` or a path)."""
-    if not exp_name or exp_name in (".", "..") or "/" in exp_name or "\\" in exp_name or exp_name.startswith("-"):
-        raise FlytInputError(f"`exp_name` must be a plain folder name, got {exp_name!r}", params=["exp_name"])
+    if (not exp_name or exp_name in (".", "..") or any(c in exp_name for c in "/\\\0") or exp_name.startswith("-")
+            or len(os.fsencode(exp_name)) > 255):
+        raise FlytInputError(f"`exp_name` must be a plain folder name, got {quote(exp_name)}", params=["exp_name"])
 
 
 def train(
