@@ -478,6 +478,8 @@ def test_report_refuses_duplicates_unknown_and_malformed(tmp_path):
     assert "does not score: My Task" in invoke(["report", tmp_path / "extra.jsonl"], code=2).output
     (tmp_path / "bad.jsonl").write_text('{"key": "x", "dataset": "X", "metrics": {"main_metric": 1}}\nnot json\n')
     assert "line 2 of" in invoke(["report", tmp_path / "bad.jsonl"], code=2).output
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert "line 1 of" in invoke(["report", tmp_path / "deep.jsonl"], code=2).output
 
 
 def test_numbers_are_read_as_datacomp_reads_them(tmp_path):

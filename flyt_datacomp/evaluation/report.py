@@ -144,7 +144,7 @@ def _parse_line(raw: bytes, i: int, path: Path) -> dict[str, Any] | None:
         obj = json.loads(line, parse_float=pandas_float)
         metrics = obj["metrics"]
         row = {"dataset": str(obj["dataset"]), "key": obj.get("key"), "main_metric": metrics.get("main_metric")}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise FlytInputError(
             f"line {i} of {path} is not a DataComp result line "
             f'({{"key", "dataset", "metrics": {{"main_metric", ...}}}}): {exc!r}'
