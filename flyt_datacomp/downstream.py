@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import FlytInputError
+from .folders import OutputFolder
 from .io import local_path, provenance, temp_sibling, write_json
 from .progress import progress_bar
 
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 DEFAULT_TEMPLATES = ["a photo of a {}."]
+BUILD_FILE = "build.json"  # provenance; also marks a folder this command wrote (`overwrite` may replace it)
 
 
 def _classname(dirname: str) -> str:
@@ -125,12 +127,9 @@ def build_downstream_shards(
     if seed < 0:
         raise FlytInputError(f"`seed` must be non-negative, got {seed}", params=["seed"])
     out = local_path(out_folder, "the output folder")
-    if out.exists():
-        if not out.is_dir():
-            raise FlytInputError(f"output {out} exists and is not a folder")
-        if any(out.iterdir()) and not overwrite:
-            raise FlytInputError(f"output folder {out} exists and is not empty (set `overwrite` to replace it)",
-                                 params=["overwrite"])
+    folder = OutputFolder(out, "downstream build", (BUILD_FILE,), what="output folder", params=(),
+                          inputs={"the source folder": src_folder, "the class file": classes})
+    real = folder.check(overwrite=overwrite)
     src = Path(src_folder)
     class_dirs, items = scan_image_folder(src)
     if classes is not None:
@@ -139,9 +138,12 @@ def build_downstream_shards(
         class_obj = {"classnames": [_classname(c) for c in class_dirs], "templates": list(DEFAULT_TEMPLATES)}
 
     order = np.random.default_rng(seed).permutation(len(items))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out, create=False)
-    tmp.mkdir()  # a normal folder (0777 minus the umask), unlike mkdtemp's private one
+    tmp = temp_sibling(real, create=False)
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()  # a normal folder (0777 minus the umask), unlike mkdtemp's private one
+    except OSError as exc:
+        raise FlytInputError(f"cannot write the output folder {out}: {exc}") from None
     try:
         num_shards = (len(items) + per_shard - 1) // per_shard
         bar = progress_bar(total=len(items), desc="building downstream shards", unit="img", disable=not progress)
@@ -163,10 +165,8 @@ def build_downstream_shards(
             image_size=image_size, num_shards=num_shards, num_classes=len(class_dirs),
             class_dirs=class_dirs, classes_file=None if classes is None else str(classes),
         )
-        write_json(tmp / "build.json", info)
-        if out.exists():
-            shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
-        os.replace(tmp, out)
+        write_json(tmp / BUILD_FILE, info)
+        folder.replace_with(tmp, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,7 +25,7 @@ from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.evaluation import reshard as reshard_mod
 from flyt_datacomp.evaluation.report import TASKS
 from flyt_datacomp.shards import index_shards
-from flyt_datacomp.uids import hex_to_uids, read_subset, write_subset
+from flyt_datacomp.uids import UID_DTYPE, hex_to_uids, read_subset, write_subset
 
 STANDIN = Path(__file__).parent / "datacomp_standin"
 STANDIN_TASKS = json.loads((STANDIN / "tasklist.json").read_text())
@@ -274,6 +274,7 @@ def test_reshard_prerequisite_errors(dc, pool, tmp_path):
     r = invoke([*base, *dc["args"]], code=2)
     assert "is not empty" in r.output and "--overwrite" in r.output
     (pool["shards"] / "00000001_stats.json").unlink()
+    (out / "flyt_reshard.json").write_text("{}")  # as if an earlier reshard wrote it
     r = invoke([*base, *dc["args"], "--overwrite"], code=2)
     assert "00000001.tar" in r.output and "_stats.json" in r.output
     assert not calls(dc, "resharder")
@@ -281,7 +282,7 @@ def test_reshard_prerequisite_errors(dc, pool, tmp_path):
 
 def test_reshard_overwrite_replaces_contents(dc, pool, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
+    invoke(reshard_args(dc, pool, out, "--shuffle-bufsize", "0"))
     (out / "stale_99.tar").write_bytes(b"x")
     invoke(reshard_args(dc, pool, out, "--overwrite"))
     assert not (out / "stale_99.tar").exists() and copies_in(out) == pool["expected"]
@@ -477,6 +478,8 @@ def test_report_refuses_duplicates_unknown_and_malformed(tmp_path):
     assert "does not score: My Task" in invoke(["report", tmp_path / "extra.jsonl"], code=2).output
     (tmp_path / "bad.jsonl").write_text('{"key": "x", "dataset": "X", "metrics": {"main_metric": 1}}\nnot json\n')
     assert "line 2 of" in invoke(["report", tmp_path / "bad.jsonl"], code=2).output
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert "line 1 of" in invoke(["report", tmp_path / "deep.jsonl"], code=2).output
 
 
 def test_numbers_are_read_as_datacomp_reads_them(tmp_path):
@@ -575,3 +578,385 @@ def test_real_datacomp_reshard_and_aggregate(pool, tmp_path):
     real = subprocess.run([os.environ["DATACOMP_PYTHON"], Path(os.environ["DATACOMP_DIR"]) / "aggregate_scores.py",
                            "--input", tmp_path / "eval_results.jsonl"], capture_output=True, text=True, check=True)
     assert invoke(["report", tmp_path / "eval_results.jsonl"]).stdout == real.stdout
+
+
+# --------------------------------------------------------------------------- what --overwrite may remove
+
+
+def tree(folder):
+    """Every file under ``folder`` with its bytes (symlinks not followed)."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "./x", "-x", "a\\b", "x" * 256])
+def test_train_refuses_an_exp_name_that_is_not_a_folder_name(dc, resharded, tmp_path, name):
+    out = tmp_path / "runs" / "train"
+    (out / "other-exp").mkdir(parents=True)
+    (out / "other-exp" / "epoch_1.pt").write_text("keep")
+    (tmp_path / "runs" / "notes.txt").write_text("keep")
+    before = tree(tmp_path / "runs")
+    r = invoke(["train", "--data-dir", resharded, "--scale", "debug", "--output-dir", out, f"--exp-name={name}",
+                "--overwrite", *dc["args"]], code=2)
+    assert "--exp-name" in r.output and "plain folder name" in r.output
+    assert tree(tmp_path / "runs") == before and not calls(dc, "train")
+
+
+def test_run_refuses_a_bad_exp_name_before_the_first_stage(dc, pool, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(run_args(dc, pool, tmp_path / "work", evalsets, "--exp-name", ".."), code=2)
+    assert "--exp-name" in r.output and not calls(dc)
+
+
+def test_train_overwrite_refuses_a_symlinked_experiment_pointing_elsewhere(dc, resharded, tmp_path):
+    elsewhere = tmp_path / "photos"
+    elsewhere.mkdir()
+    (elsewhere / "holiday.jpg").write_bytes(b"keep")
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "exp").symlink_to(elsewhere)
+    r = invoke(train_args(dc, resharded, out, "--overwrite"), code=2)
+    assert str(elsewhere) in r.output and "flyt_train" in r.output
+    assert (elsewhere / "holiday.jpg").read_bytes() == b"keep" and not calls(dc, "train")
+
+
+def test_train_overwrite_refuses_the_resharded_data_as_experiment(dc, resharded, tmp_path):
+    before = tree(resharded)
+    r = invoke(["train", "--data-dir", resharded, "--scale", "debug", "--output-dir", resharded.parent,
+                "--exp-name", resharded.name, "--overwrite", *dc["args"]], code=2)
+    assert "--resharded-dir" in r.output and "is the" in r.output
+    assert tree(resharded) == before and not calls(dc, "train")
+
+
+def test_train_overwrite_empties_its_own_run_only(dc, resharded, tmp_path):
+    out = tmp_path / "train"
+    invoke(train_args(dc, resharded, out))
+    (out / "exp" / "stale.txt").write_text("x")
+    invoke(train_args(dc, resharded, out, "--overwrite"))
+    assert not (out / "exp" / "stale.txt").exists() and (out / "exp" / "flyt_train.json").is_file()
+    (out / "exp2").mkdir()
+    (out / "exp2" / "mine.txt").write_text("keep")
+    r = invoke([*train_args(dc, resharded, out, "--overwrite"), "--exp-name", "exp2"], code=2)
+    assert "flyt_train_start.json" in r.output and (out / "exp2" / "mine.txt").read_text() == "keep"
+
+
+def overlapping_outputs(pool, tmp_path):
+    """Output folders that are, contain or lie inside the shards folder, in several spellings."""
+    shards = pool["shards"]
+    link = tmp_path / "link-to-shards"
+    link.symlink_to(shards)
+    return {
+        "is": shards,
+        "is, with a trailing slash": f"{shards}/",
+        "is, through ..": shards / ".." / shards.name,
+        "is, through a symlink": link,
+        "contains": tmp_path,
+        "lies inside": shards / "resharded",
+    }
+
+
+def test_reshard_refuses_an_output_folder_that_overlaps_the_shards(dc, pool, tmp_path):
+    before = tree(tmp_path)
+    for how, out in overlapping_outputs(pool, tmp_path).items():
+        r = invoke(["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", out, "--overwrite",
+                    "--quiet", *dc["args"]], code=2)
+        assert "--shards-dir" in r.output and "--output-dir" in r.output, how
+        assert tree(tmp_path) == before, how
+    assert not calls(dc, "resharder")
+
+
+def test_reshard_refuses_a_relative_output_folder_that_is_the_shards(dc, pool, tmp_path, monkeypatch):
+    monkeypatch.chdir(pool["shards"])
+    before = tree(pool["shards"])
+    r = invoke(["reshard", pool["subset"], "--shards-dir", pool["shards"], "--output-dir", ".", "--overwrite",
+                "--quiet", *dc["args"]], code=2)
+    assert "--shards-dir" in r.output and tree(pool["shards"]) == before and not calls(dc, "resharder")
+
+
+def test_reshard_refuses_an_output_folder_holding_the_subset(dc, pool, tmp_path):
+    out = tmp_path / "out"
+    invoke(reshard_args(dc, pool, out))
+    subset = out / "my-subset.npy"
+    shutil.copyfile(pool["subset"], subset)
+    r = invoke(reshard_args(dc, {**pool, "subset": subset}, out, "--overwrite"), code=2)
+    assert "subset" in r.output and "contains" in r.output
+    assert subset.read_bytes() == pool["subset"].read_bytes() and len(calls(dc, "resharder")) == 1
+
+
+def test_reshard_overwrite_refuses_a_folder_it_did_not_write(dc, pool, tmp_path, monkeypatch):
+    out = tmp_path / "other-pool"
+    out.mkdir()
+    (out / "00000000.tar").write_bytes(b"someone else's shard")
+    (out / "00000000_stats.json").write_text('{"successes": 1}')
+    r = invoke(reshard_args(dc, pool, out, "--overwrite"), code=2)
+    assert "flyt_reshard.json" in r.output and str(out) in r.output
+    assert (out / "00000000.tar").read_bytes() == b"someone else's shard"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "flyt_reshard.json").write_text("{}")
+    (home / "thesis.tex").write_text("keep")
+    monkeypatch.setenv("HOME", str(home))
+    r = invoke(reshard_args(dc, pool, "~", "--overwrite"), code=2)
+    assert "home folder" in r.output and (home / "thesis.tex").read_text() == "keep"
+    r = invoke(reshard_args(dc, pool, "/", "--overwrite"), code=2)
+    assert "root folder" in r.output
+    (tmp_path / "a-file").write_text("keep")
+    r = invoke(reshard_args(dc, pool, tmp_path / "a-file", "--overwrite"), code=2)
+    assert "not a folder" in r.output and (tmp_path / "a-file").read_text() == "keep"
+    assert not calls(dc, "resharder")
+
+
+def test_reshard_overwrite_redoes_a_failed_reshard(dc, pool, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setenv("STANDIN_DROP", "1")
+    invoke(reshard_args(dc, pool, out), code=4)
+    monkeypatch.delenv("STANDIN_DROP")
+    r = invoke(reshard_args(dc, pool, out), code=2)
+    assert "not empty" in r.output
+    invoke(reshard_args(dc, pool, out, "--overwrite"))
+    assert copies_in(out) == pool["expected"] and (out / "flyt_reshard.json").is_file()
+
+
+def test_run_refuses_a_work_folder_whose_reshard_folder_is_not_its_own(dc, pool, tmp_path):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    work.mkdir()
+    (work / "reshard").symlink_to(pool["shards"])
+    before = tree(pool["shards"])
+    r = invoke(run_args(dc, pool, work, evalsets), code=2)
+    assert "--shards-dir" in r.output and tree(pool["shards"]) == before and not calls(dc)
+
+
+def test_reshard_log_may_not_be_an_input(dc, pool, tmp_path):
+    subset = pool["subset"].read_bytes()
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", pool["subset"]), code=2)
+    assert "--log" in r.output and pool["subset"].read_bytes() == subset
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", tmp_path / "out" / "reshard.log"), code=2)
+    assert "--log" in r.output and not calls(dc, "resharder")
+
+
+@pytest.mark.parametrize("flag", ["-o", "--output-dir", "--output", "-i", "--subset-file=x", "-ofoo"])
+def test_reshard_refuses_pass_through_flags_it_sets_itself(dc, pool, tmp_path, flag):
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--", flag, str(tmp_path)), code=2)
+    assert flag.split("=")[0] in r.output and not calls(dc, "resharder")
+
+
+@pytest.mark.parametrize("flag", ["--output_dir", "--exp_name", "--data_dir", "--scale", "--output"])
+def test_train_refuses_pass_through_flags_it_sets_itself(dc, resharded, tmp_path, flag):
+    r = invoke(train_args(dc, resharded, tmp_path / "train", "--", flag, str(tmp_path)), code=2)
+    assert flag in r.output and not calls(dc, "train")
+
+
+def test_evaluate_overwrite_deletes_only_its_own_results_file(dc, trained, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    (evalsets / "eval_results.jsonl").write_text("the user's own file\n")
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    r = invoke([*base, "--overwrite", "--", "--output_dir", evalsets], code=2)
+    assert "--evalsets-dir" in r.output and (evalsets / "eval_results.jsonl").read_text() == "the user's own file\n"
+    (trained / "eval_results.jsonl").mkdir()
+    r = invoke([*base, "--overwrite"], code=2)
+    assert "eval_results.jsonl" in r.output and "not a file" in r.output and not calls(dc, "evaluate")
+
+
+# --------------------------------------------------------------------------- damaged files, empty subsets
+
+
+def test_report_names_the_line_that_is_not_utf8(tmp_path):
+    path = tmp_path / "eval_results.jsonl"
+    results_file(path, np.random.default_rng(6))
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[6] = lines[6].replace(b'"key"', b'"k\xff\xfeey"')
+    path.write_bytes(b"".join(lines))
+    r = invoke(["report", path], code=2)
+    assert "line 7" in r.output and str(path) in r.output and "UTF-8" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_reshard_refuses_a_subset_without_any_image(dc, pool, tmp_path):
+    empty = tmp_path / "empty.npy"
+    write_subset(empty, np.zeros(0, UID_DTYPE), np.zeros(0, np.int64))
+    r = invoke(reshard_args(dc, {**pool, "subset": empty}, tmp_path / "a"), code=2)
+    assert "no entry" in r.output and "image in the shards" in r.output
+    absent = [u for u in pool["hexes"] if u not in set(pool["kept"])]
+    other = tmp_path / "absent.npy"
+    write_subset(other, hex_to_uids(absent), np.ones(len(absent), np.int64))
+    r = invoke(reshard_args(dc, {**pool, "subset": other}, tmp_path / "b"), code=2)
+    assert "no entry" in r.output and f"{len(absent)} entries" in r.output
+    assert not calls(dc, "resharder") and not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def cut_results(path, keep, tail):
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:keep]) + tail)
+
+
+@pytest.mark.parametrize("tail", [b'{"key": "mnist", "dataset": "MN', b"\0\0\0\0", b'{"key": "x", "dataset": "\xe2\x82'])
+def test_evaluate_rerun_drops_a_partial_last_line(dc, trained, tmp_path, caplog, tail):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    cut_results(results, 12, tail)
+    r = invoke(base)
+    assert "Found 12 eval result(s)" in r.output and "Average:" in r.output
+    assert sorted(results.read_text().splitlines()) == sorted(full)
+    assert any("line 13" in m and str(results) in m for m in caplog.messages)
+
+
+def test_evaluate_rerun_keeps_a_complete_last_line_without_newline(dc, trained, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    results.write_text("\n".join(full[:12]))
+    r = invoke(base)
+    assert "Found 12 eval result(s)" in r.output and results.read_text().splitlines() == full
+
+
+def test_evaluate_rerun_refuses_a_malformed_line_in_the_middle(dc, trained, tmp_path):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
+    invoke(base)
+    results = trained / "eval_results.jsonl"
+    lines = results.read_bytes().splitlines(keepends=True)
+    lines[4] = b'{"key": "cut\n'
+    results.write_bytes(b"".join(lines[:20]))
+    before = results.read_bytes()
+    n = len(calls(dc, "evaluate"))
+    r = invoke(base, code=2)
+    assert "line 5" in r.output and str(results) in r.output
+    assert results.read_bytes() == before and len(calls(dc, "evaluate")) == n
+
+
+def test_run_resumes_past_a_partial_results_line(dc, pool, tmp_path, caplog):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets))
+    results = work / "train" / "flyt" / "eval_results.jsonl"
+    full = results.read_text().splitlines()
+    cut_results(results, 30, b'{"key": "vtab/svhn", "data')
+    invoke(run_args(dc, pool, work, evalsets))
+    assert [c["script"] for c in calls(dc)][-1] == "evaluate"
+    assert results.read_text().splitlines() == full
+    assert any("line 31" in m for m in caplog.messages)
+
+
+def test_run_checks_the_experiment_folder_before_the_first_stage(dc, pool, tmp_path):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    (work / "train" / "flyt").mkdir(parents=True)
+    (work / "train" / "flyt" / "notes.txt").write_text("keep")
+    r = invoke(run_args(dc, pool, work, evalsets), code=2)
+    assert "not a train.py run" in r.output and not calls(dc)
+    assert (work / "train" / "flyt" / "notes.txt").read_text() == "keep"
+
+
+def test_two_commands_on_one_folder_the_second_is_refused(dc, pool, resharded, tmp_path):
+    from flyt_datacomp.folders import lock_folder
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with lock_folder(out, "held by the test"):
+        r = invoke(reshard_args(dc, pool, out), code=2)
+        assert "in use by another command" in r.output and not any(out.iterdir())
+    assert len(calls(dc, "resharder")) == 1  # the fixture's only
+    exp = tmp_path / "train" / "exp"
+    exp.mkdir(parents=True)
+    with lock_folder(exp, "held by the test"):
+        r = invoke(train_args(dc, resharded, tmp_path / "train"), code=2)
+        assert "in use by another command" in r.output and not calls(dc, "train")
+    # an eval reshard output is not an eval train experiment, nor the other way round
+    r = invoke(train_args(dc, resharded, resharded.parent, "--overwrite", "--exp-name", "x"))
+    r = invoke(reshard_args(dc, pool, resharded.parent / "x", "--overwrite"), code=2)
+    assert "did not write" in r.output and "flyt_reshard.json" in r.output
+
+
+def test_run_never_empties_a_reshard_folder_that_holds_the_evalsets(dc, pool, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    monkeypatch.setenv("STANDIN_DROP", "1")
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets), code=4)  # a failed reshard: the folder is the run's to redo
+    monkeypatch.delenv("STANDIN_DROP")
+    inside = work / "reshard" / "evalsets"
+    inside.mkdir()
+    (inside / "imagenet.tar").write_bytes(b"keep")
+    r = invoke(run_args(dc, pool, work, inside), code=2)
+    assert "--evalsets" in r.output and (inside / "imagenet.tar").read_bytes() == b"keep"
+    assert len(calls(dc, "resharder")) == 1
+
+
+def test_unwritable_output_and_log_paths_are_one_line_errors(dc, pool, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    r = invoke(reshard_args(dc, pool, tmp_path / "a-file" / "out"), code=2)
+    assert "cannot be created" in r.output and "Traceback" not in r.output
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--log", tmp_path / "a-file" / "x.log"), code=2)
+    assert "cannot write the log file" in r.output and "--log" in r.output
+
+
+def test_cut_results_lines(tmp_path):
+    from flyt_datacomp.evaluation.report import drop_cut_end, read_results
+
+    path = tmp_path / "eval_results.jsonl"
+    line = json.dumps({"key": "mnist", "dataset": "MNIST", "metrics": {"main_metric": 0.5}})
+    for data, dropped, after in [
+        (b'{"key": "mni', 1, b""),  # the only line, cut
+        (line.encode(), None, line.encode() + b"\n"),  # complete, without its newline
+        (line.encode() + b"\n   ", 2, line.encode() + b"\n"),  # blanks after the last newline
+        (line.encode() + b"\n", None, line.encode() + b"\n"),  # nothing to do
+        (b"", None, b""),
+    ]:
+        path.write_bytes(data)
+        assert drop_cut_end(path) == dropped, data
+        assert path.read_bytes() == after, data
+    path.write_bytes(line.encode() + b'\n{"key": "mni')
+    with pytest.raises(Exception, match="line 2 .*the last line, cut short"):
+        read_results(path)
+    assert read_results(path, allow_cut_end=True).evaluated == {"MNIST"}
+
+
+@pytest.mark.parametrize("which,flag", [("--reshard-args", "-o"), ("--train-args", "--output_dir"),
+                                         ("--evaluate-args", "--output_dir"), ("--evaluate-args", "--data_dir")])
+def test_run_refuses_script_flags_it_sets_itself_before_the_first_stage(dc, pool, tmp_path, which, flag):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(run_args(dc, pool, tmp_path / "work", evalsets, which, f"{flag} {tmp_path}"), code=2)
+    assert flag in r.output and not calls(dc)
+
+
+@pytest.mark.parametrize("flag", ["--train_output_dir", "--data_dir=x", "--output", "--output_d"])
+def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_path, flag):
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(["evaluate", "--train-output-dir", trained, "--evalsets-dir", evalsets, *dc["args"], "--", flag,
+                str(tmp_path)], code=2)
+    assert flag.split("=")[0] in r.output and not calls(dc, "evaluate")
+
+
+@pytest.mark.parametrize("damage", ["[]", '{"inputs": {}}', '{"written": 5}', "{cut", ""])
+def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
+    work, evalsets = tmp_path / "work", tmp_path / "evalsets"
+    evalsets.mkdir()
+    invoke(run_args(dc, pool, work, evalsets))
+    for record in (work / "reshard" / "flyt_reshard.json", work / "train" / "flyt" / "flyt_train.json"):
+        record.write_text(damage)
+    r = invoke(run_args(dc, pool, work, evalsets))
+    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "resharder", "train"]
+    assert "Traceback" not in r.output and json.loads((work / "reshard" / "flyt_reshard.json").read_text())["written"]
+
+
+def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
+    long = tmp_path / ("a" * 300)
+    r = invoke(reshard_args(dc, pool, long), code=2)
+    assert "cannot be used" in r.output and "File name too long" in r.output
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    r = invoke(run_args(dc, pool, long, evalsets), code=2)
+    assert "cannot be used" in r.output and "--output-dir" in r.output and not calls(dc)

@@ -472,3 +472,53 @@ def test_open_clip_transform_and_tokenizer(pool_setup):
     b = next(stream.batches())
     assert b["images"].shape == (3, 3, 32, 32) and b["texts"].shape == (3, 16)
     assert b["texts"].dtype == torch.long and b["features"].shape == (3, 2)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_downstream_build_overwrite_never_removes_its_inputs(tmp_path):
+    src = image_folder(tmp_path / "data" / "src")
+    (tmp_path / "data" / "notes.txt").write_text("keep")
+    before = _files(tmp_path / "data")
+    runner = CliRunner()
+    for out in (src, f"{src}/", src / "class_0" / ".." , tmp_path / "data", src / "shards"):
+        res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(out), "--overwrite", "--quiet"])
+        assert res.exit_code == 2 and "source folder" in res.output, (out, res.output)
+        assert _files(tmp_path / "data") == before, out
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(link), "--overwrite", "--quiet"])
+    assert res.exit_code == 2 and "source folder" in res.output and _files(tmp_path / "data") == before
+    assert not [p for p in (tmp_path / "data").rglob(".*")]  # no temporary folder left in the source
+
+
+def test_downstream_build_overwrite_replaces_only_its_own_output(tmp_path):
+    src = image_folder(tmp_path / "src")
+    runner = CliRunner()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("keep")
+    res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(other), "--overwrite", "--quiet"])
+    assert res.exit_code == 2 and "build.json" in res.output and (other / "thesis.tex").read_text() == "keep"
+    out = tmp_path / "out"
+    assert runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(out), "--quiet"]).exit_code == 0
+    classes = out / "my-classes.json"
+    classes.write_text(json.dumps({"classnames": ["a", "b", "c"]}))
+    res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(out), "--overwrite", "--quiet",
+                                           "--classes", str(classes)])
+    assert res.exit_code == 2 and "class file" in res.output and classes.is_file()
+    link = tmp_path / "link-to-out"
+    link.symlink_to(out)
+    res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(link), "--overwrite", "--quiet",
+                                           "--per-shard", "2"])
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and len(list(out.glob("*.tar"))) == 5 and not classes.exists()
+
+
+def test_downstream_build_into_an_impossible_folder_is_one_line(tmp_path):
+    src = image_folder(tmp_path / "src")
+    (tmp_path / "a-file").write_text("x")
+    res = CliRunner().invoke(downstream_group, ["build", str(src), "--output-dir", str(tmp_path / "a-file" / "out")])
+    assert res.exit_code == 2 and "cannot write the output folder" in res.output

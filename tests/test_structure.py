@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "flyt_datacomp"
 FLOORS = [
     ("ground", ["flyt_datacomp", "flyt_datacomp.errors", "flyt_datacomp.registry", "flyt_datacomp.scales",
                 "flyt_datacomp.process", "flyt_datacomp.progress", "flyt_datacomp.console", "flyt_datacomp.parallel",
-                "flyt_datacomp.io", "flyt_datacomp.plots"]),
+                "flyt_datacomp.io", "flyt_datacomp.folders", "flyt_datacomp.plots"]),
     ("codecs", ["flyt_datacomp.uids", "flyt_datacomp.tars", "flyt_datacomp.torch_io"]),
     ("readers", ["flyt_datacomp.pool", "flyt_datacomp.shards", "flyt_datacomp.store", "flyt_datacomp.clip_models",
                  "flyt_datacomp.sampling", "flyt_datacomp.downstream"]),

@@ -24,7 +24,7 @@ def downstream_group() -> None:
 @option("--image-size", type=int, default=None, help="Resize so the shorter side is N pixels.")
 @option("--classes", "classes", type=click.Path(dir_okay=False, path_type=str), default=None,
         help="A {classnames, templates} JSON to write as classes.json (default: folder names).")
-@O.overwrite(help="Replace a non-empty --output-dir.")
+@O.overwrite(help="Replace a non-empty --output-dir (only one an earlier build wrote: it holds build.json).")
 @O.quiet()
 def build_command(src: str, out: str | None, output_dir: str | None, per_shard: int, seed: int, image_size: int | None,
                   classes: str | None, overwrite: bool, quiet: bool) -> None:

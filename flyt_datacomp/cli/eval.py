@@ -97,7 +97,8 @@ def reshard_command(subset: Path, shards_dir: str, output_dir: str, workers: int
 @option("--exp-name", required=True, help="Experiment name: a plain folder name under --output-dir.")
 @num_gpus_option
 @option("--resume", is_flag=True, hidden=True, help="Accepted for old command lines: a rerun resumes anyway.")
-@O.overwrite(help="Delete OUTPUT_DIR/EXP_NAME first and train from scratch (a rerun without it resumes).")
+@O.overwrite(help="Delete OUTPUT_DIR/EXP_NAME first (only a run of this command) and train from scratch "
+                  "(a rerun without it resumes).")
 @option("--log", "log_path", type=_LOG, help="Also write train.py's whole output to this file.")
 @datacomp_options
 @passthrough

@@ -30,9 +30,23 @@ def render() -> str:
              "the flags follow one vocabulary (`flyt_datacomp/cli/options.py`).", ""]
     for path, cmd in _commands(main):
         name = " ".join(("flyt-datacomp", *path))
-        ctx = cmd.make_context(name, [], resilient_parsing=True, terminal_width=WIDTH, max_content_width=WIDTH)
+        ctx = _context(path)
         parts += [f"## `{name}`", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+def _context(path: tuple[str, ...]) -> click.Context:
+    """The context a command has when run as ``flyt-datacomp PATH...``: under its parents' contexts,
+    whose settings (the help flags ``-h``/``--help``) it inherits, as on the command line. (Click
+    caches a command's help option once made, so a context without them would make the reference
+    depend on which commands had run before in the same process.)"""
+    ctx, cmd = None, main
+    for depth in range(len(path) + 1):
+        if depth:
+            cmd = cmd.commands[path[depth - 1]]
+        ctx = cmd.make_context(path[depth - 1] if depth else "flyt-datacomp", [], parent=ctx,
+                               resilient_parsing=True, terminal_width=WIDTH, max_content_width=WIDTH)
+    return ctx
 
 
 if __name__ == "__main__":

@@ -17,15 +17,15 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..console import say
 from ..errors import ExternalToolError, FlytInputError
+from ..folders import check_apart
 
 ENV_DIR = "DATACOMP_DIR"
 ENV_PYTHON = "DATACOMP_PYTHON"
@@ -175,28 +175,52 @@ def _probe(python: str, root: str) -> Environment:
                        info.get("scales"), info.get("scales_error"))
 
 
-# --------------------------------------------------------------------------- output folders
+# --------------------------------------------------------------------------- records
 
 
-def check_output_dir(path: Path, *, overwrite: bool, what: str = "output folder") -> None:
-    """Refuse an output folder that holds anything, unless ``overwrite``."""
-    if path.exists() and not path.is_dir():
-        raise FlytInputError(f"{what} {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise FlytInputError(f"{what} {path} is not empty; set `overwrite` to replace its contents",
-                             params=["overwrite"])
+def has_fields(record: Any, fields: dict[str, type | tuple[type, ...]]) -> bool:
+    """True when ``record`` is a dict holding every dotted field (``"written.samples"``) with its type:
+    a record file damaged or edited by hand is then not taken for a finished stage."""
+    for dotted, kind in fields.items():
+        value = record
+        for key in dotted.split("."):
+            if not isinstance(value, dict) or key not in value:
+                return False
+            value = value[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            return False
+    return True
 
 
-def empty_output_dir(path: Path) -> Path:
-    """Create ``path`` or delete everything in it."""
-    if path.is_dir():
-        for child in path.iterdir():
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# --------------------------------------------------------------------------- pass-through arguments
+
+
+def refuse_managed_flags(args: Sequence[str], managed: dict[str, str], script: str) -> None:
+    """Refuse pass-through arguments that would override a flag this command sets itself.
+
+    ``managed`` maps each such flag of the script (``--output-dir``, ``-o``) to the setting of ours
+    that gives it. A long flag is caught in every spelling argparse accepts (``--flag=value`` and any
+    abbreviation, i.e. a prefix), a short one also with its value attached (``-oVALUE``).
+    """
+    longs = {f: s for f, s in managed.items() if f.startswith("--")}
+    shorts = {f: s for f, s in managed.items() if not f.startswith("--")}
+    for arg in args:
+        if arg.startswith("--") and len(arg) > 2:
+            name = arg.split("=", 1)[0]
+            hits = [f for f in longs if f.startswith(name)]
+        elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
+            name = arg
+            hits = [f for f in shorts if arg.startswith(f)]
+        else:
+            continue
+        if hits:
+            setting = longs.get(hits[0]) or shorts[hits[0]]
+            named = re.fullmatch(r"[A-Za-z_]\w*", setting) is not None
+            shown = f"`{setting}`" if named else setting
+            raise FlytInputError(
+                f"the pass-through argument {name} would override {script}'s {hits[0]}, which this command "
+                f"sets itself from {shown}; give {shown} instead", params=[setting] if named else []
+            )
 
 
 def human_bytes(n: float) -> str:
@@ -250,6 +274,24 @@ class _Tail:
             self.hit = line
 
 
+def open_log(log_path: Path):
+    """``log_path`` opened for appending (its folder created); a one-line error when it cannot be."""
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        return open(log_path, "ab")
+    except OSError as exc:
+        raise FlytInputError(f"cannot write the log file {log_path} (`log_path`): {exc}", params=["log_path"]) from None
+
+
+def check_log(log_path: Path | None, inputs: Mapping[str, Any]) -> None:
+    """Before any work: the log file must lie apart from the command's inputs (appending to one
+    would damage it) and be writable."""
+    if log_path is None:
+        return
+    check_apart(log_path, inputs, what=f"`log_path` {log_path}", params=["log_path"])
+    open_log(log_path).close()
+
+
 def run_script(
     cmd: Sequence[str],
     *,
@@ -273,8 +315,7 @@ def run_script(
     log = None
     try:
         if log_path is not None:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log = open(log_path, "ab")
+            log = open_log(log_path)
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         except OSError as exc:

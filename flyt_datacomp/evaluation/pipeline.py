@@ -30,7 +30,7 @@ from ..uids import read_subset
 from . import evaluate as evaluate_stage
 from . import reshard as reshard_stage
 from . import train as train_stage
-from .datacomp import Checkout
+from .datacomp import Checkout, refuse_managed_flags
 from .report import RESULTS_FILE, aggregate, format_scores, read_results
 
 
@@ -109,6 +109,14 @@ def check_prerequisites(checkout: Checkout, scale: str, evalsets: Path, *, resha
                                  "with DataComp's download_evalsets.py", params=["evalsets_dir"])
 
 
+def check_pass_through(reshard_args: Sequence[str], train_args: Sequence[str], evaluate_args: Sequence[str]) -> None:
+    """Refuse, before the first stage, script flags that would override what the stages pass
+    themselves (evaluate.py's ``--output_dir`` too: the results belong in the work folder)."""
+    refuse_managed_flags(reshard_args, reshard_stage.MANAGED_FLAGS, "resharder.py")
+    refuse_managed_flags(train_args, train_stage.MANAGED_FLAGS, "train.py")
+    refuse_managed_flags(evaluate_args, {**evaluate_stage.MANAGED_FLAGS, "--output_dir": "output_dir"}, "evaluate.py")
+
+
 def run_pipeline(
     checkout: Checkout,
     subset: Path,
@@ -128,6 +136,12 @@ def run_pipeline(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the missing stages in order; return the submission record."""
+    train_stage.check_exp_name(exp_name)
+    check_pass_through(reshard_args, train_args, evaluate_args)
+    try:
+        work_dir.is_dir()
+    except OSError as exc:  # a name too long, ...
+        raise FlytInputError(f"`output_dir` {work_dir} cannot be used: {exc}", params=["output_dir"]) from None
     read_subset(subset)
     layout = Layout(work_dir, exp_name)
     resharded = finished_reshard(layout, subset, reshard_stage.file_sha256(subset))
@@ -135,6 +149,13 @@ def run_pipeline(
     evaluated = not evaluate_stage.unevaluated(layout.results)
     check_prerequisites(checkout, scale, evalsets, reshard=resharded is None, train=trained is None,
                         evaluate=not evaluated)
+    # the folders the stages still to run will write (or empty), checked before the first one starts
+    others = {"evalsets_dir": evalsets}
+    if resharded is None:
+        reshard_stage.output_folder(checkout, subset, shards_dir, layout.resharded, others).check(overwrite=True)
+    if trained is None:
+        train_stage.check_experiment(checkout, layout.experiment, train_stage.started_with(
+            scale, str(layout.resharded.resolve()), train_args), overwrite=False)
 
     _stage("reshard")
     if resharded is not None:
@@ -143,7 +164,7 @@ def run_pipeline(
         resharded = reshard_stage.reshard(
             checkout, subset, shards_dir, layout.resharded, workers=workers, shuffle_bufsize=shuffle_bufsize,
             overwrite=True, verify_copies=verify_copies, extra_args=reshard_args,
-            log_path=layout.log("reshard"), progress=progress,
+            log_path=layout.log("reshard"), progress=progress, other_inputs=others,
         )
 
     _stage("train")
@@ -157,6 +178,8 @@ def run_pipeline(
 
     _stage("evaluate")
     if evaluated:
+        evaluate_stage.prepare_results_file(layout.results, {"evalsets_dir": evalsets,
+                                                             "the DataComp checkout": checkout.root}, overwrite=False)
         say(f"complete ({layout.results}), skipped")
     else:
         evaluate_stage.evaluate(checkout, layout.experiment, evalsets, extra_args=evaluate_args,

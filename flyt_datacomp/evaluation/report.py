@@ -11,6 +11,7 @@ incomplete file instead of averaging what is there.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import FlytInputError
+from ..io import atomic_path
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "eval_results.jsonl"
 
@@ -87,6 +91,7 @@ class Results:
         self.metrics: dict[str, float] = {}
         self.lines_per_task: dict[str, int] = {}
         self.evaluated: set[str] = set()  # dataset names with a line, main metric or not
+        self.cut_line: int | None = None  # a cut-short last line that was left out
         for row in rows:
             name = row["dataset"]
             self.evaluated.add(name)
@@ -126,30 +131,87 @@ class Results:
         return "; ".join(parts)
 
 
-def read_results(path: str | os.PathLike) -> Results:
-    """Parse an ``eval_results.jsonl``; a malformed line is an error naming its number."""
+def _parse_line(raw: bytes, i: int, path: Path) -> dict[str, Any] | None:
+    """One line of a results file: its row, None for a blank line; an error naming the line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FlytInputError(f"line {i} of {path} is not UTF-8 text (byte {exc.start + 1} of the line: "
+                             f"{exc.reason}); is it a DataComp results file?") from None
+    if not line.strip():
+        return None
+    try:
+        obj = json.loads(line, parse_float=pandas_float)
+        metrics = obj["metrics"]
+        row = {"dataset": str(obj["dataset"]), "key": obj.get("key"), "main_metric": metrics.get("main_metric")}
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise FlytInputError(
+            f"line {i} of {path} is not a DataComp result line "
+            f'({{"key", "dataset", "metrics": {{"main_metric", ...}}}}): {exc!r}'
+        ) from None
+    if row["main_metric"] is not None and not isinstance(row["main_metric"], (int, float)):
+        raise FlytInputError(f"line {i} of {path}: main_metric must be a number or null")
+    return row
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete lines of ``data`` and what follows the last newline (b"" when it ends in one)."""
+    *lines, rest = data.split(b"\n")
+    return lines, rest
+
+
+def read_results(path: str | os.PathLike, *, allow_cut_end: bool = False) -> Results:
+    """Parse an ``eval_results.jsonl``; a malformed line is an error naming its number.
+
+    A last line without a newline that is not a result line is what evaluate.py leaves when it is
+    killed while appending: an error that says so, or, with ``allow_cut_end``, left out (its number
+    is in :attr:`Results.cut_line`; :func:`drop_cut_end` removes it from the file).
+    """
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise FlytInputError(f"cannot read results file {path}: {exc}") from None
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    lines, rest = _split(data)
+    rows = [row for i, raw in enumerate(lines, 1) if (row := _parse_line(raw, i, path)) is not None]
+    cut = None
+    if rest.strip():
+        i = len(lines) + 1
         try:
-            obj = json.loads(line, parse_float=pandas_float)
-            metrics = obj["metrics"]
-            rows.append({"dataset": str(obj["dataset"]), "key": obj.get("key"),
-                         "main_metric": metrics.get("main_metric")})
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise FlytInputError(
-                f"line {i} of {path} is not a DataComp result line "
-                f'({{"key", "dataset", "metrics": {{"main_metric", ...}}}}): {exc!r}'
-            ) from None
-        if rows[-1]["main_metric"] is not None and not isinstance(rows[-1]["main_metric"], (int, float)):
-            raise FlytInputError(f"line {i} of {path}: main_metric must be a number or null")
-    return Results(str(path), rows)
+            row = _parse_line(rest, i, path)
+        except FlytInputError as exc:
+            if not allow_cut_end:
+                raise FlytInputError(f"{exc.message} (the last line, cut short: evaluate.py was stopped "
+                                     "while writing it; rerun the evaluation to redo that task)") from None
+            cut = i
+        else:
+            rows.append(row)
+    elif rest:
+        cut = len(lines) + 1 if allow_cut_end else None
+    results = Results(str(path), rows)
+    results.cut_line = cut
+    return results
+
+
+def drop_cut_end(path: str | os.PathLike) -> int | None:
+    """Make a results file safe to append to: drop a cut-short last line (see :func:`read_results`)
+    and end a complete last line with its newline, rewriting the file atomically. Returns the
+    number of the line dropped, or None. A malformed line before the last is an error naming it."""
+    path = Path(path)
+    results = read_results(path, allow_cut_end=True)
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    lines, rest = _split(data)
+    kept = b"".join(line + b"\n" for line in lines)
+    if results.cut_line is None:
+        kept += rest + b"\n"
+    else:
+        logger.warning("%s: dropped line %d, cut short when evaluate.py was stopped while writing it (%d bytes: %r); "
+                       "its task is evaluated again", path, results.cut_line, len(rest), rest[:60])
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(kept)
+    return results.cut_line
 
 
 def group_mean(values: list[float]) -> float:

@@ -17,6 +17,7 @@ afterwards the samples written must equal the subset entries that have an image 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ import math
 import os
 import posixpath
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,20 @@ import numpy as np
 
 from ..console import say
 from ..errors import FlytInputError, OutputCheckError
+from ..folders import Location, OutputFolder
 from ..io import provenance, read_json_or_none, write_json
 from ..shards import index_shards, list_tars, open_folder
 from ..uids import read_subset, uids_to_hex
-from .datacomp import Checkout, check_output_dir, empty_output_dir, human_bytes, run_script
+from .datacomp import Checkout, check_log, has_fields, human_bytes, refuse_managed_flags, run_script
 
 PAPER_SHUFFLE_BUFSIZE = 1_500_000  # the FLYT paper's buffer for repeated subsets
 ENTRY_OVERHEAD_BYTES = 400  # one buffered copy: a small dict and its "<uid>-k" key string
 RECORD_FILE = "flyt_reshard.json"
+PARTIAL_FILE = "flyt_reshard_partial.json"  # left by a reshard that failed: the folder is ours to redo
+# resharder.py's flags that this command sets itself, and the setting each comes from
+MANAGED_FLAGS = {"--input-dir": "shards_dir", "-i": "shards_dir", "--output-dir": "output_dir", "-o": "output_dir",
+                 "--subset-file": "the SUBSET argument", "-s": "the SUBSET argument",
+                 "--shuffle-bufsize": "shuffle_bufsize"}
 
 
 # --------------------------------------------------------------------------- pure core
@@ -262,9 +269,11 @@ def reshard(
     extra_args: Sequence[str] = (),
     log_path: Path | None = None,
     progress: bool = True,
+    other_inputs: Mapping[str, Location | None] | None = None,
 ) -> dict[str, Any]:
     """Check the prerequisites, run DataComp's resharder, check its output; return the record
-    (also written to ``output_dir/flyt_reshard.json``)."""
+    (also written to ``output_dir/flyt_reshard.json``). ``output_dir`` must lie apart from the
+    inputs, and from ``other_inputs`` (setting name or description -> location)."""
     script = checkout.script("resharder.py")
     env = checkout.require_old_webdataset()
     uids, counts = read_subset(subset)
@@ -273,13 +282,17 @@ def reshard(
     if shuffle_bufsize is not None and shuffle_bufsize < 0:
         raise FlytInputError(f"`shuffle_bufsize` must be 0 (off) or positive, got {shuffle_bufsize}",
                              params=["shuffle_bufsize"])
+    refuse_managed_flags(extra_args, MANAGED_FLAGS, "resharder.py")
+    folder = output_folder(checkout, subset, shards_dir, output_dir, other_inputs)
+    folder.check(overwrite=overwrite)
+    check_log(log_path, {**folder.inputs, "output_dir": output_dir})  # the resharder needs the output empty
     check_stats_files(shards_dir)
-    check_output_dir(output_dir, overwrite=overwrite)
 
     index = index_shards(shards_dir, progress=progress)
     images = index.images_of(uids)
     cov = coverage(counts, images)
     print_coverage(cov)
+    check_has_images(cov, subset, shards_dir)
     workers = workers or os.cpu_count() or 1
     effective_workers = min(workers, len(index.shards))
     bufsize = default_bufsize(counts) if shuffle_bufsize is None else shuffle_bufsize
@@ -293,48 +306,94 @@ def reshard(
     else:
         say("shuffle buffer:           off (copies of an example stay side by side)")
 
-    empty_output_dir(output_dir)  # DataComp's resharder needs it to exist, and to be empty
-    cmd = [checkout.python, script, "-i", shards_dir, "-o", output_dir.resolve(), "-s", subset.resolve(),
-           "-j", str(workers), "--shuffle-bufsize", str(bufsize), *extra_args]
-    run = run_script(cmd, name="DataComp's resharder.py", log_path=log_path)
+    folder.create()
+    with folder.lock():
+        folder.empty()  # DataComp's resharder needs it to exist, and to be empty
+        with _marked_if_failed(output_dir, subset, shards_dir):
+            cmd = [checkout.python, script, "-i", shards_dir, "-o", output_dir.resolve(), "-s", subset.resolve(),
+                   "-j", str(workers), "--shuffle-bufsize", str(bufsize), *extra_args]
+            run = run_script(cmd, name="DataComp's resharder.py", log_path=log_path)
 
-    written = count_written(output_dir)
-    print_coverage(cov, written.samples)
-    if written.meta_output_count is not None and written.meta_output_count != written.samples:
-        raise OutputCheckError(
-            f"the resharder's meta.json in {output_dir} counts {written.meta_output_count:,} samples written, "
-            f"but its shards' stats files add up to {written.samples:,}"
-        )
-    if written.samples != cov.expected_samples:
-        raise OutputCheckError(
-            f"the resharder wrote {written.samples:,} samples to {output_dir}, but {cov.expected_samples:,} "
-            "subset entries have an image in the shards; look for errors in its log above"
-        )
-    verified = None
-    if verify_copies:
-        expected = {u: int(c * n) for u, c, n in zip(uids_to_hex(uids), counts, images) if n}
-        bad = compare_copies(expected, copies_written(output_dir))
-        if bad:
-            raise OutputCheckError(f"copies per uid in {output_dir} differ from the subset: " + "; ".join(bad))
-        verified = True
-        say("copies per uid:           all match the subset")
-    record = provenance(
-        output=str(output_dir),
-        inputs={"subset": str(subset.resolve()), "subset_sha256": file_sha256(subset),
-                "shards_dir": shards_dir, "datacomp_dir": str(checkout.root)},
-        parameters={"workers": workers, "shuffle_bufsize": bufsize, "extra_args": list(extra_args)},
-        datacomp_python={"path": checkout.python, "python": env.python, "webdataset": env.webdataset},
-        coverage=dataclasses.asdict(cov),
-        shards={"count": len(index.shards), "images": index.num_images,
-                "mean_sample_bytes": index.mean_sample_bytes},
-        shuffle_buffer=dataclasses.asdict(est),
-        written={"shards": written.shards, "samples": written.samples, "copies_verified": verified},
-        seconds=round(run.seconds, 3),
+            written = count_written(output_dir)
+            print_coverage(cov, written.samples)
+            if written.meta_output_count is not None and written.meta_output_count != written.samples:
+                raise OutputCheckError(
+                    f"the resharder's meta.json in {output_dir} counts {written.meta_output_count:,} samples written, "
+                    f"but its shards' stats files add up to {written.samples:,}"
+                )
+            if written.samples != cov.expected_samples:
+                raise OutputCheckError(
+                    f"the resharder wrote {written.samples:,} samples to {output_dir}, but {cov.expected_samples:,} "
+                    "subset entries have an image in the shards; look for errors in its log above"
+                )
+            verified = None
+            if verify_copies:
+                expected = {u: int(c * n) for u, c, n in zip(uids_to_hex(uids), counts, images) if n}
+                bad = compare_copies(expected, copies_written(output_dir))
+                if bad:
+                    raise OutputCheckError(f"copies per uid in {output_dir} differ from the subset: " + "; ".join(bad))
+                verified = True
+                say("copies per uid:           all match the subset")
+            record = provenance(
+                output=str(output_dir),
+                inputs={"subset": str(subset.resolve()), "subset_sha256": file_sha256(subset),
+                        "shards_dir": shards_dir, "datacomp_dir": str(checkout.root)},
+                parameters={"workers": workers, "shuffle_bufsize": bufsize, "extra_args": list(extra_args)},
+                datacomp_python={"path": checkout.python, "python": env.python, "webdataset": env.webdataset},
+                coverage=dataclasses.asdict(cov),
+                shards={"count": len(index.shards), "images": index.num_images,
+                        "mean_sample_bytes": index.mean_sample_bytes},
+                shuffle_buffer=dataclasses.asdict(est),
+                written={"shards": written.shards, "samples": written.samples, "copies_verified": verified},
+                seconds=round(run.seconds, 3),
+            )
+            write_json(output_dir / RECORD_FILE, record)
+            return record
+
+
+def output_folder(checkout: Checkout, subset: Path, shards_dir: str, output_dir: Path,
+                  other_inputs: Mapping[str, Location | None] | None = None) -> OutputFolder:
+    """The resharded folder, which must lie apart from the shards, the subset, the checkout and
+    ``other_inputs`` (those of a command that reshards as one of its stages)."""
+    return OutputFolder(
+        output_dir, "eval reshard", (RECORD_FILE, PARTIAL_FILE),
+        inputs={"shards_dir": shards_dir, "the subset file": subset, "the DataComp checkout": checkout.root,
+                **(other_inputs or {})},
     )
-    write_json(output_dir / RECORD_FILE, record)
-    return record
+
+
+def check_has_images(cov: Coverage, subset: Path, shards_dir: str) -> None:
+    """Refuse a subset of which no entry has an image in the shards: the resharder would write nothing."""
+    if cov.expected_samples:
+        return
+    why = "it is empty" if not cov.entries else f"none of its {cov.entries:,} entries ({cov.distinct_uids:,} uids) is there"
+    raise FlytInputError(
+        f"no entry of subset file {subset} has an image in the shards of {shards_dir} ({why}); "
+        "nothing to reshard: was the subset made from this pool?"
+    )
+
+
+@contextlib.contextmanager
+def _marked_if_failed(output_dir: Path, subset: Path, shards_dir: str) -> Iterator[None]:
+    """On any failure (Ctrl-C included) leave ``PARTIAL_FILE`` in the output folder: it holds what this
+    command wrote, so a later ``overwrite`` may empty it. (A run killed outright leaves no marker; its
+    folder is then refused, and must be emptied by hand.)"""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            write_json(output_dir / PARTIAL_FILE, provenance(
+                output=str(output_dir), inputs={"subset": str(subset), "shards_dir": shards_dir},
+                failed=f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+RECORD_FIELDS = {"inputs.subset": str, "inputs.subset_sha256": str, "written.samples": int,
+                 "coverage.entries": int, "coverage.distinct_uids": int, "coverage.entries_without_image": int}
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished, checked reshard in ``output_dir`` (None when there is none)."""
-    return read_json_or_none(output_dir / RECORD_FILE)
+    """The record of a finished, checked reshard in ``output_dir`` (None when there is none, or it is
+    damaged: the reshard is then redone)."""
+    record = read_json_or_none(output_dir / RECORD_FILE)
+    return record if has_fields(record, RECORD_FIELDS) else None

@@ -10,17 +10,23 @@ here. A finished run gets ``OUT/NAME/flyt_train.json``, which ``eval run`` uses 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlytInputError, OutputCheckError
+from ..errors import FlytInputError, OutputCheckError, quote
+from ..folders import OutputFolder
 from ..io import provenance, read_json_or_none, write_json
-from .datacomp import Checkout, empty_output_dir, run_script
+from .datacomp import Checkout, check_log, has_fields, refuse_managed_flags, run_script
 
 RECORD_FILE = "flyt_train.json"
+RECORD_FIELDS = {"checkpoint": str, "parameters.scale": str, "scale_config": dict}
 START_FILE = "flyt_train_start.json"  # what a run was started with, so a rerun resumes only the same run
 FAILURE_LINE = "Error running training"
+# train.py's flags that this command sets itself, and the setting each comes from
+MANAGED_FLAGS = {"--scale": "scale", "--data_dir": "resharded_dir", "--output_dir": "output_dir",
+                 "--exp_name": "exp_name"}
 
 
 def check_data_dir(data_dir: str) -> None:
@@ -47,8 +53,9 @@ def train_command(checkout: Checkout, script: Path, args: list[str], num_gpus: i
 
 def check_exp_name(exp_name: str) -> None:
     """An experiment name is one plain folder name (not ``.``, ``..`` or a path)."""
-    if not exp_name or exp_name in (".", "..") or "/" in exp_name or "\\" in exp_name or exp_name.startswith("-"):
-        raise FlytInputError(f"`exp_name` must be a plain folder name, got {exp_name!r}", params=["exp_name"])
+    if (not exp_name or exp_name in (".", "..") or any(c in exp_name for c in "/\\\0") or exp_name.startswith("-")
+            or len(os.fsencode(exp_name)) > 255):
+        raise FlytInputError(f"`exp_name` must be a plain folder name, got {quote(exp_name)}", params=["exp_name"])
 
 
 def train(
@@ -74,33 +81,54 @@ def train(
     if num_gpus < 1:
         raise FlytInputError(f"`num_gpus` must be at least 1, got {num_gpus}", params=["num_gpus"])
     check_exp_name(exp_name)
+    refuse_managed_flags(extra_args, MANAGED_FLAGS, "train.py")
     check_data_dir(data_dir)
     exp_dir = output_dir / exp_name
-    started = {"scale": scale, "data_dir": data_dir, "extra_args": list(extra_args)}
-    if overwrite:
-        empty_output_dir(exp_dir)
-    else:
-        check_resumable(exp_dir, started)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json(exp_dir / START_FILE, provenance(**started))
-    args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
-            "--exp_name", exp_name, *extra_args]
-    run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
-                     log_path=log_path, fail_markers=(FAILURE_LINE,))
-    checkpoint = exp_dir / "checkpoints" / "epoch_latest.pt"
-    for needed in (exp_dir / "info.pkl", checkpoint):
-        if not needed.is_file():
-            raise OutputCheckError(f"train.py finished but wrote no {needed}")
-    record = provenance(
-        output=str(exp_dir),
-        inputs={"data_dir": data_dir, "datacomp_dir": str(checkout.root)},
-        parameters={"scale": scale, "exp_name": exp_name, "num_gpus": num_gpus, "extra_args": list(extra_args)},
-        scale_config=config,
-        checkpoint=str(checkpoint),
-        seconds=round(run.seconds, 3),
-    )
-    write_json(exp_dir / RECORD_FILE, record)
+    started = started_with(scale, data_dir, extra_args)
+    folder = check_experiment(checkout, exp_dir, started, overwrite=overwrite)
+    check_log(log_path, folder.inputs)
+    folder.create()
+    with folder.lock():
+        if overwrite:
+            folder.empty()
+        write_json(exp_dir / START_FILE, provenance(**started))
+        args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
+                "--exp_name", exp_name, *extra_args]
+        run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
+                         log_path=log_path, fail_markers=(FAILURE_LINE,))
+        checkpoint = exp_dir / "checkpoints" / "epoch_latest.pt"
+        for needed in (exp_dir / "info.pkl", checkpoint):
+            if not needed.is_file():
+                raise OutputCheckError(f"train.py finished but wrote no {needed}")
+        record = provenance(
+            output=str(exp_dir),
+            inputs={"data_dir": data_dir, "datacomp_dir": str(checkout.root)},
+            parameters={"scale": scale, "exp_name": exp_name, "num_gpus": num_gpus, "extra_args": list(extra_args)},
+            scale_config=config,
+            checkpoint=str(checkpoint),
+            seconds=round(run.seconds, 3),
+        )
+        write_json(exp_dir / RECORD_FILE, record)
     return record
+
+
+def started_with(scale: str, data_dir: str, extra_args: Sequence[str]) -> dict[str, Any]:
+    """What a run is started with (kept in ``START_FILE``; a rerun resumes only the same run)."""
+    return {"scale": scale, "data_dir": data_dir, "extra_args": list(extra_args)}
+
+
+def check_experiment(checkout: Checkout, exp_dir: Path, started: dict[str, Any], *, overwrite: bool) -> OutputFolder:
+    """Refuse an experiment folder OUTPUT_DIR/EXP_NAME that overlaps the resharded data or the
+    checkout, or that ``overwrite`` may not empty, or (without it) that holds another run."""
+    folder = OutputFolder(exp_dir, "eval train", (START_FILE, RECORD_FILE),
+                          inputs={"resharded_dir": started["data_dir"], "the DataComp checkout": checkout.root},
+                          what="experiment folder", params=("output_dir", "exp_name"))
+    if overwrite:
+        folder.check(overwrite=True)
+    else:
+        folder.check_place()
+        check_resumable(exp_dir, started)
+    return folder
 
 
 def check_resumable(exp_dir: Path, started: dict[str, Any]) -> None:
@@ -124,8 +152,9 @@ def check_resumable(exp_dir: Path, started: dict[str, Any]) -> None:
 
 
 def read_record(exp_dir: Path) -> dict[str, Any] | None:
-    """The record of a finished training run in ``exp_dir`` whose outputs are all still there."""
+    """The record of a finished training run in ``exp_dir`` whose outputs are all still there (None
+    when it is missing or damaged: the run is then resumed)."""
     record = read_json_or_none(exp_dir / RECORD_FILE)
-    if not isinstance(record, dict) or not (exp_dir / "info.pkl").is_file() or not Path(record.get("checkpoint", "")).is_file():
+    if not has_fields(record, RECORD_FIELDS) or not (exp_dir / "info.pkl").is_file():
         return None
-    return record
+    return record if Path(record["checkpoint"]).is_file() else None
