@@ -174,6 +174,12 @@ class Pool:
         return ShardData(shard, cols, arrays)
 
     def _read_columns(self, shard: MetadataShard, columns: list[str], no_missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The columns of one shard. The parquet file is a Python file object (any fsspec URL), so
+        it is decoded in this thread (``use_threads=False``): Arrow's own worker threads would hold
+        the last references to buffers of that object, and a worker that releases one while the
+        interpreter is exiting (after an error, say) must take the GIL from a finalising
+        interpreter, which kills the thread with ``terminate called without an active exception``
+        (exit code 134). Shards are read in parallel by :func:`~flyt_datacomp.parallel.thread_map`."""
         try:
             with self.fs.open(shard.parquet, "rb") as fh:
                 pf = pq.ParquetFile(fh)
@@ -183,7 +189,7 @@ class Pool:
                         f"parquet file {shard.parquet} has no column {missing[0]!r} "
                         f"(columns: {pf.schema_arrow.names})"
                     )
-                table = pf.read(columns=columns)
+                table = pf.read(columns=columns, use_threads=False)  # see _read_columns
         except FlytInputError:
             raise
         except Exception as exc:

@@ -109,7 +109,7 @@ def _uids_from_parquet(fs: Any, path: str) -> list[str] | None:
         if "uid" not in schema.names or "status" not in schema.names:
             return None
         fh.seek(0)
-        table = pq.read_table(fh, columns=["uid", "status"])
+        table = pq.read_table(fh, columns=["uid", "status"], use_threads=False)  # see Pool._read_columns
     uid = table.column("uid").to_pylist()
     status = table.column("status").to_pylist()
     return [u for u, s in zip(uid, status) if s == "success"]

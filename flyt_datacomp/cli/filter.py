@@ -139,7 +139,7 @@ def print_summary(result: selection.SelectionResult, seconds: float) -> None:
     downloaded = s["inputs"]["pool_size_downloaded"]
     of = f"{result.pool.size:,}" if downloaded is None else f"{downloaded:,} downloaded (pool {result.pool.size:,})"
     click.echo(f"selected {s['distinct_uids']:,} distinct uids of {of}, {s['total_entries']:,} entries in all, "
-               f"max repetitions {s['max_repetitions']} (filtering took {seconds:.1f} s)")
+               f"max repetitions {s['max_repetitions']} (this run took {seconds:.1f} s)")
     for m in s.get("masks") or []:
         click.echo(f"mask:      {m['mask']} -> {m['surviving']:,} left")
     if s["sampler"] is not None:

@@ -58,7 +58,8 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
     keys = sorted({k for _, p, _ in task.inputs for k in p.npz_keys})
     read = task.pool.read_shard(task.shard, ["uid", *columns], keys)
     with task.pool.fs.open(task.shard.parquet, "rb") as fh:
-        uid_hex = pq.ParquetFile(fh).read(columns=["uid"]).column("uid").combine_chunks()
+        # use_threads=False: the file is a Python object (see Pool._read_columns)
+        uid_hex = pq.ParquetFile(fh).read(columns=["uid"], use_threads=False).column("uid").combine_chunks()
     stem = shard_stem(task.shard.parquet)
     store = InputStore(task.store_root)
     data = TaskData(task.shard, read.columns, read.arrays, store.read_shard_columns(stem, task.stored))

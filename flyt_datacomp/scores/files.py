@@ -48,7 +48,7 @@ def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
                 table = pcsv.read_csv(fh, convert_options=pcsv.ConvertOptions(
                     column_types={"uid": pa.string()}))
             else:
-                table = pq.read_table(fh)
+                table = pq.read_table(fh, use_threads=False)  # a Python file: see Pool._read_columns
     except FlytInputError:
         raise
     except Exception as exc:
