@@ -460,8 +460,13 @@ class InputStore:
             out = {}
             for n in names:
                 v = values[n].astype(np.float64)
+                absent = np.isnan(v)
+                if absent.any() and entries[n]["missing_count"] == 0 or np.isinf(v).any():
+                    what = "values that are not numbers" if absent.any() else "infinite values"
+                    raise self._damaged_shard(self.shard_path(shard["stem"]),
+                                              f"holds {what} in input {n!r}, which its manifest entry says has none")
                 if fill and entries[n]["fill_value"] is not None:
-                    v[np.isnan(v)] = entries[n]["fill_value"]
+                    v[absent] = entries[n]["fill_value"]
                 out[n] = v
             yield out
 

@@ -463,6 +463,21 @@ def test_a_damaged_store_is_named_by_every_reader(pool_dir, tmp_path, damage):
         read_features(Pool(str(pool_dir), progress=False), FeatureSpec("m-flyt", ("x",), inputs_dir=str(store)))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_values_the_manifest_says_an_input_cannot_have_are_refused(pool_dir, tmp_path, value):
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
+    path = shard_files(store)[1]
+    table = pq.read_table(path)  # a hand edit that keeps the file's metadata
+    x = table.column("x").to_numpy().copy()
+    x[3] = value
+    pq.write_table(table.set_column(table.column_names.index("x"), "x", pa.array(x)), path)
+    # a mask would silently drop (NaN) or keep (inf) the row
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "clip_l14_similarity_score", "--mask",
+                                      "store:x>0")), path.name, "input 'x'")
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")), path.name, "input 'x'")
+
+
 @pytest.mark.parametrize("damage", ["shard deleted", "shard truncated", "column dropped"])
 def test_compute_repairs_damaged_shards_and_keeps_the_rest(pool_dir, tmp_path, damage):
     store = tmp_path / "store"
