@@ -252,6 +252,7 @@ class StoredInputMask(ColumnMask):
         store = InputStore(ctx.inputs_dir)
         name = self.condition.name
         entry = store.entry(name)
+        ctx.pool.uids  # noqa: B018 - read once here (a subset is written from them): the store's pool check reuses them
         raw = store.columns([name], ctx.pool, fill=False)[name]  # checked to be this pool's; NaN never passes
         inside = self.condition.holds(raw, f"input {name!r} of the store {ctx.inputs_dir}")
         return inside, {"store": str(ctx.inputs_dir), "input_spec": entry["spec"]}
