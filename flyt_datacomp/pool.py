@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from .errors import FlytInputError
 from .parallel import thread_map
 from .progress import progress_bar
-from .uids import first_duplicate, hex_to_uids, uid_order, uids_to_hex
+from .uids import first_duplicate, hex_to_uids, uid_order, uids_digest, uids_to_hex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +248,16 @@ class Pool:
                 f"({where[0]} and {where[1]})"
             )
         return uids, order
+
+    @cached_property
+    def shard_uid_digests(self) -> list[str]:
+        """Per shard, in pool order, the digest of its uids in row order
+        (:func:`~flyt_datacomp.uids.uids_digest`): what proves that an input store belongs to this pool.
+        From :attr:`uids` when already read, else one pass over the uid columns that keeps only the digests."""
+        if "_uid_index" in self.__dict__:
+            uids = self._uid_index[0]
+            return [uids_digest(uids[s.offset:s.offset + s.num_rows]) for s in self.shards]
+        return [uids_digest(d.columns["uid"]) for d in self.iter_shards(["uid"], desc="reading uids")]
 
     @property
     def uids(self) -> np.ndarray:

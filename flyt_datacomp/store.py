@@ -1,14 +1,38 @@
 """The input-score store: per-example inputs kept beside a pool, one parquet file per metadata shard.
 
-Layout of a store folder::
+Layout of a store folder (format 2)::
 
-    inputs.json          the pool it belongs to (metadata folder, shard names and row counts) and,
-                         per input: its spec, provider kind and version, parameters, missing-value
-                         policy and fill value, and count, mean, std, min, max over the pool
+    inputs.json          the manifest: the pool it belongs to and, per input, how it was computed
     <stem>.parquet       per metadata shard <stem>.parquet of the pool: ``uid`` and one float32
                          column per input, rows in the shard's order (NaN where a provider had no value)
     work/                what providers keep: fitted classifiers, joined per-uid files, image-shard passes
     .lock                locked (by the OS) while a run writes the store; a second writer is refused
+
+``inputs.json``::
+
+    {"format": 2, "version": "<package version>", "metadata_dir": "<the pool's folder, as given>",
+     "shards": [{"stem": "<stem>", "rows": 123, "uid_sha256": "<digest of the shard's uids>"}, ...],
+     "inputs": {"<name>": {"spec": ..., "kind": ..., "provider_version": ..., "params": {...},
+                           "sources": {"<file>": {"bytes": 123, "sha256": "..."}},
+                           "reads": {"<stored input>": "<its token>"},
+                           "token": "<this computation>", "status": "computing" | "complete",
+                           "missing": ..., "device": ..., "count": ..., "missing_count": ...,
+                           "fill_value": ..., "mean": ..., "std": ..., "min": ..., "max": ...,
+                           "extra_uids": ...}}}
+
+What makes the store trustworthy:
+
+* **It belongs to its pool.** Each shard's ``uid_sha256`` is the digest of the pool shard's uids in row
+  order (:func:`flyt_datacomp.uids.uids_digest`); every reader and every run compares it with the
+  pool's, so a pool with the same shard names and sizes but other (or reordered) uids is refused.
+* **A column is only trusted with its identity.** An input's ``token`` is drawn when its computation
+  starts (again on ``--recompute``); every shard file records, in its parquet metadata, the digest of
+  its uids and the token of each column it holds. A column without the manifest's token (a shard file
+  of another store, a folder reused, a column left by an earlier computation) holds no input: a run
+  recomputes it, a reader refuses it.
+* **An input's identity includes its content**: the size and sha256 of each file it reads
+  (``sources``) and the tokens of the stored inputs it reads (``reads``); a run refuses to resume or
+  reuse an input whose files or stored inputs changed, unless told to recompute it.
 
 A shard file is rewritten (temporary file, then rename) when an input is added, so a kill never
 leaves a half-written shard, and a shard that already holds an input's column is never recomputed.
@@ -17,8 +41,14 @@ leaves a half-written shard, and a shard that already holds an input's column is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import json
+import math
 import os
+import re
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +59,76 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import FlytInputError, quote
-from .io import atomic_path, local_path, write_json
+from .io import TEMP_SUFFIX, atomic_path, local_path, write_json
+
+try:  # the writer's lock: flock where there is one (POSIX), msvcrt's byte-range lock on Windows
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 MANIFEST = "inputs.json"
-FORMAT = 1
+FORMAT = 2
+LOCK = ".lock"
+WORK = "work"
+RESERVED_NAMES = frozenset({"uid"})  # columns of the shard files that are not inputs
+STATUSES = ("computing", "complete")
+UIDS_KEY = b"flyt_datacomp.uid_sha256"  # shard file metadata: the digest of its uid column
+TOKENS_KEY = b"flyt_datacomp.inputs"  # shard file metadata: {column: token of the computation that wrote it}
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_HEX = re.compile(r"^[0-9a-f]+$")
+_STATISTICS = ("count", "missing_count", "fill_value", "mean", "std", "min", "max")
 
 
 def shard_stem(parquet_url: str) -> str:
     return os.path.basename(parquet_url)[: -len(".parquet")]
+
+
+def is_reserved(name: str) -> bool:
+    """True for a name the store's layout uses (``uid``, in any case)."""
+    return name.lower() in RESERVED_NAMES
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """What a store shard file says about itself (its footer only)."""
+
+    path: Path
+    rows: int
+    uid_sha256: str | None
+    tokens: dict[str, str]  # column -> token of the computation that wrote it
+    types: dict[str, pa.DataType]  # column -> type
+
+    def holds(self, name: str, token: str) -> bool:
+        return self.tokens.get(name) == token and pa.types.is_floating(self.types.get(name, pa.null()))
+
+    def why_not(self, name: str, token: str) -> str:
+        if name not in self.types:
+            return "it has no such column"
+        if self.tokens.get(name) != token:
+            return "its column was written by another computation than the manifest records"
+        return f"its column holds {self.types[name]} values, not numbers"
+
+
+class DamagedShard(FlytInputError):
+    """A store shard file that does not hold what the manifest says (``why`` says what is wrong)."""
+
+    def __init__(self, message: str, path: Path, why: str):
+        super().__init__(message)
+        self.path, self.why = path, why
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failed write of a store file (a full disk, a read-only folder) into one clear error."""
+    try:
+        yield
+    except OSError as exc:
+        raise FlytInputError(f"cannot write {path}: {exc.strerror or exc}; the store's earlier files are kept as they "
+                             "were: free some space (or fix the folder) and run again to resume") from None
 
 
 class InputStore:
@@ -44,7 +136,7 @@ class InputStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = local_path(root, "the input store")
-        self.work_dir = self.root / "work"
+        self.work_dir = self.root / WORK
 
     # ------------------------------------------------------------------ manifest
 
@@ -56,25 +148,121 @@ class InputStore:
         return self.manifest_path.is_file()
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest, checked to be whole (a damaged or hand-edited one is one error naming the part)."""
         try:
-            data = json.loads(self.manifest_path.read_text())
+            text = self.manifest_path.read_text()
         except FileNotFoundError:
             raise FlytInputError(f"{self.root} is not an input store (no {MANIFEST}); make one with "
                                  "`flyt-datacomp inputs compute`") from None
         except (OSError, ValueError) as exc:
             raise FlytInputError(f"cannot read {self.manifest_path}: {exc}") from None
-        if data.get("format") != FORMAT:
-            raise FlytInputError(f"{self.manifest_path} has format {data.get('format')!r}; this version reads {FORMAT}")
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise self._damaged_manifest(f"it is not valid JSON ({exc})") from None
+        self._check_manifest(data)
         return data
 
+    def _damaged_manifest(self, why: str) -> FlytInputError:
+        return FlytInputError(f"the input store manifest {self.manifest_path} is damaged: {why}; compute the store "
+                              "again (into a new folder, or after deleting this one)")
+
+    def _check_manifest(self, data: Any) -> None:
+        bad = self._damaged_manifest
+        if not isinstance(data, dict):
+            raise bad(f"it holds a JSON {type(data).__name__}, not an object")
+        fmt = data.get("format")
+        if _is_int(fmt) and fmt < FORMAT:
+            raise FlytInputError(
+                f"the input store {self.root} was made by an older version of flyt-datacomp (store format {fmt}), which "
+                "did not record which pool uids and which computation each column holds; compute it again (into a new "
+                "folder, or after deleting this one)")
+        if _is_int(fmt) and fmt > FORMAT:
+            raise FlytInputError(f"the input store {self.root} has format {fmt}, made by a newer version of "
+                                 f"flyt-datacomp; this version reads format {FORMAT}: upgrade flyt-datacomp")
+        if fmt != FORMAT:
+            raise bad(f"'format' is {quote(fmt)}, not {FORMAT}")
+        for key, kind in (("metadata_dir", str), ("shards", list), ("inputs", dict)):
+            if not isinstance(data.get(key), kind):
+                raise bad(f"{quote(key)} is {'missing' if key not in data else 'not a JSON ' + _json_kind(kind)}")
+        if not data["shards"]:
+            raise bad("'shards' is empty")
+        stems = set()
+        for i, s in enumerate(data["shards"]):
+            where = f"shards[{i}]"
+            if not isinstance(s, dict):
+                raise bad(f"{where} is not an object")
+            stem = s.get("stem")
+            if not isinstance(stem, str) or not stem or "/" in stem or "\\" in stem or stem in (".", ".."):
+                raise bad(f"{where}.stem is {quote(stem)}, not a file name")
+            if stem in stems:
+                raise bad(f"shard {quote(stem)} is listed twice")
+            stems.add(stem)
+            if not _is_int(s.get("rows")) or s["rows"] < 0:
+                raise bad(f"{where}.rows is {quote(s.get('rows'))}, not a row count")
+            if not _is_digest(s.get("uid_sha256")):
+                raise bad(f"{where}.uid_sha256 is {quote(s.get('uid_sha256'))}, not a sha256 digest")
+        for name, e in data["inputs"].items():
+            where = f"input {quote(name)}"
+            if not NAME_PATTERN.match(name) or is_reserved(name):
+                raise bad(f"{where} has a name no input may have")
+            if not isinstance(e, dict):
+                raise bad(f"{where} is not an object")
+            for key, kind in (("spec", str), ("kind", str), ("params", dict), ("sources", dict), ("token", str),
+                              ("status", str)):
+                if not isinstance(e.get(key), kind):
+                    raise bad(f"{where}: {quote(key)} is {'missing' if key not in e else 'not a JSON ' + _json_kind(kind)}")
+            if e["status"] not in STATUSES:
+                raise bad(f"{where}: status {quote(e['status'])} is not one of {', '.join(STATUSES)}")
+            if not _HEX.match(e["token"]):
+                raise bad(f"{where}: token {quote(e['token'])} is not a hex string")
+            reads = e.get("reads", {})
+            if not isinstance(reads, dict) or not all(isinstance(t, str) for t in reads.values()):
+                raise bad(f"{where}: 'reads' is not a JSON object of tokens")
+            required = _STATISTICS if e["status"] == "complete" else ()
+            for key in ("count", "missing_count", "extra_uids", "source_uids"):
+                if (key in e or key in required) and not (_is_int(e.get(key)) and e[key] >= 0):
+                    raise bad(f"{where}: {quote(key)} is {_shown(e, key)}, not a count")
+            for key in ("mean", "std", "min", "max", "seconds"):
+                if (key in e or key in required) and not _is_number(e.get(key)):
+                    raise bad(f"{where}: {quote(key)} is {_shown(e, key)}, not a finite number")
+            if "fill_value" in required and "fill_value" not in e:
+                raise bad(f"{where}: 'fill_value' is missing")
+            if e.get("fill_value") is not None and not _is_number(e["fill_value"]):
+                raise bad(f"{where}: 'fill_value' is {_shown(e, 'fill_value')}, not a finite number or null")
+
     def write_manifest(self, data: dict[str, Any]) -> None:
-        write_json(self.manifest_path, data)
+        with _writing(self.manifest_path):
+            write_json(self.manifest_path, data)
+
+    # ------------------------------------------------------------------ the folder and its pool
+
+    def check_creatable(self) -> None:
+        """Refuse, before anything is written, a folder that is neither a store nor empty (the metadata
+        folder, a folder of other files, a store whose ``inputs.json`` was deleted): nothing in it is
+        ever touched. A leftover lock file or first manifest of a killed first run does not count."""
+        if self.root.exists() and not self.root.is_dir():
+            raise FlytInputError(f"the input store {self.root} is not a folder", params=["inputs_dir"])
+        if self.exists() or not self.root.exists():
+            return
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError as exc:
+            raise FlytInputError(f"cannot list the input store folder {self.root}: {exc.strerror}") from None
+        foreign = [n for n in names if n != LOCK and not (n.startswith(f".{MANIFEST}.") and n.endswith(TEMP_SUFFIX))]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise FlytInputError(
+                f"{self.root} is not an input store (it has no {MANIFEST}) and holds other files ({shown}); "
+                "give `inputs_dir` an empty or new folder (nothing in this one was changed)", params=["inputs_dir"])
 
     def attach(self, pool) -> dict[str, Any]:
         """Create the store for ``pool``, or check that an existing one belongs to it."""
-        shards = [{"stem": shard_stem(s.parquet), "rows": s.num_rows} for s in pool.shards]
+        self.check_creatable()
+        self._check_not_the_pool(pool)
         if not self.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
+            shards = [{"stem": shard_stem(s.parquet), "rows": s.num_rows, "uid_sha256": d}
+                      for s, d in zip(pool.shards, pool.shard_uid_digests)]
             data = {"format": FORMAT, "version": __version__, "metadata_dir": pool.url, "shards": shards, "inputs": {}}
             self.write_manifest(data)
             return data
@@ -83,6 +271,8 @@ class InputStore:
         return data
 
     def check_pool(self, pool, data: dict[str, Any] | None = None) -> None:
+        """Refuse a pool the store was not made for: other shard names or sizes, or other uids (or the
+        same uids in another order) in any shard."""
         data = data or self.manifest()
         mine = [(s["stem"], s["rows"]) for s in data["shards"]]
         theirs = [(shard_stem(s.parquet), s.num_rows) for s in pool.shards]
@@ -90,36 +280,139 @@ class InputStore:
             differ = next((f"{a} vs {b}" for a, b in zip(mine, theirs) if a != b), f"{len(mine)} vs {len(theirs)} shards")
             raise FlytInputError(f"the input store {self.root} was made for another pool ({data['metadata_dir']}); "
                                  f"its shards differ from {pool.url}'s ({differ})")
+        for s, shard, digest in zip(data["shards"], pool.shards, pool.shard_uid_digests):
+            if s["uid_sha256"] != digest:
+                raise FlytInputError(
+                    f"the input store {self.root} was made for another pool ({data['metadata_dir']}): {shard.parquet} "
+                    f"holds other uids, or the same in another order, than the store's shard {s['stem']} "
+                    f"({s['rows']:,} rows alike); compute a store for this pool (into a new folder)")
+
+    def _check_not_the_pool(self, pool) -> None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            if self.root.exists() and os.path.samefile(self.root, pool.root):
+                raise FlytInputError(f"the input store {self.root} is the pool's metadata folder; give `inputs_dir` "
+                                     "a folder of its own", params=["inputs_dir"])
 
     # ------------------------------------------------------------------ shard files
 
     def shard_path(self, stem: str) -> Path:
         return self.root / f"{stem}.parquet"
 
-    def shard_columns(self, stem: str) -> set[str]:
+    def shard_file(self, stem: str) -> ShardFile | None:
+        """What the shard file's footer says, or None when there is no file; an unreadable file is an error."""
         path = self.shard_path(stem)
-        if not path.exists():
-            return set()
         try:
-            return set(pq.read_schema(path).names) - {"uid"}
-        except Exception as exc:  # a damaged file: recompute it
-            raise FlytInputError(f"store shard {path} is unreadable ({exc}); delete it to recompute it") from None
+            pf = pq.ParquetFile(path)
+            schema, rows = pf.schema_arrow, pf.metadata.num_rows
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise self._damaged_shard(path, f"is unreadable ({exc})", reader=False) from None
+        meta = schema.metadata or {}
+        try:
+            tokens = json.loads(meta.get(TOKENS_KEY, b"{}"))
+            tokens = {str(k): str(v) for k, v in tokens.items()} if isinstance(tokens, dict) else {}
+        except ValueError:
+            tokens = {}
+        digest = meta.get(UIDS_KEY)
+        types = {f.name: f.type for f in schema if f.name != "uid"}
+        return ShardFile(path, rows, digest.decode() if digest else None, tokens, types)
 
-    def read_shard_columns(self, stem: str, names: list[str]) -> dict[str, np.ndarray]:
+    def _damaged_shard(self, path: Path, why: str, *, reader: bool = True) -> DamagedShard:
+        if reader and self.writer_active():
+            return DamagedShard(f"shard file {path} of the input store {self.root} {why}, and another run is writing "
+                                "the store now: read it when that run has finished", path, why)
+        return DamagedShard(f"the input store {self.root} is damaged: shard file {path.name} {why}; "
+                            "`flyt-datacomp inputs compute` with the same inputs recomputes what is damaged", path, why)
+
+    def writer_active(self) -> bool:
+        """True while a run holds the store's writer lock (a reader's hint; it takes no lock)."""
+        try:
+            fd = os.open(self.root / LOCK, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            return not _lock(fd, self.root / LOCK)
+        except FlytInputError:
+            return False
+        finally:
+            os.close(fd)
+
+    def _checked_shard(self, shard: dict[str, Any], names: list[str], entries: dict[str, Any], *,
+                       reader: bool = True) -> ShardFile:
+        """The shard file of manifest entry ``shard``, checked to hold ``names`` as the manifest records them
+        (``reader``: the caller does not hold the writer's lock, so damage may be a writer at work)."""
+        path = self.shard_path(shard["stem"])
+        try:
+            info = self.shard_file(shard["stem"])
+        except DamagedShard as exc:
+            raise self._damaged_shard(path, exc.why, reader=reader) from None
+        why = None
+        if info is None:
+            why = "is missing"
+        elif info.rows != shard["rows"]:
+            why = f"has {info.rows:,} rows, the manifest {shard['rows']:,}"
+        elif info.uid_sha256 != shard["uid_sha256"]:
+            why = ("holds other uids than the manifest records for it (a file of another shard or another store?)"
+                   if info.uid_sha256 else "does not record which uids it holds (not written by an input store?)")
+        else:
+            for name in names:
+                if not info.holds(name, entries[name]["token"]):
+                    why = f"does not hold input {name!r}: {info.why_not(name, entries[name]['token'])}"
+                    break
+        if why is not None:
+            raise self._damaged_shard(path, why, reader=reader)
+        return info
+
+    def held_inputs(self, stem: str, rows: int, uid_sha256: str, tokens: dict[str, str]) -> set[str]:
+        """The inputs (of ``tokens``: name -> token) that the shard file holds; none when it is missing,
+        unreadable or of other uids (a run then rewrites it)."""
+        try:
+            info = self.shard_file(stem)
+        except DamagedShard:
+            return set()
+        if info is None or info.rows != rows or info.uid_sha256 != uid_sha256:
+            return set()
+        return {n for n, t in tokens.items() if info.holds(n, t)}
+
+    def read_inputs(self, shard: dict[str, Any], names: list[str], entries: dict[str, Any], *,
+                    reader: bool = True) -> dict[str, np.ndarray]:
+        """Raw (float32, NaN = no value) columns of one shard (a manifest ``shards`` entry), checked."""
         if not names:
             return {}
-        table = pq.ParquetFile(self.shard_path(stem)).read(columns=list(names))
-        return {n: table.column(n).to_numpy() for n in names}
+        info = self._checked_shard(shard, names, entries, reader=reader)
+        try:
+            table = pq.ParquetFile(info.path).read(columns=list(names))
+        except Exception as exc:
+            raise self._damaged_shard(info.path, f"is unreadable ({exc})", reader=reader) from None
+        return {n: np.array(table.column(n).to_numpy(), dtype=np.float32) for n in names}
 
-    def write_shard(self, stem: str, uids: np.ndarray | pa.Array, columns: dict[str, np.ndarray], rows: int) -> None:
-        """Add (or replace) ``columns`` in the shard file, atomically."""
+    def write_shard(self, stem: str, uids: pa.Array, columns: dict[str, np.ndarray], rows: int, uid_sha256: str,
+                    tokens: dict[str, str]) -> None:
+        """Add (or replace) ``columns`` in the shard file, atomically. ``tokens`` (name -> token) are every
+        input of the manifest: a column of the file that none of them accounts for is dropped, and a file
+        of other uids (or a damaged one) is started afresh."""
+        from .pool import uid_column
+        from .uids import uids_digest
+
         path = self.shard_path(stem)
-        if path.exists():
-            table = pq.read_table(path)
-            if table.num_rows != rows:
-                raise FlytInputError(f"store shard {path} has {table.num_rows} rows, the metadata shard {rows}")
-        else:
-            table = pa.table({"uid": uids})
+        table, held = None, {}
+        try:
+            info = self.shard_file(stem)
+            if info is not None and info.rows == rows and info.uid_sha256 == uid_sha256:
+                table = pq.read_table(path)
+                if uids_digest(uid_column(table.column("uid"), str(path))) != uid_sha256:
+                    table = None
+                else:
+                    held = {n: t for n, t in info.tokens.items() if tokens.get(n) == t and n in table.column_names}
+        except (FlytInputError, OSError, pa.ArrowException, KeyError):
+            table = None
+        if table is None:
+            if uids_digest(uid_column(uids, f"the pool's shard {stem}")) != uid_sha256:
+                raise FlytInputError(f"the pool's metadata shard {stem}.parquet changed while the store was computed "
+                                     "(its uids are not the ones the run started with); run again")
+            table, held = pa.table({"uid": uids}), {}
+        table = table.select(["uid", *held])
         for name, values in columns.items():
             values = np.asarray(values, dtype=np.float32)
             if values.shape != (rows,):
@@ -129,64 +422,159 @@ class InputStore:
                 table = table.set_column(table.column_names.index(name), name, column)
             else:
                 table = table.append_column(name, column)
-        with atomic_path(path) as tmp:
+            held[name] = tokens[name]
+        table = table.replace_schema_metadata({UIDS_KEY: uid_sha256.encode(), TOKENS_KEY: json.dumps(held).encode()})
+        with _writing(path), atomic_path(path) as tmp:
             pq.write_table(table, tmp)
 
     # ------------------------------------------------------------------ reading inputs
 
     def input_names(self) -> list[str]:
         """The complete inputs, in the order they were added."""
-        return [n for n, e in self.manifest()["inputs"].items() if e.get("status") == "complete"]
+        return [n for n, e in self.manifest()["inputs"].items() if e["status"] == "complete"]
 
-    def entry(self, name: str) -> dict[str, Any]:
-        inputs = self.manifest()["inputs"]
+    def entry(self, name: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+        inputs = (data or self.manifest())["inputs"]
         if name not in inputs:
             raise FlytInputError(f"the input store {self.root} has no input {quote(name)} "
                                  f"(inputs: {', '.join(inputs) or 'none'})")
         entry = inputs[name]
-        if entry.get("status") != "complete":
+        if entry["status"] != "complete":
             raise FlytInputError(f"input {quote(name)} of the store {self.root} is not complete "
-                                 f"({entry.get('status')}); run `flyt-datacomp inputs compute` again")
+                                 f"({entry['status']}); run `flyt-datacomp inputs compute` again")
+        stale = _stale_read(entry, inputs)
+        if stale is not None:
+            raise FlytInputError(f"input {quote(name)} of the store {self.root} was computed from input {quote(stale)}, "
+                                 f"which has been recomputed (or removed) since; recompute {name} "
+                                 f"(`flyt-datacomp inputs compute ... --recompute {name}`)")
         return entry
 
-    def iter_columns(self, names: list[str], pool) -> Iterator[dict[str, np.ndarray]]:
-        """The inputs, shard by shard in pool order, as float64 with missing values filled."""
-        fills = {n: self.entry(n).get("fill_value") for n in names}
-        self.check_pool(pool)
-        for shard in pool.shards:
-            values = self.read_shard_columns(shard_stem(shard.parquet), names)
+    def iter_columns(self, names: list[str], pool, *, fill: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """The inputs, shard by shard in pool order, as float64 (missing values filled unless ``fill``
+        is false: then NaN), after checking that the store belongs to ``pool`` and holds them."""
+        data = self.manifest()
+        entries = {n: self.entry(n, data) for n in names}
+        self.check_pool(pool, data)
+        for shard in data["shards"]:
+            values = self.read_inputs(shard, list(names), data["inputs"])
             out = {}
             for n in names:
                 v = values[n].astype(np.float64)
-                if fills[n] is not None:
-                    v[np.isnan(v)] = fills[n]
+                absent = np.isnan(v)
+                if absent.any() and entries[n]["missing_count"] == 0 or np.isinf(v).any():
+                    what = "values that are not numbers" if absent.any() else "infinite values"
+                    raise self._damaged_shard(self.shard_path(shard["stem"]),
+                                              f"holds {what} in input {n!r}, which its manifest entry says has none")
+                if fill and entries[n]["fill_value"] is not None:
+                    v[absent] = entries[n]["fill_value"]
                 out[n] = v
             yield out
 
-    def columns(self, names: list[str], pool) -> dict[str, np.ndarray]:
+    def columns(self, names: list[str], pool, *, fill: bool = True) -> dict[str, np.ndarray]:
         """Several inputs over the whole pool (float64, pool order), read in one pass."""
-        parts = list(self.iter_columns(list(names), pool))
+        parts = list(self.iter_columns(list(names), pool, fill=fill))
         return {n: np.concatenate([p[n] for p in parts]) for n in names}
 
     def column(self, name: str, pool) -> np.ndarray:
         """One input over the whole pool (float64, pool order)."""
         return self.columns([name], pool)[name]
 
+    # ------------------------------------------------------------------ checking the whole store
+
+    def problems(self, data: dict[str, Any] | None = None) -> list[tuple[list[str], str]]:
+        """What is damaged in the store's shard files: (the inputs affected, a description) pairs.
+        An input still computing is not damaged by the shards it does not hold yet."""
+        data = data or self.manifest()
+        inputs = data["inputs"]
+        out: list[tuple[list[str], str]] = []
+        complete = [n for n, e in inputs.items() if e["status"] == "complete"]
+        for shard in data["shards"]:
+            try:
+                self._checked_shard(shard, [], inputs, reader=False)
+            except DamagedShard as exc:
+                if inputs:
+                    out.append((list(inputs), f"shard file {exc.path.name} {exc.why}"))
+                continue
+            info = self.shard_file(shard["stem"])
+            for n in complete:
+                if not info.holds(n, inputs[n]["token"]):
+                    out.append(([n], f"shard file {info.path.name} does not hold input {n!r}: "
+                                     f"{info.why_not(n, inputs[n]['token'])}"))
+        for n, e in inputs.items():
+            stale = _stale_read(e, inputs) if e["status"] == "complete" else None
+            if stale is not None:
+                out.append(([n], f"input {n!r} was computed from input {stale!r}, which has been recomputed (or "
+                                 "removed) since"))
+        return out
+
     # ------------------------------------------------------------------ one writer at a time
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock (an OS-level lock on ``.lock``: released by the OS when the
-        holder dies, so there are no stale locks); a second writer is refused at once."""
-        import filelock
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(self.root / ".lock"), timeout=0)
+        """Hold the store's writer lock: an OS-level lock (``flock``) on ``.lock``, released by the OS
+        when its holder exits or dies, so it never goes stale. A second writer is refused (within 0.1 s). The
+        file itself is never removed or rewritten (a writer waiting on a removed file would lock
+        another inode than the next one)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise FlytInputError(f"the input store {self.root} is not a folder", params=["inputs_dir"])
+        path = self.root / LOCK
         try:
-            lock.acquire()
-        except filelock.Timeout:
-            raise FlytInputError(f"another run is writing the input store {self.root}; wait for it to finish") from None
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise FlytInputError(f"cannot create the input store's lock file {path}: {exc.strerror or exc}") from None
         try:
+            for attempt in range(5):  # a reader's probe (writer_active) holds the lock for microseconds
+                if _lock(fd, path):
+                    break
+                if attempt == 4:
+                    raise FlytInputError(f"another run is writing the input store {self.root}; wait for it to finish")
+                time.sleep(0.02)
             yield
         finally:
-            lock.release()
+            os.close(fd)  # releases the lock
+
+
+def _lock(fd: int, path: Path) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; False when another process holds it."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        raise FlytInputError(f"cannot lock {path} ({exc.strerror or exc}): its file system does not support locks; "
+                             "put the input store on a local disk") from None
+    return True
+
+
+def _stale_read(entry: dict[str, Any], inputs: dict[str, Any]) -> str | None:
+    """The stored input ``entry`` was computed from that has been recomputed since, if any."""
+    for read, token in entry.get("reads", {}).items():
+        if not isinstance(inputs.get(read), dict) or inputs[read].get("token") != token:
+            return read
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_digest(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and bool(_HEX.match(v))
+
+
+def _json_kind(kind: type) -> str:
+    return {str: "string", list: "list", dict: "object"}[kind]
+
+
+def _shown(entry: dict, key: str) -> str:
+    return "missing" if key not in entry else quote(entry[key])

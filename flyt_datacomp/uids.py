@@ -9,6 +9,7 @@ Everything here is vectorised: no Python loop runs per uid.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -178,6 +179,15 @@ def first_duplicate(sorted_uids: np.ndarray) -> int | None:
     f0, f1 = sorted_uids["f0"], sorted_uids["f1"]
     dup = (f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1])
     return int(np.flatnonzero(dup)[0]) if dup.any() else None
+
+
+def uids_digest(uids: np.ndarray) -> str:
+    """sha256 (hex) of ``u8,u8`` uids in their order, each as its high then low 64 bits, little-endian:
+    two lists of uids have the same digest exactly when they hold the same uids in the same order."""
+    uids = check_uid_array(uids, source="uids_digest input")
+    records = np.empty(len(uids), dtype=np.dtype([("f0", "<u8"), ("f1", "<u8")]))
+    records["f0"], records["f1"] = uids["f0"], uids["f1"]
+    return hashlib.sha256(records.tobytes()).hexdigest()
 
 
 def lookup(sorted_uids: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -252,9 +252,9 @@ class StoredInputMask(ColumnMask):
         store = InputStore(ctx.inputs_dir)
         name = self.condition.name
         entry = store.entry(name)
-        store.check_pool(ctx.pool)
-        raw = np.concatenate([store.read_shard_columns(s, [name])[name] for s in _stems(ctx.pool)])
-        inside = self.condition.holds(raw.astype(np.float64), f"input {name!r} of the store {ctx.inputs_dir}")
+        ctx.pool.uids  # noqa: B018 - read once here (a subset is written from them): the store's pool check reuses them
+        raw = store.columns([name], ctx.pool, fill=False)[name]  # checked to be this pool's; NaN never passes
+        inside = self.condition.holds(raw, f"input {name!r} of the store {ctx.inputs_dir}")
         return inside, {"store": str(ctx.inputs_dir), "input_spec": entry["spec"]}
 
 
@@ -271,12 +271,6 @@ class CaptionRuleMask(MaskKind):
         from .rules import basic_caption_mask
 
         return basic_caption_mask(np.asarray(ctx.pool.column("text"), dtype=object)), {}
-
-
-def _stems(pool: Pool) -> list[str]:
-    from ..store import shard_stem
-
-    return [shard_stem(s.parquet) for s in pool.shards]
 
 
 # --------------------------------------------------------------------------- top fraction by a score

@@ -56,6 +56,9 @@ class FlytCommand(click.Command):
     names that differ from an option's name to its flag (a sampler's ``alpha`` is ``--scs-alpha``)."""
 
     def __init__(self, *args, extra_flags: dict[str, str] | None = None, **kwargs):
+        # every command's own settings (-h as well as --help), not only those of a group it runs under:
+        # click keeps the help option of the first context a command makes
+        kwargs["context_settings"] = {**CONTEXT_SETTINGS, **(kwargs.get("context_settings") or {})}
         super().__init__(*args, **kwargs)
         self.extra_flags = dict(extra_flags or {})
 

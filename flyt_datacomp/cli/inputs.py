@@ -50,22 +50,34 @@ def compute_command(metadata_dir, inputs_dir, specs, workers, ray_address, shard
 @click.argument("store_dir", cls=HiddenArgument, required=False, metavar="STORE")
 @O.inputs_dir(help="The input store to show.")
 def show_command(store_dir, inputs_dir) -> None:
-    """List the inputs of a store with their pool statistics."""
+    """List the inputs of a store with their pool statistics, and what is damaged (exit 2 if anything is)."""
     root = inputs_dir or store_dir
     if root is None:
         raise FlytInputError("missing option --inputs-dir")
-    manifest = InputStore(root).manifest()
+    store = InputStore(root)
+    manifest = store.manifest()
+    problems = store.problems(manifest)
+    damaged = {n for names, _ in problems for n in names}
+    entries = {n: {**e, "status": "damaged"} if n in damaged else e for n, e in manifest["inputs"].items()}
     click.echo(f"pool: {manifest['metadata_dir']} ({sum(s['rows'] for s in manifest['shards']):,} examples, "
                f"{len(manifest['shards'])} shards)")
-    click.echo(format_entries(manifest["inputs"]))
+    click.echo(format_entries(entries))
+    for _, problem in problems:
+        click.echo(f"damaged: {problem}")
+    if problems:
+        raise FlytInputError(f"the input store {store.root} is damaged ({len(problems)} problem(s), listed above); "
+                             "`flyt-datacomp inputs compute` with the same inputs recomputes what is damaged")
 
 
 def format_entries(entries: dict) -> str:
     lines = [f"{'input':<28} {'status':<10} {'mean':>10} {'std':>10} {'min':>10} {'max':>10} {'missing':>8}  spec"]
+    notes = []
     for name, e in entries.items():
         stats = [f"{e[k]:>10.4g}" if e.get(k) is not None else f"{'':>10}" for k in ("mean", "std", "min", "max")]
         lines.append(f"{name:<28} {e.get('status', ''):<10} {' '.join(stats)} {e.get('missing_count', ''):>8}  {e['spec']}")
-    return "\n".join(lines)
+        if e.get("extra_uids"):
+            notes.append(f"note: input {name}: its file has {e['extra_uids']:,} uids that are not in the pool (ignored)")
+    return "\n".join(lines + notes)
 
 
 compute_command.help += "\n\nKinds: " + _kinds_help()

@@ -37,8 +37,8 @@ def demo_input_specs(targets: Path, eflyt_model: str | None = None, *, classifie
 
 def target_embeddings(demo, *, progress: bool = True) -> Path:
     """The downstream-train digits embedded by the demo's b32 CLIP (the CLIP of the pool's
-    ``b32_img``), L2-normalised, cached beside the store."""
-    out = Path(demo.root) / "inputs" / TARGETS_FILE
+    ``b32_img``), L2-normalised, cached beside the store (not in it: a store folder holds the store only)."""
+    out = Path(demo.root) / "targets" / TARGETS_FILE
     if out.exists():
         return out
     from PIL import Image

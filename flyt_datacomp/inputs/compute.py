@@ -7,11 +7,19 @@ providers in order (a later input may use an earlier one, e.g. an M-FLYT model o
 inputs) and returns the new columns; the driver writes them into the shard's store file. When
 every shard holds an input, its missing values are checked against the policy and its pool
 statistics are recorded in ``inputs.json``.
+
+An input's identity is its spec, provider version and parameters, the size and sha256 of every file
+it reads, and the computations of the stored inputs it reads. A run that finds an input of the same
+name with another identity (settings changed, or a score file, checkpoint or target file changed
+since, even between a kill and the resume) refuses it unless told to ``recompute`` it, so one input
+never mixes values of two computations. ``recompute`` starts the input afresh: a new token, so no
+shard's old column counts as done.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,13 +28,16 @@ import numpy as np
 
 from .. import __version__
 from ..errors import FlytInputError, quote
+from ..io import dumps
 from ..pool import MetadataShard, Pool
 from ..progress import progress_bar
-from ..store import InputStore, shard_stem
+from ..store import InputStore, new_token, shard_stem
 from . import executors
 from .providers import FitContext, Provider, parse_spec
+from .providers.base import source_identities
 
 MISSING_POLICIES = ("error", "min", "mean")
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 @dataclasses.dataclass
@@ -38,6 +49,8 @@ class ShardTask:
     store_root: str
     inputs: list[tuple[str, Provider, Any]]  # (name, provider, fitted state), in order
     stored: list[str]  # inputs already in the store that providers of this task read
+    manifest_shard: dict[str, Any] = dataclasses.field(default_factory=dict)  # the store's record of this shard
+    stored_entries: dict[str, Any] = dataclasses.field(default_factory=dict)  # manifest entries of ``stored``
 
 
 @dataclasses.dataclass
@@ -61,8 +74,13 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
         # use_threads=False: the file is a Python object (see Pool._read_columns)
         uid_hex = pq.ParquetFile(fh).read(columns=["uid"], use_threads=False).column("uid").combine_chunks()
     stem = shard_stem(task.shard.parquet)
-    store = InputStore(task.store_root)
-    data = TaskData(task.shard, read.columns, read.arrays, store.read_shard_columns(stem, task.stored))
+    stored = InputStore(task.store_root).read_inputs(task.manifest_shard, task.stored, task.stored_entries,
+                                                     reader=False)
+    for name, values in stored.items():  # a complete stored input is read as its readers read it: filled
+        fill = task.stored_entries[name].get("fill_value")
+        if fill is not None and task.stored_entries[name]["status"] == "complete":
+            values[np.isnan(values)] = fill
+    data = TaskData(task.shard, read.columns, read.arrays, stored)
     out = {}
     for name, provider, state in task.inputs:
         values = np.asarray(provider.compute(data, state, stem), dtype=np.float32)
@@ -74,14 +92,26 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
 
 
 def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
+    """``auto`` -> cuda when torch sees a GPU, else cpu; a CUDA device on a machine without CUDA (or
+    a device torch does not know) is refused here, before any work."""
     try:
         import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:  # pragma: no cover - torch is a dependency
         return "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise FlytInputError(f"`device` {device!r} is not a torch device ({exc})", params=["device"]) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlytInputError(f"`device` {device} asks for CUDA, but torch finds no CUDA device on this machine; "
+                                 "use `device` cpu (or auto)", params=["device"])
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FlytInputError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                                 params=["device"])
+    return device
 
 
 def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, workers: int = 1,
@@ -96,57 +126,143 @@ def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, w
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise FlytInputError(f"two inputs are named {quote(dup)}; give one a name with NAME=SPEC")
-    pool = Pool(metadata_dir, progress=progress)
-    store = InputStore(store_dir)
+    unknown = next((n for n in recompute if n not in names), None)
+    if unknown is not None:
+        raise FlytInputError(f"`recompute` names {quote(unknown)}, which is not an input of this run (inputs of this "
+                             f"run: {', '.join(names)})", params=["recompute"])
     device = resolve_device(device)
-    with store.locked():
-        manifest = store.attach(pool)
-        entries = manifest["inputs"]
-        for name, provider in parsed:
-            record = {"spec": provider.spec, "kind": provider.kind, "provider_version": provider.version,
-                      "params": provider.params()}
-            old = entries.get(name)
-            same = old is not None and all(old.get(k) == v for k, v in record.items())
-            if old is not None and not same and name not in recompute:
-                raise FlytInputError(
-                    f"the store already holds an input {quote(name)} made from {old['spec']} with other settings; "
-                    f"name this one differently (NAME=SPEC) or set `recompute` {name}", params=["recompute"])
-            if not same or name in recompute:
-                entries[name] = {**record, "status": "computing", "device": device}
-            entries[name]["missing"] = missing
-        store.write_manifest(manifest)
+    pool = Pool(metadata_dir, progress=progress)
+    for name, provider in parsed:
+        if name in pool.column_names and not (provider.kind == "column" and provider.args.get("name") == name):
+            raise FlytInputError(f"input name {quote(name)} is a column of the pool at {pool.url}: M-FLYT reads the "
+                                 "pool's column by that name, never this input; give it another name (NAME=SPEC)")
+    store = InputStore(store_dir)
+    store.check_creatable()  # before the lock file is made: a foreign folder is left exactly as it was
+    try:
+        with store.locked():
+            return _compute_locked(pool, store, parsed, workers=workers, ray_address=ray_address,
+                                   shards_dir=shards_dir, missing=missing, device=device, seed=seed,
+                                   recompute=set(recompute), progress=progress)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        where = exc.filename or store.root
+        raise FlytInputError(f"cannot write {where}: {exc.strerror or exc}; the store's earlier files are kept as "
+                             "they were: free some space (or fix the folder) and run again to resume") from None
+
+
+def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provider]], *, workers: int,
+                    ray_address: str | None, shards_dir: str | None, missing: str, device: str, seed: int,
+                    recompute: set[str], progress: bool) -> dict[str, Any]:
+    manifest = store.attach(pool)
+    entries = manifest["inputs"]
+    order = [n for n, _ in parsed]
+    for i, (name, provider) in enumerate(parsed):
+        record = _identity(provider)
+        old = entries.get(name)
+        if old is not None and name not in recompute:
+            _check_same(name, old, record)
+        if old is None or name in recompute:
+            entries[name] = {**record, "token": new_token(), "status": "computing", "device": device}
+        reads = {}
+        for needed in provider.stored_inputs(pool):
+            if needed not in entries or (needed in order and order.index(needed) > i):
+                raise FlytInputError(f"input {quote(name)} reads input {quote(needed)}, which is neither in the store "
+                                     "nor computed before it in this run; compute it first")
+            reads[needed] = entries[needed]["token"]
+        old_reads = entries[name].get("reads")
+        if old_reads is not None and old_reads != reads:
+            changed = next(n for n in sorted(set(old_reads) | set(reads)) if old_reads.get(n) != reads.get(n))
+            raise FlytInputError(f"input {quote(name)} reads input {quote(changed)} of the store, which has been "
+                                 f"recomputed since {name} was computed from it; set `recompute` {name} to recompute "
+                                 "it from the new values", params=["recompute"])
+        entries[name]["reads"] = reads
+        entries[name]["missing"] = missing
+    store.write_manifest(manifest)
+    try:
         store.work_dir.mkdir(parents=True, exist_ok=True)
-        fitted = []
-        for name, provider in parsed:
-            ctx = FitContext(pool=pool, name=name, work_dir=store.work_dir, seed=seed, device=device,
-                             progress=progress, shards_dir=shards_dir)
-            fitted.append((name, provider, provider.fit(ctx)))
-        started = time.perf_counter()
-        _run(pool, store, fitted, recompute, workers, ray_address, progress)
-        for name, _, _ in fitted:
-            entries[name].update(_finalise(store, pool, name, missing))
-            entries[name]["seconds"] = round(time.perf_counter() - started, 1)
-            entries[name]["package_version"] = __version__
-            store.write_manifest(manifest)
-    return {name: entries[name] for name in names}
+    except FileExistsError:
+        raise FlytInputError(f"{store.work_dir} is not a folder: the input store keeps providers' files there") from None
+    fitted = []
+    for name, provider in parsed:
+        record: dict[str, Any] = {}
+        ctx = FitContext(pool=pool, name=name, work_dir=store.work_dir, seed=seed, device=device,
+                         progress=progress, shards_dir=shards_dir, sources=entries[name]["sources"], record=record)
+        fitted.append((name, provider, provider.fit(ctx)))
+        entries[name].update(record)
+    store.write_manifest(manifest)
+    started = time.perf_counter()
+    _run(pool, store, manifest, fitted, workers, ray_address, progress)
+    for name, _, _ in fitted:
+        entries[name].update(_finalise(store, pool, manifest, name, missing))
+        entries[name]["seconds"] = round(time.perf_counter() - started, 1)
+        entries[name]["package_version"] = __version__
+        store.write_manifest(manifest)
+    return {name: entries[name] for name in order}
 
 
-def _run(pool: Pool, store: InputStore, fitted, recompute, workers: int, ray_address: str | None,
+def _identity(provider: Provider) -> dict[str, Any]:
+    """What an input's values depend on, as the manifest holds it (JSON types)."""
+    import json
+
+    record = {"spec": provider.spec, "kind": provider.kind, "provider_version": provider.version,
+              "params": provider.params(), "sources": source_identities(provider.sources())}
+    return json.loads(dumps(record))
+
+
+def _check_same(name: str, old: dict[str, Any], record: dict[str, Any]) -> None:
+    """Refuse to resume or reuse an input whose identity changed (settings, or the files it reads)."""
+    if any(old.get(k) != record[k] for k in record if k != "sources"):
+        raise FlytInputError(
+            f"the store already holds an input {quote(name)} made from {old['spec']} with other settings; "
+            f"name this one differently (NAME=SPEC) or set `recompute` {name}", params=["recompute"])
+    then, now = old["sources"], record["sources"]
+    if then == now:
+        return
+    changes = []
+    for path in sorted(set(then) | set(now)):
+        a, b = then.get(path), now.get(path)
+        if a == b:
+            continue
+        if a is None:
+            changes.append(f"{path} is new")
+        elif b is None:
+            changes.append(f"{path} is gone")
+        else:
+            changes.append(f"{path} changed ({_file_id(a)} then, {_file_id(b)} now)")
+    state = "complete" if old["status"] == "complete" else "partly computed"
+    raise FlytInputError(
+        f"input {quote(name)} ({state} in the store) was computed from files that have changed since: "
+        f"{'; '.join(changes)}. Nothing was recomputed: set `recompute` {name} to recompute it from the files as they "
+        "are now, or name this one differently (NAME=SPEC)", params=["recompute"])
+
+
+def _file_id(identity: Any) -> str:
+    if not isinstance(identity, dict):
+        return "unknown"
+    return f"{identity.get('bytes', 0):,} bytes, sha256 {str(identity.get('sha256', ''))[:12]}"
+
+
+def _run(pool: Pool, store: InputStore, manifest: dict[str, Any], fitted, workers: int, ray_address: str | None,
          progress: bool) -> None:
+    entries = manifest["inputs"]
+    tokens = {n: e["token"] for n, e in entries.items()}
     all_names = {n for n, _, _ in fitted}
     tasks = []
-    for shard in pool.shards:
+    for shard, record in zip(pool.shards, manifest["shards"]):
         stem = shard_stem(shard.parquet)
-        have = store.shard_columns(stem)
-        todo = [(n, p, s) for n, p, s in fitted if n not in have or n in recompute]
+        held = store.held_inputs(stem, shard.num_rows, record["uid_sha256"], tokens)
+        todo = [(n, p, s) for n, p, s in fitted if n not in held]
         if todo:
             computed_here = {n for n, _, _ in todo}
-            needs = {c for _, p, s in todo for c in _stored_needs(p, s)}
-            missing = needs - have - computed_here
-            if missing:
-                raise FlytInputError(f"inputs {', '.join(sorted(missing))} are needed but not in the store "
+            needs = {c for _, p, _ in todo for c in p.stored_inputs(pool)}
+            absent = needs - held - computed_here
+            if absent:
+                raise FlytInputError(f"inputs {', '.join(sorted(absent))} are needed but not in the store "
                                      f"(shard {stem}); compute them first")
-            tasks.append(ShardTask(pool, shard, str(store.root), todo, sorted((needs & have) - computed_here)))
+            stored = sorted((needs & held) - computed_here)
+            tasks.append(ShardTask(pool, shard, str(store.root), todo, stored, record,
+                                   {n: entries[n] for n in stored}))
     bars = {n: progress_bar(total=sum(any(t[0] == n for t in task.inputs) for task in tasks), desc=n, unit="shard",
                             disable=not progress) for n in all_names}
     gpus = 1.0 if any(p.uses_gpu for _, p, _ in fitted) and _cuda() else 0.0
@@ -154,16 +270,14 @@ def _run(pool: Pool, store: InputStore, fitted, recompute, workers: int, ray_add
               else executors.run_processes(run_shard_task, tasks, workers))
     try:
         for i, (stem, columns, uids) in runner:
-            store.write_shard(stem, uids, columns, tasks[i].shard.num_rows)
+            task = tasks[i]
+            store.write_shard(stem, uids, columns, task.shard.num_rows, task.manifest_shard["uid_sha256"], tokens)
             for name in columns:
                 bars[name].update(1)
     finally:
+        runner.close()  # stops the executor now (its workers, a Ray instance it started), not when collected
         for bar in bars.values():
             bar.close()
-
-
-def _stored_needs(provider: Provider, state: Any) -> list[str]:
-    return list(state.get("stored_inputs", [])) if isinstance(state, dict) else []
 
 
 def _cuda() -> bool:
@@ -175,10 +289,11 @@ def _cuda() -> bool:
         return False
 
 
-def _finalise(store: InputStore, pool: Pool, name: str, missing: str) -> dict[str, Any]:
+def _finalise(store: InputStore, pool: Pool, manifest: dict[str, Any], name: str, missing: str) -> dict[str, Any]:
     """Pool statistics of a finished input, after its missing-value policy."""
-    values = np.concatenate([store.read_shard_columns(shard_stem(s.parquet), [name])[name].astype(np.float64)
-                             for s in pool.shards])
+    entries = manifest["inputs"]
+    values = np.concatenate([store.read_inputs(s, [name], entries, reader=False)[name].astype(np.float64)
+                             for s in manifest["shards"]])
     absent = np.isnan(values)
     fill = None
     if absent.any():
@@ -192,6 +307,10 @@ def _finalise(store: InputStore, pool: Pool, name: str, missing: str) -> dict[st
     finite = np.isfinite(values)
     if not finite.all():
         raise FlytInputError(f"input {quote(name)} has {int((~finite).sum())} infinite values")
-    return {"status": "complete", "count": int(len(values)), "missing_count": int(absent.sum()), "fill_value": fill,
-            "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max())}
+    out = {"status": "complete", "count": int(len(values)), "missing_count": int(absent.sum()), "fill_value": fill,
+           "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+           "max": float(values.max())}
+    given = entries[name].get("source_uids")
+    if given is not None:  # a per-uid file: its uids that matched no pool example
+        out["extra_uids"] = max(0, int(given) - int((~absent).sum()))
+    return out

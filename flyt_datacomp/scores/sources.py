@@ -86,6 +86,7 @@ class StoredInput(ScoreSource):
                                  params=["inputs_dir"])
         from ..store import InputStore
 
+        pool.uids  # noqa: B018 - read once here (a subset is written from them): the store's pool check reuses them
         return Scores(InputStore(self.inputs_dir).column(self.spec, pool), f"store:{self.spec}", self.kind)
 
 

@@ -5,6 +5,11 @@ and bare values for the kind's positional arguments (a path may be an fsspec URL
 ``file:s3://bucket/hype.parquet`` is read as one argument). ``NAME`` sets the column's name in the
 store (default: the provider's own, e.g. ``neg_clip_loss_b32``).
 
+An input's identity (recorded in ``inputs.json`` and compared on every run) is its spec, the
+provider's ``version`` and :meth:`Provider.params`, and the size and sha256 of every file
+:meth:`Provider.sources` names: a provider that reads a file lists it there, so a changed file is
+never mistaken for the one the stored values came from.
+
 A provider is one registered class. The driver calls :meth:`Provider.fit` once (loading targets,
 fitting a classifier, a pass over the image shards), whose result must be small and picklable
 (arrays, or paths of files it wrote into the store's work folder); then :meth:`Provider.compute`
@@ -16,17 +21,20 @@ run it and the bytes are the same.
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable
+import glob
+import hashlib
+import os
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ...errors import FlytInputError, quote
 from ...registry import KindRegistry
+from ...store import NAME_PATTERN as _NAME
+from ...store import is_reserved
 
 PROVIDERS = KindRegistry("input provider")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +59,8 @@ class FitContext:
     device: str
     progress: bool
     shards_dir: str | None = None  # image shards, for providers that read images
+    sources: dict[str, Any] = dataclasses.field(default_factory=dict)  # {file: {bytes, sha256}} of sources()
+    record: dict[str, Any] = dataclasses.field(default_factory=dict)  # facts fit adds to the manifest entry
 
 
 class Provider:
@@ -77,6 +87,15 @@ class Provider:
     def params(self) -> dict[str, Any]:
         """What the values depend on, recorded in ``inputs.json``."""
         return dict(self.args)
+
+    def sources(self) -> list[str]:
+        """The files the values are computed from (paths, URLs or globs): their size and sha256 are
+        part of the input's identity."""
+        return []
+
+    def stored_inputs(self, pool: Any) -> tuple[str, ...]:
+        """Inputs of the store this provider reads (computed before it, in the store or in the same run)."""
+        return ()
 
     # ------------------------------------------------------------------ the work
 
@@ -141,4 +160,32 @@ def parse_spec(text: str) -> tuple[str, Provider]:
     name = name or provider.default_name()
     if not _NAME.match(name):
         raise FlytInputError(f"input name {quote(name)} must be letters, digits, '_', '.', '-' (give NAME=SPEC)")
+    if is_reserved(name):
+        raise FlytInputError(f"input name {quote(name)} is reserved: the store's shard files use it for their own "
+                             "column; give the input another name (NAME=SPEC)")
     return name, provider
+
+
+def source_identities(sources: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{file: {"bytes": size, "sha256": digest}}`` of every file the paths, URLs or globs name (a
+    name that matches nothing is left out: the provider's ``fit`` says it is missing)."""
+    import fsspec
+
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        try:
+            fs, path = fsspec.core.url_to_fs(os.path.expanduser(source))
+            if glob.has_magic(path):
+                files = sorted(fs.glob(path))
+            else:
+                files = [path] if fs.isfile(path) else []
+            for f in files:
+                h = hashlib.sha256()
+                with fs.open(f, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        h.update(block)
+                key = source if len(files) == 1 and not glob.has_magic(path) else f
+                out[key] = {"bytes": int(fs.size(f)), "sha256": h.hexdigest()}
+        except (OSError, ValueError, ImportError) as exc:
+            raise FlytInputError(f"cannot read {quote(source)}: {exc}") from None
+    return out

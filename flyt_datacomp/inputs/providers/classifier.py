@@ -7,7 +7,7 @@ cosine learning rate peaking at 0.01 after 500 warm-up steps (AdamW here, no wei
 Every batch holds half target and half pool examples, so the logit compares the two on equal
 terms. Pool examples are a seeded random sample of up to ``negatives`` rows. The fitted weights are
 saved in the store (``work/<name>.classifier.pt`` plus its JSON record) and reused while the
-target file, the options and the pool are unchanged.
+target file's bytes, the options and the pool's uids are unchanged.
 
 Targets: a ``.npy`` of shape (T, d) (image) or (T, 2d) (image+text: image then text), or an
 ``.npz`` with keys ``img`` and ``txt``, or DataComp's ``.pt`` files (image only).
@@ -106,10 +106,8 @@ class ClassifierInput(Provider):
         stem = os.path.basename(self.args["target"]).split(".")[0].replace("*", "")
         return f"classifier_{stem}" + ("_it" if self.args["features"] == "image+text" else "")
 
-    def params(self) -> dict[str, Any]:
-        target = self.args["target"]
-        size = os.path.getsize(target) if os.path.isfile(target) else None
-        return {**self.args, "target_bytes": size}
+    def sources(self) -> list[str]:
+        return [self.args["target"]]
 
     def fit(self, ctx: FitContext) -> Any:
         from ... import torch_io
@@ -117,7 +115,7 @@ class ClassifierInput(Provider):
         a = self.args
         path = ctx.work_dir / f"{ctx.name}.classifier.pt"
         record = path.with_name(path.name + ".json")
-        fingerprint = {"params": self.params(), "pool_size": ctx.pool.size, "pool_shards": len(ctx.pool.shards)}
+        fingerprint = {"params": self.params(), "targets": ctx.sources, "pool": ctx.pool.shard_uid_digests}
         if path.exists() and record.exists():
             try:
                 if json.loads(record.read_text())["fingerprint"] == fingerprint:

@@ -7,13 +7,15 @@ columns, from the pool or from inputs already in the store).
 
 ``openclip:`` is how DFN-style scores are made: one pass over the image shards decodes each image,
 encodes it and its caption with the given checkpoint (local weights: nothing is downloaded) and
-keeps the cosine per uid, resumably (one result file per image shard in the store's work folder);
+keeps the cosine per uid, resumably (one result file per image shard in the store's work folder,
+in a folder of its own per checkpoint, redone when the image shard's size changes);
 each metadata shard then takes its rows' values by uid. Examples without an image have no value
 (the ``--missing`` policy decides). On a GPU when one is present.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FlytInputError, quote
-from ...io import atomic_path
+from ...io import atomic_path, dumps
 from ...uids import UID_DTYPE, hex_to_uids, uid_order
 from .base import FitContext, Option, Provider, register_provider
 from .simple import values_by_uid
@@ -47,13 +49,17 @@ class ScoringModelInput(Provider):
         return f"model_{self.model.kind.replace('-', '_')}"
 
     def params(self) -> dict[str, Any]:
-        from ...io import file_sha256
+        return {**self.args, "kind": self.model.kind}
 
-        return {**self.args, "sha256": file_sha256(self.args["path"]), "kind": self.model.kind}
+    def sources(self) -> list[str]:
+        return [self.args["path"]]
+
+    def stored_inputs(self, pool: Any) -> tuple[str, ...]:
+        return tuple(c for c in self.features.columns if c not in pool.column_names)
 
     def fit(self, ctx: FitContext) -> Any:
         self.columns = tuple(c for c in self.features.columns if c in ctx.pool.column_names)
-        return {"stored_inputs": [c for c in self.features.columns if c not in ctx.pool.column_names]}
+        return {"stored_inputs": list(self.stored_inputs(ctx.pool))}
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
         """The model on this shard's features, built as training and pool scoring build them."""
@@ -86,10 +92,8 @@ class OpenClipInput(Provider):
         stem = os.path.basename(self.args["weights"]).split(".")[0]
         return f"openclip_{self.args['arch'].replace('-', '_')}_{stem}"
 
-    def params(self) -> dict[str, Any]:
-        from ...io import file_sha256
-
-        return {**self.args, "sha256": file_sha256(self.args["weights"]) if os.path.isfile(self.args["weights"]) else None}
+    def sources(self) -> list[str]:
+        return [self.args["weights"]]
 
     def fit(self, ctx: FitContext) -> Any:
         if not ctx.shards_dir:
@@ -101,19 +105,23 @@ class OpenClipInput(Provider):
 
         fs, root = open_folder(ctx.shards_dir)
         names = list_tars(fs, root)
-        folder = ctx.work_dir / f"{ctx.name}.images"
+        # one folder of per-tar results per model: results of other weights are never reused
+        model_id = hashlib.sha256(dumps({"arch": self.args["arch"], "weights": ctx.sources}).encode()).hexdigest()[:16]
+        folder = ctx.work_dir / f"{ctx.name}.images-{model_id}"
         folder.mkdir(parents=True, exist_ok=True)
         model = None
         for name in progress_bar(names, desc=f"{ctx.name}: image shards", unit="shard", disable=not ctx.progress):
             done = folder / (os.path.basename(name) + ".npz")
-            if done.exists():
-                continue  # resumable: this shard was scored by an earlier run
+            url = f"{root}/{name}" if root else name
+            size = int(fs.size(url))
+            if _scored(done, size):
+                continue  # resumable: this shard was scored by an earlier run (and has not changed since)
             if model is None:
                 model = _Scorer(self.args["arch"], self.args["weights"], ctx.device)
-            with fs.open(f"{root}/{name}" if root else name, "rb") as fh:
+            with fs.open(url, "rb") as fh:
                 uids, cos = model.score_tar(fh, self.args["batch"])
             with atomic_path(done) as tmp, open(tmp, "wb") as out:
-                np.savez(out, uids=uids, cos=cos)
+                np.savez(out, uids=uids, cos=cos, tar_bytes=np.int64(size))
         parts = [np.load(folder / (os.path.basename(n) + ".npz")) for n in names]
         uids = np.concatenate([p["uids"] for p in parts]) if parts else np.zeros(0, dtype=UID_DTYPE)
         cos = np.concatenate([p["cos"] for p in parts]) if parts else np.zeros(0, np.float32)
@@ -125,6 +133,15 @@ class OpenClipInput(Provider):
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
         return values_by_uid(state, data.columns["uid"])
+
+
+def _scored(done, size: int) -> bool:
+    """True when ``done`` holds the results of an image shard of ``size`` bytes."""
+    try:
+        with np.load(done) as z:
+            return "tar_bytes" in z.files and int(z["tar_bytes"]) == size
+    except (OSError, ValueError, EOFError):
+        return False
 
 
 class _Scorer:

@@ -123,6 +123,9 @@ class NormSimInput(Provider):
         stem = os.path.basename(self.args["target"]).split(".")[0].replace("*", "")
         return f"normsim_{self.args['p']}_{stem}"
 
+    def sources(self) -> list[str]:
+        return [self.args["target"]]
+
     def fit(self, ctx: FitContext) -> Any:
         targets = load_target_embeddings(self.args["target"])
         out = ctx.work_dir / f"{ctx.name}.targets.npy"

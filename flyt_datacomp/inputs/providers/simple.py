@@ -52,10 +52,14 @@ class UidFileInput(Provider):
         stem = os.path.basename(self.args["path"]).split(".")[0]
         return f"file_{stem}"
 
+    def sources(self) -> list[str]:
+        return [self.args["path"]]
+
     def fit(self, ctx: FitContext) -> Any:
         from ...scores import read_uid_scores
 
         uids, values = read_uid_scores(self.args["path"])  # sorted, duplicates refused
+        ctx.record["source_uids"] = len(uids)  # those that match no pool example are counted in the manifest
         out = ctx.work_dir / f"{ctx.name}.scores.npz"
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, uids=uids, values=values.astype(np.float32))
