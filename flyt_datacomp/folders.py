@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 import re
 import shutil
@@ -30,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import FlytInputError
-from .io import is_url, local_path
+from .io import is_url, local_path, os_lock
 
 Location = str | os.PathLike
 
@@ -236,29 +235,12 @@ class OutputFolder:
 
 @contextlib.contextmanager
 def lock_folder(path: Path, label: str, params: Sequence[str] = ()) -> Iterator[None]:
-    """An exclusive, non-blocking ``flock`` on the folder ``path`` itself (no lock file is created,
-    so the folder stays as its writer expects it, empty or not)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not a POSIX system
-        fcntl = None
-    fd = None
-    if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY)
-    try:
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise FlytInputError(f"{label} is in use by another command right now; wait for it to "
-                                         "finish or choose another folder", params=list(params)) from None
-                # this file system cannot lock: go on unlocked
+    """The package's lock (:func:`flyt_datacomp.io.os_lock`) on the folder ``path`` itself: no lock
+    file is created, so the folder stays as its writer expects it, empty or not; where the file
+    system cannot lock, the block runs unlocked."""
+    with os_lock(path, f"{label} is in use by another command right now; wait for it to finish or choose another "
+                 "folder", params=params, required=False):
         yield
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def check_output_file(path: Location, inputs: Mapping[str, Location | None], *, what: str,

@@ -30,6 +30,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -531,6 +532,59 @@ def recover_interrupted(target: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 (folder / name).unlink()
                 log.info("removed %s, left by a run that was killed", folder / name)
+
+
+@contextlib.contextmanager
+def os_lock(path: str | os.PathLike, busy: str, *, params: Sequence[str] = (), retries: int = 0,
+            required: bool = True) -> Iterator[None]:
+    """The package's one lock: an exclusive, non-blocking OS lock (``flock``; a byte-range lock on
+    Windows) on the file or folder ``path``, held while the block runs and released by the OS when
+    the holder exits or dies, so it never goes stale. A file is created if missing and never removed
+    or rewritten (a waiter on a removed file would lock another inode than the next one); a folder
+    is locked as it is. When another process holds it, ``retries`` short waits, then ``busy`` as an
+    input error. Where the file system cannot lock: an error, or with ``required=False`` the block
+    runs unlocked."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if not required:
+            yield
+            return
+        raise FlytInputError(f"cannot open {path} to lock it: {exc.strerror or exc}") from None
+    try:
+        for attempt in range(retries + 1):
+            held = _try_lock(fd, path, required=required)
+            if held is not False:
+                break
+            if attempt == retries:
+                raise FlytInputError(busy, params=params)
+            time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _try_lock(fd: int, path: Path, *, required: bool) -> bool | None:
+    """True when locked, False when another process holds the lock, None when the file system has no
+    locks and the lock is not required."""
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
+            return False
+        if not required:
+            return None
+        raise FlytInputError(f"cannot lock {path} ({exc.strerror or exc}): its file system does not support "
+                             "locks; use a local disk") from None
+    return True
 
 
 def check_free_space(folder: str | os.PathLike, nbytes: int, what: str) -> None:

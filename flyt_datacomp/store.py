@@ -42,13 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import math
 import os
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,12 +57,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import FlytInputError, quote
-from .io import TEMP_SUFFIX, atomic_path, local_path, write_json
-
-try:  # the writer's lock: flock where there is one (POSIX), msvcrt's byte-range lock on Windows
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+from .io import TEMP_SUFFIX, atomic_path, local_path, os_lock, write_json
 
 MANIFEST = "inputs.json"
 FORMAT = 2
@@ -327,16 +320,13 @@ class InputStore:
 
     def writer_active(self) -> bool:
         """True while a run holds the store's writer lock (a reader's hint; it takes no lock)."""
-        try:
-            fd = os.open(self.root / LOCK, os.O_RDONLY)
-        except OSError:
+        if not (self.root / LOCK).is_file():
             return False
         try:
-            return not _lock(fd, self.root / LOCK)
+            with os_lock(self.root / LOCK, "busy", required=False):
+                return False
         except FlytInputError:
-            return False
-        finally:
-            os.close(fd)
+            return True
 
     def _checked_shard(self, shard: dict[str, Any], names: list[str], entries: dict[str, Any], *,
                        reader: bool = True) -> ShardFile:
@@ -511,45 +501,17 @@ class InputStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the store's writer lock: an OS-level lock (``flock``) on ``.lock``, released by the OS
-        when its holder exits or dies, so it never goes stale. A second writer is refused (within 0.1 s). The
-        file itself is never removed or rewritten (a writer waiting on a removed file would lock
-        another inode than the next one)."""
+        """Hold the store's writer lock (:func:`flyt_datacomp.io.os_lock` on ``.lock``); a second
+        writer is refused within 0.1 s (a reader's probe holds the lock for microseconds)."""
         if self.root.exists() and not self.root.is_dir():
             raise FlytInputError(f"the input store {self.root} is not a folder", params=["inputs_dir"])
-        path = self.root / LOCK
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise FlytInputError(f"cannot create the input store's lock file {path}: {exc.strerror or exc}") from None
-        try:
-            for attempt in range(5):  # a reader's probe (writer_active) holds the lock for microseconds
-                if _lock(fd, path):
-                    break
-                if attempt == 4:
-                    raise FlytInputError(f"another run is writing the input store {self.root}; wait for it to finish")
-                time.sleep(0.02)
+            raise FlytInputError(f"cannot create the input store {self.root}: {exc.strerror or exc}") from None
+        with os_lock(self.root / LOCK, f"another run is writing the input store {self.root}; wait for it to finish",
+                     retries=4):
             yield
-        finally:
-            os.close(fd)  # releases the lock
-
-
-def _lock(fd: int, path: Path) -> bool:
-    """Take an exclusive lock on ``fd`` without waiting; False when another process holds it."""
-    try:
-        if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        else:  # pragma: no cover - Windows
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK, errno.EDEADLK):
-            return False
-        raise FlytInputError(f"cannot lock {path} ({exc.strerror or exc}): its file system does not support locks; "
-                             "put the input store on a local disk") from None
-    return True
 
 
 def _stale_read(entry: dict[str, Any], inputs: dict[str, Any]) -> str | None:
