@@ -353,3 +353,29 @@ def test_oracle_far_above_random_on_the_default_pool(tmp_path):
     assert res.exit_code == 0, res.output
     a, b = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert a["mean"] - b["mean"] > 0.15 and a["mean"] - a["std"] > b["mean"] + b["std"], (a, b)
+
+
+def test_the_demo_and_the_table_sample_alike(tiny_demo_pool, monkeypatch, tmp_path):
+    """One set of demo SCS settings: `filter --demo` samples as every SCS row of the table does."""
+    import json
+
+    from click.testing import CliRunner
+
+    import flyt_datacomp.demo as demo_module
+    from flyt_datacomp.benchmark.recipe import get_recipe
+    from flyt_datacomp.benchmark.table import TableSettings
+    from flyt_datacomp.cli.filter import filter_command
+    from flyt_datacomp.demo import DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES
+
+    recipe = get_recipe("default")
+    table = TableSettings().resolved(20_000, recipe.samples_seen)
+    assert (table["scs_alpha"], table["scs_batch"], table["num_samples"]) == (DEMO_SCS_ALPHA, 200, DEMO_SCS_NUM_SAMPLES)
+    monkeypatch.setattr(demo_module, "build_demo_pool", lambda **kw: tiny_demo_pool)
+    out = tmp_path / "d.npy"
+    r = CliRunner().invoke(filter_command, ["--demo", "--score", "clip_b32_similarity_score", "--standardize", "--temperature", "0.1",
+                                            "--output", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    side = json.loads(out.with_name("d.npy.json").read_text())
+    assert side["sampler_params"] == {"alpha": DEMO_SCS_ALPHA, "group_size": tiny_demo_pool.pool_size // 100,
+                                      "num_samples": DEMO_SCS_NUM_SAMPLES}
+    assert "example type" in r.output and "demo: the digits pool at" in r.output

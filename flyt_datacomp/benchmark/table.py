@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import selection
+from ..demo.pool import DEMO_SCS_ALPHA, demo_scs_group_size
 from ..errors import FlytInputError
 from ..pool import Pool
 from ..uids import hex_to_uids, lookup, uid_order, write_subset
@@ -46,19 +47,19 @@ class TableSettings:
     """How the table's subsets are made (not how they are evaluated: that is the recipe)."""
 
     fraction: float = 0.3  # the top-fraction rows
-    # shared by every SCS row. A 20K pool wants a larger penalty than the paper's small scale
-    # (0.5 at 12.8M; medium 0.15): measured on this pool, 1.0 beats 0.5 for every SCS row (README).
-    scs_alpha: float = 1.0
-    scs_batch: int | None = None  # G; default pool size / 100 (the demo's `filter --demo` default)
-    # N; default the recipe's samples seen, so a training run sees each draw once, as in DataComp
-    # where N = pool size = samples seen
+    # shared by every SCS row and by `filter --demo` (demo.pool): measured on this pool, alpha 1.0
+    # beats 0.5 for every SCS row (docs/benchmark.md)
+    scs_alpha: float = DEMO_SCS_ALPHA
+    scs_batch: int | None = None  # G; default pool size / 100
+    # N; default the recipe's samples seen (the default recipe's is DEMO_SCS_NUM_SAMPLES), so a
+    # training run sees each draw once, as in DataComp where N = pool size = samples seen
     num_samples: int | None = None
     filter_seed: int = 0
     quick_flyt: bool = False  # train the scoring models for a couple of steps only (smoke runs)
 
     def resolved(self, pool_size: int, samples_seen: int) -> dict[str, Any]:
         return {"fraction": self.fraction, "scs_alpha": self.scs_alpha,
-                "scs_batch": self.scs_batch or max(1, pool_size // 100),
+                "scs_batch": self.scs_batch or demo_scs_group_size(pool_size),
                 "num_samples": self.num_samples or samples_seen, "filter_seed": self.filter_seed,
                 "quick_flyt": self.quick_flyt}
 

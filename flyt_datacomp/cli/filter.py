@@ -180,16 +180,19 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
 def _demo_defaults(opts: dict[str, Any], progress: bool):
     """Fill in the demo pool's folder, sampler settings and output location (building the pool the
     first time). The score is left to the caller: without ``--score`` the demo trains M-FLYT."""
-    from ..demo import build_demo_pool
+    from ..demo import DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES, build_demo_pool, demo_scs_group_size
 
-    if progress:
-        click.echo("demo: the digits pool (built once, then cached)")
-    demo = build_demo_pool(progress=progress)
+    demo = build_demo_pool(progress=progress, announce=lambda text: click.echo(f"demo: {text}"))
+    click.echo(f"demo: the digits pool at {demo.root}")
     if opts["metadata_dir"] is None:
         opts["metadata_dir"] = str(demo.metadata_dir)
     if opts["sampler"] in (None, "scs") and opts.get("fraction") is None and opts.get("threshold") is None:
-        opts["scs_alpha"] = 0.5 if opts["scs_alpha"] is None else opts["scs_alpha"]
-        opts["scs_group_size"] = max(1, demo.pool_size // 100) if opts["scs_group_size"] is None else opts["scs_group_size"]
+        # the benchmark's SCS settings (one set of demo defaults)
+        opts["scs_alpha"] = DEMO_SCS_ALPHA if opts["scs_alpha"] is None else opts["scs_alpha"]
+        if opts["scs_group_size"] is None:
+            opts["scs_group_size"] = demo_scs_group_size(demo.pool_size)
+        if opts["num_samples"] is None:
+            opts["num_samples"] = DEMO_SCS_NUM_SAMPLES
     if opts["output"] is None:
         opts["output"] = str(Path(demo.root) / "outputs" / "demo_subset.npy")
         opts["overwrite"] = True  # the demo's own default output is replaced on every run

@@ -7,8 +7,8 @@ set; ``type_breakdown()`` reports which kinds of examples a subset kept.
 """
 
 from .build import build_demo_pool, default_cache_dir
-from .pool import DEMO_PRESETS, DemoPool, TrainedModel
+from .pool import DEMO_PRESETS, DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES, DemoPool, TrainedModel, demo_scs_group_size
 from .report import format_type_breakdown, type_breakdown
 
-__all__ = ["DEMO_PRESETS", "DemoPool", "TrainedModel", "build_demo_pool", "default_cache_dir", "type_breakdown",
-           "format_type_breakdown"]
+__all__ = ["DEMO_PRESETS", "DEMO_SCS_ALPHA", "DEMO_SCS_NUM_SAMPLES", "DemoPool", "TrainedModel", "build_demo_pool",
+           "default_cache_dir", "demo_scs_group_size", "format_type_breakdown", "type_breakdown"]

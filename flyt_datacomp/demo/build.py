@@ -31,7 +31,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +99,14 @@ def build_demo_pool(
     scorer_steps: int | Sequence[int] = DEFAULT_SCORER_STEPS,
     progress: bool = True,
     force: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> DemoPool:
     """Build (once) and return the demo pool; see the module docstring for the layout.
 
     ``scorer_steps`` is the number of training steps (batch 256) of the two scorer CLIPs, one int
     for both or a pair ``(b32, l14)``. A pool already complete in the cache (its ``build.json``
-    exists) is returned at once unless ``force``.
+    exists) is returned at once unless ``force``. ``announce`` is told, in a sentence, when a build
+    starts.
     """
     if pool_size < 20:
         raise FlytInputError(f"pool_size must be at least 20, got {pool_size}")
@@ -125,6 +127,9 @@ def build_demo_pool(
     pool = DemoPool.at(final, pool_size)
     if (final / "build.json").exists() and not force:
         return pool
+    if announce is not None:
+        announce(f"building the digits demo pool in {final} (once, a few minutes on a laptop CPU: the images, "
+                 "two small scorer CLIPs, the DataComp-format files)")
 
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))

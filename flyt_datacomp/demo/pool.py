@@ -20,6 +20,17 @@ from ..errors import FlytInputError
 
 DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
 
+# How the demo samples with SCS, shared by `filter --demo` and every SCS row of the benchmark's
+# table: a 20K pool wants a larger penalty than the paper's small scale (0.5 at 12.8M); G is 1% of
+# the pool; N is the mini-benchmark's samples seen (its default recipe), so a training run sees each
+# draw once, as in DataComp where N = pool size = samples seen (docs/benchmark.md, "SCS settings").
+DEMO_SCS_ALPHA = 1.0
+DEMO_SCS_NUM_SAMPLES = 38_400
+
+
+def demo_scs_group_size(pool_size: int) -> int:
+    return max(1, pool_size // 100)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainedModel:
