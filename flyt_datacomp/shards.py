@@ -17,8 +17,8 @@ import dataclasses
 import json
 import os
 import posixpath
+import re
 import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import fsspec
@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import FlytInputError
+from .parallel import thread_map
 from .progress import progress_bar
 from .tars import iter_tar, where
 from .uids import UID_DTYPE, hex_to_uids, lookup, uid_order
@@ -153,9 +154,75 @@ def index_shards(root: str | os.PathLike, *, progress: bool = True, threads: int
     names = list_tars(fs, folder)
     if not names:
         raise FlytInputError(f"shards folder {root} holds no .tar shards")
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(names)))) as pool:
-        results = list(progress_bar(pool.map(lambda n: _read_shard(fs, folder, n), names), total=len(names),
-                            desc="indexing shards", unit="shard", disable=not progress))
+    results = list(progress_bar(thread_map(lambda n: _read_shard(fs, folder, n), names, threads), total=len(names),
+                                desc="indexing shards", unit="shard", disable=not progress))
     infos = tuple(r[0] for r in results)
     uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
     return ShardIndex(str(root), infos, uids)
+
+
+def key_index(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Every downloaded sample's webdataset key (int64, sorted) and its uid (``u8,u8``, aligned), from
+    img2dataset's per-shard parquet files (``key``, ``uid``, ``status``), or from the tars (member
+    names and their ``.json``'s uid) where those lack the columns. Keys are how a dataset made from
+    these shards (the FLYT authors' input scores) names examples."""
+    fs, folder = open_folder(root)
+    names = list_tars(fs, folder)
+    if not names:
+        raise FlytInputError(f"shards folder {root} holds no .tar shards")
+    results = list(progress_bar(thread_map(lambda n: _keys_of(fs, folder, n), names, threads), total=len(names),
+                                desc="reading shard keys", unit="shard", disable=not progress))
+    keys = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int64)
+    uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
+    order = np.argsort(keys, kind="stable")
+    keys, uids = keys[order], uids[order]
+    if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
+        i = int(np.flatnonzero(keys[1:] == keys[:-1])[0])
+        raise FlytInputError(f"key {int(keys[i])} names two samples in the shards at {root}")
+    return keys, uids
+
+
+def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's (keys, uids) of its successful downloads."""
+    stem = name[: -len(".tar")]
+    parquet = f"{folder}/{stem}.parquet"
+    try:
+        if fs.exists(parquet):
+            with fs.open(parquet, "rb") as fh:
+                names = pq.read_schema(fh).names
+                if {"key", "uid", "status"} <= set(names):
+                    fh.seek(0)
+                    table = pq.read_table(fh, columns=["key", "uid", "status"], use_threads=False)  # see Pool._read_columns
+                    ok = [s == "success" for s in table.column("status").to_pylist()]
+                    keys = [k for k, good in zip(table.column("key").to_pylist(), ok) if good]
+                    uids = [u for u, good in zip(table.column("uid").to_pylist(), ok) if good]
+                    return (webdataset_keys(keys, parquet),
+                            hex_to_uids(np.asarray(uids, dtype=object), source=parquet) if uids
+                            else np.zeros(0, dtype=UID_DTYPE))
+        keys, uids = [], []
+        for sample in iter_tar(f"{folder}/{name}", extensions=("json",), fs=fs):
+            if "json" not in sample:
+                continue
+            uid = json.loads(sample["json"]).get("uid")
+            if not isinstance(uid, str):
+                raise FlytInputError(f"{folder}/{name}: {where(sample)} has no uid in its .json member")
+            keys.append(posixpath.basename(sample["__key__"]))
+            uids.append(uid)
+    except (OSError, ValueError, tarfile.TarError) as exc:
+        raise FlytInputError(f"cannot read shard {folder}/{name}: {exc}") from None
+    return (webdataset_keys(keys, f"{folder}/{name}"),
+            hex_to_uids(np.asarray(uids, dtype=object), source=f"{folder}/{name}") if uids else np.zeros(0, dtype=UID_DTYPE))
+
+
+_DIGITS = re.compile(rb"^[0-9]+$")
+
+
+def webdataset_keys(values: list[Any], source: str) -> np.ndarray:
+    """Webdataset keys (strings of digits, as img2dataset writes them) as int64; a malformed one is
+    an error naming it."""
+    raw = [v.encode() if isinstance(v, str) else v for v in values]
+    for i, v in enumerate(raw):
+        if not isinstance(v, bytes) or not _DIGITS.match(v) or len(v) > 18:
+            raise FlytInputError(f"malformed key {v!r} at row {i} of {source}: a webdataset key is a string of digits "
+                                 "(img2dataset's shard number and index)")
+    return np.array([int(v) for v in raw], dtype=np.int64)

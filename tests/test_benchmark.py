@@ -372,8 +372,8 @@ def test_the_demo_and_the_table_sample_alike(tiny_demo_pool, monkeypatch, tmp_pa
     assert (table["scs_alpha"], table["scs_batch"], table["num_samples"]) == (DEMO_SCS_ALPHA, 200, DEMO_SCS_NUM_SAMPLES)
     monkeypatch.setattr(demo_module, "build_demo_pool", lambda **kw: tiny_demo_pool)
     out = tmp_path / "d.npy"
-    r = CliRunner().invoke(filter_command, ["--demo", "--score", "clip_b32_similarity_score", "--standardize", "--temperature", "0.1",
-                                            "--output", str(out), "--quiet"])
+    r = CliRunner().invoke(filter_command, ["--demo", "--score", "clip_b32_similarity_score", "--standardize",
+                                            "--temperature", "0.1", "--output", str(out), "--quiet"])
     assert r.exit_code == 0, r.output
     side = json.loads(out.with_name("d.npy.json").read_text())
     assert side["sampler_params"] == {"alpha": DEMO_SCS_ALPHA, "group_size": tiny_demo_pool.pool_size // 100,

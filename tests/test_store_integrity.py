@@ -258,16 +258,14 @@ def test_a_classifier_is_refitted_when_its_target_file_changes_at_the_same_size(
 class FakeScorer:
     """Stands in for an open_clip model: every image's cosine is the number in the weights file."""
 
-    def __init__(self, arch, weights, device):
+    def __init__(self, weights):
         self.value = float(Path(weights).read_text())
 
-    def score_tar(self, fh, batch):
-        import tarfile
-
+    def score_tar(self, url, fs, batch):
+        from flyt_datacomp.tars import iter_tar
         from flyt_datacomp.uids import hex_to_uids
 
-        with tarfile.open(fileobj=fh, mode="r|*") as tar:
-            uids = [json.loads(tar.extractfile(m).read())["uid"] for m in tar if m.name.endswith(".json")]
+        uids = [json.loads(s["json"])["uid"] for s in iter_tar(url, extensions=("json",), fs=fs) if s.get("json")]
         return hex_to_uids(np.array(uids)), np.full(len(uids), self.value, np.float32)
 
 
@@ -276,7 +274,7 @@ def test_openclip_results_of_other_weights_are_not_reused(tmp_path, monkeypatch)
 
     root, hexes = write_metadata(tmp_path / "metadata", sizes=(30, 30))
     write_image_shards(tmp_path / "shards", hexes, keep_fraction=1.0)
-    monkeypatch.setattr(models_module, "_Scorer", FakeScorer)
+    monkeypatch.setattr(models_module.OpenClipInput, "scorer", lambda self, device: FakeScorer(self.weights()))
     weights = tmp_path / "w.pt"
     weights.write_text("0.25")
     store = tmp_path / "store"

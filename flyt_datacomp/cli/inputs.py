@@ -46,6 +46,66 @@ def compute_command(metadata_dir, inputs_dir, specs, workers, ray_address, shard
     click.echo(f"store: {inputs_dir}")
 
 
+@inputs_group.command("import")
+@click.argument("src", metavar="SRC")
+@O.metadata_dir(required=True)
+@O.inputs_dir(required=True, aliases=("--out",), help="The input store folder (created if needed).")
+@option("--field", "fields", multiple=True, metavar="NAME[=COLUMN]",
+        help="Import the source column COLUMN as the store input NAME (repeatable) [default: every numeric column, "
+             "under its own name].")
+@option("--key", type=click.Choice(["auto", "uid", "key"]), default="auto", show_default=True,
+        help="What keys the rows: the example's uid, or the webdataset key of the download (joined to uids through "
+             "--shards-dir); auto: uid if the files have it, else key.")
+@O.shards_dir(help="The downloaded image shards the keys belong to (img2dataset's parquet files hold key and uid).")
+@option("--check", "checks", multiple=True, metavar="NAME=POOL_COLUMN",
+        help="Check that input NAME correlates with this pool column (repeatable) [default: vit-b-32 and vit-l-14 "
+             "against the pool's CLIP scores].")
+@option("--min-correlation", type=float, default=0.99, show_default=True,
+        help="The least correlation a checked input must have with its pool column.")
+@option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
+        help="Pool examples without a row: an error, or the input's minimum or mean (recorded in the store).")
+@option("--recompute", multiple=True, metavar="NAME", help="Import this input again even where it is stored.")
+@O.workers(default=1, aliases=("--num-workers", "--num_workers"), help="Shard tasks run in this many local processes.")
+@O.quiet()
+def import_command(src, metadata_dir, inputs_dir, fields, key, shards_dir, checks, min_correlation, missing,
+                   recompute, workers, quiet) -> None:
+    """Import per-example scores computed elsewhere (parquet files at SRC, a local folder or any fsspec
+    URL such as hf://datasets/formll/M-FLYT-input-scores) into the store --inputs-dir, keyed by uid
+    or by webdataset key, with a check that the rows joined the right examples."""
+    from ..inputs.providers.imported import import_specs, source_columns
+    from ..pool import Pool
+
+    columns, _ = source_columns(src)
+    pairs = []
+    for item in fields or columns:
+        name, eq, column = item.partition("=")
+        pairs.append((name.strip(), (column if eq else name).strip()))
+    unknown = [c for _, c in pairs if c not in columns]
+    if unknown:
+        raise FlytInputError(f"the files at {src} have no numeric column {unknown[0]!r} (columns: {', '.join(columns)})")
+    check_map = {}
+    for item in checks:
+        name, eq, column = item.partition("=")
+        if not eq or name.strip() not in {n for n, _ in pairs}:
+            raise FlytInputError(f"--check {item!r} must be NAME=POOL_COLUMN with NAME one of the imported inputs")
+        check_map[name.strip()] = column.strip()
+    pool_columns = Pool(metadata_dir, progress=False).column_names
+    specs = import_specs(src, pairs, key=key, checks=check_map, min_corr=min_correlation, pool_columns=pool_columns)
+    entries = compute_inputs(metadata_dir, inputs_dir, specs, workers=workers, shards_dir=shards_dir, missing=missing,
+                             recompute=recompute, progress=not quiet)
+    click.echo(format_entries(entries))
+    for name, e in entries.items():
+        check = e.get("join_check")
+        if check:
+            click.echo(f"join check: {name} correlates {check['correlation']:.4f} with the pool's {check['column']} "
+                       f"over {check['rows']:,} rows")
+    unchecked = [n for n, e in entries.items() if not e.get("join_check")]
+    if unchecked and len(unchecked) == len(entries):
+        click.echo("note: no input was checked against a pool column (--check NAME=POOL_COLUMN): nothing shows "
+                   "whether the rows joined the right examples", err=True)
+    click.echo(f"store: {inputs_dir}")
+
+
 @inputs_group.command("show")
 @click.argument("store_dir", cls=HiddenArgument, required=False, metavar="STORE")
 @O.inputs_dir(help="The input store to show.")

@@ -168,7 +168,9 @@ def parse_spec(text: str) -> tuple[str, Provider]:
 
 def source_identities(sources: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``{file: {"bytes": size, "sha256": digest}}`` of every file the paths, URLs or globs name (a
-    name that matches nothing is left out: the provider's ``fit`` says it is missing)."""
+    name that matches nothing is left out: the provider's ``fit`` says it is missing). A file whose
+    store already knows its sha256 (a Hugging Face LFS file, an object store's checksum) is not read
+    for it; the others are read once per process and file version."""
     import fsspec
 
     out: dict[str, dict[str, Any]] = {}
@@ -180,12 +182,31 @@ def source_identities(sources: Sequence[str]) -> dict[str, dict[str, Any]]:
             else:
                 files = [path] if fs.isfile(path) else []
             for f in files:
-                h = hashlib.sha256()
-                with fs.open(f, "rb") as fh:
-                    while block := fh.read(1 << 22):
-                        h.update(block)
                 key = source if len(files) == 1 and not glob.has_magic(path) else f
-                out[key] = {"bytes": int(fs.size(f)), "sha256": h.hexdigest()}
+                out[key] = _file_identity(fs, f)
         except (OSError, ValueError, ImportError) as exc:
             raise FlytInputError(f"cannot read {quote(source)}: {exc}") from None
     return out
+
+
+_IDENTITIES: dict[tuple, dict[str, Any]] = {}
+
+
+def _file_identity(fs: Any, path: str) -> dict[str, Any]:
+    info = fs.info(path)
+    size = int(info.get("size") or 0)
+    known = (info.get("lfs") or {}).get("sha256") if isinstance(info.get("lfs"), dict) else None
+    known = known or info.get("sha256")
+    if isinstance(known, str) and len(known) == 64:
+        return {"bytes": size, "sha256": known}
+    memo = (type(fs).__name__, path, size, info.get("mtime") or info.get("LastModified") or info.get("last_modified"))
+    if memo[-1] is not None and memo in _IDENTITIES:
+        return _IDENTITIES[memo]
+    h = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    identity = {"bytes": size, "sha256": h.hexdigest()}
+    if memo[-1] is not None:
+        _IDENTITIES[memo] = identity
+    return identity

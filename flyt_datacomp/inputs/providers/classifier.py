@@ -11,6 +11,12 @@ target file's bytes, the options and the pool's uids are unchanged.
 
 Targets: a ``.npy`` of shape (T, d) (image) or (T, 2d) (image+text: image then text), or an
 ``.npz`` with keys ``img`` and ``txt``, or DataComp's ``.pt`` files (image only).
+
+A classifier someone else fitted is used as it is: a ``.pt`` holding an ``nn.Linear`` state dict
+(``weight`` [k, d], ``bias`` [k]; the FLYT authors' released CC2M- and IN1K-Classifier) instead of
+targets. Its score is the logit of its single output, or for two outputs the second's logit minus
+the first's (``output=N`` picks one output's logit); ``features`` and ``arch`` say which embeddings
+it reads (d must match). It is loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -95,6 +101,8 @@ class ClassifierInput(Provider):
         Option("warmup", int, 500, "warm-up steps"),
         Option("negatives", int, 1_000_000, "pool examples sampled as the negative class"),
         Option("seed", int, 0, "seed of the pool sample and the batches"),
+        Option("output", int, -1, "a fitted classifier's output whose logit is the score (-1: the only one, or "
+               "the second minus the first)"),
     )
 
     def __init__(self, spec: str, args: dict[str, Any]):
@@ -113,6 +121,16 @@ class ClassifierInput(Provider):
         from ... import torch_io
 
         a = self.args
+        fitted = released_classifier(a["target"], a["output"])
+        if fitted is not None:
+            dim = sum(ctx.pool.read_shard(ctx.pool.shards[0], npz_keys=self.npz_keys).arrays[k].shape[1]
+                      for k in self.npz_keys)
+            if fitted["weight"].shape[0] != dim:
+                raise FlytInputError(f"the classifier {quote(a['target'])} reads {fitted['weight'].shape[0]} features "
+                                     f"but the pool's {'+'.join(self.npz_keys)} give {dim}: set features= and arch= "
+                                     "to the embeddings it was fitted on")
+            ctx.record["fitted"] = "given"
+            return fitted
         path = ctx.work_dir / f"{ctx.name}.classifier.pt"
         record = path.with_name(path.name + ".json")
         fingerprint = {"params": self.params(), "targets": ctx.sources, "pool": ctx.pool.shard_uid_digests}
@@ -156,3 +174,37 @@ class ClassifierInput(Provider):
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
         x = pool_features(data.arrays, self.npz_keys)
         return (x @ state["weight"] + state["bias"]).astype(np.float32)
+
+
+def released_classifier(path: str, output: int = -1) -> dict[str, Any] | None:
+    """``{"weight": (d,), "bias": b}`` of a fitted ``nn.Linear`` saved as a state dict at ``path``,
+    or None when ``path`` holds target embeddings instead."""
+    if not path.endswith(".pt") or not os.path.isfile(path):
+        return None
+    from ... import torch_io
+
+    state = torch_io.load(path, "classifier")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "weight" not in {str(k).removeprefix("module.") for k in state}:
+        return None  # DataComp's target embeddings (image_features)
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
+    if set(state) - {"weight", "bias"}:
+        raise FlytInputError(f"classifier {path} holds {', '.join(sorted(state))}, not a linear layer's weight and bias")
+    w = state["weight"].detach().double().cpu().numpy()
+    b = state.get("bias")
+    b = np.zeros(w.shape[0]) if b is None else b.detach().double().cpu().numpy().reshape(-1)
+    if w.ndim != 2 or b.shape != (w.shape[0],):
+        raise FlytInputError(f"classifier {path}: weight {list(w.shape)} and bias {list(b.shape)} are not a linear layer's")
+    k = w.shape[0]
+    if output >= 0:
+        if output >= k:
+            raise FlytInputError(f"classifier {path} has {k} outputs; output={output} does not exist")
+        vec, bias = w[output], b[output]
+    elif k == 1:
+        vec, bias = w[0], b[0]
+    elif k == 2:  # the log-odds of the second class
+        vec, bias = w[1] - w[0], b[1] - b[0]
+    else:
+        raise FlytInputError(f"classifier {path} has {k} outputs: say which one's logit is the score (output=N)")
+    return {"weight": vec.astype(np.float32), "bias": float(bias)}
