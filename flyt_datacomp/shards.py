@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import posixpath
-import re
 import tarfile
 from typing import Any
 
@@ -193,12 +192,14 @@ def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
                 if {"key", "uid", "status"} <= set(names):
                     fh.seek(0)
                     table = pq.read_table(fh, columns=["key", "uid", "status"], use_threads=False)  # see Pool._read_columns
-                    ok = [s == "success" for s in table.column("status").to_pylist()]
-                    keys = [k for k, good in zip(table.column("key").to_pylist(), ok) if good]
-                    uids = [u for u, good in zip(table.column("uid").to_pylist(), ok) if good]
-                    return (webdataset_keys(keys, parquet),
-                            hex_to_uids(np.asarray(uids, dtype=object), source=parquet) if uids
-                            else np.zeros(0, dtype=UID_DTYPE))
+                    import pyarrow.compute as pc
+
+                    table = table.filter(pc.equal(table.column("status"), "success"))
+                    if table.num_rows == 0:
+                        return np.zeros(0, np.int64), np.zeros(0, dtype=UID_DTYPE)
+                    from .pool import uid_column
+
+                    return webdataset_keys(table.column("key"), parquet), uid_column(table.column("uid"), parquet)
         keys, uids = [], []
         for sample in iter_tar(f"{folder}/{name}", extensions=("json",), fs=fs):
             if "json" not in sample:
@@ -214,15 +215,21 @@ def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
             hex_to_uids(np.asarray(uids, dtype=object), source=f"{folder}/{name}") if uids else np.zeros(0, dtype=UID_DTYPE))
 
 
-_DIGITS = re.compile(rb"^[0-9]+$")
+def webdataset_keys(values: Any, source: str) -> np.ndarray:
+    """Webdataset keys (strings of digits, as img2dataset writes them) as int64, vectorised; a
+    malformed one is an error naming it. ``values``: a list or a pyarrow string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-
-def webdataset_keys(values: list[Any], source: str) -> np.ndarray:
-    """Webdataset keys (strings of digits, as img2dataset writes them) as int64; a malformed one is
-    an error naming it."""
-    raw = [v.encode() if isinstance(v, str) else v for v in values]
-    for i, v in enumerate(raw):
-        if not isinstance(v, bytes) or not _DIGITS.match(v) or len(v) > 18:
-            raise FlytInputError(f"malformed key {v!r} at row {i} of {source}: a webdataset key is a string of digits "
-                                 "(img2dataset's shard number and index)")
-    return np.array([int(v) for v in raw], dtype=np.int64)
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else pa.array(values, type=pa.string()) \
+        if not isinstance(values, pa.Array) else values
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+        raise FlytInputError(f"the keys of {source} are {arr.type}, not strings of digits")
+    good = pc.fill_null(pc.match_substring_regex(arr, r"^[0-9]{1,18}$"), False).to_numpy(zero_copy_only=False)
+    if not good.all():
+        i = int(np.flatnonzero(~good)[0])
+        raise FlytInputError(f"malformed key {arr[i].as_py()!r} at row {i} of {source}: a webdataset key is a string "
+                             "of digits (img2dataset's shard number and index)")
+    return pc.cast(arr, pa.int64()).to_numpy(zero_copy_only=False)

@@ -207,7 +207,7 @@ def _keys(col: Any, mode: str, path: str) -> np.ndarray:
         return uid_column(col, path)
     from ...shards import webdataset_keys
 
-    return webdataset_keys(col.to_pylist(), path)
+    return webdataset_keys(col, path)
 
 
 def _refuse_duplicates(keys: np.ndarray, mode: str, files: list[str]) -> None:
