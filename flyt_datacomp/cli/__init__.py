@@ -9,16 +9,20 @@ outside this package imports click.
 
 from __future__ import annotations
 
-import click
+from ..process import prefer_passive_threads
 
-from .base import group
-from .baseline import baseline_command
-from .benchmark import benchmark_command
-from .downstream import downstream_group
-from .eval import eval_group
-from .filter import filter_command
-from .inputs import inputs_group
-from .train import train_command
+prefer_passive_threads()  # before anything loads torch
+
+import click  # noqa: E402, I001
+
+from .base import group  # noqa: E402
+from .baseline import baseline_command  # noqa: E402
+from .benchmark import benchmark_command  # noqa: E402
+from .downstream import downstream_group  # noqa: E402
+from .eval import eval_group  # noqa: E402
+from .filter import filter_command  # noqa: E402
+from .inputs import inputs_group  # noqa: E402
+from .train import train_command  # noqa: E402
 
 
 @group()
