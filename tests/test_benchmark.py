@@ -28,11 +28,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _labels(truth: dict) -> dict[str, np.ndarray]:
     types = np.asarray(truth["type"], dtype=str)
+    domain = np.asarray(truth["domain"], dtype=str)
+    correct = np.isin(types, ["correct", "near_duplicate"])
     return {
         "type": types,
+        "domain": domain,
+        "domain_and_type": np.char.add(np.char.add(domain, "/"), types),
         "near_duplicate": types == "near_duplicate",
-        "correct_caption": np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"]),
+        "correct_caption": correct,
         "clutter": types == "clutter",
+        "task": correct & (domain == "digits"),  # the task oracle's examples
     }
 
 
@@ -108,6 +113,8 @@ def test_no_pool_file_exposes_the_ground_truth(tiny_demo_pool):
     # the check itself catches the old leak (npz `dedup` = the near-duplicate flag) ...
     assert exposed_labels(labels["near_duplicate"].astype(np.uint8), labels) == ["near_duplicate"]
     assert "type" in exposed_labels(np.asarray(truth["type"]), labels)
+    assert "domain" in exposed_labels(np.asarray(truth["domain"]), labels)
+    assert "task" in exposed_labels(labels["task"].astype(np.float64), labels)
     # ... and a column that ranks a label almost perfectly
     noisy = labels["clutter"] + 1e-3 * np.random.default_rng(0).standard_normal(len(truth["uid"]))
     assert exposed_labels(noisy, labels) == ["clutter"]
@@ -230,10 +237,11 @@ def test_recipe_hash_tracks_what_changes_a_result():
 
 
 def _oracle_and_random(pool, tmp_path):
+    """The task oracle (correctly captioned digits) and a random subset of its size."""
     from flyt_datacomp.pool import Pool
 
     truth = pq.read_table(pool.truth_path).to_pydict()
-    good = np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])
+    good = np.isin(truth["type"], ["correct", "near_duplicate"]) & (np.asarray(truth["domain"]) == "digits")
     uids = hex_to_uids(np.asarray(truth["uid"]))
     oracle, random = tmp_path / "oracle.npy", tmp_path / "random.npy"
     write_subset(oracle, uids, good.astype(np.int64))
@@ -303,8 +311,10 @@ def test_benchmark_cli_errors(tiny_demo_pool, tmp_path):
 
 def test_standard_table_quick(tiny_demo_pool, tmp_path):
     """Every standard row is made by the package's commands and evaluated (smoke run)."""
-    from flyt_datacomp.benchmark.table import ROW_IDS
+    from flyt_datacomp.benchmark.table import rows_for
 
+    ROW_IDS = rows_for("v4")
+    assert "task_oracle" in ROW_IDS and "alignment_oracle" in ROW_IDS and "oracle" not in ROW_IDS
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["benchmark", "--quick", "--quiet", "--seeds", "1", "--jobs", "1", "--pool-dir",
                                     str(tiny_demo_pool.root), "--cache-dir", str(tmp_path / "cache"),
@@ -325,7 +335,14 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
         assert sidecar["sampler_params"]["alpha"] == s["scs_alpha"]
         assert sidecar["sampler_params"]["group_size"] == s["scs_batch"]
     truth = pq.read_table(tiny_demo_pool.truth_path).to_pydict()
-    assert rows["oracle"]["distinct"] == int(np.sum(np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])))
+    correct = np.isin(truth["type"], ["correct", "near_duplicate"])
+    digits = np.asarray(truth["domain"]) == "digits"
+    assert rows["task_oracle"]["distinct"] == int(np.sum(correct & digits))
+    assert rows["alignment_oracle"]["distinct"] == int(np.sum(correct)) > 2 * rows["task_oracle"]["distinct"]
+    assert set(rows["task_oracle"]["true_split"]) == {"digits/correct", "digits/near_duplicate"}
+    assert rows["alignment_oracle"]["true_split"]["letters/correct"] > 0.1
+    assert set(rows["alignment_oracle"]["true_types"]) == {"correct", "near_duplicate"}
+    assert abs(sum(rows["no_filter"]["true_split"].values()) - 1) < 1e-3
     assert set(table["flyt_runs"]) == {"m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all"}
     assert set(table["flyt_runs"]["m-flyt-demo-all"]["mixing_weights"]) == {
         "clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
@@ -339,10 +356,38 @@ def test_standard_table_quick(tiny_demo_pool, tmp_path):
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_v3_pool_keeps_its_table_and_recipe(tiny_demo_pool, tmp_path):
+    """`benchmark --pool-dir` on a v3 pool: its one oracle row and its own recipe; a v4 pool has the
+    two oracles instead."""
+    from flyt_datacomp.benchmark.recipe import Recipe, pool_recipe
+    from flyt_datacomp.demo import build_demo_pool
+
+    v3 = build_demo_pool(tmp_path / "pools", version="v3", pool_size=300, num_metadata_shards=1, shard_size=100,
+                         scorer_steps=2, progress=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["benchmark", "--quick", "--quiet", "--seeds", "1", "--jobs", "1", "--pool-dir",
+                                    str(v3.root), "--rows", "no_filter,oracle", "--output-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    table = json.loads((out / "table.json").read_text())
+    assert [r["id"] for r in table["rows"]] == ["no_filter", "oracle"]
+    truth = pq.read_table(v3.truth_path).to_pydict()
+    assert table["rows"][1]["distinct"] == int(np.sum(np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])))
+    assert set(table["rows"][0]["true_split"]) <= {"digits/correct", "digits/near_duplicate", "digits/wrong",
+                                                   "clutter/clutter"}
+    res = CliRunner().invoke(main, ["benchmark", "--quick", "--pool-dir", str(v3.root), "--rows", "task_oracle"])
+    assert res.exit_code == 2 and "rows of a v3 demo pool" in res.output
+    res = CliRunner().invoke(main, ["benchmark", "--quick", "--pool-dir", str(tiny_demo_pool.root),
+                                    "--cache-dir", str(tmp_path / "c"), "--rows", "oracle"])
+    assert res.exit_code == 2 and "task_oracle, alignment_oracle" in res.output
+    # each version is benchmarked with its own recipe; v3's is unchanged (its cached results stay valid)
+    assert pool_recipe("v3") == "v3" and pool_recipe("v4") == "default"
+    assert get_recipe("v3").hash() == Recipe("v3").hash()
+
+
 @pytest.mark.slow
 def test_oracle_far_above_random_on_the_default_pool(tmp_path):
-    """`benchmark --subset` ranks the ground-truth-clean subset far above a random one of the same
-    size (default demo pool, default recipe, 2 seeds)."""
+    """`benchmark --subset` ranks the task oracle (the correctly captioned digits) far above a random
+    subset of the same size (default demo pool, default recipe, 2 seeds)."""
     from flyt_datacomp.demo import build_demo_pool
 
     pool = build_demo_pool(tmp_path / "pools", progress=False)
@@ -362,14 +407,17 @@ def test_the_demo_and_the_table_sample_alike(tiny_demo_pool, monkeypatch, tmp_pa
     from click.testing import CliRunner
 
     import flyt_datacomp.demo as demo_module
-    from flyt_datacomp.benchmark.recipe import get_recipe
+    from flyt_datacomp.benchmark.recipe import get_recipe, pool_recipe
     from flyt_datacomp.benchmark.table import TableSettings
     from flyt_datacomp.cli.filter import filter_command
-    from flyt_datacomp.demo import DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES
+    from flyt_datacomp.demo import DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES, demo_scs_num_samples
 
-    recipe = get_recipe("default")
-    table = TableSettings().resolved(20_000, recipe.samples_seen)
-    assert (table["scs_alpha"], table["scs_batch"], table["num_samples"]) == (DEMO_SCS_ALPHA, 200, DEMO_SCS_NUM_SAMPLES)
+    for version in ("v4", "v3"):
+        recipe = get_recipe(pool_recipe(version))
+        table = TableSettings().resolved(20_000, recipe.samples_seen)
+        assert (table["scs_alpha"], table["scs_batch"], table["num_samples"]) == (
+            DEMO_SCS_ALPHA, 200, demo_scs_num_samples(version))
+    assert DEMO_SCS_NUM_SAMPLES == demo_scs_num_samples("v4")
     monkeypatch.setattr(demo_module, "build_demo_pool", lambda **kw: tiny_demo_pool)
     out = tmp_path / "d.npy"
     r = CliRunner().invoke(filter_command, ["--demo", "--score", "clip_b32_similarity_score", "--standardize",
@@ -378,4 +426,5 @@ def test_the_demo_and_the_table_sample_alike(tiny_demo_pool, monkeypatch, tmp_pa
     side = json.loads(out.with_name("d.npy.json").read_text())
     assert side["sampler_params"] == {"alpha": DEMO_SCS_ALPHA, "group_size": tiny_demo_pool.pool_size // 100,
                                       "num_samples": DEMO_SCS_NUM_SAMPLES}
-    assert "example type" in r.output and "demo: the digits pool at" in r.output
+    assert "example type" in r.output and "demo: the digits pool (v4: digits, the task, among" in r.output
+    assert "digits, correct caption: the task" in r.output and "well aligned, not the task" in r.output

@@ -1,4 +1,5 @@
-"""The built-in demo pool: layout, formats, ground truth, determinism and caching."""
+"""The built-in demo pool: layout, formats, domains, ground truth, determinism, caching, reports,
+and the previous version (v3) still built as its own code built it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flyt_datacomp.demo import build_demo_pool, type_breakdown
+from flyt_datacomp.demo import build_demo_pool, domain_breakdown, format_domain_breakdown, type_breakdown
 
 N = 600
 KW = dict(seed=3, pool_size=N, num_metadata_shards=2, shard_size=200, scorer_steps=3, progress=False)
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
+V4_TRUTH_COLUMNS = ["uid", "domain", "type", "label", "caption_domain", "caption_label", "digit", "caption_digit",
+                    "scan_index", "source_uid", "downloaded"]
+V3_TRUTH_COLUMNS = ["uid", "type", "digit", "caption_digit", "scan_index", "source_uid", "downloaded"]
+# The platform-independent content (truth.parquet's values, the metadata's uid/url/text columns, the
+# metadata file names, splits.json) of the tiny v3 build below, as the v3 code (before v4 existed)
+# built it; see _v3_digest. The build's every file was also byte-identical to the v3 code's on the
+# machine that recorded this.
+V3_DIGEST = "c2d4505d8f937f346cf6f4f5a43f199f1de71778e38c8b7845a28d2f357f4124"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +37,11 @@ def pool(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool_b(tmp_path_factory):
     return build_demo_pool(tmp_path_factory.mktemp("cache_b"), **KW)
+
+
+@pytest.fixture(scope="module")
+def pool_v3(tmp_path_factory):
+    return build_demo_pool(tmp_path_factory.mktemp("cache_v3"), version="v3", **KW)
 
 
 def _metadata(pool):
@@ -58,11 +72,13 @@ def _truth(pool):
 
 def test_layout(pool):
     root = pool.root
-    assert root.name.startswith("demo-v3-seed3-n600")
+    assert root.name.startswith("demo-v4-seed3-n600") and pool.version == "v4"
     assert pool.pool_size == N
     assert (root / "build.json").exists()
     build = json.loads((root / "build.json").read_text())
     assert build["parameters"]["pool_size"] == N and build["package"] == "flyt-datacomp"
+    assert build["version_tag"] == "demo-v4"
+    assert sorted(p.name for p in (root / "scorers").iterdir()) == ["b32.pt", "l14.pt"]
     stems = sorted(p.stem for p in pool.metadata_dir.iterdir())
     assert len(stems) == 4 and stems[0::2] == stems[1::2]  # parquet + npz pairs
     assert {p.suffix for p in pool.metadata_dir.iterdir()} == {".parquet", ".npz"}
@@ -142,7 +158,78 @@ def test_image_shards(pool):
         assert shard_table["key"][0] == f"{idx * 200:09d}"
 
 
-def test_type_mix_and_truth(pool):
+def test_v4_domains_mix_and_truth(pool):
+    from flyt_datacomp.demo.domains import DEFAULT_MIX, DOMAINS, label_names
+
+    truth = _truth(pool)
+    _, table = _metadata(pool)
+    assert pq.read_schema(pool.truth_path).names == V4_TRUTH_COLUMNS
+    assert sorted(truth["uid"]) == sorted(table["uid"].to_pylist())
+    domain, types = np.array(truth["domain"]), np.array(truth["type"])
+    assert set(domain) == {*DOMAINS, "clutter"}
+    for (d, t), frac in DEFAULT_MIX.items():
+        if t != "near_duplicate":
+            assert abs(np.mean((domain == d) & (types == t)) - frac) < 0.005, (d, t)
+    assert abs(np.mean(types == "near_duplicate") - DEFAULT_MIX[("any", "near_duplicate")]) < 0.005
+    # most of the correctly captioned examples are not digits: alignment and the task differ
+    correct = np.isin(types, ["correct", "near_duplicate"])
+    assert 0.25 < np.mean(domain[correct] == "digits") < 0.4
+    cap_domain, label, cap_label = np.array(truth["caption_domain"]), truth["label"], truth["caption_label"]
+    for i in range(N):
+        d, t = domain[i], types[i]
+        if t in ("correct", "near_duplicate"):
+            assert cap_domain[i] == d and cap_label[i] == label[i] is not None
+        elif t == "wrong":
+            assert cap_domain[i] == d and cap_label[i] != label[i] and label[i] is not None
+        else:
+            assert d == "clutter" and label[i] is None and cap_domain[i] in DOMAINS
+        if d in DOMAINS:
+            assert label[i] in label_names(d)
+        assert cap_label[i] in label_names(cap_domain[i])
+    # the digit columns: the digit shown / named, -1 where none is
+    digit, cap_digit = np.array(truth["digit"]), np.array(truth["caption_digit"])
+    assert np.all((digit >= 0) == (domain == "digits")) and np.all((cap_digit >= 0) == (cap_domain == "digits"))
+    assert np.all((np.array(truth["scan_index"]) >= 0) == (domain == "digits"))
+    # every caption names what truth says it names
+    text = dict(zip(table["uid"].to_pylist(), table["text"].to_pylist()))
+    for u, d, name in zip(truth["uid"], cap_domain, cap_label):
+        words = text[u].rstrip(".").split()
+        if d == "digits":
+            assert name in words or str(label_names("digits").index(name)) in words
+        else:
+            assert " ".join(words).find(name) >= 0 and (d != "letters" or name in words)
+    # near-duplicates copy an earlier correct example of the same domain
+    pos = {u: i for i, u in enumerate(truth["uid"])}
+    for i, (t, src) in enumerate(zip(types, truth["source_uid"])):
+        if t == "near_duplicate":
+            j = pos[src]
+            assert types[j] == "correct" and j < i and domain[j] == domain[i] and label[j] == label[i]
+        else:
+            assert src is None
+    files, _ = _metadata(pool)
+    dedup = np.concatenate([np.load(f.with_suffix(".npz"))["dedup"] for f in files])
+    assert dedup.shape == (N,) and not dedup.any()
+
+
+def test_v4_images_of_each_domain(pool):
+    """Every domain's images are real pictures (not blank), 32x32 grey, and differ within a domain."""
+    truth = _truth(pool)
+    samples = _shard_samples(pool)
+    by_domain: dict[str, list[np.ndarray]] = {}
+    for u, d in zip(truth["uid"], truth["domain"]):
+        if u in samples:
+            by_domain.setdefault(d, []).append(np.asarray(Image.open(io.BytesIO(samples[u][2])).convert("L")))
+    for d, images in by_domain.items():
+        stack = np.stack(images[:20]).astype(np.float32)
+        assert stack.shape[1:] == (32, 32)
+        assert (stack.reshape(len(stack), -1).max(1) > 100).all(), d  # something bright on every canvas
+        assert np.std(stack, axis=0).mean() > 10, d
+
+
+def test_v3_type_mix_and_truth(pool_v3):
+    pool = pool_v3
+    assert pool.version == "v3" and pool.root.name.startswith("demo-v3-seed3-n600")
+    assert pq.read_schema(pool.truth_path).names == V3_TRUTH_COLUMNS
     truth = _truth(pool)
     _, table = _metadata(pool)
     assert sorted(truth["uid"]) == sorted(table["uid"].to_pylist())
@@ -178,9 +265,11 @@ def test_type_mix_and_truth(pool):
     assert dedup.shape == (N,) and not dedup.any()
 
 
-def test_splits_disjoint_and_downstream(pool):
+@pytest.mark.parametrize("version", ["v4", "v3"])
+def test_splits_disjoint_and_downstream(pool, pool_v3, version):
     from sklearn.datasets import load_digits
 
+    pool = pool if version == "v4" else pool_v3
     splits = json.loads((pool.root / "splits.json").read_text())
     a, b, c = (set(splits[k]) for k in ("pool_source", "downstream_train", "test"))
     assert not (a & b) and not (a & c) and not (b & c)
@@ -218,6 +307,40 @@ def test_deterministic(pool, pool_b):
         assert (pool.root / rel).read_bytes() == (pool_b.root / rel).read_bytes(), rel
 
 
+def _v3_digest(pool) -> str:
+    import hashlib
+
+    truth = pq.read_table(pool.truth_path).to_pydict()
+    meta = pa.concat_tables([pq.read_table(f, columns=["uid", "url", "text"])
+                             for f in sorted(pool.metadata_dir.glob("*.parquet"))]).to_pydict()
+    blob = json.dumps({"truth": truth, "meta": meta, "files": sorted(p.name for p in pool.metadata_dir.iterdir()),
+                       "splits": json.loads((pool.root / "splits.json").read_text())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_v3_is_still_built_as_the_v3_code_built_it(pool_v3, pool):
+    assert _v3_digest(pool_v3) == V3_DIGEST
+    assert _v3_digest(pool) != V3_DIGEST
+    # v4 draws from its own streams: no uid of one version is in the other
+    assert not set(_truth(pool)["uid"]) & set(_truth(pool_v3)["uid"])
+
+
+def test_version_is_recorded_and_read_back(pool, pool_v3, tmp_path):
+    from flyt_datacomp.demo import DemoPool
+    from flyt_datacomp.errors import FlytInputError
+
+    assert DemoPool.open(pool.root) == pool and DemoPool.open(pool.root).version == "v4"
+    assert DemoPool.open(pool_v3.root) == pool_v3 and pool_v3.version == "v3"
+    # a pool built before versions were read back: its build.json names v3
+    assert json.loads((pool_v3.root / "build.json").read_text())["version_tag"] == "demo-v3"
+    marker = tmp_path / "build.json"
+    marker.write_text(json.dumps({"parameters": {"pool_size": 5}, "version_tag": "demo-v9"}))
+    with pytest.raises(FlytInputError, match="v9"):
+        DemoPool.open(tmp_path)
+    with pytest.raises(FlytInputError, match="`version`"):
+        build_demo_pool(tmp_path, version="v9", **KW)
+
+
 def test_cache_reuse_and_other_seed(pool, tmp_path, monkeypatch):
     import flyt_datacomp.demo.build as build_mod
 
@@ -252,7 +375,7 @@ def test_type_breakdown(pool):
     assert rep["n_selected"] == 50 and rep["n_pool"] == N
     assert rep["selected"]["clutter"] == 0 and rep["selected"]["near_duplicate"] == 0
     assert abs(sum(rep["selected"].values()) - 1) < 1e-9
-    assert abs(rep["pool"]["correct"] - 0.4) < 0.02
+    assert abs(rep["pool"]["correct"] - 0.62) < 0.01
     # weights, and a subset file (u8,u8) as input
     clutter = [u for u, t in zip(truth["uid"], truth["type"]) if t == "clutter"][:1]
     rep = type_breakdown(pool.truth_path, uids[:1] + clutter, counts=[1, 3])
@@ -265,19 +388,52 @@ def test_type_breakdown(pool):
         type_breakdown(pool.truth_path, ["0" * 32])
 
 
+def test_domain_breakdown(pool, pool_v3):
+    truth = _truth(pool)
+    pick = {("digits", "correct"): 10, ("letters", "correct"): 20, ("textures", "wrong"): 5, ("clutter", "clutter"): 5}
+    uids = []
+    for (d, t), k in pick.items():
+        uids += [u for u, dd, tt in zip(truth["uid"], truth["domain"], truth["type"]) if (dd, tt) == (d, t)][:k]
+    rep = domain_breakdown(pool.truth_path, uids, counts=[2] * 10 + [1] * 30)
+    assert rep["n_selected"] == 50 and rep["n_unique"] == 40 and rep["n_pool"] == N
+    assert rep["selected"]["digits/correct"] == pytest.approx(0.4)
+    assert rep["selected"]["letters/correct"] == pytest.approx(0.4)
+    assert rep["selected"]["other/wrong"] == pytest.approx(0.1)
+    assert rep["selected"]["clutter/clutter"] == pytest.approx(0.1)
+    assert rep["selected"]["shapes/correct"] == 0
+    assert abs(sum(rep["pool"].values()) - 1) < 1e-9 and abs(rep["pool"]["digits/correct"] - 0.2) < 0.005
+    text = format_domain_breakdown(rep)
+    for line in ("digits, correct caption: the task", "letters, correct caption: well aligned, not the task",
+                 "digits, wrong caption: noise", "letters/shapes/textures, wrong caption: noise",
+                 "clutter (no object, a random caption): noise"):
+        assert line in text
+    task_line = text.splitlines()[-1]
+    assert task_line.startswith("the task") and "40.0%" in task_line
+    # a v3 pool (no domain column): only digits and clutter
+    truth3 = _truth(pool_v3)
+    rep = domain_breakdown(pool_v3.truth_path, truth3["uid"][:100])
+    assert set(rep["pool"]) == {"digits/correct", "digits/near_duplicate", "digits/wrong", "clutter/clutter"}
+    assert "letters" not in format_domain_breakdown(rep)
+
+
 @pytest.mark.slow
-def test_default_pool_scores_are_informative(tmp_path):
+def test_default_pool_scores_measure_alignment_not_the_task(tmp_path):
+    """The default (v4) pool's CLIP scores tell correct captions from wrong ones in every domain, but
+    rank the task's examples (correctly captioned digits) no better than chance against the rest."""
     from sklearn.metrics import roc_auc_score
 
     pool = build_demo_pool(tmp_path, progress=False)
     _, table = _metadata(pool)
     truth = _truth(pool)
-    type_of = dict(zip(truth["uid"], truth["type"]))
-    types = np.array([type_of[u] for u in table["uid"].to_pylist()])
-    keep = types != "near_duplicate"
-    y = types[keep] == "correct"
-    auc = {c: roc_auc_score(y, table[c].to_numpy()[keep])
-           for c in ("clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score")}
-    assert auc["clip_b32_similarity_score"] > 0.65, auc
-    assert auc["clip_l14_similarity_score"] > 0.65, auc
-    assert abs(auc["noise_score"] - 0.5) < 0.03, auc
+    row = {u: i for i, u in enumerate(truth["uid"])}
+    order = np.array([row[u] for u in table["uid"].to_pylist()])
+    types, domain = np.array(truth["type"])[order], np.array(truth["domain"])[order]
+    correct = np.isin(types, ["correct", "near_duplicate"])
+    for c in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
+        score = table[c].to_numpy()
+        for d in ("digits", "letters", "shapes", "textures"):
+            m = domain == d
+            assert roc_auc_score(correct[m], score[m]) > 0.75, (c, d)
+        assert roc_auc_score(correct, score) > 0.9, c
+        assert roc_auc_score(correct & (domain == "digits"), score) < 0.6, c
+    assert abs(roc_auc_score(correct, table["noise_score"].to_numpy()) - 0.5) < 0.03

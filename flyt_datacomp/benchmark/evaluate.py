@@ -79,23 +79,41 @@ class Benchmark:
                                   classes["templates"], self.recipe)
 
     @cached_property
-    def true_types(self) -> np.ndarray | None:
-        """Each image row's true example type from ``truth.parquet`` (reporting only), or None."""
+    def _truth_by_image(self) -> dict[str, np.ndarray] | None:
+        """Each image row's true example type and report category (domain and caption) from
+        ``truth.parquet`` (reporting only), or None."""
         if not self.pool.truth_path.is_file():
             return None
-        truth = pq.read_table(self.pool.truth_path, columns=["uid", "type"]).to_pydict()
+        from ..demo.report import truth_categories
+
+        names = pq.read_schema(self.pool.truth_path).names
+        truth = pq.read_table(self.pool.truth_path,
+                              columns=[c for c in ("uid", "type", "domain") if c in names]).to_pydict()
         uids = hex_to_uids(np.asarray(truth["uid"]), source=str(self.pool.truth_path))
         order = uid_order(uids)
+        # image rows are sorted uids: row i is the position of images.uids[i] among the sorted truth uids
         pos = lookup(uids[order], self.images.uids)
-        types = np.asarray(truth["type"], dtype=object)[order]
-        return np.where(pos >= 0, types[np.maximum(pos, 0)], "unknown")
+        out = {}
+        for key, values in (("type", np.asarray(truth["type"], dtype=object)),
+                            ("category", truth_categories(truth))):
+            values = values[order]
+            out[key] = np.where(pos >= 0, values[np.maximum(pos, 0)], "unknown")
+        return out
 
-    def type_shares(self, index: np.ndarray) -> dict[str, float] | None:
-        """Share of each true type among the entries a run trains on (diagnostics, not a score)."""
-        types = self.true_types
-        if types is None or len(index) == 0:
+    @property
+    def true_types(self) -> np.ndarray | None:
+        """Each image row's true example type from ``truth.parquet`` (reporting only), or None."""
+        truth = self._truth_by_image
+        return None if truth is None else truth["type"]
+
+    def type_shares(self, index: np.ndarray, key: str = "type") -> dict[str, float] | None:
+        """Share of each true type (``key`` "category": each report category of
+        :data:`flyt_datacomp.demo.report.CATEGORIES`) among the entries a run trains on
+        (diagnostics, not a score)."""
+        truth = self._truth_by_image
+        if truth is None or len(index) == 0:
             return None
-        names, counts = np.unique(types[index], return_counts=True)
+        names, counts = np.unique(truth[key][index], return_counts=True)
         return {str(n): round(float(c) / len(index), 4) for n, c in zip(names, counts)}
 
     def evaluate(self, subset: str | os.PathLike, seeds: Sequence[int], name: str | None = None) -> dict[str, Any]:
@@ -130,6 +148,7 @@ class Benchmark:
                 "distinct_with_image": idx.distinct_with_image, "entries_with_image": idx.entries_with_image,
                 "distinct_not_in_pool": idx.distinct_not_in_pool,
                 "subset": str(subset), "subset_sha256": sha, "true_types": self.type_shares(idx.index),
+                "true_split": self.type_shares(idx.index, "category"),
                 "cached_seeds": sum(json.dumps(k, sort_keys=True) not in todo for k in keys),
             })
         return rows

@@ -5,10 +5,15 @@ make: :meth:`DemoPool.train` (``flyt-datacomp train``) for the scoring models,
 :meth:`DemoPool.input_store` (``flyt-datacomp inputs compute``) for the demo's input store, the
 selection pipeline :func:`flyt_datacomp.selection.run` (``flyt-datacomp filter``) for thresholds and
 SCS, with the registered score sources for the
-aggregations (``standardized_sum:``, ``in_weighted:``), ``write_subset`` for the two rows that need
-no score (the whole pool and the ground-truth oracle). Each subset is then evaluated by :class:`Benchmark` like any
+aggregations (``standardized_sum:``, ``in_weighted:``), ``write_subset`` for the rows that need
+no score (the whole pool and the ground-truth oracles). Each subset is then evaluated by :class:`Benchmark` like any
 user-supplied subset. The SCS rows share alpha, G and N so the table separates what the sampler
 adds from what learning adds.
+
+The rows depend on the pool's version: a v4 pool (digits among other domains) has two oracles,
+the task oracle (correctly captioned digits only) and the alignment oracle (every correctly
+captioned example, any domain); a v3 pool (digits only), where the two coincide, has its one
+``oracle``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import selection
+from ..demo.domains import TARGET_DOMAIN
 from ..demo.pool import DEMO_SCS_ALPHA, demo_scs_group_size
 from ..errors import FlytInputError
 from ..pool import Pool
@@ -155,10 +161,28 @@ class Workspace:
         write_subset(out, pool.uids, np.ones(pool.size, dtype=np.int64), info={"rule": "the whole pool, once each"})
         return out
 
-    def oracle(self, name: str) -> Path:
-        """Every example whose caption names the digit it shows (ground truth), once each."""
-        truth = pq.read_table(self.demo.truth_path, columns=["uid", "digit", "caption_digit"]).to_pydict()
-        good = np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])
+    def oracle(self, name: str, which: str = "v3") -> Path:
+        """A ground-truth subset, once each: ``v3`` every example whose caption names the digit it
+        shows (the v3 pool's oracle); ``task`` every correctly captioned example of the target domain
+        (digits, near-duplicates included); ``alignment`` every correctly captioned example, any domain."""
+        if which == "v3":
+            truth = pq.read_table(self.demo.truth_path, columns=["uid", "digit", "caption_digit"]).to_pydict()
+            good = np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])
+            rule = "ground truth: caption digit == shown digit (truth.parquet)"
+        else:
+            from ..demo.report import truth_categories
+
+            schema = pq.read_schema(self.demo.truth_path)
+            truth = pq.read_table(self.demo.truth_path,
+                                  columns=[c for c in ("uid", "type", "domain") if c in schema.names]).to_pydict()
+            correct = np.isin(np.asarray(truth["type"], dtype=str), ["correct", "near_duplicate"])
+            if which == "task":
+                category = truth_categories(truth).astype(str)
+                good = correct & np.char.startswith(category, f"{TARGET_DOMAIN}/")
+                rule = f"ground truth: a correct caption (correct or near-duplicate) of a {TARGET_DOMAIN} image"
+            else:
+                good = correct
+                rule = "ground truth: a correct caption (correct or near-duplicate), any domain"
         pool = self.pool()
         truth_uids = hex_to_uids(np.asarray(truth["uid"]), source=str(self.demo.truth_path))
         order = uid_order(truth_uids)
@@ -166,8 +190,7 @@ class Workspace:
         if (pos < 0).any():
             raise FlytInputError(f"{self.demo.truth_path} lacks {int((pos < 0).sum())} of the pool's uids")
         out = self.subset_path(name)
-        write_subset(out, pool.uids, good[order][pos].astype(np.int64),
-                     info={"rule": "ground truth: caption digit == shown digit (truth.parquet)"})
+        write_subset(out, pool.uids, good[order][pos].astype(np.int64), info={"rule": rule + " (truth.parquet)"})
         return out
 
 
@@ -211,18 +234,33 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
     ("mflyt_all_scs", "M-FLYT (7 store inputs) + SCS",
      lambda w: w.scs("mflyt_all_scs", w.scoring_model("m-flyt-demo-all"))),
     ("oracle", "oracle (correct captions only)", lambda w: w.oracle("oracle")),
+    ("task_oracle", "task oracle (correct digit captions only)", lambda w: w.oracle("task_oracle", "task")),
+    ("alignment_oracle", "alignment oracle (every correct caption, any domain)",
+     lambda w: w.oracle("alignment_oracle", "alignment")),
 ]
 ROW_IDS = [r[0] for r in STANDARD_ROWS]
+# the rows of each pool version's table (a v3 pool holds digits only: its two oracles would be one)
+VERSION_ROWS = {
+    "v3": [r for r in ROW_IDS if r not in ("task_oracle", "alignment_oracle")],
+    "v4": [r for r in ROW_IDS if r != "oracle"],
+}
+
+
+def rows_for(version: str) -> list[str]:
+    """The standard table's row ids on a demo pool of ``version``."""
+    return list(VERSION_ROWS[version])
 
 
 def standard_table(bench: Benchmark, seeds: Sequence[int], work_dir: Path, settings: TableSettings, *,
                    rows: Sequence[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """Make every row's subset, then evaluate them all over ``seeds`` (the cache misses trained
     together, ``bench.jobs`` at a time); returns the JSON-ready result."""
-    wanted = list(rows) if rows else ROW_IDS
-    unknown = [r for r in wanted if r not in ROW_IDS]
+    available = rows_for(bench.pool.version)
+    wanted = list(rows) if rows else available
+    unknown = [r for r in wanted if r not in available]
     if unknown:
-        raise FlytInputError(f"unknown table row(s) {', '.join(unknown)}; rows: {', '.join(ROW_IDS)}")
+        raise FlytInputError(f"unknown table row(s) {', '.join(unknown)}; the rows of a {bench.pool.version} demo pool: "
+                             f"{', '.join(available)}")
     ws = Workspace(bench, work_dir, settings, progress=progress, seeds=seeds)
     made = [(row_id, label, make(ws)) for row_id, label, make in STANDARD_ROWS if row_id in wanted]
     evaluated = bench.evaluate_many([(subset, label) for _, label, subset in made], seeds)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from ..benchmark.recipe import RECIPES, get_recipe
-from ..benchmark.table import ROW_IDS, TableSettings
+from ..benchmark.recipe import RECIPES, get_recipe, pool_recipe
+from ..benchmark.table import TableSettings, rows_for
 from ..errors import FlytInputError
 from ..io import atomic_path, local_path, provenance, write_json
 from . import options as O
@@ -30,11 +30,12 @@ DEFAULT_OUTPUT_DIR = Path("benchmark-results")
 @O.output(aliases=("--json",), help="Write the rows and the recipe as JSON here [standard table: "
                                      "<output-dir>/table.json].")
 @O.output_dir(help=f"Standard table: where table.md, table.json and table.png go [default: ./{DEFAULT_OUTPUT_DIR}].")
-@option("--rows", help=f"Standard table: only these rows, comma separated ({', '.join(ROW_IDS)}).")
+@option("--rows", help=f"Standard table: only these rows, comma separated ({', '.join(rows_for('v4'))}; on a v3 pool "
+                      "oracle instead of the two oracles).")
 @option("--quick", is_flag=True,
         help="Smoke run: the 'quick' recipe and 2-step scoring models (seconds; accuracies meaningless).")
 @option("--recipe", "recipe_name", type=click.Choice(list(RECIPES)), default=None,
-        help="Training recipe [default: default, or quick with --quick].")
+        help="Training recipe [default: the pool's: default on a v4 pool, v3 on a v3 pool; quick with --quick].")
 @option("--samples-seen", type=click.IntRange(min=1), help="Override the recipe's samples seen.")
 @option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's training batch size.")
 @option("--lr", type=float, help="Override the recipe's learning rate.")
@@ -69,9 +70,9 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
         given = [flag for flag, value in table_options.items() if value is not None]
         if given:
             raise FlytInputError(f"{', '.join(given)} apply only to the standard table (without --subset)")
-    recipe = get_recipe(recipe_name or ("quick" if quick else "default"),
-                        samples_seen=samples_seen, batch_size=batch_size, lr=lr)
     pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(progress=progress)
+    recipe = get_recipe(recipe_name or ("quick" if quick else pool_recipe(pool.version)),
+                        samples_seen=samples_seen, batch_size=batch_size, lr=lr)
     jobs = workers or max(1, min(8, os.cpu_count() or 1))
     bench = Benchmark(pool, recipe, cache_dir, progress=progress, jobs=jobs)
     seed_ids = list(range(num_seeds))
@@ -93,7 +94,8 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
         out.mkdir(parents=True, exist_ok=True)
         json_path = json_path or out / "table.json"
         save_bar_chart(result["rows"], out / "table.png", chance=1 / bench.data.num_classes,
-                       title=f"digits mini-DataComp, recipe {recipe.name}, {num_seeds} seed(s)")
+                       title=f"digits mini-DataComp ({pool.version} pool), recipe {recipe.name}, "
+                             f"{num_seeds} seed(s)")
         _write_text(out / "table.md", format_markdown(result["rows"]) + "\n")
 
     seconds = time.perf_counter() - start

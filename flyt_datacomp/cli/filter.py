@@ -180,10 +180,10 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
 def _demo_defaults(opts: dict[str, Any], progress: bool):
     """Fill in the demo pool's folder, sampler settings and output location (building the pool the
     first time). The score is left to the caller: without ``--score`` the demo trains M-FLYT."""
-    from ..demo import DEMO_SCS_ALPHA, DEMO_SCS_NUM_SAMPLES, build_demo_pool, demo_scs_group_size
+    from ..demo import DEMO_SCS_ALPHA, build_demo_pool, demo_scs_group_size, demo_scs_num_samples
 
     demo = build_demo_pool(progress=progress, announce=lambda text: click.echo(f"demo: {text}"))
-    click.echo(f"demo: the digits pool at {demo.root}")
+    click.echo(f"demo: the digits pool ({demo.version}: {demo.description}) at {demo.root}")
     if opts["metadata_dir"] is None:
         opts["metadata_dir"] = str(demo.metadata_dir)
     if opts["sampler"] in (None, "scs") and opts.get("fraction") is None and opts.get("threshold") is None:
@@ -192,7 +192,7 @@ def _demo_defaults(opts: dict[str, Any], progress: bool):
         if opts["scs_group_size"] is None:
             opts["scs_group_size"] = demo_scs_group_size(demo.pool_size)
         if opts["num_samples"] is None:
-            opts["num_samples"] = DEMO_SCS_NUM_SAMPLES
+            opts["num_samples"] = demo_scs_num_samples(demo.version)
     if opts["output"] is None:
         opts["output"] = str(Path(demo.root) / "outputs" / "demo_subset.npy")
         opts["overwrite"] = True  # the demo's own default output is replaced on every run
@@ -281,11 +281,14 @@ def filter_command(demo: bool, quiet: bool, arch: str | None, **opts: Any) -> No
     result = selection.run(selection_from_options(opts, progress=progress))
     print_summary(result, time.perf_counter() - start)
     if demo_pool is not None:
-        from ..demo import format_type_breakdown, type_breakdown
+        from ..demo import domain_breakdown, format_domain_breakdown, format_type_breakdown, type_breakdown
 
         keep = result.counts > 0
-        report = type_breakdown(demo_pool.truth_path, result.pool.uids[keep], result.counts[keep])
-        click.echo(format_type_breakdown(report))
+        uids, counts = result.pool.uids[keep], result.counts[keep]
+        click.echo("\nwhat the subset kept, from the pool's ground truth (truth.parquet, which no filter reads):")
+        click.echo(format_domain_breakdown(domain_breakdown(demo_pool.truth_path, uids, counts)))
+        click.echo("")
+        click.echo(format_type_breakdown(type_breakdown(demo_pool.truth_path, uids, counts)))
         click.echo(f"\nnext: measure what this subset is worth with the mini-DataComp benchmark (a small CLIP trained "
                    f"on it, zero-shot on held-out digits):\n  flyt-datacomp benchmark --subset {result.output}\n"
                    "or run the standard table of filters: flyt-datacomp benchmark")

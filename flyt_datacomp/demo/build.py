@@ -1,18 +1,26 @@
-"""Building the demo pool: a small but complete DataComp-format pool from real digits, offline.
+"""Building the demo pool: a small but complete DataComp-format pool, offline.
+
+Two versions can be built (``version``): ``v4``, the default, mixes the target domain (real
+digits) with letters, shapes and textures whose captions are just as correct but which do little
+for the digit test, and its scorer CLIPs are trained on a broad held-out mix of all domains
+(:mod:`flyt_datacomp.demo.domains`); ``v3``, the previous version, holds digits only and its
+scorer CLIPs saw clean digits only. A v3 build with this code is byte-identical to what the v3
+code built.
 
 :func:`build_demo_pool` writes, once per (version, seed, size and options), into the cache folder::
 
-    demo-v3-seed0-n20000/
+    demo-v4-seed0-n20000/
       metadata/<32-hex>.parquet + .npz   DataComp metadata shards (SPEC §1), plus ``noise_score``;
                                          ``dedup`` is all False (no pool image duplicates a test one)
       shards/{:08d}.tar + .parquet + _stats.json   img2dataset layout, ~10% "failed downloads"
       downstream/{:08d}.tar              labelled webdataset (jpg + cls) of the downstream-train digits
       downstream_test/{:08d}.tar         the same for the test digits
       classes.json                       classnames + zero-shot templates of the digits task
-      truth.parquet                      each uid's true type (tests and reports only; no other
-                                         file exposes types or duplicate flags)
+      truth.parquet                      each uid's true domain and type (tests and reports only; no
+                                         other file exposes domains, types or duplicate flags)
       splits.json                        the scan indices of the three disjoint digit splits
-      build.json                         completion marker: provenance + parameters
+      scorers/{b32,l14}.pt               the two scorer CLIPs (b32: the FLYT demo presets' reference)
+      build.json                         completion marker: provenance + parameters (+ version tag)
 
 The pool is built in a temporary folder beside the final one and renamed into place only when
 complete, so an interrupted build leaves no partial pool visible. The same seed and options give
@@ -42,16 +50,20 @@ from PIL import Image
 from ..errors import FlytInputError
 from ..io import provenance, write_json
 from . import digits as D
-from .pool import DemoPool
+from . import domains as M
+from .pool import DEMO_VERSIONS, DemoPool
 
 # torch, open_clip and the scorers are imported only when a pool is actually built, so that
 # returning an already built pool from the cache stays fast.
 
-VERSION_TAG = "demo-v3"  # v3: the npz ``dedup`` key no longer leaks the near-duplicate type
+# v3: the npz ``dedup`` key no longer leaks the near-duplicate type; v4: digits among other domains
+VERSIONS = DEMO_VERSIONS
+DEFAULT_VERSION = "v4"
 DEFAULT_POOL_SIZE = 20000
 DEFAULT_METADATA_SHARDS = 4
 DEFAULT_SHARD_SIZE = 1000
-DEFAULT_SCORER_STEPS = (50, 50)  # b32, l14: informative but imperfect (see the docs)
+# b32, l14 training steps (batch 256): informative but imperfect scorers (docs/benchmark.md)
+DEFAULT_SCORER_STEPS = {"v3": (50, 50), "v4": (90, 90)}
 DOWNSTREAM_SHARD_SIZE = 100
 DROP_FRACTION = 0.1
 URL_PREFIX = "https://demo.flyt-datacomp.invalid/img/"
@@ -65,7 +77,9 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "flyt-datacomp"
 
 
-def _scorer_steps(scorer_steps: int | Sequence[int]) -> tuple[int, int]:
+def _scorer_steps(scorer_steps: int | Sequence[int] | None, version: str) -> tuple[int, int]:
+    if scorer_steps is None:
+        return DEFAULT_SCORER_STEPS[version]
     if isinstance(scorer_steps, (int, np.integer)):
         steps = (int(scorer_steps), int(scorer_steps))
     else:
@@ -75,14 +89,25 @@ def _scorer_steps(scorer_steps: int | Sequence[int]) -> tuple[int, int]:
     return steps  # type: ignore[return-value]
 
 
-def pool_dir_name(seed: int, pool_size: int, params: dict) -> str:
-    """``demo-v3-seed0-n20000``; non-default options add a short hash so builds never collide."""
-    name = f"{VERSION_TAG}-seed{seed}-n{pool_size}"
+def version_tag(version: str) -> str:
+    return f"demo-{version}"
+
+
+def check_version(version: str) -> str:
+    if version not in VERSIONS:
+        raise FlytInputError(f"unknown demo pool `version` {version!r}; choose one of {', '.join(VERSIONS)}",
+                             params=["version"])
+    return version
+
+
+def pool_dir_name(seed: int, pool_size: int, params: dict, version: str = DEFAULT_VERSION) -> str:
+    """``demo-v4-seed0-n20000``; non-default options add a short hash so builds never collide."""
+    name = f"{version_tag(version)}-seed{seed}-n{pool_size}"
     extra = {k: params[k] for k in ("num_metadata_shards", "shard_size", "scorer_steps")}
     defaults = {
         "num_metadata_shards": DEFAULT_METADATA_SHARDS,
         "shard_size": DEFAULT_SHARD_SIZE,
-        "scorer_steps": list(DEFAULT_SCORER_STEPS),
+        "scorer_steps": list(DEFAULT_SCORER_STEPS[version]),
     }
     if extra != defaults:
         name += "-" + hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:8]
@@ -92,29 +117,33 @@ def pool_dir_name(seed: int, pool_size: int, params: dict) -> str:
 def build_demo_pool(
     cache_dir: str | os.PathLike | None = None,
     *,
+    version: str = DEFAULT_VERSION,
     seed: int = 0,
     pool_size: int = DEFAULT_POOL_SIZE,
     num_metadata_shards: int = DEFAULT_METADATA_SHARDS,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    scorer_steps: int | Sequence[int] = DEFAULT_SCORER_STEPS,
+    scorer_steps: int | Sequence[int] | None = None,
     progress: bool = True,
     force: bool = False,
     announce: Callable[[str], None] | None = None,
 ) -> DemoPool:
     """Build (once) and return the demo pool; see the module docstring for the layout.
 
-    ``scorer_steps`` is the number of training steps (batch 256) of the two scorer CLIPs, one int
-    for both or a pair ``(b32, l14)``. A pool already complete in the cache (its ``build.json``
+    ``version`` is ``v4`` (the default: digits among letters, shapes and textures) or ``v3`` (digits
+    only, byte-identical to the previous version's builds). ``scorer_steps`` is the number of
+    training steps (batch 256) of the two scorer CLIPs, one int for both or a pair ``(b32, l14)``
+    (default: the version's). A pool already complete in the cache (its ``build.json``
     exists) is returned at once unless ``force``. ``announce`` is told, in a sentence, when a build
     starts.
     """
+    check_version(version)
     if pool_size < 20:
         raise FlytInputError(f"pool_size must be at least 20, got {pool_size}")
     if not 1 <= num_metadata_shards <= pool_size:
         raise FlytInputError(f"num_metadata_shards must be in [1, pool_size], got {num_metadata_shards}")
     if shard_size < 1:
         raise FlytInputError(f"shard_size must be positive, got {shard_size}")
-    steps = _scorer_steps(scorer_steps)
+    steps = _scorer_steps(scorer_steps, version)
     params = {
         "seed": int(seed),
         "pool_size": int(pool_size),
@@ -123,13 +152,13 @@ def build_demo_pool(
         "scorer_steps": list(steps),
     }
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    final = cache / pool_dir_name(seed, pool_size, params)
-    pool = DemoPool.at(final, pool_size)
+    final = cache / pool_dir_name(seed, pool_size, params, version)
+    pool = DemoPool.at(final, pool_size, version)
     if (final / "build.json").exists() and not force:
         return pool
     if announce is not None:
-        announce(f"building the digits demo pool in {final} (once, a few minutes on a laptop CPU: the images, "
-                 "two small scorer CLIPs, the DataComp-format files)")
+        announce(f"building the digits demo pool ({version}) in {final} (once, a few minutes on a laptop CPU: "
+                 "the images, two small scorer CLIPs, the DataComp-format files)")
 
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
@@ -141,11 +170,11 @@ def build_demo_pool(
 
         started = time.perf_counter()
         with _torch_threads():
-            _build(tmp, params, progress)
+            _build(tmp, {**params, "version": version}, progress)
         write_json(
             tmp / "build.json",
             provenance(
-                kind="demo-pool", version_tag=VERSION_TAG, parameters=params,
+                kind="demo-pool", version_tag=version_tag(version), parameters=params,
                 build_seconds=round(time.perf_counter() - started, 1),
                 torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
             ),
@@ -174,13 +203,19 @@ def _torch_threads(max_threads: int = 8):
         torch.set_num_threads(before)
 
 
-def _rngs(seed: int, names: Sequence[str]) -> dict[str, np.random.Generator]:
-    seqs = np.random.SeedSequence([int(seed), 0x5EED]).spawn(len(names))
+def _salt(version: str) -> list[int]:
+    """Seed salt per version: v3 keeps its own streams; v4's differ (other splits, images and uids,
+    so that no v3 subset is mistaken for a v4 one)."""
+    return [] if version == "v3" else [int(version[1:])]
+
+
+def _rngs(seed: int, names: Sequence[str], version: str = "v3") -> dict[str, np.random.Generator]:
+    seqs = np.random.SeedSequence([int(seed), 0x5EED, *_salt(version)]).spawn(len(names))
     return {n: np.random.default_rng(s) for n, s in zip(names, seqs)}
 
 
-def _scorer_seed(seed: int, offset: int) -> int:
-    return int(np.random.SeedSequence([int(seed), offset]).generate_state(1)[0])
+def _scorer_seed(seed: int, offset: int, version: str = "v3") -> int:
+    return int(np.random.SeedSequence([int(seed), offset, *_salt(version)]).generate_state(1)[0])
 
 
 def _random_hex(rng: np.random.Generator, n: int) -> list[str]:
@@ -210,8 +245,8 @@ def _build(root: Path, params: dict, progress: bool) -> None:
     from ..progress import progress_bar
     from . import scorers as S
 
-    seed, n = params["seed"], params["pool_size"]
-    rngs = _rngs(seed, ["splits", "pool", "uids", "drop", "noise", "stems", "downstream", "test"])
+    seed, n, version = params["seed"], params["pool_size"], params.get("version", "v3")
+    rngs = _rngs(seed, ["splits", "pool", "uids", "drop", "noise", "stems", "downstream", "test"], version)
 
     # 1. Splits and digit banks.
     splits = D.split_digits(rngs["splits"])
@@ -221,7 +256,10 @@ def _build(root: Path, params: dict, progress: bool) -> None:
     (root / "splits.json").write_text(json.dumps(splits.as_dict()) + "\n")
 
     # 2. Pool examples, their JPEG bytes, and the images as "downloaded" (decoded JPEG).
-    ex = D.make_pool(rngs["pool"], pool_bank, n, progress=progress)
+    if version == "v3":
+        ex = D.make_pool(rngs["pool"], pool_bank, n, progress=progress)
+    else:
+        ex = M.make_pool(rngs["pool"], M.Renderer(pool_bank), n, progress=progress)
     captions = ex.captions
     uids = _random_hex(rngs["uids"], n)
     jpegs, decoded = [], np.empty_like(ex.images)
@@ -231,14 +269,19 @@ def _build(root: Path, params: dict, progress: bool) -> None:
     sha = [hashlib.sha256(b).hexdigest() for b in jpegs]
     urls = [f"{URL_PREFIX}{u}.jpg" for u in uids]
 
-    # 3. Scorer CLIPs (trained on the downstream-train digits only) -> embeddings and scores.
+    # 3. Scorer CLIPs -> embeddings and scores. v3: trained on clean renders of the
+    # downstream-train digits only; v4: on clean renders of every domain (digits from the
+    # downstream-train scans), a broad task-agnostic mix. Neither ever sees the pool.
     emb: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}
     for spec, spec_steps in zip(S.SCORERS, params["scorer_steps"]):
-        model = S.train_scorer(
-            spec.config, down_bank, steps=spec_steps, seed=_scorer_seed(seed, spec.seed_offset),
-            progress=progress, desc=spec.name,
-        )
+        scorer_seed = _scorer_seed(seed, spec.seed_offset, version)
+        if version == "v3":
+            model = S.train_scorer(spec.config, down_bank, steps=spec_steps, seed=scorer_seed,
+                                   progress=progress, desc=spec.name)
+        else:
+            model = S.train_mixed_scorer(spec.config, M.Renderer(down_bank), steps=spec_steps, seed=scorer_seed,
+                                         progress=progress, desc=spec.name)
         img = S.embed_images(model, decoded)
         txt = S.embed_texts(model, spec.config, captions)
         scores[spec.name] = (img.astype(np.float64) * txt.astype(np.float64)).sum(1)
@@ -297,15 +340,33 @@ def _build(root: Path, params: dict, progress: bool) -> None:
 
     # 7. Ground truth (tests and reports only).
     src = ex.source
-    pq.write_table(pa.table({
-        "uid": uids,
-        "type": ex.types.astype(str).tolist(),
-        "digit": ex.digit,
-        "caption_digit": ex.caption_digit,
-        "scan_index": ex.scan_index,
-        "source_uid": [uids[j] if j >= 0 else None for j in src],
-        "downloaded": downloaded,
-    }), root / "truth.parquet")
+    source_uid = [uids[j] if j >= 0 else None for j in src]
+    if version == "v3":
+        truth = {
+            "uid": uids,
+            "type": ex.types.astype(str).tolist(),
+            "digit": ex.digit,
+            "caption_digit": ex.caption_digit,
+            "scan_index": ex.scan_index,
+            "source_uid": source_uid,
+            "downloaded": downloaded,
+        }
+    else:
+        is_digit, caption_is_digit = ex.domain == M.TARGET_DOMAIN, ex.caption_domain == M.TARGET_DOMAIN
+        truth = {
+            "uid": uids,
+            "domain": ex.domain.astype(str).tolist(),  # digits, letters, shapes, textures or clutter
+            "type": ex.types.astype(str).tolist(),
+            "label": ex.names(ex.domain, ex.label),  # what the image shows (None for clutter)
+            "caption_domain": ex.caption_domain.astype(str).tolist(),
+            "caption_label": ex.names(ex.caption_domain, ex.caption_label),  # what the caption names
+            "digit": np.where(is_digit, ex.label, -1).astype(np.int64),
+            "caption_digit": np.where(caption_is_digit, ex.caption_label, -1).astype(np.int64),
+            "scan_index": ex.scan_index,
+            "source_uid": source_uid,
+            "downloaded": downloaded,
+        }
+    pq.write_table(pa.table(truth), root / "truth.parquet")
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

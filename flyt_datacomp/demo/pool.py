@@ -19,17 +19,25 @@ from typing import Any
 from ..errors import FlytInputError
 
 DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
+DEMO_VERSIONS = ("v3", "v4")
 
 # How the demo samples with SCS, shared by `filter --demo` and every SCS row of the benchmark's
 # table: a 20K pool wants a larger penalty than the paper's small scale (0.5 at 12.8M); G is 1% of
-# the pool; N is the mini-benchmark's samples seen (its default recipe), so a training run sees each
-# draw once, as in DataComp where N = pool size = samples seen (docs/benchmark.md, "SCS settings").
+# the pool; N is the mini-benchmark's samples seen (the recipe of the pool's version), so a training
+# run sees each draw once, as in DataComp where N = pool size = samples seen (docs/benchmark.md,
+# "SCS settings").
 DEMO_SCS_ALPHA = 1.0
-DEMO_SCS_NUM_SAMPLES = 38_400
+SCS_NUM_SAMPLES = {"v3": 38_400, "v4": 38_400}
+DEMO_SCS_NUM_SAMPLES = SCS_NUM_SAMPLES["v4"]
 
 
 def demo_scs_group_size(pool_size: int) -> int:
     return max(1, pool_size // 100)
+
+
+def demo_scs_num_samples(version: str) -> int:
+    """SCS draws N for a demo pool version: its benchmark recipe's samples seen."""
+    return SCS_NUM_SAMPLES[version]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +62,10 @@ class DemoPool:
     truth_path: Path
     pool_size: int
     reference_checkpoint: Path
+    version: str = "v4"  # v4: digits among letters, shapes and textures; v3: digits only
 
     @classmethod
-    def at(cls, root: str | os.PathLike, pool_size: int) -> DemoPool:
+    def at(cls, root: str | os.PathLike, pool_size: int, version: str = "v4") -> DemoPool:
         root = Path(root)
         return cls(
             root=root,
@@ -68,6 +77,7 @@ class DemoPool:
             truth_path=root / "truth.parquet",
             pool_size=pool_size,
             reference_checkpoint=root / "scorers" / "b32.pt",
+            version=version,
         )
 
     @classmethod
@@ -76,13 +86,25 @@ class DemoPool:
         root = Path(root)
         marker = root / "build.json"
         try:
-            size = int(json.loads(marker.read_text())["parameters"]["pool_size"])
+            record = json.loads(marker.read_text())
+            size = int(record["parameters"]["pool_size"])
+            version = str(record.get("version_tag", "demo-v3")).removeprefix("demo-")
         except FileNotFoundError:
             raise FlytInputError(f"{root} is not a built demo pool (no build.json); build one with "
                                  "`python -m flyt_datacomp.filter --demo`") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FlytInputError(f"{marker} is not a demo pool's build record: {exc}") from None
-        return cls.at(root, size)
+        if version not in DEMO_VERSIONS:
+            raise FlytInputError(f"{root} is a demo pool of version {version!r}, which this package does not know "
+                                 f"(it knows {', '.join(DEMO_VERSIONS)})")
+        return cls.at(root, size, version)
+
+    @property
+    def description(self) -> str:
+        """What the pool holds, in a few words."""
+        if self.version == "v3":
+            return "digits only"
+        return "digits, the task, among letters, shapes and textures"
 
     # ------------------------------------------------------------------ training the demo presets
 

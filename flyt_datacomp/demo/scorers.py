@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..clip_models import create_clip, named_tiny_configs, tiny_clip_config, tokenizer
-from .digits import CAPTION_TEMPLATES, DigitBank, all_captions, caption_index, draw_placement, render_digits
+from .digits import CANVAS, CAPTION_TEMPLATES, DigitBank, all_captions, caption_index, draw_placement, render_digits
 
 # Pixel normalisation of the scorers: black stays 0, so the (mostly black) background carries no
 # signal and the digits dominate a fresh model's features.
@@ -87,20 +87,95 @@ def train_scorer(
     desc: str = "scorer",
     soft_targets: bool = False,
 ):
-    """Train a CLIP from scratch on fresh clean renders of ``bank`` for ``steps`` steps.
+    """Train a CLIP from scratch on fresh clean renders of ``bank`` for ``steps`` steps (the v3 scorers).
 
     Each step draws ``batch_size`` digits of the bank at random sizes/positions/intensities with a
-    random caption template naming the true digit; standard symmetric CLIP loss with a learned
-    temperature (``soft_targets`` instead spreads each target over the batch's same-digit pairs);
-    AdamW (betas 0.9/0.98, eps 1e-6, weight decay on >=2-dim weights only) with 10%
-    linear warmup then cosine decay. Returns the model in eval mode.
+    random caption template naming the true digit; see :func:`train_clip` for the training itself.
+    """
+
+    def draw(rng: np.random.Generator, n: int):
+        which = rng.integers(0, len(bank), size=n)
+        images = render_digits(bank, which, draw_placement(rng, n))
+        template = rng.integers(0, len(CAPTION_TEMPLATES), size=n)
+        labels = bank.labels[which]
+        return images, caption_index(labels, template), labels
+
+    return train_clip(config, all_captions(), draw, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, progress=progress, desc=desc, soft_targets=soft_targets)
+
+
+def train_mixed_scorer(
+    config: dict[str, Any],
+    renderer,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 0.1,
+    progress: bool = False,
+    desc: str = "scorer",
+):
+    """Train a CLIP from scratch on fresh clean renders of every domain (the v4 scorers).
+
+    Each step draws ``batch_size`` examples, each of a domain chosen uniformly among
+    :data:`~flyt_datacomp.demo.domains.DOMAINS` (digits from ``renderer``'s bank: the
+    downstream-train scans, never the pool's), captioned with a random template of its domain
+    naming what it shows: a broad, clean, task-agnostic mix, as DataComp's scorer CLIPs were trained
+    on the web. Training as :func:`train_clip`.
+    """
+    from .domains import DOMAINS, caption_table, caption_templates
+
+    table = caption_table()
+
+    def draw(rng: np.random.Generator, n: int):
+        which = rng.integers(0, len(DOMAINS), size=n)
+        images = np.zeros((n, CANVAS, CANVAS), dtype=np.float32)
+        ids = np.zeros(n, dtype=np.int64)
+        keys = np.zeros(n, dtype=np.int64)
+        for d, domain in enumerate(DOMAINS):
+            idx = np.flatnonzero(which == d)
+            if len(idx) == 0:
+                continue
+            imgs, labels, _ = renderer.draw(rng, domain, len(idx))
+            template = rng.integers(0, len(caption_templates(domain)), size=len(idx))
+            images[idx] = imgs
+            ids[idx] = table.index(domain, labels, template)
+            keys[idx] = 1000 * d + labels
+        return images, ids, keys
+
+    return train_clip(config, list(table.captions), draw, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, progress=progress, desc=desc)
+
+
+def train_clip(
+    config: dict[str, Any],
+    captions: Sequence[str],
+    draw,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    weight_decay: float = 0.1,
+    progress: bool = False,
+    desc: str = "scorer",
+    soft_targets: bool = False,
+):
+    """Train a CLIP from scratch for ``steps`` steps on batches ``draw(rng, batch_size)`` returns:
+    (grey canvases (n, 32, 32) in [0, 1], indices into ``captions``, class keys).
+
+    Standard symmetric CLIP loss with a learned temperature (``soft_targets`` instead spreads each
+    target over the batch's pairs of the same class key); AdamW (betas 0.9/0.98, eps 1e-6, weight
+    decay on >=2-dim weights only) with 10% linear warmup then cosine decay. Returns the model in
+    eval mode.
     """
     from ..progress import progress_bar
 
     rng = np.random.default_rng(seed)
     model = create_clip(config, seed=seed)
     model.train()
-    tokens = tokenizer(config)(all_captions())
+    tokens = tokenizer(config)(list(captions))
     # Only a few dozen of the 49,408 BPE tokens ever occur: train a compact copy of their rows
     # (dense gradients and AdamW over the full table would cost most of each step) and write
     # them back afterwards. The remapping keeps the order of token ids, so the end-of-text
@@ -123,18 +198,17 @@ def train_scorer(
     labels = torch.arange(batch_size)
     bar = progress_bar(range(steps), desc=f"demo: train {desc}", disable=not progress, leave=False)
     for step in bar:
-        which = rng.integers(0, len(bank), size=batch_size)
-        images = to_tensor(render_digits(bank, which, draw_placement(rng, batch_size)))
-        template = rng.integers(0, len(CAPTION_TEMPLATES), size=batch_size)
-        text = tokens[torch.from_numpy(caption_index(bank.labels[which], template))]
+        canvases, caption_ids, keys = draw(rng, batch_size)
+        images = to_tensor(canvases)
+        text = tokens[torch.from_numpy(np.asarray(caption_ids))]
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
         img = model.encode_image(images, normalize=True)
         txt = model.encode_text(text, normalize=True)
         logits = model.logit_scale.exp() * img @ txt.T
         if soft_targets:
-            digit = torch.from_numpy(bank.labels[which])
-            same = (digit[:, None] == digit[None, :]).float()
+            key = torch.from_numpy(np.asarray(keys))
+            same = (key[:, None] == key[None, :]).float()
             target = same / same.sum(1, keepdim=True)
             loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
         else:
