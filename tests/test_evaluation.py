@@ -960,3 +960,14 @@ def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
     evalsets.mkdir()
     r = invoke(run_args(dc, pool, long, evalsets), code=2)
     assert "cannot be used" in r.output and "--output-dir" in r.output and not calls(dc)
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_old_resume_flag_is_accepted_but_not_with_overwrite(tmp_path, stage):
+    args = (["train", "--resharded-dir", tmp_path, "--scale", "small", "--output-dir", tmp_path / "out",
+             "--exp-name", "x"] if stage == "train" else
+            ["evaluate", "--train-output-dir", tmp_path, "--evalsets-dir", tmp_path])
+    both = invoke([*args, "--resume", "--overwrite", "--datacomp-dir", tmp_path / "absent"], code=2)
+    assert "--resume and --overwrite exclude each other" in both.output
+    alone = invoke([*args, "--resume", "--datacomp-dir", tmp_path / "absent"], code=2)
+    assert "exclude" not in alone.output and "absent" in alone.output
