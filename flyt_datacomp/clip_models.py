@@ -47,10 +47,6 @@ def named_tiny_configs() -> dict[str, dict[str, Any]]:
             vision_cfg={"layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
             image_mean=(0.0, 0.0, 0.0), image_std=(0.5, 0.5, 0.5),
         ),
-        "tiny-resnet-w8": tiny_clip_config(
-            vision_cfg={"layers": [1, 1, 1, 1], "width": 8, "head_width": 32},
-            image_mean=(0.0, 0.0, 0.0), image_std=(0.5, 0.5, 0.5),
-        ),
     }
 
 

@@ -24,9 +24,10 @@ from typing import Any
 from .errors import WorkerDied
 
 
-def thread_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
-    """``map(fn, items)`` on ``workers`` threads, in order, at most ``workers`` results ahead."""
-    if workers <= 1 or len(items) < 2:
+def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
+    """``map(fn, items)`` on ``workers`` threads, in order, ``items`` consumed lazily, at most
+    ``workers`` results ahead."""
+    if workers <= 1 or (isinstance(items, Sequence) and len(items) < 2):
         yield from map(fn, items)
         return
     with ThreadPoolExecutor(max_workers=workers) as ex:

@@ -16,6 +16,7 @@ conventional code 128 + signal number.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -42,3 +43,20 @@ def prefer_passive_threads() -> None:
     """Make OpenMP threads sleep rather than spin while they wait (see the module docstring), unless
     the environment sets a policy; effective only before torch is first imported."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the body with torch using ``n`` CPU threads (``None``: leave the setting alone), and
+    restore the previous count afterwards."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

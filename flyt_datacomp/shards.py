@@ -147,14 +147,19 @@ def _read_shard(fs: Any, folder: str, name: str) -> tuple[ShardInfo, np.ndarray]
     return ShardInfo(name, size, len(uids), source), uids
 
 
-def index_shards(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> ShardIndex:
-    """Read which uid each image of a shards folder belongs to (see the module docstring)."""
+def _each_tar(root, read, desc: str, progress: bool, threads: int) -> list:
+    """``read(fs, folder, name)`` for every tar of a shards folder, in name order, on ``threads`` threads."""
     fs, folder = open_folder(root)
     names = list_tars(fs, folder)
     if not names:
         raise FlytInputError(f"shards folder {root} holds no .tar shards")
-    results = list(progress_bar(thread_map(lambda n: _read_shard(fs, folder, n), names, threads), total=len(names),
-                                desc="indexing shards", unit="shard", disable=not progress))
+    return list(progress_bar(thread_map(lambda n: read(fs, folder, n), names, threads), total=len(names),
+                             desc=desc, unit="shard", disable=not progress))
+
+
+def index_shards(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> ShardIndex:
+    """Read which uid each image of a shards folder belongs to (see the module docstring)."""
+    results = _each_tar(root, _read_shard, "indexing shards", progress, threads)
     infos = tuple(r[0] for r in results)
     uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
     return ShardIndex(str(root), infos, uids)
@@ -165,12 +170,7 @@ def key_index(root: str | os.PathLike, *, progress: bool = True, threads: int = 
     img2dataset's per-shard parquet files (``key``, ``uid``, ``status``), or from the tars (member
     names and their ``.json``'s uid) where those lack the columns. Keys are how a dataset made from
     these shards (the FLYT authors' input scores) names examples."""
-    fs, folder = open_folder(root)
-    names = list_tars(fs, folder)
-    if not names:
-        raise FlytInputError(f"shards folder {root} holds no .tar shards")
-    results = list(progress_bar(thread_map(lambda n: _keys_of(fs, folder, n), names, threads), total=len(names),
-                                desc="reading shard keys", unit="shard", disable=not progress))
+    results = _each_tar(root, _keys_of, "reading shard keys", progress, threads)
     keys = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int64)
     uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
     order = np.argsort(keys, kind="stable")

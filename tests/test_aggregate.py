@@ -46,7 +46,7 @@ def test_sum_and_standardized_sum(pool):
                        z(cols["a"], within) + z(cols["b"], within))
     # inputs are score sources themselves (here: an aggregation of aggregations)
     assert np.allclose(load_scores(p, "sum:standardized_sum:a").values, z(cols["a"]))
-    assert list(SCORE_SOURCES)[-3:] == ["sum", "standardized_sum", "in_weighted"]
+    assert list(SCORE_SOURCES)[-4:-1] == ["sum", "standardized_sum", "in_weighted"]
 
 
 @pytest.mark.parametrize("r", [2, 4, 8, 16])

@@ -190,7 +190,8 @@ def test_a_new_sampler_is_one_function_and_one_registration(tied_pool, tmp_path)
 
 def test_registries_carry_every_existing_source_and_sampler(tied_pool):
     assert list(sampling.SAMPLERS) == ["threshold", "scs", "hcs", "nocap"]
-    assert list(SCORE_SOURCES) == ["column", "model", "file", "store", "sum", "standardized_sum", "in_weighted"]
+    assert list(SCORE_SOURCES) == ["column", "model", "file", "store", "sum", "standardized_sum", "in_weighted",
+                                  "mixing"]
     from flyt_datacomp.pool import Pool
 
     pool = Pool(str(tied_pool[0]), progress=False)

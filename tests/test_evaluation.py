@@ -792,14 +792,20 @@ def cut_results(path, keep, tail):
     path.write_bytes(b"".join(lines[:keep]) + tail)
 
 
-@pytest.mark.parametrize("tail", [b'{"key": "mnist", "dataset": "MN', b"\0\0\0\0", b'{"key": "x", "dataset": "\xe2\x82'])
-def test_evaluate_rerun_drops_a_partial_last_line(dc, trained, tmp_path, caplog, tail):
+@pytest.fixture
+def evaluated(dc, trained, tmp_path):
+    """One full evaluation: the command line, the results file and its lines."""
     evalsets = tmp_path / "evalsets"
     evalsets.mkdir()
     base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
     invoke(base)
     results = trained / "eval_results.jsonl"
-    full = results.read_text().splitlines()
+    return base, results, results.read_text().splitlines()
+
+
+@pytest.mark.parametrize("tail", [b'{"key": "mnist", "dataset": "MN', b"\0\0\0\0", b'{"key": "x", "dataset": "\xe2\x82'])
+def test_evaluate_rerun_drops_a_partial_last_line(evaluated, caplog, tail):
+    base, results, full = evaluated
     cut_results(results, 12, tail)
     r = invoke(base)
     assert "Found 12 eval result(s)" in r.output and "Average:" in r.output
@@ -807,13 +813,8 @@ def test_evaluate_rerun_drops_a_partial_last_line(dc, trained, tmp_path, caplog,
     assert any("line 13" in m and str(results) in m for m in caplog.messages)
 
 
-def test_evaluate_rerun_keeps_a_complete_last_line_without_newline(dc, trained, tmp_path):
-    evalsets = tmp_path / "evalsets"
-    evalsets.mkdir()
-    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
-    invoke(base)
-    results = trained / "eval_results.jsonl"
-    full = results.read_text().splitlines()
+def test_evaluate_rerun_keeps_a_complete_last_line_without_newline(evaluated):
+    base, results, full = evaluated
     results.write_text("\n".join(full[:12]))
     r = invoke(base)
     assert "Found 12 eval result(s)" in r.output and results.read_text().splitlines() == full
@@ -960,3 +961,14 @@ def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
     evalsets.mkdir()
     r = invoke(run_args(dc, pool, long, evalsets), code=2)
     assert "cannot be used" in r.output and "--output-dir" in r.output and not calls(dc)
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_old_resume_flag_is_accepted_but_not_with_overwrite(tmp_path, stage):
+    args = (["train", "--resharded-dir", tmp_path, "--scale", "small", "--output-dir", tmp_path / "out",
+             "--exp-name", "x"] if stage == "train" else
+            ["evaluate", "--train-output-dir", tmp_path, "--evalsets-dir", tmp_path])
+    both = invoke([*args, "--resume", "--overwrite", "--datacomp-dir", tmp_path / "absent"], code=2)
+    assert "--resume and --overwrite exclude each other" in both.output
+    alone = invoke([*args, "--resume", "--datacomp-dir", tmp_path / "absent"], code=2)
+    assert "exclude" not in alone.output and "absent" in alone.output

@@ -185,3 +185,10 @@ def test_benchmark_reports_what_a_foreign_subset_trained_on(tiny_demo_pool, tmp_
     row = [line for line in r.output.splitlines() if line.startswith("| mixed")][0]
     trained = [int(x.replace(",", "")) for x in row.strip("| ").split("|")[-2:]]
     assert trained[1] <= 80 and trained[1] == 2 * trained[0]  # what it trained on, not the file's 480 entries
+
+
+def test_a_misspelled_column_gets_a_short_line_and_a_suggestion(pool_dir, tmp_path):
+    r = run_filter_cli(["--metadata-dir", str(pool_dir), "--score", "clip_l14_similarity_scor", "--output",
+                        str(tmp_path / "s.npy")], expect_ok=False)
+    line = r.output.strip().splitlines()[-1]
+    assert r.exit_code == 2 and "did you mean 'clip_l14_similarity_score'?" in line and len(line) < 600, line

@@ -309,3 +309,22 @@ def test_the_released_flyt_scoring_model_over_the_images(tiny_demo_pool, tmp_pat
                 "--shards-dir", demo.shards_dir, "--input", f"flyt_released:{tmp_path / 'broken.pt'}:arch=tiny",
                 "--missing", "min", "--device", "cpu", "--quiet"], code=2)
     assert "is not the authors' FLYT scoring model" in r.output
+
+
+def test_import_from_an_fsspec_url(native, tiny_demo_pool, tmp_path):
+    """SRC may be any fsspec URL (hf://datasets/... in practice; memory:// here): listed, hashed
+    for the store's record of the input's identity, and read without a local copy."""
+    import fsspec
+
+    demo = tiny_demo_pool
+    local = tmp_path / "released"
+    export(native, demo, local)
+    fs = fsspec.filesystem("memory")
+    for f in sorted(local.glob("*_scores.parquet")):
+        fs.pipe(f"/released-scores/data/{f.name}", f.read_bytes())
+    store = tmp_path / "store"
+    invoke(["inputs", "import", "memory://released-scores", "--metadata-dir", demo.metadata_dir, "--inputs-dir", store,
+            "--shards-dir", demo.shards_dir, "--field", "vit-b-32", "--missing", "min", "--quiet"])
+    entry = json.loads((store / "inputs.json").read_text())["inputs"]["vit-b-32"]
+    assert entry["source_files"] == len(list(local.glob("*_scores.parquet")))
+    assert all(v["sha256"] for v in entry["sources"].values()) and entry["join_check"]["correlation"] > 0.999

@@ -13,13 +13,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import queue
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ..errors import FlytInputError
-from ..parallel import process_map
+from ..parallel import process_map, thread_map
 from ..pool import Pool
 from . import assets, rules
 
@@ -295,14 +294,8 @@ def _image_based(pool, params, settings, within) -> BaselineResult:
         finally:
             free.put(device)
 
-    with ThreadPoolExecutor(max_workers=len(devices)) as ex:
-        running = []
-        for shard, rows in zip(pool.shards, captions):
-            running.append(ex.submit(assign, shard, rows))
-            if len(running) > 2 * len(devices):
-                running.pop(0).result()
-        for f in running:
-            f.result()
+    for _ in thread_map(lambda item: assign(*item), zip(pool.shards, captions), len(devices)):
+        pass  # one thread per device, each shard on the device that is free
     details.update({
         "device": ", ".join(devices), "num_centroids": int(centroids.shape[0]), "target_centroids": int(len(targets)),
         "assets": {"fasttext": assets.record(model, "fasttext"),

@@ -57,7 +57,7 @@ class TableSettings:
     # beats 0.5 for every SCS row (docs/benchmark.md)
     scs_alpha: float = DEMO_SCS_ALPHA
     scs_batch: int | None = None  # G; default pool size / 100
-    # N; default the recipe's samples seen (the default recipe's is DEMO_SCS_NUM_SAMPLES), so a
+    # N; default the recipe's samples seen (for the recipe of the pool's version, demo_scs_num_samples), so a
     # training run sees each draw once, as in DataComp where N = pool size = samples seen
     num_samples: int | None = None
     filter_seed: int = 0

@@ -10,7 +10,6 @@ seed, and the torch thread count is fixed by the recipe.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ..clip_models import tokenizer as make_tokenizer
 from ..errors import FlytInputError
 from ..flyt.losses import clip_loss
 from ..flyt.trainer import cosine_lr
+from ..process import torch_threads
 from .data import PoolImages, Vocabulary
 from .recipe import Recipe
 from .zeroshot import prompts, zero_shot_accuracy
@@ -89,16 +89,6 @@ def batch_positions(index: np.ndarray, batch_size: int, steps: int, seed: int) -
             parts.append(order[at:at + take])
             at, need = at + take, need - take
         yield np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_model(data: TrainingData, recipe: Recipe, seed: int):

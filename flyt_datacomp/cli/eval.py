@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from collections.abc import Callable
@@ -43,6 +44,23 @@ def scale_option(f: Callable) -> Callable:
 def num_gpus_option(f: Callable) -> Callable:
     return option("--num-gpus", type=click.IntRange(min=1), default=None,
                   help="GPUs for train.py, through torchrun when more than 1 [default: every visible GPU, at least 1].")(f)
+
+
+def rerun_options(*, overwrite: str, log: str) -> Callable:
+    """``--overwrite`` and ``--log`` for a stage that a rerun resumes, and the hidden ``--resume`` that old
+    command lines pass (it is what a rerun does anyway, so it only conflicts with ``--overwrite``)."""
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def command(*args, resume: bool, **kwargs):
+            if resume and kwargs["overwrite"]:
+                raise FlytInputError("--resume and --overwrite exclude each other")
+            return f(*args, **kwargs)
+
+        command = option("--log", "log_path", type=_LOG, help=log)(command)
+        command = O.overwrite(help=overwrite)(command)
+        return option("--resume", is_flag=True, hidden=True,
+                      help="Accepted for old command lines: a rerun resumes anyway.")(command)
+    return decorate
 
 
 def _gpus(num_gpus: int | None) -> int:
@@ -96,18 +114,15 @@ def reshard_command(subset: Path, shards_dir: str, output_dir: str, workers: int
 @O.output_dir(required=True, help="train.py's --output_dir; the run goes to OUTPUT_DIR/EXP_NAME.")
 @option("--exp-name", required=True, help="Experiment name: a plain folder name under --output-dir.")
 @num_gpus_option
-@option("--resume", is_flag=True, hidden=True, help="Accepted for old command lines: a rerun resumes anyway.")
-@O.overwrite(help="Delete OUTPUT_DIR/EXP_NAME first (only a run of this command) and train from scratch "
-                  "(a rerun without it resumes).")
-@option("--log", "log_path", type=_LOG, help="Also write train.py's whole output to this file.")
+@rerun_options(overwrite="Delete OUTPUT_DIR/EXP_NAME first (only a run of this command) and train from scratch "
+                         "(a rerun without it resumes).", log="Also write train.py's whole output to this file.")
 @datacomp_options
 @passthrough
-def train_command(resharded_dir: str, scale: str, output_dir: str, exp_name: str, num_gpus: int | None, resume: bool,
+def train_command(resharded_dir: str, scale: str, output_dir: str, exp_name: str, num_gpus: int | None,
                   overwrite: bool, log_path: Path | None, datacomp_dir: str | None,
                   datacomp_python: str | None, extra: tuple[str, ...]) -> None:
     """Train DataComp's fixed CLIP recipe for a scale on resharded data with DataComp's train.py
     (rerun the same command to resume from the latest checkpoint)."""
-    _exclusive(resume, overwrite)
     checkout = locate(datacomp_dir, datacomp_python)
     record = train_stage.train(checkout, resharded_dir, scale, local_path(output_dir, "--output-dir"), exp_name,
                                num_gpus=_gpus(num_gpus), overwrite=overwrite, extra_args=extra, log_path=log_path)
@@ -120,18 +135,15 @@ def train_command(resharded_dir: str, scale: str, output_dir: str, exp_name: str
 @option("--evalsets-dir", "evalsets_dir", aliases=("--data-dir",), required=True,
         type=click.Path(file_okay=False, path_type=Path),
         help="The evaluation sets (DataComp's download_evalsets.py).")
-@option("--resume", is_flag=True, hidden=True, help="Accepted for old command lines: a rerun resumes anyway.")
-@O.overwrite(help="Delete the results file first and evaluate every task (a rerun without it evaluates only "
-                  "the tasks the file lacks).")
-@option("--log", "log_path", type=_LOG, help="Also write evaluate.py's whole output to this file.")
+@rerun_options(overwrite="Delete the results file first and evaluate every task (a rerun without it evaluates "
+                         "only the tasks the file lacks).", log="Also write evaluate.py's whole output to this file.")
 @datacomp_options
 @passthrough
-def evaluate_command(train_output_dir: Path, evalsets_dir: Path, resume: bool, overwrite: bool,
+def evaluate_command(train_output_dir: Path, evalsets_dir: Path, overwrite: bool,
                      log_path: Path | None, datacomp_dir: str | None, datacomp_python: str | None,
                      extra: tuple[str, ...]) -> None:
     """Evaluate a trained model with DataComp's evaluate.py (its task list; the report averages the
     38 scored tasks), then report."""
-    _exclusive(resume, overwrite)
     checkout = locate(datacomp_dir, datacomp_python)
     results = evaluate_stage.evaluate(checkout, train_output_dir, evalsets_dir, overwrite=overwrite,
                                       extra_args=extra, log_path=log_path)
@@ -187,11 +199,6 @@ def run_command(subset: Path, shards_dir: str, scale: str, output_dir: str, eval
                  verify_copies=verify_copies, reshard_args=_split(reshard_args, "--reshard-args"),
                  train_args=_split(train_args, "--train-args"), evaluate_args=_split(evaluate_args, "--evaluate-args"),
                  progress=not quiet)
-
-
-def _exclusive(resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise FlytInputError("--resume and --overwrite exclude each other")
 
 
 def _split(text: str, option: str) -> list[str]:

@@ -30,7 +30,6 @@ scorer training runs on the CPU with a fixed thread count).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -49,6 +48,7 @@ from PIL import Image
 
 from ..errors import FlytInputError
 from ..io import provenance, write_json
+from ..process import torch_threads
 from . import digits as D
 from . import domains as M
 from .pool import DEMO_VERSIONS, DemoPool
@@ -169,7 +169,7 @@ def build_demo_pool(
         import torch
 
         started = time.perf_counter()
-        with _torch_threads():
+        with torch_threads(min(torch.get_num_threads(), 8)):
             _build(tmp, {**params, "version": version}, progress)
         write_json(
             tmp / "build.json",
@@ -189,18 +189,6 @@ def build_demo_pool(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return pool
-
-
-@contextlib.contextmanager
-def _torch_threads(max_threads: int = 8):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, max_threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _salt(version: str) -> list[int]:

@@ -8,7 +8,6 @@ store (:meth:`DemoPool.input_store`), so each of those is done in one place.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FlytInputError
+from ..process import torch_threads
 
 DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
 DEMO_VERSIONS = ("v3", "v4")
@@ -27,7 +27,7 @@ DEMO_VERSIONS = ("v3", "v4")
 # run sees each draw once, as in DataComp where N = pool size = samples seen (docs/benchmark.md,
 # "SCS settings").
 DEMO_SCS_ALPHA = 1.0
-SCS_NUM_SAMPLES = {"v3": 38_400, "v4": 38_400}
+SCS_NUM_SAMPLES = {"v3": 38_400, "v4": 25_600}
 DEMO_SCS_NUM_SAMPLES = SCS_NUM_SAMPLES["v4"]
 
 
@@ -139,7 +139,7 @@ class DemoPool:
         run_dir = Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
         model = run_dir / SCORING_MODEL_FILE
         if not model.is_file():
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 Trainer(cfg, run_dir, progress=progress).run()
         weights_file = run_dir / MIXING_WEIGHTS_FILE
         weights = json.loads(weights_file.read_text()) if weights_file.is_file() else None
@@ -161,18 +161,3 @@ class DemoPool:
 
         return demo_store(self, store_dir=store_dir, eflyt_model=eflyt_model, classifier_steps=classifier_steps,
                           progress=progress)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None):
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from ..errors import FlytInputError, OutputCheckError
 from ..folders import Location, OutputFolder
 from ..io import provenance, read_json_or_none, write_json
 from ..shards import index_shards, list_tars, open_folder
+from ..tars import iter_tar
 from ..uids import read_subset, uids_to_hex
 from .datacomp import Checkout, check_log, has_fields, human_bytes, refuse_managed_flags, run_script
 
@@ -198,12 +198,9 @@ def copies_written(output_dir: Path) -> collections.Counter:
     """Copies per hex uid in the output shards, from their ``<uid>-<k>.json`` members."""
     copies: collections.Counter = collections.Counter()
     for tar in sorted(output_dir.glob("*.tar")):
-        with tarfile.open(tar, mode="r|") as fh:
-            for member in fh:
-                base = posixpath.basename(member.name)
-                key, _, ext = base.partition(".")
-                if ext.lower() == "json":
-                    copies[key.rsplit("-", 1)[0]] += 1
+        for sample in iter_tar(str(tar), extensions=("json",)):
+            if "json" in sample:
+                copies[posixpath.basename(sample["__key__"]).rsplit("-", 1)[0]] += 1
     return copies
 
 

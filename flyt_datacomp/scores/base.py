@@ -63,9 +63,11 @@ def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None
     ``inputs_dir``: an input store, for ``store:`` sources."""
     found = SCORE_SOURCES.find(spec, pool)
     if found is None:
+        hint = did_you_mean(spec, pool.column_names)
         raise FlytInputError(
-            f"score source {quote(spec)} is neither a column of the pool's parquet files{did_you_mean(spec, pool.column_names)} "
-            f"nor an existing file ({columns_hint(pool.column_names)}). Kinds: {SCORE_SOURCES.describe()}"
+            f"score source {quote(spec)} is neither a column of the pool's parquet files{hint} nor an existing file"
+            + ("" if hint else f" ({columns_hint(pool.column_names, limit=8)})")
+            + f"; KIND:SPEC names a kind: {', '.join(SCORE_SOURCES)}"
         )
     cls, rest = found
     return cls(rest, within, inputs_dir=inputs_dir)
