@@ -428,3 +428,40 @@ def test_the_demo_and_the_table_sample_alike(tiny_demo_pool, monkeypatch, tmp_pa
                                       "num_samples": DEMO_SCS_NUM_SAMPLES}
     assert "example type" in r.output and "demo: the digits pool (v4: digits, the task, among" in r.output
     assert "digits, correct caption: the task" in r.output and "well aligned, not the task" in r.output
+
+
+def test_demo_version_selects_the_pool_each_command_builds(tiny_demo_pool, monkeypatch, tmp_path):
+    """`--demo-version` reaches the pool build of `filter --demo`, `benchmark` and `train --preset
+    m-flyt-demo`, and is refused where no demo pool is built."""
+    import flyt_datacomp.demo as demo_module
+
+    asked = []
+
+    def fake_build(**kw):
+        asked.append(kw.get("version"))
+        raise FlytInputError("stop here")
+
+    monkeypatch.setattr(demo_module, "build_demo_pool", fake_build)
+    runner = CliRunner()
+    for args in (["filter", "--demo", "--demo-version", "v3", "--quiet"],
+                 ["benchmark", "--demo-version", "v3", "--quiet"],
+                 ["train", "--preset", "m-flyt-demo", "--demo-version", "v3", "--output-dir", str(tmp_path / "r")],
+                 ["filter", "--demo", "--quiet"]):
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2 and "stop here" in res.output, (args, res.output)
+    assert asked == ["v3", "v3", "v3", None]
+    refused = {
+        "--demo-version applies with --demo": ["filter", "--demo-version", "v3", "--score", "uid",
+                                               "--metadata-dir", str(tiny_demo_pool.metadata_dir),
+                                               "--output", str(tmp_path / "s.npy")],
+        "--pool-dir or --demo-version": ["benchmark", "--pool-dir", str(tiny_demo_pool.root), "--demo-version", "v4"],
+        "--demo-version applies with a demo preset": ["train", "--preset", "m-flyt-base", "--demo-version", "v4",
+                                                      "--output-dir", str(tmp_path / "r")],
+    }
+    for message, args in refused.items():
+        res = runner.invoke(main, args)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+    assert asked == ["v3", "v3", "v3", None]
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "r").exists()
+    res = runner.invoke(main, ["filter", "--demo", "--demo-version", "v5"])
+    assert res.exit_code == 2 and "v5" in res.output

@@ -45,6 +45,7 @@ DEFAULT_OUTPUT_DIR = Path("benchmark-results")
 @option("--num-samples", type=click.IntRange(min=1), help="Standard table: SCS draws N [the recipe's samples seen].")
 @option("--pool-dir", type=click.Path(file_okay=False, path_type=Path),
         help="A built demo pool folder [default: the default demo pool, built once if needed].")
+@O.demo_version(help="Without --pool-dir: the default demo pool of this version (built once if needed).")
 @option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
         help="Decoded images, cached results and the table's work folder [default: <pool>/benchmark].")
 @O.workers(default=None, aliases=("--jobs",),
@@ -53,8 +54,8 @@ DEFAULT_OUTPUT_DIR = Path("benchmark-results")
 def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | None, output_dir: str | None,
                       rows: str | None, quick: bool, recipe_name: str | None, samples_seen: int | None,
                       batch_size: int | None, lr: float | None, scs_alpha: float | None, scs_group_size: int | None,
-                      num_samples: int | None, pool_dir: Path | None, cache_dir: Path | None, workers: int | None,
-                      quiet: bool) -> None:
+                      num_samples: int | None, pool_dir: Path | None, demo_version: str | None, cache_dir: Path | None,
+                      workers: int | None, quiet: bool) -> None:
     """Train a small CLIP from scratch on a subset of the digits demo pool for a fixed number of
     samples seen and report its zero-shot accuracy on the held-out test digits (mean ± std over
     seeds). Results are cached per (subset file hash, seed, recipe): reruns train only what changed."""
@@ -70,7 +71,10 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
         given = [flag for flag, value in table_options.items() if value is not None]
         if given:
             raise FlytInputError(f"{', '.join(given)} apply only to the standard table (without --subset)")
-    pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(progress=progress)
+    if pool_dir is not None and demo_version is not None:
+        raise FlytInputError("give --pool-dir or --demo-version, not both (a built pool knows its version)")
+    pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(
+        progress=progress, **({"version": demo_version} if demo_version else {}))
     recipe = get_recipe(recipe_name or ("quick" if quick else pool_recipe(pool.version)),
                         samples_seen=samples_seen, batch_size=batch_size, lr=lr)
     jobs = workers or max(1, min(8, os.cpu_count() or 1))

@@ -177,12 +177,13 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
     return sel
 
 
-def _demo_defaults(opts: dict[str, Any], progress: bool):
+def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = None):
     """Fill in the demo pool's folder, sampler settings and output location (building the pool the
     first time). The score is left to the caller: without ``--score`` the demo trains M-FLYT."""
     from ..demo import DEMO_SCS_ALPHA, build_demo_pool, demo_scs_group_size, demo_scs_num_samples
 
-    demo = build_demo_pool(progress=progress, announce=lambda text: click.echo(f"demo: {text}"))
+    demo = build_demo_pool(progress=progress, announce=lambda text: click.echo(f"demo: {text}"),
+                           **({"version": version} if version else {}))
     click.echo(f"demo: the digits pool ({demo.version}: {demo.description}) at {demo.root}")
     if opts["metadata_dir"] is None:
         opts["metadata_dir"] = str(demo.metadata_dir)
@@ -231,8 +232,9 @@ def _demo_defaults(opts: dict[str, Any], progress: bool):
 @baseline_options
 @mixing_options
 @option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
+@O.demo_version(help="With --demo: the demo pool's version.")
 @O.quiet()
-def filter_command(demo: bool, quiet: bool, arch: str | None, **opts: Any) -> None:
+def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str | None, **opts: Any) -> None:
     """Filter a DataComp pool by a score into a subset file (the paper's SCS by default).
 
     DataComp's spellings work too: --metadata_dir, --save_path, --num_workers, --num_gpus,
@@ -261,7 +263,9 @@ def filter_command(demo: bool, quiet: bool, arch: str | None, **opts: Any) -> No
         opts["score"] = baselines.ARCH_COLUMNS[arch]
         baseline_params["arch"] = None
     opts["baseline_params"] = baselines.BaselineParams(**{k: v for k, v in baseline_params.items() if v is not None})
-    demo_pool = _demo_defaults(opts, progress) if demo else None
+    if demo_version is not None and not demo:
+        raise FlytInputError("--demo-version applies with --demo")
+    demo_pool = _demo_defaults(opts, progress, demo_version) if demo else None
     scoreless = opts["name"] is not None or opts["masks"]
     for required in ("metadata_dir", "output") if demo or scoreless else ("metadata_dir", "score", "output"):
         if opts[required] is None:

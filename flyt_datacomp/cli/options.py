@@ -11,6 +11,7 @@
 ``--seed``          the value every random choice starts from
 ``--overwrite``     replace what a previous run wrote
 ``--quiet``         no progress bars
+``--demo-version``  which built-in demo pool: ``v4`` (the default) or ``v3``
 ==================  ==========================================================================
 
 Spellings that shipped before stay as hidden aliases (``--num-workers``, ``--out``, ``--jobs``,
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 import click
 
+from ..demo.pool import DEMO_VERSIONS
 from .base import option
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,3 +73,9 @@ def overwrite(*, help: str = "Replace existing outputs.") -> Callable:
 
 def quiet() -> Callable:
     return option("--quiet", "quiet", is_flag=True, help="No progress bars.")
+
+
+def demo_version(*, help: str) -> Callable:
+    return option("--demo-version", "demo_version", type=click.Choice(DEMO_VERSIONS), default=None,
+                  help=help + " v4 (the default): digits, the task, among letters, shapes and textures; "
+                  "v3: digits only.")

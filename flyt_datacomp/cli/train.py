@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from ..errors import FlytInputError
 from ..flyt.config import PRESET_DESCRIPTIONS, PRESETS, TrainConfig, build_config, load_config_file
 from . import options as O
 from .base import command, option
@@ -85,9 +86,11 @@ def _preset_help() -> str:
 @option("--preset", type=click.Choice(list(PRESETS)), help=_preset_help())
 @option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML file of options.")
 @O.output_dir(required=True, help="Checkpoints, metrics.jsonl, the final scoring model (rerun to resume).")
+@O.demo_version(help="With a demo preset: the demo pool's version.")
 @O.quiet()
 @config_options
-def train_command(preset: str | None, config_file: str | None, output_dir: str, quiet: bool, **opts: Any) -> None:
+def train_command(preset: str | None, config_file: str | None, output_dir: str, demo_version: str | None, quiet: bool,
+                  **opts: Any) -> None:
     """Train a FLYT scoring model (M-FLYT or E-FLYT) by the paper's bilevel method."""
     from ..flyt import distributed as D
     from ..flyt.trainer import Trainer, format_mixing_weights
@@ -96,7 +99,7 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
     install_signal_handlers()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("flyt_datacomp").setLevel(logging.WARNING if quiet else logging.INFO)
-    cfg = config_from_options(preset, config_file, opts, progress=not quiet)
+    cfg = config_from_options(preset, config_file, opts, progress=not quiet, demo_version=demo_version)
     if preset in PRESET_DESCRIPTIONS:
         logging.getLogger(__name__).info("preset %s: %s", preset, PRESET_DESCRIPTIONS[preset])
     D.init_from_env()
@@ -112,14 +115,16 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
 
 
 def config_from_options(preset: str | None, config_file: str | None, options: dict[str, Any], *,
-                        progress: bool = True) -> TrainConfig:
+                        progress: bool = True, demo_version: str | None = None) -> TrainConfig:
     """The TrainConfig of a command line: the preset, then the config file, then the flags given
     (``options``: the flags' values by field name, None where a flag was not given)."""
     from ..demo import DEMO_PRESETS, build_demo_pool
 
+    if demo_version is not None and preset not in DEMO_PRESETS:
+        raise FlytInputError(f"--demo-version applies with a demo preset ({', '.join(DEMO_PRESETS)})")
     file_values = load_config_file(config_file) if config_file else {}
     if preset in DEMO_PRESETS:
-        demo = build_demo_pool(progress=progress)
+        demo = build_demo_pool(progress=progress, **({"version": demo_version} if demo_version else {}))
         file_values = {**demo.train_paths(), **file_values}
         if preset == "m-flyt-demo-all" and "inputs_dir" not in file_values and options.get("inputs_dir") is None:
             file_values["inputs_dir"] = str(demo.input_store(progress=progress))

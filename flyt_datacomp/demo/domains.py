@@ -58,7 +58,7 @@ SHAPE_TEMPLATES = (
     "the shape of a {s}.",
 )
 TEXTURE_NAMES = ("horizontal stripes", "vertical stripes", "diagonal stripes", "checkerboard", "dots", "grid", "waves")
-# textures are named as noun phrases; the singular ones read "a checkerboard pattern", the plural "a pattern of dots"
+# textures are named by noun phrases that fill every template as they are ("a pattern of dots", "checkerboard")
 TEXTURE_TEMPLATES = (
     "a pattern of {t}",
     "{t}",
