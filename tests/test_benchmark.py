@@ -305,7 +305,7 @@ def test_benchmark_cli_errors(tiny_demo_pool, tmp_path):
     res = runner.invoke(main, ["benchmark", "--subset", str(oracle), "--rows", "oracle"])
     assert res.exit_code == 2 and "--rows" in res.output
     res = runner.invoke(main, ["benchmark", "--quick", "--pool-dir", str(tiny_demo_pool.root),
-                               "--cache-dir", str(tmp_path / "c"), "--rows", "oracle,nonsense"])
+                               "--cache-dir", str(tmp_path / "c"), "--rows", "task_oracle,nonsense"])
     assert res.exit_code == 2 and "unknown table row(s) nonsense" in res.output
 
 

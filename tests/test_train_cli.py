@@ -63,7 +63,7 @@ def test_flags_round_trip_into_the_config(tmp_path):
         else:
             args += [field_flag(f.name), *text]
     ctx = train_command.make_context("train", [*args, "--output-dir", str(tmp_path)])
-    options = {k: v for k, v in ctx.params.items() if k not in ("preset", "config_file", "output_dir", "quiet")}
+    options = {k: v for k, v in ctx.params.items() if k not in ("preset", "config_file", "output_dir", "demo_version", "quiet")}
     assert set(options) == {f.name for f in FIELDS}
     cfg = config_from_options(None, None, options)
     assert dataclasses.asdict(cfg) == expected
