@@ -104,25 +104,14 @@ def train_scorer(
                       weight_decay=weight_decay, progress=progress, desc=desc, soft_targets=soft_targets)
 
 
-def train_mixed_scorer(
-    config: dict[str, Any],
-    renderer,
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    weight_decay: float = 0.1,
-    progress: bool = False,
-    desc: str = "scorer",
-):
+def train_mixed_scorer(config: dict[str, Any], renderer, *, steps: int, seed: int, **training: Any):
     """Train a CLIP from scratch on fresh clean renders of every domain (the v4 scorers).
 
     Each step draws ``batch_size`` examples, each of a domain chosen uniformly among
     :data:`~flyt_datacomp.demo.domains.DOMAINS` (digits from ``renderer``'s bank: the
     downstream-train scans, never the pool's), captioned with a random template of its domain
     naming what it shows: a broad, clean, task-agnostic mix, as DataComp's scorer CLIPs were trained
-    on the web. Training as :func:`train_clip`.
+    on the web. Training as :func:`train_clip`, which takes ``training``'s keywords.
     """
     from .domains import DOMAINS, caption_table, caption_templates
 
@@ -144,8 +133,7 @@ def train_mixed_scorer(
             keys[idx] = 1000 * d + labels
         return images, ids, keys
 
-    return train_clip(config, list(table.captions), draw, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, progress=progress, desc=desc)
+    return train_clip(config, list(table.captions), draw, steps=steps, seed=seed, **training)
 
 
 def train_clip(
