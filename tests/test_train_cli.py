@@ -130,7 +130,7 @@ def test_many_input_demo_preset_gets_the_demo_paths_and_its_input_store(tiny_dem
     import flyt_datacomp.demo.inputs as demo_inputs
 
     made = []
-    monkeypatch.setattr(demo_module, "build_demo_pool", lambda progress=True: tiny_demo_pool)
+    monkeypatch.setattr(demo_module, "build_demo_pool", lambda progress=True, version=None: tiny_demo_pool)
     monkeypatch.setattr(demo_inputs, "demo_store", lambda demo, **kw: made.append(demo) or tmp_path / "store")
     cfg = config_from_options("m-flyt-demo-all", None, {}, progress=False)
     assert made == [tiny_demo_pool]  # the store is computed (or reused) for the demo pool

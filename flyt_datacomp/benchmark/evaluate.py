@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..demo.pool import DemoPool
 from ..parallel import process_map
@@ -84,11 +83,9 @@ class Benchmark:
         ``truth.parquet`` (reporting only), or None."""
         if not self.pool.truth_path.is_file():
             return None
-        from ..demo.report import truth_categories
+        from ..demo.report import read_truth, truth_categories
 
-        names = pq.read_schema(self.pool.truth_path).names
-        truth = pq.read_table(self.pool.truth_path,
-                              columns=[c for c in ("uid", "type", "domain") if c in names]).to_pydict()
+        truth = read_truth(self.pool.truth_path)
         uids = hex_to_uids(np.asarray(truth["uid"]), source=str(self.pool.truth_path))
         order = uid_order(uids)
         # image rows are sorted uids: row i is the position of images.uids[i] among the sorted truth uids

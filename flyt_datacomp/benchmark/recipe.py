@@ -14,6 +14,7 @@ import hashlib
 import json
 from typing import Any
 
+from ..demo.pool import SAMPLES_SEEN
 from ..errors import FlytInputError
 
 TRAINING_CODE_VERSION = 1
@@ -42,7 +43,7 @@ class Recipe:
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1
-    samples_seen: int = 38_400
+    samples_seen: int = SAMPLES_SEEN["v3"]
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -85,7 +86,7 @@ class Recipe:
 RECIPES: dict[str, dict[str, Any]] = {
     # chosen by measurement on the v4 demo pool on the no-filter, random and two oracle rows alone,
     # before any FLYT row was looked at (docs/benchmark.md, "Choosing the recipe")
-    "default": {"samples_seen": 25_600, "lr": 1e-3},
+    "default": {"samples_seen": SAMPLES_SEEN["v4"], "lr": 1e-3},
     # the v3 pool's recipe, chosen the same way on that pool
     "v3": {},
     # a smoke run for tests: seconds, not meaningful accuracies

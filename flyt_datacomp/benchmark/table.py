@@ -170,11 +170,9 @@ class Workspace:
             good = np.asarray(truth["digit"]) == np.asarray(truth["caption_digit"])
             rule = "ground truth: caption digit == shown digit (truth.parquet)"
         else:
-            from ..demo.report import truth_categories
+            from ..demo.report import read_truth, truth_categories
 
-            schema = pq.read_schema(self.demo.truth_path)
-            truth = pq.read_table(self.demo.truth_path,
-                                  columns=[c for c in ("uid", "type", "domain") if c in schema.names]).to_pydict()
+            truth = read_truth(self.demo.truth_path)
             correct = np.isin(np.asarray(truth["type"], dtype=str), ["correct", "near_duplicate"])
             if which == "task":
                 category = truth_categories(truth).astype(str)

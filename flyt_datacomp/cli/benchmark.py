@@ -73,8 +73,8 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
             raise FlytInputError(f"{', '.join(given)} apply only to the standard table (without --subset)")
     if pool_dir is not None and demo_version is not None:
         raise FlytInputError("give --pool-dir or --demo-version, not both (a built pool knows its version)")
-    pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(
-        progress=progress, **({"version": demo_version} if demo_version else {}))
+    pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(version=demo_version,
+                                                                                progress=progress)
     recipe = get_recipe(recipe_name or ("quick" if quick else pool_recipe(pool.version)),
                         samples_seen=samples_seen, batch_size=batch_size, lr=lr)
     jobs = workers or max(1, min(8, os.cpu_count() or 1))

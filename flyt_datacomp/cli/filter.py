@@ -182,8 +182,7 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
     first time). The score is left to the caller: without ``--score`` the demo trains M-FLYT."""
     from ..demo import DEMO_SCS_ALPHA, build_demo_pool, demo_scs_group_size, demo_scs_num_samples
 
-    demo = build_demo_pool(progress=progress, announce=lambda text: click.echo(f"demo: {text}"),
-                           **({"version": version} if version else {}))
+    demo = build_demo_pool(version=version, progress=progress, announce=lambda text: click.echo(f"demo: {text}"))
     click.echo(f"demo: the digits pool ({demo.version}: {demo.description}) at {demo.root}")
     if opts["metadata_dir"] is None:
         opts["metadata_dir"] = str(demo.metadata_dir)

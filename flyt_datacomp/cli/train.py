@@ -124,7 +124,7 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
         raise FlytInputError(f"--demo-version applies with a demo preset ({', '.join(DEMO_PRESETS)})")
     file_values = load_config_file(config_file) if config_file else {}
     if preset in DEMO_PRESETS:
-        demo = build_demo_pool(progress=progress, **({"version": demo_version} if demo_version else {}))
+        demo = build_demo_pool(version=demo_version, progress=progress)
         file_values = {**demo.train_paths(), **file_values}
         if preset == "m-flyt-demo-all" and "inputs_dir" not in file_values and options.get("inputs_dir") is None:
             file_values["inputs_dir"] = str(demo.input_store(progress=progress))

@@ -117,7 +117,7 @@ def pool_dir_name(seed: int, pool_size: int, params: dict, version: str = DEFAUL
 def build_demo_pool(
     cache_dir: str | os.PathLike | None = None,
     *,
-    version: str = DEFAULT_VERSION,
+    version: str | None = None,
     seed: int = 0,
     pool_size: int = DEFAULT_POOL_SIZE,
     num_metadata_shards: int = DEFAULT_METADATA_SHARDS,
@@ -129,13 +129,14 @@ def build_demo_pool(
 ) -> DemoPool:
     """Build (once) and return the demo pool; see the module docstring for the layout.
 
-    ``version`` is ``v4`` (the default: digits among letters, shapes and textures) or ``v3`` (digits
+    ``version`` is ``v4`` (the default, also for None: digits among letters, shapes and textures) or ``v3`` (digits
     only, byte-identical to the previous version's builds). ``scorer_steps`` is the number of
     training steps (batch 256) of the two scorer CLIPs, one int for both or a pair ``(b32, l14)``
     (default: the version's). A pool already complete in the cache (its ``build.json``
     exists) is returned at once unless ``force``. ``announce`` is told, in a sentence, when a build
     starts.
     """
+    version = version or DEFAULT_VERSION
     check_version(version)
     if pool_size < 20:
         raise FlytInputError(f"pool_size must be at least 20, got {pool_size}")

@@ -13,6 +13,7 @@ or high-contrast grey on black (random colours break the task, so there are none
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,6 +231,38 @@ def type_counts(n: int, mix: dict[str, float] = DEFAULT_TYPE_MIX) -> dict[str, i
     return counts
 
 
+def correct_before_duplicates(types: np.ndarray, *also: np.ndarray) -> None:
+    """Every near-duplicate copies an earlier correct example: if the first near-duplicate comes
+    before the first correct example, swap the two (in ``types`` and in each of ``also``), in place."""
+    is_dup = types == "near_duplicate"
+    if is_dup.any():
+        first_dup, first_correct = int(np.argmax(is_dup)), int(np.argmax(types == "correct"))
+        if first_dup < first_correct:
+            for arr in (types, *also):
+                arr[first_dup], arr[first_correct] = arr[first_correct], arr[first_dup]
+
+
+def copy_near_duplicates(rng: np.random.Generator, types: np.ndarray, images: np.ndarray,
+                         copy: Callable[[int, int], None], progress: bool = False) -> np.ndarray:
+    """Make each near-duplicate, in pool order, a :func:`perturb`-ed copy of a random earlier correct
+    example, then call ``copy(i, j)`` to copy the rest of what example ``j`` is to example ``i`` (it may
+    draw from ``rng`` too). Returns each example's source row, -1 where it copies none."""
+    from ..progress import progress_bar
+
+    source = np.full(len(types), -1, dtype=np.int64)
+    correct_so_far: list[int] = []
+    for i in progress_bar(range(len(types)), desc="demo: pool examples", disable=not progress, leave=False):
+        t = types[i]
+        if t == "correct":
+            correct_so_far.append(i)
+        elif t == "near_duplicate":
+            j = correct_so_far[int(rng.integers(0, len(correct_so_far)))]
+            source[i] = j
+            images[i] = perturb(rng, images[j])
+            copy(i, j)
+    return source
+
+
 def make_pool(rng: np.random.Generator, bank: DigitBank, n: int, progress: bool = False) -> PoolExamples:
     """Draw ``n`` pool examples from ``bank`` (the pool-source digits) with the default type mix.
 
@@ -239,18 +272,10 @@ def make_pool(rng: np.random.Generator, bank: DigitBank, n: int, progress: bool 
     - ``near_duplicate``: a lightly perturbed copy of an earlier ``correct`` example, captioned
       with a random template naming the same digit.
     """
-    from ..progress import progress_bar
-
     counts = type_counts(n)
     types = np.array([t for t in EXAMPLE_TYPES for _ in range(counts[t])], dtype=object)
     types = types[rng.permutation(n)]
-    is_dup = types == "near_duplicate"
-    if is_dup.any():  # every near-duplicate needs an earlier correct example
-        first_dup = int(np.argmax(is_dup))
-        first_correct = int(np.argmax(types == "correct"))
-        if first_dup < first_correct:
-            types[first_dup], types[first_correct] = types[first_correct], types[first_dup]
-            is_dup = types == "near_duplicate"
+    correct_before_duplicates(types)
 
     which = rng.integers(0, len(bank), size=n)
     digit = bank.labels[which].astype(np.int64)
@@ -272,19 +297,11 @@ def make_pool(rng: np.random.Generator, bank: DigitBank, n: int, progress: bool 
     idx = np.flatnonzero(is_clutter)
     images[idx] = render_clutter(rng, len(idx))
 
-    source = np.full(n, -1, dtype=np.int64)
-    correct_so_far: list[int] = []
-    for i in progress_bar(range(n), desc="demo: pool examples", disable=not progress, leave=False):
-        t = types[i]
-        if t == "correct":
-            correct_so_far.append(i)
-        elif t == "near_duplicate":
-            j = correct_so_far[int(rng.integers(0, len(correct_so_far)))]
-            source[i] = j
-            images[i] = perturb(rng, images[j])
-            digit[i] = digit[j]
-            caption_digit[i] = digit[j]
-            scan_index[i] = scan_index[j]
+    def same_digit(i: int, j: int) -> None:
+        digit[i] = caption_digit[i] = digit[j]
+        scan_index[i] = scan_index[j]
+
+    source = copy_near_duplicates(rng, types, images, same_digit, progress=progress)
     return PoolExamples(
         images=to_uint8(images),
         types=types,

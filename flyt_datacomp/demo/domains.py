@@ -350,20 +350,12 @@ def make_pool(rng: np.random.Generator, renderer: Renderer, n: int, mix: dict[tu
     - ``near_duplicate``: a lightly perturbed copy of an earlier ``correct`` example (any domain),
       captioned with a random template naming the same class.
     """
-    from ..progress import progress_bar
-
     counts = slot_counts(n, mix)
     slots = [k for k in counts for _ in range(counts[k])]
     order = rng.permutation(n)
     domain = np.array([slots[i][0] for i in order], dtype=object)
     types = np.array([slots[i][1] for i in order], dtype=object)
-    is_dup = types == "near_duplicate"
-    if is_dup.any():  # every near-duplicate needs an earlier correct example
-        first_dup = int(np.argmax(is_dup))
-        first_correct = int(np.argmax(types == "correct"))
-        if first_dup < first_correct:
-            for arr in (domain, types):
-                arr[first_dup], arr[first_correct] = arr[first_correct], arr[first_dup]
+    D.correct_before_duplicates(types, domain)
 
     images = np.zeros((n, CANVAS, CANVAS), dtype=np.float32)
     label = np.full(n, -1, dtype=np.int64)
@@ -391,21 +383,13 @@ def make_pool(rng: np.random.Generator, renderer: Renderer, n: int, mix: dict[tu
             caption_label[j] = rng.integers(0, len(label_names(dom)))
             template[j] = rng.integers(0, len(caption_templates(dom)))
 
-    source = np.full(n, -1, dtype=np.int64)
-    correct_so_far: list[int] = []
-    for i in progress_bar(range(n), desc="demo: pool examples", disable=not progress, leave=False):
-        t = types[i]
-        if t == "correct":
-            correct_so_far.append(i)
-        elif t == "near_duplicate":
-            j = correct_so_far[int(rng.integers(0, len(correct_so_far)))]
-            dom = domain[j]
-            source[i] = j
-            images[i] = D.perturb(rng, images[j])
-            domain[i] = caption_domain[i] = dom
-            label[i] = caption_label[i] = label[j]
-            scan_index[i] = scan_index[j]
-            template[i] = rng.integers(0, len(caption_templates(dom)))
+    def same_class(i: int, j: int) -> None:
+        domain[i] = caption_domain[i] = domain[j]
+        label[i] = caption_label[i] = label[j]
+        scan_index[i] = scan_index[j]
+        template[i] = rng.integers(0, len(caption_templates(domain[j])))  # a fresh caption of the same class
+
+    source = D.copy_near_duplicates(rng, types, images, same_class, progress=progress)
     return PoolExamples(
         images=D.to_uint8(images), domain=domain, types=types, label=label, caption_domain=caption_domain,
         caption_label=caption_label, caption_template=template, scan_index=scan_index, source=source,

@@ -21,14 +21,16 @@ from ..process import torch_threads
 DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
 DEMO_VERSIONS = ("v3", "v4")
 
+# The mini-benchmark's samples seen on each pool version: the recipe of that version
+# (benchmark/recipe.py) takes it from here, and the demo's SCS draws as many.
+SAMPLES_SEEN = {"v3": 38_400, "v4": 25_600}
+
 # How the demo samples with SCS, shared by `filter --demo` and every SCS row of the benchmark's
 # table: a 20K pool wants a larger penalty than the paper's small scale (0.5 at 12.8M); G is 1% of
-# the pool; N is the mini-benchmark's samples seen (the recipe of the pool's version), so a training
-# run sees each draw once, as in DataComp where N = pool size = samples seen (docs/benchmark.md,
-# "SCS settings").
+# the pool; N is the mini-benchmark's samples seen, so a training run sees each draw once, as in
+# DataComp where N = pool size = samples seen (docs/benchmark.md, "SCS settings").
 DEMO_SCS_ALPHA = 1.0
-SCS_NUM_SAMPLES = {"v3": 38_400, "v4": 25_600}
-DEMO_SCS_NUM_SAMPLES = SCS_NUM_SAMPLES["v4"]
+DEMO_SCS_NUM_SAMPLES = SAMPLES_SEEN["v4"]
 
 
 def demo_scs_group_size(pool_size: int) -> int:
@@ -37,7 +39,7 @@ def demo_scs_group_size(pool_size: int) -> int:
 
 def demo_scs_num_samples(version: str) -> int:
     """SCS draws N for a demo pool version: its benchmark recipe's samples seen."""
-    return SCS_NUM_SAMPLES[version]
+    return SAMPLES_SEEN[version]
 
 
 @dataclasses.dataclass(frozen=True)

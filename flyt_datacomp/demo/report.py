@@ -63,9 +63,14 @@ def truth_categories(truth: dict) -> np.ndarray:
     return out
 
 
+def read_truth(truth_path: str | os.PathLike, columns: Iterable[str] = ("uid", "type", "domain")) -> dict:
+    """Those of ``columns`` that ``truth.parquet`` has, as lists (a v3 pool's has no ``domain``)."""
+    names = pq.read_schema(truth_path).names
+    return pq.read_table(truth_path, columns=[c for c in columns if c in names]).to_pydict()
+
+
 def _shares(truth_path, uids, counts, columns: list[str], key_of) -> tuple[dict, dict, float, int, int]:
-    schema = pq.read_schema(truth_path)
-    truth = pq.read_table(truth_path, columns=[c for c in columns if c in schema.names]).to_pydict()
+    truth = read_truth(truth_path, columns)
     keys = key_of(truth)
     key_by_uid = dict(zip(truth["uid"], keys))
     sel = _hex_uids(uids)

@@ -74,23 +74,12 @@ def _lr(step: int, steps: int, lr: float, warmup_frac: float = 0.1) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_scorer(
-    config: dict[str, Any],
-    bank: DigitBank,
-    *,
-    steps: int,
-    seed: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    weight_decay: float = 0.1,
-    progress: bool = False,
-    desc: str = "scorer",
-    soft_targets: bool = False,
-):
+def train_scorer(config: dict[str, Any], bank: DigitBank, *, steps: int, seed: int, **training: Any):
     """Train a CLIP from scratch on fresh clean renders of ``bank`` for ``steps`` steps (the v3 scorers).
 
-    Each step draws ``batch_size`` digits of the bank at random sizes/positions/intensities with a
-    random caption template naming the true digit; see :func:`train_clip` for the training itself.
+    Each step draws a batch of digits of the bank at random sizes/positions/intensities with a
+    random caption template naming the true digit; :func:`train_clip` trains, with ``training``'s
+    keywords.
     """
 
     def draw(rng: np.random.Generator, n: int):
@@ -100,14 +89,13 @@ def train_scorer(
         labels = bank.labels[which]
         return images, caption_index(labels, template), labels
 
-    return train_clip(config, all_captions(), draw, steps=steps, seed=seed, batch_size=batch_size, lr=lr,
-                      weight_decay=weight_decay, progress=progress, desc=desc, soft_targets=soft_targets)
+    return train_clip(config, all_captions(), draw, steps=steps, seed=seed, **training)
 
 
 def train_mixed_scorer(config: dict[str, Any], renderer, *, steps: int, seed: int, **training: Any):
     """Train a CLIP from scratch on fresh clean renders of every domain (the v4 scorers).
 
-    Each step draws ``batch_size`` examples, each of a domain chosen uniformly among
+    Each step draws a batch of examples, each of a domain chosen uniformly among
     :data:`~flyt_datacomp.demo.domains.DOMAINS` (digits from ``renderer``'s bank: the
     downstream-train scans, never the pool's), captioned with a random template of its domain
     naming what it shows: a broad, clean, task-agnostic mix, as DataComp's scorer CLIPs were trained
