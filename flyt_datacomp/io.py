@@ -534,6 +534,32 @@ def recover_interrupted(target: Path) -> None:
                 log.info("removed %s, left by a run that was killed", folder / name)
 
 
+def temp_folder(target: Path) -> Path:
+    """A fresh, empty folder beside ``target`` under a recognisable temporary name (made with the
+    umask, like any folder), to be renamed onto ``target`` when complete; see
+    :func:`remove_dead_temp_folders`."""
+    while True:
+        path = target.parent / _token_name(target.name, TEMP_SUFFIX)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # pragma: no cover - a 32-bit token collision
+            continue
+
+
+def remove_dead_temp_folders(target: Path) -> None:
+    """Remove the :func:`temp_folder` folders of ``target`` whose process ran on this host and has
+    died (a ``kill -9`` mid-build): they can never be completed."""
+    folder, prefix = target.parent, f".{target.name}."
+    if not folder.is_dir():
+        return
+    for name in sorted(os.listdir(folder)):
+        m = _OURS.match(name)
+        if m and name.startswith(prefix) and m["kind"] == TEMP_SUFFIX and _owner_gone(m) and (folder / name).is_dir():
+            shutil.rmtree(folder / name, ignore_errors=True)
+            log.info("removed %s, left by a run that was killed", folder / name)
+
+
 @contextlib.contextmanager
 def os_lock(path: str | os.PathLike, busy: str, *, params: Sequence[str] = (), retries: int = 0,
             required: bool = True) -> Iterator[None]:

@@ -341,6 +341,36 @@ def test_version_is_recorded_and_read_back(pool, pool_v3, tmp_path):
         build_demo_pool(tmp_path, version="v9", **KW)
 
 
+def test_a_build_killed_midway_leaves_nothing_a_later_build_keeps(tmp_path):
+    """kill -9 during a build: no pool appears, and the next build removes the dead build's folder
+    (but never the folder of a build still running) and completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flyt_datacomp.demo.build import pool_dir_name
+    from flyt_datacomp.io import temp_folder
+
+    cache = tmp_path / "cache"
+    code = (f"from flyt_datacomp.demo import build_demo_pool; build_demo_pool({str(cache)!r}, seed=3, pool_size={N}, "
+            "num_metadata_shards=2, shard_size=200, scorer_steps=3, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 120
+    while not list(cache.glob(".*.flyt-tmp/*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = list(cache.glob(".*.flyt-tmp"))
+    assert len(left) == 1 and not [p for p in cache.iterdir() if not p.name.startswith(".")]
+    params = {"seed": 3, "pool_size": N, "num_metadata_shards": 2, "shard_size": 200, "scorer_steps": [3, 3]}
+    running = temp_folder(cache / pool_dir_name(3, N, params))  # as if another build (this process) were at work
+    pool = build_demo_pool(cache, **KW)
+    assert running.name.startswith(f".{pool.root.name}.") and left[0].name.startswith(f".{pool.root.name}.")
+    assert (pool.root / "build.json").is_file() and not left[0].exists() and running.is_dir()
+
+
 def test_cache_reuse_and_other_seed(pool, tmp_path, monkeypatch):
     import flyt_datacomp.demo.build as build_mod
 

@@ -23,7 +23,8 @@ code built.
       build.json                         completion marker: provenance + parameters (+ version tag)
 
 The pool is built in a temporary folder beside the final one and renamed into place only when
-complete, so an interrupted build leaves no partial pool visible. The same seed and options give
+complete, so an interrupted build leaves no partial pool visible; the folder of a build that was
+killed (``kill -9``) is removed by the next build. The same seed and options give
 byte-identical parquet, npz and tar contents on the same machine (fixed seeds everywhere; the
 scorer training runs on the CPU with a fixed thread count).
 """
@@ -36,7 +37,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..errors import FlytInputError
-from ..io import provenance, write_json
+from ..io import provenance, remove_dead_temp_folders, temp_folder, write_json
 from ..process import torch_threads
 from . import digits as D
 from . import domains as M
@@ -162,10 +162,8 @@ def build_demo_pool(
                  "the images, two small scorer CLIPs, the DataComp-format files)")
 
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=cache))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the pool is a normal folder
+    remove_dead_temp_folders(final)  # builds killed before they finished
+    tmp = temp_folder(final)
     try:
         import torch
 
