@@ -200,12 +200,13 @@ class OutputFolder:
 
     def empty(self) -> Path:
         """Check again (as with ``overwrite``), then create the folder or delete everything in it
-        (symbolic links inside are removed, never followed); return its path."""
+        (symbolic links inside are removed, never followed; the markers last, so a folder whose
+        emptying is cut short is still recognised); return its path."""
         self.check(overwrite=True)
         path = local_path(self.path)
         if path.is_dir():
             try:
-                for child in path.iterdir():
+                for child in sorted(path.iterdir(), key=lambda c: c.name in self.markers):
                     if child.is_dir() and not child.is_symlink():
                         shutil.rmtree(child)
                     else:

@@ -214,7 +214,11 @@ def test_reshard_passes_arguments_and_checks_counts(dc, pool, tmp_path):
     r = invoke(reshard_args(dc, pool, out, "--workers", "2", "--verify-copies", "--", "--shard-size", "40"))
     (call,) = calls(dc, "resharder")
     argv = call["argv"]
-    assert argv[argv.index("-i") + 1] == str(pool["shards"]) and argv[argv.index("-o") + 1] == str(out.resolve())
+    assert argv[argv.index("-i") + 1] == str(pool["shards"])
+    work = Path(argv[argv.index("-o") + 1])  # a working folder inside the output, moved up and removed after
+    assert work.parent == out.resolve() and work.name.startswith(".resharding.") and not work.exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith((".tar", "_stats.json"))) == [
+        "flyt_reshard.json", "meta.json", "sample_ids.npy"]
     assert argv[argv.index("-s") + 1] == str(pool["subset"].resolve())
     assert argv[argv.index("-j") + 1] == "2"
     assert argv[argv.index("--shuffle-bufsize") + 1] == "1500000"  # repeated uids: the paper's buffer
@@ -721,6 +725,46 @@ def test_reshard_overwrite_redoes_a_failed_reshard(dc, pool, tmp_path, monkeypat
     assert "not empty" in r.output
     invoke(reshard_args(dc, pool, out, "--overwrite"))
     assert copies_in(out) == pool["expected"] and (out / "flyt_reshard.json").is_file()
+
+
+def _gone(pid):
+    """True once ``pid`` has exited (a zombie left to an init that does not reap counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_reshard_killed_mid_way_is_recognised_and_its_orphan_cannot_touch_the_redo(dc, pool, tmp_path):
+    import signal
+    import time
+
+    out, hang = tmp_path / "out", tmp_path / "hang"
+    cmd = [sys.executable, "-m", "flyt_datacomp.cli", "eval", *map(str, reshard_args(dc, pool, out))]
+    proc = subprocess.Popen(cmd, env={**os.environ, "STANDIN_HANG": str(hang)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (hang.exists() and hang.read_text()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    orphan = int(hang.read_text())  # the resharder, mid-way: one shard written
+    proc.send_signal(signal.SIGKILL)  # our command dies outright; the resharder goes on, orphaned
+    proc.wait()
+    try:
+        (work,) = [p for p in out.iterdir() if p.is_dir()]
+        assert sorted(p.name for p in out.iterdir()) == sorted(["flyt_reshard_partial.json", work.name])
+        assert work.name.startswith(".resharding.") and (work / "00000000.tar").is_file()
+        r = invoke(reshard_args(dc, pool, out), code=2)
+        assert "not empty" in r.output and "--overwrite" in r.output
+        invoke(reshard_args(dc, pool, out, "--overwrite"))  # recognised as this command's, emptied, redone
+        assert copies_in(out) == pool["expected"] and not work.exists() and not (out / "flyt_reshard_partial.json").exists()
+        done = tree(out)
+    finally:
+        (tmp_path / "hang.go").touch()
+        deadline = time.monotonic() + 60
+        while not _gone(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert _gone(orphan) and tree(out) == done  # the orphan's last writes went nowhere near the new output
+    assert sorted(c["script"] for c in calls(dc)) == ["resharder", "resharder"]
 
 
 def test_run_refuses_a_work_folder_whose_reshard_folder_is_not_its_own(dc, pool, tmp_path):

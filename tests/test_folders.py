@@ -123,3 +123,16 @@ def test_check_output_file(tmp_path):
     with pytest.raises(FlytInputError, match="lies inside the `evalsets_dir`"):
         check_output_file(tmp_path / "dir" / "r.jsonl", {"evalsets_dir": tmp_path / "dir"}, what="results file")
     assert check_output_file(tmp_path / "r.jsonl", {"evalsets_dir": tmp_path / "dir"}, what="x") == tmp_path / "r.jsonl"
+
+
+def test_emptying_deletes_the_markers_last(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ["z.tar", "flyt_reshard.json", "a.tar", "sub", "m.json", "flyt_reshard_partial.json"]:
+        (out / name).mkdir() if name == "sub" else (out / name).write_text("x")
+    order = []
+    real_unlink = Path.unlink
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (order.append(self.name), real_unlink(self, *a, **k)))
+    OutputFolder(out, "the command", ("flyt_reshard.json", "flyt_reshard_partial.json")).empty()
+    assert not any(out.iterdir()) and len(order) == 5
+    assert sorted(order[-2:]) == ["flyt_reshard.json", "flyt_reshard_partial.json"]  # a cut-short emptying leaves one

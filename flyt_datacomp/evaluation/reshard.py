@@ -12,6 +12,12 @@ Facts from DataComp's resharder that this module relies on:
 
 Before starting we print the shuffle buffer's memory per worker and refuse settings that cannot fit;
 afterwards the samples written must equal the subset entries that have an image in the shards.
+
+The resharder needs an empty output folder and renames every file in it at the end, so it writes
+into a working folder inside ours; a marker (``flyt_reshard_partial.json``) sits beside it from the
+start, so a folder left by a run killed at any moment is still recognised as ours (``overwrite``
+then empties it), and a resharder left running by a killed parent writes only to its own working
+folder. When it has finished, its files move up and the record replaces the marker.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 from ..console import say
 from ..errors import FlytInputError, OutputCheckError
 from ..folders import Location, OutputFolder
-from ..io import provenance, read_json_or_none, write_json
+from ..io import provenance, read_json_or_none, temp_folder, write_json
 from ..shards import index_shards, list_tars, open_folder
 from ..tars import iter_tar
 from ..uids import read_subset, uids_to_hex
@@ -42,7 +48,8 @@ from .datacomp import Checkout, check_log, has_fields, human_bytes, refuse_manag
 PAPER_SHUFFLE_BUFSIZE = 1_500_000  # the FLYT paper's buffer for repeated subsets
 ENTRY_OVERHEAD_BYTES = 400  # one buffered copy: a small dict and its "<uid>-k" key string
 RECORD_FILE = "flyt_reshard.json"
-PARTIAL_FILE = "flyt_reshard_partial.json"  # left by a reshard that failed: the folder is ours to redo
+PARTIAL_FILE = "flyt_reshard_partial.json"  # a reshard under way or cut short: the folder is ours to redo
+WORK_NAME = "resharding"  # the working folder inside the output: .resharding.<host>-<pid>-<token>.flyt-tmp
 # resharder.py's flags that this command sets itself, and the setting each comes from
 MANAGED_FLAGS = {"--input-dir": "shards_dir", "-i": "shards_dir", "--output-dir": "output_dir", "-o": "output_dir",
                  "--subset-file": "the SUBSET argument", "-s": "the SUBSET argument",
@@ -305,11 +312,15 @@ def reshard(
 
     folder.create()
     with folder.lock():
-        folder.empty()  # DataComp's resharder needs it to exist, and to be empty
+        folder.empty()
         with _marked_if_failed(output_dir, subset, shards_dir):
-            cmd = [checkout.python, script, "-i", shards_dir, "-o", output_dir.resolve(), "-s", subset.resolve(),
+            write_json(output_dir / PARTIAL_FILE, provenance(
+                output=str(output_dir), inputs={"subset": str(subset), "shards_dir": shards_dir}, state="resharding"))
+            work = temp_folder(output_dir / WORK_NAME)  # empty, as the resharder needs; same file system
+            cmd = [checkout.python, script, "-i", shards_dir, "-o", work.resolve(), "-s", subset.resolve(),
                    "-j", str(workers), "--shuffle-bufsize", str(bufsize), *extra_args]
             run = run_script(cmd, name="DataComp's resharder.py", log_path=log_path)
+            move_up(work, output_dir)
 
             written = count_written(output_dir)
             print_coverage(cov, written.samples)
@@ -345,7 +356,19 @@ def reshard(
                 seconds=round(run.seconds, 3),
             )
             write_json(output_dir / RECORD_FILE, record)
+            (output_dir / PARTIAL_FILE).unlink(missing_ok=True)
             return record
+
+
+def move_up(work: Path, output_dir: Path) -> None:
+    """Move everything the resharder wrote in ``work`` into ``output_dir`` (renames on one file system),
+    then remove ``work``: DataComp's train.py reads every subfolder of its data folder too."""
+    for child in sorted(work.iterdir()):
+        target = output_dir / child.name
+        if target.exists() or target.is_symlink():
+            raise OutputCheckError(f"the resharder wrote {child.name}, which {output_dir} already holds")
+        os.replace(child, target)
+    work.rmdir()
 
 
 def output_folder(checkout: Checkout, subset: Path, shards_dir: str, output_dir: Path,
@@ -372,9 +395,9 @@ def check_has_images(cov: Coverage, subset: Path, shards_dir: str) -> None:
 
 @contextlib.contextmanager
 def _marked_if_failed(output_dir: Path, subset: Path, shards_dir: str) -> Iterator[None]:
-    """On any failure (Ctrl-C included) leave ``PARTIAL_FILE`` in the output folder: it holds what this
-    command wrote, so a later ``overwrite`` may empty it. (A run killed outright leaves no marker; its
-    folder is then refused, and must be emptied by hand.)"""
+    """On any failure (Ctrl-C included) leave ``PARTIAL_FILE`` in the output folder, saying why: it holds
+    what this command wrote, so a later ``overwrite`` may empty it. (A run killed outright leaves the
+    marker written at its start.)"""
     try:
         yield
     except BaseException as exc:

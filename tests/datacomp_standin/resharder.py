@@ -3,7 +3,8 @@
 Every input sample whose json uid occurs k times in the sorted subset is written k times keyed
 <uid>-0..<uid>-(k-1), into output shards of --shard-size samples with {:08d}_stats.json, plus
 meta.json and sample_ids.npy. STANDIN_DROP=1 silently drops the last output sample (as a failed
-worker would), with exit code 0.
+worker would), with exit code 0. STANDIN_HANG=PATH writes the first shard, then its pid to PATH,
+and waits until PATH.go exists (at most 60 s) before going on.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import random
 import shutil
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,12 @@ for shard, start in enumerate(range(0, len(samples), args.shard_size)):
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     (args.output_dir / f"{shard:08d}_stats.json").write_text(json.dumps({"successes": len(chunk)}))
+    if shard == 0 and os.environ.get("STANDIN_HANG"):
+        hang = Path(os.environ["STANDIN_HANG"])
+        hang.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not hang.with_name(hang.name + ".go").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 shutil.copyfile(args.subset_file, args.output_dir / "sample_ids.npy")
 (args.output_dir / "meta.json").write_text(json.dumps({"output_count": len(samples)}))
 print(f"[INFO] output {len(samples)} images", flush=True)
