@@ -16,8 +16,8 @@ from functools import cached_property
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
+from .arrow_io import open_parquet
 from .errors import FlytInputError
 from .parallel import thread_map
 from .progress import progress_bar
@@ -82,7 +82,7 @@ class Pool:
             npz = self._join(stem + ".npz") if stem + ".npz" in present else None
             try:
                 with self.fs.open(parquet, "rb") as fh:
-                    pf = pq.ParquetFile(fh)
+                    pf = open_parquet(fh)
                     rows = pf.metadata.num_rows
                     schema_names = pf.schema_arrow.names
             except Exception as exc:  # pyarrow raises several types for a bad file
@@ -139,7 +139,7 @@ class Pool:
     @cached_property
     def column_names(self) -> list[str]:
         with self.fs.open(self.shards[0].parquet, "rb") as fh:
-            return list(pq.ParquetFile(fh).schema_arrow.names)
+            return list(open_parquet(fh).schema_arrow.names)
 
     # ------------------------------------------------------------------ reading
 
@@ -174,22 +174,18 @@ class Pool:
         return ShardData(shard, cols, arrays)
 
     def _read_columns(self, shard: MetadataShard, columns: list[str], no_missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """The columns of one shard. The parquet file is a Python file object (any fsspec URL), so
-        it is decoded in this thread (``use_threads=False``): Arrow's own worker threads would hold
-        the last references to buffers of that object, and a worker that releases one while the
-        interpreter is exiting (after an error, say) must take the GIL from a finalising
-        interpreter, which kills the thread with ``terminate called without an active exception``
-        (exit code 134). Shards are read in parallel by :func:`~flyt_datacomp.parallel.thread_map`."""
+        """The columns of one shard, decoded in this thread (see :func:`open_parquet`); shards are
+        read in parallel by :func:`~flyt_datacomp.parallel.thread_map`."""
         try:
             with self.fs.open(shard.parquet, "rb") as fh:
-                pf = pq.ParquetFile(fh)
+                pf = open_parquet(fh)
                 missing = [c for c in columns if c not in pf.schema_arrow.names]
                 if missing:
                     raise FlytInputError(
                         f"parquet file {shard.parquet} has no column {missing[0]!r} "
                         f"(columns: {pf.schema_arrow.names})"
                     )
-                table = pf.read(columns=columns, use_threads=False)  # see _read_columns
+                table = pf.read(columns=columns, use_threads=False)
         except FlytInputError:
             raise
         except Exception as exc:

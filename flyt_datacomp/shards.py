@@ -22,8 +22,8 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 
+from .arrow_io import open_parquet
 from .errors import FlytInputError
 from .parallel import thread_map
 from .progress import progress_bar
@@ -105,11 +105,10 @@ def _uids_from_parquet(fs: Any, path: str) -> list[str] | None:
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as fh:
-        schema = pq.read_schema(fh)
-        if "uid" not in schema.names or "status" not in schema.names:
+        pf = open_parquet(fh)
+        if not {"uid", "status"} <= set(pf.schema_arrow.names):
             return None
-        fh.seek(0)
-        table = pq.read_table(fh, columns=["uid", "status"], use_threads=False)  # see Pool._read_columns
+        table = pf.read(columns=["uid", "status"], use_threads=False)
     uid = table.column("uid").to_pylist()
     status = table.column("status").to_pylist()
     return [u for u, s in zip(uid, status) if s == "success"]
@@ -188,10 +187,9 @@ def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         if fs.exists(parquet):
             with fs.open(parquet, "rb") as fh:
-                names = pq.read_schema(fh).names
-                if {"key", "uid", "status"} <= set(names):
-                    fh.seek(0)
-                    table = pq.read_table(fh, columns=["key", "uid", "status"], use_threads=False)  # see Pool._read_columns
+                pf = open_parquet(fh)
+                if {"key", "uid", "status"} <= set(pf.schema_arrow.names):
+                    table = pf.read(columns=["key", "uid", "status"], use_threads=False)
                     import pyarrow.compute as pc
 
                     table = table.filter(pc.equal(table.column("status"), "success"))

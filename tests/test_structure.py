@@ -15,7 +15,7 @@ FLOORS = [
     ("ground", ["flyt_datacomp", "flyt_datacomp.errors", "flyt_datacomp.registry", "flyt_datacomp.scales",
                 "flyt_datacomp.process", "flyt_datacomp.progress", "flyt_datacomp.console", "flyt_datacomp.parallel",
                 "flyt_datacomp.io", "flyt_datacomp.folders", "flyt_datacomp.plots"]),
-    ("codecs", ["flyt_datacomp.uids", "flyt_datacomp.tars", "flyt_datacomp.torch_io"]),
+    ("codecs", ["flyt_datacomp.uids", "flyt_datacomp.tars", "flyt_datacomp.torch_io", "flyt_datacomp.arrow_io"]),
     ("readers", ["flyt_datacomp.pool", "flyt_datacomp.shards", "flyt_datacomp.store", "flyt_datacomp.clip_models",
                  "flyt_datacomp.sampling", "flyt_datacomp.downstream"]),
     ("learning", ["flyt_datacomp.flyt"]),

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..arrow_io import read_parquet
 from ..errors import FlytInputError, quote
 from ..io import dumps
 from ..pool import MetadataShard, Pool
@@ -65,14 +66,12 @@ class TaskData:
 
 def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
     """The per-shard computation: (shard stem, {input name: float32 values}, the shard's uid column)."""
-    import pyarrow.parquet as pq
 
     columns = sorted({c for _, p, _ in task.inputs for c in p.columns} - {"uid"})
     keys = sorted({k for _, p, _ in task.inputs for k in p.npz_keys})
     read = task.pool.read_shard(task.shard, ["uid", *columns], keys)
     with task.pool.fs.open(task.shard.parquet, "rb") as fh:
-        # use_threads=False: the file is a Python object (see Pool._read_columns)
-        uid_hex = pq.ParquetFile(fh).read(columns=["uid"], use_threads=False).column("uid").combine_chunks()
+        uid_hex = read_parquet(fh, ["uid"]).column("uid").combine_chunks()
     stem = shard_stem(task.shard.parquet)
     stored = InputStore(task.store_root).read_inputs(task.manifest_shard, task.stored, task.stored_entries,
                                                      reader=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from ..arrow_io import read_csv, read_parquet
 from ..errors import FlytInputError
 from ..pool import Pool, uid_column
 from ..uids import UID_DTYPE, first_duplicate, hex_to_uids, lookup, uid_order, uids_to_hex
@@ -45,10 +45,9 @@ def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
             if lower.endswith(".csv"):
                 import pyarrow.csv as pcsv
 
-                table = pcsv.read_csv(fh, convert_options=pcsv.ConvertOptions(
-                    column_types={"uid": pa.string()}))
+                table = read_csv(fh, convert_options=pcsv.ConvertOptions(column_types={"uid": pa.string()}))
             else:
-                table = pq.read_table(fh, use_threads=False)  # a Python file: see Pool._read_columns
+                table = read_parquet(fh)
     except FlytInputError:
         raise
     except Exception as exc:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ...arrow_io import open_parquet, read_parquet
 from ...errors import FlytInputError, quote
 from ...io import atomic_path
 from ...uids import UID_DTYPE, lookup, uid_order, uids_to_hex
@@ -153,7 +154,6 @@ def _pool_identity(pool: Any) -> str:
 def _read_sources(fs: Any, files: list[str], key_mode: str, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
     """(keys as ``u8,u8`` uids or int64 webdataset keys, {column: float32 values}, key mode used)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from ...progress import progress_bar
 
@@ -161,7 +161,7 @@ def _read_sources(fs: Any, files: list[str], key_mode: str, progress: bool) -> t
     for path in progress_bar(files, desc="importing score files", unit="file", disable=not progress):
         try:
             with fs.open(path, "rb") as fh:
-                table = pq.read_table(fh, use_threads=False)  # a Python file object (see Pool._read_columns)
+                table = read_parquet(fh)
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise FlytInputError(f"cannot read score file {path}: {exc}") from None
         if mode is None:
@@ -289,12 +289,11 @@ KNOWN_CHECKS = {"vit-b-32": "clip_b32_similarity_score", "vit-l-14": "clip_l14_s
 def source_columns(src: str) -> tuple[list[str], str | None]:
     """The numeric columns of SRC's first parquet file (besides its keys) and its key column."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     fs, files = list_sources(src)
     try:
         with fs.open(files[0], "rb") as fh:
-            schema = pq.read_schema(fh)
+            schema = open_parquet(fh).schema_arrow
     except Exception as exc:
         raise FlytInputError(f"cannot read score file {files[0]}: {exc}") from None
     numeric = [f.name for f in schema if f.name not in ("uid", "key")
