@@ -174,7 +174,7 @@ class Pool:
         return ShardData(shard, cols, arrays)
 
     def _read_columns(self, shard: MetadataShard, columns: list[str], no_missing: Sequence[str] = ()) -> dict[str, np.ndarray]:
-        """The columns of one shard, decoded in this thread (see :func:`open_parquet`); shards are
+        """The columns of one shard, decoded in this thread (see :mod:`flyt_datacomp.arrow_io`); shards are
         read in parallel by :func:`~flyt_datacomp.parallel.thread_map`."""
         try:
             with self.fs.open(shard.parquet, "rb") as fh:

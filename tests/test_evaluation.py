@@ -869,12 +869,8 @@ def test_evaluate_rerun_keeps_a_complete_last_line_without_newline(evaluated):
     assert "Found 12 eval result(s)" in r.output and results.read_text().splitlines() == full
 
 
-def test_evaluate_rerun_refuses_a_malformed_line_in_the_middle(dc, trained, tmp_path):
-    evalsets = tmp_path / "evalsets"
-    evalsets.mkdir()
-    base = ["evaluate", "--train-output-dir", trained, "--data-dir", evalsets, *dc["args"]]
-    invoke(base)
-    results = trained / "eval_results.jsonl"
+def test_evaluate_rerun_refuses_a_malformed_line_in_the_middle(dc, evaluated):
+    base, results, _ = evaluated
     lines = results.read_bytes().splitlines(keepends=True)
     lines[4] = b'{"key": "cut\n'
     results.write_bytes(b"".join(lines[:20]))

@@ -66,7 +66,6 @@ class TaskData:
 
 def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
     """The per-shard computation: (shard stem, {input name: float32 values}, the shard's uid column)."""
-
     columns = sorted({c for _, p, _ in task.inputs for c in p.columns} - {"uid"})
     keys = sorted({k for _, p, _ in task.inputs for k in p.npz_keys})
     read = task.pool.read_shard(task.shard, ["uid", *columns], keys)
