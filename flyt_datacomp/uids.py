@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -140,10 +141,14 @@ def uid_order(uids: np.ndarray) -> np.ndarray:
     The result is exact for any input, random or not.
     """
     uids = check_uid_array(uids, source="uid_order input")
-    n = len(uids)
+    return split_order(uids["f0"], uids["f1"])
+
+
+def split_order(f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
+    """:func:`uid_order` for uids given as their two halves (``uint64`` arrays of one length)."""
+    n = len(f0)
     if n < 2:
         return np.arange(n, dtype=np.int64)
-    f0 = uids["f0"]
     bits = int(n - 1).bit_length()
     shift = np.uint64(bits)
     mask = np.uint64((1 << bits) - 1)
@@ -162,7 +167,7 @@ def uid_order(uids: np.ndarray) -> np.ndarray:
         pos = np.flatnonzero(in_group)
         group = np.cumsum(~np.concatenate(([False], same)))[pos]
         sub = order[pos]
-        fix = np.lexsort((uids["f1"][sub], f0[sub], group))
+        fix = np.lexsort((f1[sub], f0[sub], group))
         order[pos] = sub[fix]
     return order
 
@@ -192,50 +197,232 @@ def uids_digest(uids: np.ndarray) -> str:
 
 def lookup(sorted_uids: np.ndarray, query: np.ndarray) -> np.ndarray:
     """Positions of ``query`` uids in the strictly sorted ``sorted_uids``; -1 where absent."""
-    f0s, f1s = sorted_uids["f0"], sorted_uids["f1"]
-    lo = np.searchsorted(f0s, query["f0"], side="left")
-    hi = np.searchsorted(f0s, query["f0"], side="right")
-    pos = np.full(len(query), -1, dtype=np.int64)
+    return split_lookup(sorted_uids["f0"], sorted_uids["f1"], query["f0"], query["f1"])
+
+
+def split_lookup(f0s: np.ndarray, f1s: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
+    """:func:`lookup` for uids given as their two halves (contiguous halves are searched in place)."""
+    lo = np.searchsorted(f0s, q0, side="left")
+    hi = np.searchsorted(f0s, q0, side="right")
+    pos = np.full(len(q0), -1, dtype=np.int64)
     single = hi - lo == 1
     hit = single.copy()
-    hit[single] = f1s[lo[single]] == query["f1"][single]
+    hit[single] = f1s[lo[single]] == q1[single]
     pos[hit] = lo[hit]
     multi = np.flatnonzero(hi - lo > 1)  # f0 shared by several uids: search f1 within the run
     for j in multi:  # rare (a 64-bit collision), so a loop is fine
-        k = lo[j] + np.searchsorted(f1s[lo[j]:hi[j]], query["f1"][j])
-        if k < hi[j] and f1s[k] == query["f1"][j]:
+        k = lo[j] + np.searchsorted(f1s[lo[j]:hi[j]], q1[j])
+        if k < hi[j] and f1s[k] == q1[j]:
             pos[j] = k
     return pos
+
+
+class UidIndex:
+    """Distinct uids, each with an optional integer (its payload), sorted in buckets by the top bits
+    of their high half: about 16 bytes per uid plus the payload, and no copy of the whole set at any
+    time, however many uids stream in.
+
+    Uids are added in chunks (:meth:`add`), then :meth:`finish` sorts each bucket and reports the
+    first uid added twice; after that :meth:`lookup` and :meth:`contains` answer chunks of queries,
+    and :meth:`sorted_buckets` gives every uid in sorted order, bucket by bucket (the buckets
+    partition the uids by their leading bits, so their concatenation is sorted).
+    """
+
+    def __init__(self, payload_dtype: Any = None, *, bits: int = 8, flush_rows: int = 1 << 22):
+        self.payload_dtype = None if payload_dtype is None else np.dtype(payload_dtype)
+        self.bits = bits
+        self.shift = np.uint64(64 - bits)
+        self.flush_rows = flush_rows
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._pending_rows = 0
+        self._pieces: list[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = [[] for _ in range(1 << bits)]
+        self._buckets: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] | None = None
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, uids: np.ndarray, payload: Any = None) -> None:
+        """Add ``uids`` (``u8,u8``) with their payloads (an array, or None without payloads)."""
+        if self._buckets is not None:
+            raise RuntimeError("UidIndex.add after finish")
+        uids = check_uid_array(uids, source="UidIndex.add input")
+        if (payload is None) != (self.payload_dtype is None):
+            raise ValueError("payloads must be given exactly when the index has a payload dtype")
+        if payload is not None:
+            payload = np.asarray(payload).astype(self.payload_dtype, copy=False)
+            if payload.shape != uids.shape:
+                raise ValueError(f"payload shape {payload.shape} differs from the uids' {uids.shape}")
+        if len(uids):
+            self._pending.append((uids, payload))
+            self._pending_rows += len(uids)
+            self.size += len(uids)
+        if self._pending_rows >= self.flush_rows:
+            self._route()
+
+    def _route(self) -> None:
+        if not self._pending:
+            return
+        uids = np.concatenate([u for u, _ in self._pending]) if len(self._pending) > 1 else self._pending[0][0]
+        payload = None
+        if self.payload_dtype is not None:
+            payload = np.concatenate([p for _, p in self._pending]) if len(self._pending) > 1 else self._pending[0][1]
+        self._pending, self._pending_rows = [], 0
+        f0 = np.ascontiguousarray(uids["f0"])
+        bucket = (f0 >> self.shift).astype(np.intp)
+        order = np.argsort(bucket, kind="stable")
+        sizes = np.bincount(bucket, minlength=len(self._pieces))
+        del bucket
+        f0 = f0[order]
+        f1 = np.ascontiguousarray(uids["f1"])[order]
+        if payload is not None:
+            payload = payload[order]
+        del uids, order
+        start = 0
+        for b in np.flatnonzero(sizes):
+            end = start + int(sizes[b])
+            self._pieces[b].append((f0[start:end].copy(), f1[start:end].copy(),
+                                    None if payload is None else payload[start:end].copy()))
+            start = end
+
+    def finish(self) -> tuple[np.ndarray, Any, Any] | None:
+        """Sort every bucket; return the first uid added twice (``(uid, payload, payload)``, payloads
+        None without them) in uid order, or None when the uids are distinct."""
+        self._route()
+        buckets = []
+        first = None
+        for b, pieces in enumerate(self._pieces):
+            if not pieces:
+                buckets.append(None)
+                continue
+            f0 = np.concatenate([p[0] for p in pieces])
+            f1 = np.concatenate([p[1] for p in pieces])
+            payload = None if self.payload_dtype is None else np.concatenate([p[2] for p in pieces])
+            self._pieces[b] = []
+            order = split_order(f0, f1)
+            f0, f1 = f0[order], f1[order]
+            if payload is not None:
+                payload = payload[order]
+            del order
+            if first is None:
+                dup = np.flatnonzero((f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1]))
+                if dup.size:
+                    i = int(dup[0])
+                    uid = np.empty(1, dtype=UID_DTYPE)
+                    uid["f0"], uid["f1"] = f0[i], f1[i]
+                    first = (uid, None if payload is None else payload[i], None if payload is None else payload[i + 1])
+            buckets.append((f0, f1, payload))
+        self._buckets = buckets
+        return first
+
+    def sorted_buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """``(f0, f1, payload)`` of each non-empty bucket, in uid order (after :meth:`finish`)."""
+        for bucket in self._finished():
+            if bucket is not None:
+                yield bucket
+
+    def _finished(self) -> list:
+        if self._buckets is None:
+            raise RuntimeError("UidIndex queried before finish")
+        return self._buckets
+
+    def _find(self, query: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+        """(found per query, [(bucket, query rows, positions in the bucket)] of the found ones)."""
+        buckets = self._finished()
+        query = check_uid_array(query, source="UidIndex query")
+        q0, q1 = np.ascontiguousarray(query["f0"]), np.ascontiguousarray(query["f1"])
+        which = (q0 >> self.shift).astype(np.intp)
+        order = np.argsort(which, kind="stable")
+        sizes = np.bincount(which, minlength=len(buckets))
+        found = np.zeros(len(query), dtype=bool)
+        hits = []
+        start = 0
+        for b in np.flatnonzero(sizes):
+            rows = order[start:start + int(sizes[b])]
+            start += int(sizes[b])
+            if buckets[b] is None:
+                continue
+            f0, f1, _ = buckets[b]
+            pos = split_lookup(f0, f1, q0[rows], q1[rows])
+            ok = pos >= 0
+            found[rows[ok]] = True
+            hits.append((b, rows[ok], pos[ok]))
+        return found, hits
+
+    def contains(self, query: np.ndarray) -> np.ndarray:
+        """For each query uid, whether the index holds it."""
+        return self._find(query)[0]
+
+    def lookup(self, query: np.ndarray, missing: int = -1) -> np.ndarray:
+        """Each query uid's payload, ``missing`` where the index does not hold it."""
+        if self.payload_dtype is None:
+            raise RuntimeError("UidIndex.lookup on an index without payloads")
+        _, hits = self._find(query)
+        out = np.full(len(query), missing, dtype=self.payload_dtype)
+        buckets = self._finished()
+        for b, rows, pos in hits:
+            out[rows] = buckets[b][2][pos]
+        return out
 
 
 # --------------------------------------------------------------------------- subset files
 
 
-def distinct_sorted(uids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The uids with a positive count, sorted, and their counts (uids must be distinct)."""
-    uids = check_uid_array(uids, source="subset uids")
+def check_counts(counts: Any, rows: int | None = None) -> np.ndarray:
+    """Repetition counts: a 1-D array of non-negative integers (``rows`` of them when given)."""
     counts = np.asarray(counts)
-    if counts.shape != uids.shape:
-        raise FlytInputError(f"subset counts have shape {counts.shape} but uids have shape {uids.shape}")
+    if rows is not None and counts.shape != (rows,):
+        raise FlytInputError(f"subset counts have shape {counts.shape} but uids have shape ({rows},)")
     if counts.dtype.kind not in "iu":
         raise FlytInputError(f"subset counts must be integers, got dtype {counts.dtype}")
     if len(counts) and counts.min() < 0:
         raise FlytInputError("subset counts must be non-negative")
-    keep = np.flatnonzero(counts > 0)
-    kept = uids[keep]
-    order = uid_order(kept)
-    kept = kept[order]
-    i = first_duplicate(kept)
-    if i is not None:
-        raise FlytInputError(f"uid {uids_to_hex(kept[i:i + 1])[0]} appears more than once in the subset input")
-    return kept, counts[keep][order].astype(np.int64)
+    return counts
 
 
-def _save_subset(fh, kept: np.ndarray, reps: np.ndarray, chunk: int = 1 << 20) -> str:
-    """Write ``np.repeat(kept, reps)`` to ``fh`` in ``np.save``'s exact format, a chunk of distinct
-    uids at a time (memory stays bounded however many entries there are); return its sha256."""
-    import hashlib
+def selected_index(uids: np.ndarray | Iterable[np.ndarray], counts: np.ndarray) -> UidIndex:
+    """The uids with a positive count, with their counts, in a :class:`UidIndex` (sorted, checked
+    distinct). ``uids``: one array aligned with ``counts``, or consecutive chunks of it (the pool's
+    uids shard by shard), so only the selected uids are ever held, once."""
+    if isinstance(uids, np.ndarray):
+        uids = check_uid_array(uids, source="subset uids")
+        counts = check_counts(counts, len(uids))
+        chunks: Iterable[np.ndarray] = [uids]
+    else:
+        counts, chunks = check_counts(counts), uids
+    index = UidIndex(counts.dtype if counts.dtype.kind == "i" else np.int64)
+    start = 0
+    for chunk in chunks:
+        chunk = check_uid_array(chunk, source="subset uids")
+        c = counts[start:start + len(chunk)]
+        if len(c) != len(chunk):
+            raise FlytInputError(f"subset counts have shape {counts.shape} but the uids have more rows")
+        keep = np.flatnonzero(c > 0)
+        index.add(chunk[keep], c[keep])
+        start += len(chunk)
+    if start != len(counts):
+        raise FlytInputError(f"subset counts have shape {counts.shape} but uids have shape ({start},)")
+    dup = index.finish()
+    if dup is not None:
+        raise FlytInputError(f"uid {uids_to_hex(dup[0])[0]} appears more than once in the subset input")
+    return index
 
+
+def distinct_sorted(uids: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The uids with a positive count, sorted, and their counts (uids must be distinct)."""
+    parts = list(selected_index(uids, counts).sorted_buckets())
+    kept = np.empty(sum(len(p[0]) for p in parts), dtype=UID_DTYPE)
+    if parts:
+        kept["f0"] = np.concatenate([p[0] for p in parts])
+        kept["f1"] = np.concatenate([p[1] for p in parts])
+    reps = np.concatenate([p[2] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return kept, reps
+
+
+def _save_subset(fh, index: UidIndex, entries: int, chunk: int = 1 << 20) -> str:
+    """Write the sorted uids of ``index``, each repeated its count, to ``fh`` in ``np.save``'s exact
+    format, a chunk of distinct uids at a time (memory stays bounded however many entries there
+    are); return the file's sha256. Checks, on the way, that every uid is larger than the last."""
     h = hashlib.sha256()
 
     class _Hashing:
@@ -244,11 +431,23 @@ def _save_subset(fh, kept: np.ndarray, reps: np.ndarray, chunk: int = 1 << 20) -
             return fh.write(data)
 
     out = _Hashing()
-    header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False,
-              "shape": (int(reps.sum()),)}
+    header = {"descr": np.lib.format.dtype_to_descr(UID_DTYPE), "fortran_order": False, "shape": (int(entries),)}
     np.lib.format.write_array_header_1_0(out, header)
-    for a in range(0, len(kept), chunk):
-        out.write(np.repeat(kept[a:a + chunk], reps[a:a + chunk]).tobytes())
+    last = None
+    written = 0
+    for f0, f1, reps in index.sorted_buckets():
+        for a in range(0, len(f0), chunk):
+            kept = np.empty(min(chunk, len(f0) - a), dtype=UID_DTYPE)
+            kept["f0"], kept["f1"] = f0[a:a + chunk], f1[a:a + chunk]
+            # cheap insurance: an unsorted file silently corrupts resharding
+            if not is_sorted(kept) or (last is not None and (kept["f0"][0], kept["f1"][0]) <= last):
+                raise RuntimeError("internal error: subset is not sorted")
+            last = (kept["f0"][-1], kept["f1"][-1])
+            block = np.repeat(kept, reps[a:a + chunk])
+            written += len(block)
+            out.write(block.tobytes())
+    if written != entries:
+        raise RuntimeError(f"internal error: wrote {written} subset entries, expected {entries}")
     return h.hexdigest()
 
 
@@ -284,7 +483,7 @@ def subset_file_bytes(entries: int) -> int:
 
 def write_subset(
     path: str | os.PathLike,
-    uids: np.ndarray,
+    uids: np.ndarray | Iterable[np.ndarray],
     counts: np.ndarray,
     *,
     info: dict[str, Any] | None = None,
@@ -294,7 +493,9 @@ def write_subset(
     """Write a DataComp subset file and its JSON sidecar (and, with ``histogram_title``, the
     repetition histogram PNG) as one atomic output set; return the sidecar dict.
 
-    ``uids`` are distinct ``u8,u8`` uids and ``counts`` their repetition counts (0 = left out).
+    ``uids`` are distinct ``u8,u8`` uids and ``counts`` their repetition counts (0 = left out);
+    ``uids`` may also be an iterable of consecutive chunks of them (a pool's uids shard by shard),
+    so that only the selected uids are held, once, bucket-sorted (:func:`selected_index`).
     ``info`` (sampler, parameters, seed, score source, ...) is recorded in the sidecar, together
     with the sha256 of the subset (and histogram) file, so a reader can check the set belongs
     together. ``path`` may be an fsspec URL. Without ``overwrite`` existing files are never replaced.
@@ -302,13 +503,13 @@ def write_subset(
     files = subset_outputs(path, histogram=histogram_title is not None)
     outputs = OutputSet(files, overwrite=overwrite)
     outputs.preflight()
-    kept, reps = distinct_sorted(uids, counts)
-    if not is_sorted(kept):  # cheap insurance: an unsorted file silently corrupts resharding
-        raise RuntimeError("internal error: subset is not sorted")
-    meta = provenance(output=str(path), **subset_stats(counts), **(info or {}))
+    index = selected_index(uids, counts)
+    stats = subset_stats(counts)
+    meta = provenance(output=str(path), **stats, **(info or {}))
     with outputs:
         with open(outputs.staged(files[0]), "wb") as fh:
-            meta["files"] = {"subset_sha256": _save_subset(fh, kept, reps)}
+            meta["files"] = {"subset_sha256": _save_subset(fh, index, stats["total_entries"])}
+        del index
         if histogram_title is not None:
             from .plots import save_repetition_histogram
 
