@@ -266,11 +266,33 @@ class Pool:
         return self._uid_index[1]
 
     def column(self, name: str, dtype: np.dtype | str | None = None, *, allow_missing: bool = True) -> np.ndarray:
-        """One parquet column over the whole pool, in pool order (nulls an error unless allowed)."""
+        """One parquet column over the whole pool, in pool order (nulls an error unless allowed),
+        filled shard by shard into one array (the whole column is held once)."""
         no_missing = () if allow_missing else (name,)
-        parts = [d.columns[name] for d in self.iter_shards([name], desc=f"reading {name}", no_missing=no_missing)]
-        out = np.concatenate(parts)
-        return out.astype(dtype, copy=False) if dtype is not None else out
+        out = None
+        for d in self.iter_shards([name], desc=f"reading {name}", no_missing=no_missing):
+            part = d.columns[name]
+            want = np.dtype(dtype) if dtype is not None else part.dtype
+            if out is None:
+                out = np.empty(self.size, dtype=want)
+            elif dtype is None and part.dtype != out.dtype:  # shards disagree: the type np.concatenate would give
+                out = out.astype(np.result_type(out, part))
+            out[d.shard.offset:d.shard.offset + d.shard.num_rows] = part
+        return out
+
+    def uid_chunks(self, desc: str = "reading uids") -> Iterator[np.ndarray]:
+        """The pool's uids (``u8,u8``) shard by shard, in pool order: slices of :attr:`uids` when
+        those were read already, else one shard's uid column at a time (nothing pool-sized held)."""
+        if "_uid_index" in self.__dict__:
+            uids = self._uid_index[0]
+            for s in self.shards:
+                yield uids[s.offset:s.offset + s.num_rows]
+            return
+        digests = []
+        for d in self.iter_shards(["uid"], desc=desc):
+            digests.append(uids_digest(d.columns["uid"]))
+            yield d.columns["uid"]
+        self.__dict__.setdefault("shard_uid_digests", digests)  # a whole pass: the store's pool check needs no other
 
     def embeddings(self, key: str) -> np.ndarray:
         """One npz array over the whole pool (stays in its stored dtype, float16 for DataComp)."""

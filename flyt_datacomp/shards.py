@@ -13,11 +13,13 @@ The folder may be any fsspec URL. Shards are read concurrently (I/O bound) with 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import posixpath
 import tarfile
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -28,7 +30,7 @@ from .errors import FlytInputError
 from .parallel import thread_map
 from .progress import progress_bar
 from .tars import iter_tar, where
-from .uids import UID_DTYPE, hex_to_uids, lookup, uid_order
+from .uids import UID_DTYPE, UidIndex, hex_to_uids, lookup, uid_order, uids_to_hex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,38 +148,141 @@ def _read_shard(fs: Any, folder: str, name: str) -> tuple[ShardInfo, np.ndarray]
     return ShardInfo(name, size, len(uids), source), uids
 
 
-def _each_tar(root, read, desc: str, progress: bool, threads: int) -> list:
-    """``read(fs, folder, name)`` for every tar of a shards folder, in name order, on ``threads`` threads."""
+def check_folder(root: str | os.PathLike) -> tuple[Any, str, list[str]]:
+    """(filesystem, folder, tar names) of a shards folder; an error when it is not a folder or
+    holds no ``.tar`` shards (a listing: seconds, whatever the download's size)."""
     fs, folder = open_folder(root)
     names = list_tars(fs, folder)
     if not names:
         raise FlytInputError(f"shards folder {root} holds no .tar shards")
-    return list(progress_bar(thread_map(lambda n: read(fs, folder, n), names, threads), total=len(names),
-                             desc=desc, unit="shard", disable=not progress))
+    return fs, folder, names
+
+
+def _each_tar(root, read, desc: str, progress: bool, threads: int) -> Iterator:
+    """``read(fs, folder, name)`` for every tar of a shards folder, in name order, on ``threads``
+    threads, yielded as they come (a few shards ahead, so nothing folder-sized is held)."""
+    fs, folder, names = check_folder(root)
+    with progress_bar(total=len(names), desc=desc, unit="shard", disable=not progress) as bar:
+        for result in thread_map(lambda n: read(fs, folder, n), names, threads):
+            bar.update(1)
+            yield result
 
 
 def index_shards(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> ShardIndex:
     """Read which uid each image of a shards folder belongs to (see the module docstring)."""
-    results = _each_tar(root, _read_shard, "indexing shards", progress, threads)
+    results = list(_each_tar(root, _read_shard, "indexing shards", progress, threads))
     infos = tuple(r[0] for r in results)
     uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
     return ShardIndex(str(root), infos, uids)
 
 
-def key_index(root: str | os.PathLike, *, progress: bool = True, threads: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Every downloaded sample's webdataset key (int64, sorted) and its uid (``u8,u8``, aligned), from
-    img2dataset's per-shard parquet files (``key``, ``uid``, ``status``), or from the tars (member
-    names and their ``.json``'s uid) where those lack the columns. Keys are how a dataset made from
-    these shards (the FLYT authors' input scores) names examples."""
-    results = _each_tar(root, _keys_of, "reading shard keys", progress, threads)
-    keys = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int64)
-    uids = np.concatenate([r[1] for r in results]) if results else np.zeros(0, dtype=UID_DTYPE)
-    order = np.argsort(keys, kind="stable")
-    keys, uids = keys[order], uids[order]
-    if len(keys) > 1 and (keys[1:] == keys[:-1]).any():
-        i = int(np.flatnonzero(keys[1:] == keys[:-1])[0])
-        raise FlytInputError(f"key {int(keys[i])} names two samples in the shards at {root}")
-    return keys, uids
+def iter_downloads(root: str | os.PathLike, *, progress: bool = True, threads: int = 8,
+                   desc: str = "reading shard keys") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each shard's successful downloads, in shard order: their webdataset keys (int64) and uids
+    (``u8,u8``), from img2dataset's per-shard parquet files (``key``, ``uid``, ``status``), or from
+    the tars (member names and their ``.json``'s uid) where those lack the columns. Keys are how a
+    dataset made from these shards (the FLYT authors' input scores) names examples."""
+    yield from _each_tar(root, _keys_of, desc, progress, threads)
+
+
+def content_digest(root: str | os.PathLike, *, progress: bool = True, threads: int = 4) -> str:
+    """A sha256 over what the key join reads of a shards folder: each shard's ``.parquet`` (its name,
+    size and content), and its ``.tar`` where the parquet is missing or lacks ``key``, ``uid`` and
+    ``status``; the same folder content gives the same digest wherever the folder is."""
+    import hashlib
+
+    import pyarrow as pa
+
+    def digest(fs: Any, folder: str, name: str) -> str:
+        stem = name[: -len(".tar")]
+        parts = []
+        try:
+            parquet = f"{folder}/{stem}.parquet"
+            tar_needed = True
+            if fs.exists(parquet):
+                with fs.open(parquet, "rb") as fh:
+                    data = fh.read()
+                parts.append(f"{stem}.parquet:{len(data)}:{hashlib.sha256(data).hexdigest()}")
+                with contextlib.suppress(Exception):
+                    names = open_parquet(pa.BufferReader(data)).schema_arrow.names
+                    tar_needed = not {"key", "uid", "status"} <= set(names)
+            if tar_needed:
+                h = hashlib.sha256()
+                size = 0
+                with fs.open(f"{folder}/{name}", "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        h.update(block)
+                        size += len(block)
+                parts.append(f"{name}:{size}:{h.hexdigest()}")
+        except OSError as exc:
+            raise FlytInputError(f"cannot read shard {folder}/{name}: {exc}") from None
+        return "\n".join(parts)
+
+    total = hashlib.sha256()
+    for part in _each_tar(root, digest, "hashing shard index files", progress, threads):
+        total.update(part.encode() + b"\n")
+    return total.hexdigest()
+
+
+def downloaded_mask(root: str | os.PathLike, pool: Any, *, progress: bool = True) -> np.ndarray:
+    """For each pool example, whether its uid has an image in the shards folder. One pass over the
+    shards builds a sorted index of the downloaded uids (16 bytes each), one pass over the pool's uid
+    columns looks each shard's uids up in it."""
+    index = UidIndex()
+    for _, uids in iter_downloads(root, progress=progress, desc="indexing shards"):
+        index.add(uids)
+    index.finish()  # a uid with two images is an image all the same
+    mask = np.zeros(pool.size, dtype=bool)
+    for uids, shard in zip(pool.uid_chunks(desc="finding the downloaded uids"), pool.shards):
+        mask[shard.offset:shard.offset + shard.num_rows] = index.contains(uids)
+    return mask
+
+
+def join_keys(root: str | os.PathLike, pool: Any, scratch: str | os.PathLike, *,
+              progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The download's webdataset keys joined to the pool: every successful download's key (int64,
+    sorted) and the pool position of its uid (aligned; -1 for a uid the pool does not hold).
+
+    Compact and streaming: one pass over the shards indexes their uids with each row's place in the
+    download (20 bytes a row) and writes the keys, in that order, to a file in ``scratch``; one pass
+    over the pool's uid columns finds each pool uid's row; then the keys are read back. A key that
+    names two samples, or a uid the pool holds twice, is an error."""
+    pos_dtype = np.int32 if pool.size < 2**31 - 1 else np.int64
+    index = UidIndex(pos_dtype)
+    scratch_file = os.path.join(os.fspath(scratch), f"keys-{os.getpid()}.bin")
+    rows = 0
+    try:
+        with open(scratch_file, "wb") as fh:
+            for keys, uids in iter_downloads(root, progress=progress):
+                if rows + len(keys) >= np.iinfo(pos_dtype).max:
+                    raise FlytInputError(f"the shards at {root} hold more samples than the pool at {pool.url} has rows")
+                index.add(uids, np.arange(rows, rows + len(keys), dtype=pos_dtype))
+                keys.astype("<i8", copy=False).tofile(fh)
+                rows += len(keys)
+        index.finish()  # a uid downloaded twice: each of its rows finds the pool example below
+        at = np.full(rows, -1, dtype=pos_dtype)
+        for uids, shard in zip(pool.uid_chunks(desc="joining the pool's uids"), pool.shards):
+            row = index.lookup(uids)
+            hit = np.flatnonzero(row >= 0)
+            taken = np.flatnonzero(at[row[hit]] >= 0)
+            if taken.size:
+                i = int(hit[taken[0]])
+                raise FlytInputError(f"uid {uids_to_hex(uids[i:i + 1])[0]} appears more than once in the pool "
+                                     f"({pool.locate(int(at[row[i]]))} and {pool.locate(shard.offset + i)})")
+            at[row[hit]] = shard.offset + hit
+        del index
+        keys = np.fromfile(scratch_file, dtype="<i8").astype(np.int64, copy=False)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(scratch_file)
+    if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):  # shards not in key order: sort
+        order = np.argsort(keys, kind="stable")
+        keys, at = keys[order], at[order]
+        del order
+    same = np.flatnonzero(keys[1:] == keys[:-1]) if len(keys) > 1 else np.zeros(0, np.int64)
+    if same.size:
+        raise FlytInputError(f"key {int(keys[same[0]])} names two samples in the shards at {root}")
+    return keys, at
 
 
 def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:
