@@ -84,8 +84,8 @@ def main(argv=None) -> int:
 
     from flyt_datacomp.cli import main as cli
     from flyt_datacomp.pool import Pool
-    from flyt_datacomp.shards import key_index, webdataset_keys
-    from flyt_datacomp.uids import lookup, uids_to_hex
+    from flyt_datacomp.shards import join_keys, webdataset_keys
+    from flyt_datacomp.uids import uids_to_hex
 
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,18 +110,17 @@ def main(argv=None) -> int:
         out["mix_and_threshold_seconds"] = time.perf_counter() - t
         assert r.exit_code == 0, r.output
 
-        # the join alone, from the files: ours (sorted int64 keys, uid arrays) against a dict-based one
+        # the join alone, from the files: ours (sorted int64 keys with pool positions, a bucket-sorted uid
+        # index) against a dict-based one
         files = sorted(paths["released"].glob("*.parquet"))
         shard_files = sorted(paths["shards"].glob("*.parquet"))
         pool = Pool(str(paths["metadata"]), progress=False)
         hexes = list(uids_to_hex(pool.uids))
         t = time.perf_counter()
         k = np.concatenate([webdataset_keys(pq.read_table(f, columns=["key"]).column("key"), str(f)) for f in files])
-        shard_keys, shard_uids = key_index(str(paths["shards"]), progress=False)
+        shard_keys, at = join_keys(str(paths["shards"]), pool, root, progress=False)
         pos = np.minimum(np.searchsorted(shard_keys, k), len(shard_keys) - 1)
-        order = pool.sorted_order
-        at = lookup(pool.uids[order], shard_uids[pos])
-        ours = np.where(at >= 0, order[np.maximum(at, 0)], -1)
+        ours = np.where(shard_keys[pos] == k, at[pos], -1)
         out["join_seconds"] = time.perf_counter() - t
         t = time.perf_counter()
         keys = [x for f in files for x in pq.read_table(f, columns=["key"]).column("key").to_pylist()]

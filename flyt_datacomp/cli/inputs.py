@@ -72,25 +72,25 @@ def import_command(src, metadata_dir, inputs_dir, fields, key, shards_dir, check
     """Import per-example scores computed elsewhere (parquet files at SRC, a local folder or any fsspec
     URL such as hf://datasets/formll/M-FLYT-input-scores) into the store --inputs-dir, keyed by uid
     or by webdataset key, with a check that the rows joined the right examples."""
-    from ..inputs.providers.imported import import_specs, source_columns
+    from ..inputs.providers.imported import check_column, import_specs, preflight
     from ..pool import Pool
 
-    columns, _ = source_columns(src)
-    pairs = []
-    for item in fields or columns:
+    pool = Pool(metadata_dir, progress=False)
+    given = []
+    for item in fields:
         name, eq, column = item.partition("=")
-        pairs.append((name.strip(), (column if eq else name).strip()))
-    unknown = [c for _, c in pairs if c not in columns]
-    if unknown:
-        raise FlytInputError(f"the files at {src} have no numeric column {unknown[0]!r} (columns: {', '.join(columns)})")
+        given.append((name.strip(), (column if eq else name).strip()))
+    # the files, their columns and keys, the shards folder: refused in seconds, before any long pass
+    schema = preflight(src, pool, key_mode=key, shards_dir=shards_dir, fields=[c for _, c in given])
+    pairs = given or [(c, c) for c in schema.numeric]
     check_map = {}
     for item in checks:
         name, eq, column = item.partition("=")
         if not eq or name.strip() not in {n for n, _ in pairs}:
             raise FlytInputError(f"--check {item!r} must be NAME=POOL_COLUMN with NAME one of the imported inputs")
         check_map[name.strip()] = column.strip()
-    pool_columns = Pool(metadata_dir, progress=False).column_names
-    specs = import_specs(src, pairs, key=key, checks=check_map, min_corr=min_correlation, pool_columns=pool_columns)
+        check_column(pool, column.strip(), f"--check {item}")
+    specs = import_specs(src, pairs, key=key, checks=check_map, min_corr=min_correlation, pool_columns=pool.column_names)
     entries = compute_inputs(metadata_dir, inputs_dir, specs, workers=workers, shards_dir=shards_dir, missing=missing,
                              recompute=recompute, progress=not quiet)
     click.echo(format_entries(entries))

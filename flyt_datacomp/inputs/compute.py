@@ -155,11 +155,13 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
     manifest = store.attach(pool)
     entries = manifest["inputs"]
     order = [n for n, _ in parsed]
+    previous = {}
     for i, (name, provider) in enumerate(parsed):
-        record = _identity(provider)
+        record = _identity(provider, progress)
         old = entries.get(name)
         if old is not None and name not in recompute:
             _check_same(name, old, record)
+            previous[name] = dict(old)
         if old is None or name in recompute:
             entries[name] = {**record, "token": new_token(), "status": "computing", "device": device}
         reads = {}
@@ -182,10 +184,12 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
     except FileExistsError:
         raise FlytInputError(f"{store.work_dir} is not a folder: the input store keeps providers' files there") from None
     fitted = []
+    shared: dict[Any, Any] = {}
     for name, provider in parsed:
         record: dict[str, Any] = {}
         ctx = FitContext(pool=pool, name=name, work_dir=store.work_dir, seed=seed, device=device,
-                         progress=progress, shards_dir=shards_dir, sources=entries[name]["sources"], record=record)
+                         progress=progress, shards_dir=shards_dir, sources=entries[name]["sources"], record=record,
+                         recompute=name in recompute, previous=previous.get(name), shared=shared)
         fitted.append((name, provider, provider.fit(ctx)))
         entries[name].update(record)
     store.write_manifest(manifest)
@@ -199,12 +203,12 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
     return {name: entries[name] for name in order}
 
 
-def _identity(provider: Provider) -> dict[str, Any]:
+def _identity(provider: Provider, progress: bool = False) -> dict[str, Any]:
     """What an input's values depend on, as the manifest holds it (JSON types)."""
     import json
 
     record = {"spec": provider.spec, "kind": provider.kind, "provider_version": provider.version,
-              "params": provider.params(), "sources": source_identities(provider.sources())}
+              "params": provider.params(), "sources": source_identities(provider.sources(), progress=progress)}
     return json.loads(dumps(record))
 
 
@@ -290,8 +294,12 @@ def _cuda() -> bool:
 def _finalise(store: InputStore, pool: Pool, manifest: dict[str, Any], name: str, missing: str) -> dict[str, Any]:
     """Pool statistics of a finished input, after its missing-value policy."""
     entries = manifest["inputs"]
-    values = np.concatenate([store.read_inputs(s, [name], entries, reader=False)[name].astype(np.float64)
-                             for s in manifest["shards"]])
+    values = np.empty(sum(s["rows"] for s in manifest["shards"]), dtype=np.float64)  # held once
+    start = 0
+    for s in manifest["shards"]:
+        part = store.read_inputs(s, [name], entries, reader=False)[name]
+        values[start:start + len(part)] = part
+        start += len(part)
     absent = np.isnan(values)
     fill = None
     if absent.any():

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ...errors import FlytInputError, quote
+from ...progress import progress_bar
 from ...registry import KindRegistry
 from ...store import NAME_PATTERN as _NAME
 from ...store import is_reserved
@@ -61,6 +62,9 @@ class FitContext:
     shards_dir: str | None = None  # image shards, for providers that read images
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)  # {file: {bytes, sha256}} of sources()
     record: dict[str, Any] = dataclasses.field(default_factory=dict)  # facts fit adds to the manifest entry
+    recompute: bool = False  # the run recomputes this input: redo what fit keeps in the work folder
+    previous: dict[str, Any] | None = None  # the store's entry of this input, when the run continues or reuses it
+    shared: dict[Any, Any] = dataclasses.field(default_factory=dict)  # shared by the fits of one run (work done once)
 
 
 class Provider:
@@ -135,8 +139,8 @@ def parse_spec(text: str) -> tuple[str, Provider]:
     cls = PROVIDERS[kind]
     options = {o.name: o for o in cls.options}
     args: dict[str, Any] = {o.name: o.default for o in cls.options}
-    positional = []
-    for arg in raw:
+    positional, at = [], []
+    for i, arg in enumerate(raw):
         key, eq, value = arg.partition("=")
         if eq and key in options:
             opt = options[key]
@@ -152,6 +156,9 @@ def parse_spec(text: str) -> tuple[str, Provider]:
             raise FlytInputError(f"input {quote(text)}: unknown option {quote(key)} for {kind} (options: {known})")
         else:
             positional.append(arg)
+            at.append(i)
+    if len(positional) > len(cls.positional) == 1 and at[-1] - at[0] == len(at) - 1:
+        positional = [":".join(positional)]  # one path or URL holding ':' (/data/a:b/scores, http://host:8080/x)
     if len(positional) != len(cls.positional):
         want = " ".join(f"<{p}>" for p in cls.positional) or "no bare arguments"
         raise FlytInputError(f"input {quote(text)}: {kind} takes {want}, got {len(positional)}")
@@ -166,7 +173,7 @@ def parse_spec(text: str) -> tuple[str, Provider]:
     return name, provider
 
 
-def source_identities(sources: Sequence[str]) -> dict[str, dict[str, Any]]:
+def source_identities(sources: Sequence[str], *, progress: bool = False) -> dict[str, dict[str, Any]]:
     """``{file: {"bytes": size, "sha256": digest}}`` of every file the paths, URLs or globs name (a
     name that matches nothing is left out: the provider's ``fit`` says it is missing). A file whose
     store already knows its sha256 (a Hugging Face LFS file, an object store's checksum) is not read
@@ -181,7 +188,8 @@ def source_identities(sources: Sequence[str]) -> dict[str, dict[str, Any]]:
                 files = sorted(fs.glob(path))
             else:
                 files = [path] if fs.isfile(path) else []
-            for f in files:
+            for f in progress_bar(files, desc="hashing the source files", unit="file",
+                                  disable=not progress or len(files) < 2):
                 key = source if len(files) == 1 and not glob.has_magic(path) else f
                 out[key] = _file_identity(fs, f)
         except (OSError, ValueError, ImportError) as exc:

@@ -8,36 +8,56 @@ files: ``{key[:8]}_scores.parquet`` with a ``key`` column). Keys are joined to u
 downloaded shards' img2dataset parquet files (``key``, ``uid``, ``status``; the tars' ``.json``
 members where those are missing), so the download must be the one the keys were made for.
 
-Every field of one SRC is read in one pass and kept in the store's work folder in pool order
-(one float32 ``.npy`` per column, NaN where the pool example has no row), so importing 12 fields
-reads the files once. The checks, each a clear error:
+How it scales (DataComp medium: 115M rows of 12 fields against a pool of 128M): nothing per row is
+a Python object, and nothing pool-sized is held but the join:
+
+1. :func:`preflight` checks, in seconds, what would otherwise fail late: the files and their
+   columns and key column, the first keys against the shards they name, the shards folder, the
+   check columns of the pool.
+2. The join (:func:`flyt_datacomp.shards.join_keys`): every downloaded key, sorted, with the pool
+   position of its uid (12 bytes a row), cached in the store's work folder under the content of
+   the shards' parquet files and the pool's uids (``join-<digest>``): a download fixed in place is
+   joined afresh, and ``recompute`` joins again in any case. Keyed by uid, the pool's uids are
+   indexed instead (:class:`flyt_datacomp.uids.UidIndex`).
+3. One pass over SRC, file by file and batch by batch, writes every numeric column into a
+   memory-mapped pool-order column (float32 ``.npy``, NaN where the pool example has no row) in
+   ``import-<digest>``, so importing 12 fields reads the files once.
+
+The checks, each a clear error:
 
 * a key or uid that appears twice, a key that is not digits, a uid that is not 32 hex characters;
 * the join: when a field measures what a pool column measures (``check=clip_b32_similarity_score``
   for the authors' ``vit-b-32``), their correlation over the joined rows must reach ``min_corr``
-  (0.99): a key-to-uid join against a download with another shard layout gives every example
-  someone else's score, and this is how it shows;
+  (0.99), computed shard by shard: a key-to-uid join against a download with another shard layout
+  gives every example someone else's score, and this is how it shows;
 * coverage is the store's ``missing`` policy: pool examples without a row are an error unless a
   fill (min or mean) is chosen, which the store records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...arrow_io import open_parquet, read_parquet
+from ...arrow_io import open_parquet
 from ...errors import FlytInputError, quote
 from ...io import atomic_path
-from ...uids import UID_DTYPE, lookup, uid_order, uids_to_hex
+from ...uids import UidIndex, uids_to_hex
 from .base import FitContext, Option, Provider, register_provider
 
 KEY_MODES = ("auto", "uid", "key")
+KEY_COLUMNS = ("uid", "key")
+_BATCH = 1 << 20  # rows of a score file read at once
 
 
 @register_provider
@@ -64,16 +84,30 @@ class ImportedInput(Provider):
 
     def fit(self, ctx: FitContext) -> Any:
         column = self.args["column"] or ctx.name
-        table = joined_table(self.args["src"], ctx, self.args["key"])
-        if column not in table["columns"]:
+        check = self.args["check"]
+        if check:
+            check_column(ctx.pool, check, f"input {quote(ctx.name)}")
+        src, key = self.args["src"], self.args["key"]
+        schema = _memo(ctx, ("schema", src, key), lambda: read_schema(src, key))
+        shards = shards_identity(ctx, schema)
+        before = (ctx.previous or {}).get("shards_sha256")
+        if before and shards and before != shards:
+            raise FlytInputError(
+                f"input {quote(ctx.name)} ({ctx.previous['status']} in the store) was joined to uids through the shards "
+                f"at {ctx.shards_dir}, whose index files (img2dataset's parquet files) have changed since: its values "
+                f"may belong to other examples. Nothing was imported: set `recompute` {ctx.name} to join and import it "
+                "again", params=["recompute"])
+        if column not in schema.numeric:
             raise FlytInputError(f"input {quote(self.spec)}: the files at {self.args['src']} have no numeric column "
-                                 f"{quote(column)} (columns: {', '.join(table['columns'])})")
+                                 f"{quote(column)} (columns: {', '.join(schema.numeric)})")
+        table = joined_table(self.args["src"], ctx, schema, shards)
         path = table["columns"][column]
         ctx.record.update({"source_rows": table["rows"], "source_key": table["key"], "source_files": table["files"],
                            "source_rows_not_in_pool": table["rows_not_in_pool"]})
-        check = self.args["check"]
+        if shards:
+            ctx.record["shards_sha256"] = shards
         if check:
-            ctx.record["join_check"] = check_join(np.load(path, mmap_mode="r"), ctx.pool, check, self.args["min_corr"],
+            ctx.record["join_check"] = check_join(path, ctx.pool, check, self.args["min_corr"],
                                                   f"input {quote(ctx.name)} ({column} of {self.args['src']})")
         return path
 
@@ -107,84 +141,56 @@ def list_sources(src: str) -> tuple[Any, list[str]]:
     return fs, files
 
 
-def joined_table(src: str, ctx: FitContext, key_mode: str) -> dict[str, Any]:
-    """Every numeric column of SRC in pool order, cached in the store's work folder (one pass over
-    the files for all the fields of one SRC)."""
-    identity = {"src": src, "key": key_mode, "sources": ctx.sources, "pool": _pool_identity(ctx.pool),
-                "shards_dir": ctx.shards_dir if key_mode != "uid" else None}
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    folder = ctx.work_dir / f"import-{digest}"
-    record = folder / "import.json"
-    if record.is_file():
-        try:
-            done = json.loads(record.read_text())
-            if done.get("identity") == identity and all(os.path.isfile(p) for p in done["columns"].values()):
-                return done
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # redo the import below
-    folder.mkdir(parents=True, exist_ok=True)
-    fs, files = list_sources(src)
-    keys, columns, mode = _read_sources(fs, files, key_mode, ctx.progress)
-    positions, not_in_pool = _positions(keys, mode, ctx, files)
-    out = {}
-    for name, values in columns.items():
-        full = np.full(ctx.pool.size, np.nan, dtype=np.float32)
-        found = positions >= 0
-        full[positions[found]] = values[found]
-        path = folder / f"{_safe(name)}.npy"
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, full)
-        out[name] = str(path)
-    done = {"identity": identity, "columns": out, "rows": int(len(positions)), "key": mode, "files": len(files),
-            "rows_not_in_pool": int(not_in_pool)}
-    with atomic_path(record) as tmp:
-        tmp.write_text(json.dumps(done))
-    return done
+# ------------------------------------------------------------------------------------- preflight
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+@dataclasses.dataclass(frozen=True)
+class SourceSchema:
+    """What the footers of SRC's files say: the key column and the numeric columns all files share."""
+
+    fs: Any
+    files: list[str]
+    key: str  # "uid" or "key"
+    numeric: list[str]  # numeric columns besides the key, in the first file's order
+    other: list[str]  # columns of the first file that are neither keys nor numbers
 
 
-def _pool_identity(pool: Any) -> str:
-    """The pool's uids in pool order, hashed (the cache is in pool order)."""
-    return hashlib.sha256(np.ascontiguousarray(pool.uids).tobytes()).hexdigest()
-
-
-def _read_sources(fs: Any, files: list[str], key_mode: str, progress: bool) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
-    """(keys as ``u8,u8`` uids or int64 webdataset keys, {column: float32 values}, key mode used)."""
+def read_schema(src: str, key_mode: str = "auto") -> SourceSchema:
+    """Every file's footer (no data): each must have the key column and the first file's numeric
+    columns, as numbers."""
     import pyarrow as pa
 
-    from ...progress import progress_bar
-
-    mode, names, keys, parts = None, None, [], {}
-    for path in progress_bar(files, desc="importing score files", unit="file", disable=not progress):
+    fs, files = list_sources(src)
+    key = numeric = other = None
+    for path in files:
         try:
             with fs.open(path, "rb") as fh:
-                table = read_parquet(fh)
+                schema = open_parquet(fh).schema_arrow
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise FlytInputError(f"cannot read score file {path}: {exc}") from None
-        if mode is None:
-            mode = _key_mode(table.column_names, key_mode, path)
-            names = [n for n, t in zip(table.column_names, table.schema.types)
-                     if n not in ("uid", "key") and (pa.types.is_floating(t) or pa.types.is_integer(t))]
-            if not names:
-                raise FlytInputError(f"score file {path} has no numeric column besides its keys")
-        if mode not in table.column_names:
-            raise FlytInputError(f"score file {path} has no {mode!r} column, unlike {files[0]}")
-        missing = [n for n in names if n not in table.column_names]
+        types = {f.name: f.type for f in schema}
+        if key is None:
+            key = _key_mode(list(types), key_mode, path)
+            numeric = [n for n, t in types.items() if n not in KEY_COLUMNS and _is_number(t)]
+            other = [n for n, t in types.items() if n not in KEY_COLUMNS and not _is_number(t)]
+        if key not in types:
+            raise FlytInputError(f"score file {path} has no {key!r} column, unlike {files[0]}")
+        if not (pa.types.is_string(types[key]) or pa.types.is_large_string(types[key])):
+            raise FlytInputError(f"score file {path}: its {key!r} column holds {types[key]}, not strings")
+        missing = [n for n in numeric if n not in types]
         if missing:
             raise FlytInputError(f"score file {path} lacks column(s) {', '.join(missing)}, which {files[0]} has")
-        keys.append(_keys(table.column(mode), mode, path))
-        for n in names:
-            col = table.column(n)
-            if col.null_count:
-                raise FlytInputError(f"score file {path}: column {n!r} has {col.null_count} missing values")
-            parts.setdefault(n, []).append(col.to_numpy().astype(np.float32))
-    all_keys = np.concatenate(keys)
-    columns = {n: np.concatenate(v) for n, v in parts.items()}
-    _refuse_duplicates(all_keys, mode, files)
-    return all_keys, columns, mode
+        wrong = [n for n in numeric if not _is_number(types[n])]
+        if wrong:
+            raise FlytInputError(f"score file {path}: column {wrong[0]!r} holds {types[wrong[0]]}, not numbers as in "
+                                 f"{files[0]}")
+    return SourceSchema(fs, files, key, numeric, other)
+
+
+def _is_number(t: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_floating(t) or pa.types.is_integer(t)
 
 
 def _key_mode(names: list[str], wanted: str, path: str) -> str:
@@ -192,10 +198,308 @@ def _key_mode(names: list[str], wanted: str, path: str) -> str:
         if wanted not in names:
             raise FlytInputError(f"score file {path} has no {wanted!r} column (columns: {', '.join(names)})")
         return wanted
-    for mode in ("uid", "key"):
+    for mode in KEY_COLUMNS:
         if mode in names:
             return mode
     raise FlytInputError(f"score file {path} has neither a 'uid' nor a 'key' column (columns: {', '.join(names)})")
+
+
+def check_column(pool: Any, column: str, what: str) -> None:
+    """A check column must be a numeric column of the pool (read from the first file's footer)."""
+    if column not in pool.column_names:
+        raise FlytInputError(f"{what}: the check column {quote(column)} is not a column of the pool at {pool.url}")
+    with pool.fs.open(pool.shards[0].parquet, "rb") as fh:
+        kind = open_parquet(fh).schema_arrow.field(column).type
+    if not _is_number(kind):
+        raise FlytInputError(f"{what}: the check column {quote(column)} of the pool holds {kind}, not numbers: a "
+                             "correlation needs a numeric column such as clip_b32_similarity_score")
+
+
+def preflight(src: str, pool: Any, *, key_mode: str = "auto", shards_dir: str | None = None,
+              fields: Sequence[str] = (), checks: dict[str, str] | None = None) -> SourceSchema:
+    """Everything that can be checked before the long passes, in seconds: SRC's files, their key
+    and numeric columns (``fields`` among them), the shards folder and the first keys against the
+    shard they name, and the check columns of the pool."""
+    schema = read_schema(src, key_mode)
+    if not schema.numeric:
+        kinds = f" (its other columns: {', '.join(schema.other)})" if schema.other else ""
+        raise FlytInputError(f"the files at {src} have no numeric score column besides their {schema.key!r} "
+                             f"column{kinds}: nothing to import")
+    unknown = [c for c in fields if c not in schema.numeric]
+    if unknown:
+        text = f" ({unknown[0]!r} holds no numbers)" if unknown[0] in schema.other else ""
+        raise FlytInputError(f"the files at {src} have no numeric column {unknown[0]!r}{text} (numeric columns: "
+                             f"{', '.join(schema.numeric)})")
+    for name, column in (checks or {}).items():
+        check_column(pool, column, f"input {quote(name)}")
+    if schema.key == "key":
+        if not shards_dir:
+            raise _needs_shards(schema.files)
+        from ...shards import check_folder
+
+        fs, folder, tars = check_folder(shards_dir)
+        _check_first_keys(schema, fs, folder, tars, shards_dir)
+    return schema
+
+
+def _needs_shards(files: list[str]) -> FlytInputError:
+    return FlytInputError(f"the score files at {os.path.dirname(files[0])} are keyed by webdataset key: give "
+                          "`shards_dir`, the downloaded image shards the keys belong to, to join them to uids",
+                          params=["shards_dir"])
+
+
+def _check_first_keys(schema: SourceSchema, fs: Any, folder: str, tars: list[str], shards_dir: str) -> None:
+    """The first key of SRC must be a key of the shard img2dataset's naming puts it in (its leading
+    digits are the shard's name): a folder of another download shows here, not after the passes."""
+    from ...shards import webdataset_keys
+
+    with schema.fs.open(schema.files[0], "rb") as fh:
+        batch = next(open_parquet(fh).iter_batches(batch_size=64, columns=["key"], use_threads=False), None)
+    if batch is None or batch.num_rows == 0:
+        return
+    webdataset_keys(batch.column(0), schema.files[0])  # malformed keys: an error naming the row
+    first = batch.column(0)[0].as_py()
+    stems = {t[: -len(".tar")] for t in tars}
+    width = len(next(iter(stems)))
+    stem = first[:width]
+    if not all(len(s) == width and s.isdigit() for s in stems) or len(first) <= width:
+        return  # not img2dataset's naming: the join itself will tell
+    if stem not in stems:
+        raise FlytInputError(f"key {first} (the first row of {schema.files[0]}) names shard {stem}, which the shards "
+                             f"folder {shards_dir} does not hold ({len(tars):,} shards, {min(stems)} to {max(stems)}): "
+                             "are the scores another download's?")
+    parquet = f"{folder}/{stem}.parquet"
+    if not fs.exists(parquet):
+        return
+    with fs.open(parquet, "rb") as fh:
+        pf = open_parquet(fh)
+        if "key" not in pf.schema_arrow.names:
+            return
+        keys = webdataset_keys(pf.read(columns=["key"], use_threads=False).column("key"), parquet)
+    if not (keys == int(first)).any():
+        raise FlytInputError(f"key {first} (the first row of {schema.files[0]}) is not a key of shard {parquet}: "
+                             "are the scores another download's?")
+
+
+# ------------------------------------------------------------------------------------- the import
+
+
+def shards_identity(ctx: FitContext, schema: SourceSchema) -> str | None:
+    """For files keyed by webdataset key, the digest of the shards' index files (once per run)."""
+    if schema.key != "key":
+        return None
+    if not ctx.shards_dir:
+        raise _needs_shards(schema.files)
+    from ...shards import check_folder, content_digest
+
+    check_folder(ctx.shards_dir)
+    return _memo(ctx, ("shards", str(ctx.shards_dir)), lambda: content_digest(ctx.shards_dir, progress=ctx.progress))
+
+
+def joined_table(src: str, ctx: FitContext, schema: SourceSchema, shards: str | None) -> dict[str, Any]:
+    """Every numeric column of SRC in pool order, cached in the store's work folder (one pass over
+    the files for all the fields of one SRC; see the module docstring)."""
+    pool_digest = hashlib.sha256("\n".join(ctx.pool.shard_uid_digests).encode()).hexdigest()
+    identity = {"src": src, "key": schema.key, "sources": ctx.sources, "pool": pool_digest, "shards": shards}
+    folder = ctx.work_dir / f"import-{_digest(identity)}"
+    redo = ctx.recompute and not _memo(ctx, ("imported", str(folder)), lambda: False, peek=True)
+    done = None if redo else _read_record(folder / "import.json", identity)
+    if done is None:
+        with _cache_writes(folder):
+            join = _join(ctx, schema.key, shards, pool_digest)
+            done = _import(schema, ctx, join, folder, identity)
+        _drop_stale(ctx.work_dir, "import", folder, lambda old: old.get("src") == src and old.get("pool") == pool_digest)
+    _memo(ctx, ("imported", str(folder)), lambda: True)
+    return done
+
+
+def _drop_stale(work_dir: Path, kind: str, keep: Path, same_origin) -> None:
+    """Remove the caches of ``kind`` that an import of the same origin made before (another content of
+    its files or shards): the new one replaces them, and each holds gigabytes at DataComp's scales."""
+    for folder in work_dir.glob(f"{kind}-*"):
+        if folder == keep:
+            continue
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            record = json.loads((folder / f"{kind}.json").read_text())
+            if same_origin(record["identity"] if kind == "import" else {**record["identity"], **record}):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _memo(ctx: FitContext, key: tuple, make, *, peek: bool = False) -> Any:
+    """A value computed once per run (shared by the fits of one ``compute_inputs`` call)."""
+    if key in ctx.shared:
+        return ctx.shared[key]
+    value = make()
+    if not peek:
+        ctx.shared[key] = value
+    return value
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_record(record: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        done = json.loads(record.read_text())
+        if done.get("identity") == identity and all(os.path.isfile(p) for p in done["columns"].values()):
+            return done
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # redo it
+    return None
+
+
+@contextlib.contextmanager
+def _cache_writes(folder: Path) -> Iterator[None]:
+    """A failed write into the import's cache (a full disk; numpy reports a short write as an
+    ``OSError`` without an errno) is one clear error; what the store committed is kept."""
+    try:
+        yield
+    except OSError as exc:  # the readers report their own files' errors as input errors
+        raise FlytInputError(f"cannot write the import's cache in {folder.parent}: {exc.strerror or exc}; the store's "
+                             "earlier files are kept as they were: free some space (the import needs about 16 bytes "
+                             "per pool example and field, plus 12 per downloaded example) and run again") from None
+
+
+@dataclasses.dataclass
+class Join:
+    """How a source row finds its pool position: sorted download keys with their pool positions
+    (``key`` mode), or the pool's uids indexed (``uid`` mode)."""
+
+    keys: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    uids: UidIndex | None = None
+
+    def positions_of(self, batch_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(pool position per row, -1 where none; whether the row's key is a key of the download;
+        the key's index among the download's keys, valid where it is one)."""
+        if self.uids is not None:
+            pos = self.uids.lookup(batch_keys)
+            return pos, pos >= 0, None
+        if not len(self.keys):
+            return np.full(len(batch_keys), -1), np.zeros(len(batch_keys), bool), None
+        i = np.searchsorted(self.keys, batch_keys)
+        np.minimum(i, len(self.keys) - 1, out=i)
+        known = self.keys[i] == batch_keys
+        return np.where(known, self.positions[i], -1), known, i
+
+
+def _join(ctx: FitContext, mode: str, shards: str | None, pool_digest: str) -> Join:
+    """The join for ``mode``: the pool's uids indexed, or the download's keys joined to the pool
+    (cached in the work folder by the shards' content and the pool's uids)."""
+    if mode == "uid":
+        index = UidIndex(np.int32 if ctx.pool.size < 2**31 - 1 else np.int64)
+        for uids, shard in zip(ctx.pool.uid_chunks(desc="indexing the pool's uids"), ctx.pool.shards):
+            index.add(uids, np.arange(shard.offset, shard.offset + shard.num_rows))
+        dup = index.finish()
+        if dup is not None:
+            a, b = sorted((int(dup[1]), int(dup[2])))
+            raise FlytInputError(f"uid {uids_to_hex(dup[0])[0]} appears more than once in the pool "
+                                 f"({ctx.pool.locate(a)} and {ctx.pool.locate(b)})")
+        return Join(uids=index)
+    identity = {"pool": pool_digest, "shards": shards}
+    folder = ctx.work_dir / f"join-{_digest(identity)}"
+    record = folder / "join.json"
+    redo = ctx.recompute and not _memo(ctx, ("joined", str(folder)), lambda: False, peek=True)
+    if not redo:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            if json.loads(record.read_text())["identity"] == identity:
+                _memo(ctx, ("joined", str(folder)), lambda: True)
+                return Join(keys=np.load(folder / "keys.npy"), positions=np.load(folder / "positions.npy"))
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    from ...shards import join_keys
+
+    keys, positions = join_keys(ctx.shards_dir, ctx.pool, folder, progress=ctx.progress)
+    for name, values in (("keys", keys), ("positions", positions)):
+        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as fh:
+            np.save(fh, values)
+    with atomic_path(record) as tmp:
+        tmp.write_text(json.dumps({"identity": identity, "shards_dir": str(ctx.shards_dir), "rows": int(len(keys)),
+                                   "rows_in_pool": int((positions >= 0).sum())}))
+    _drop_stale(ctx.work_dir, "join", folder, lambda old: old.get("pool") == pool_digest
+                and old.get("shards_dir") == str(ctx.shards_dir))
+    _memo(ctx, ("joined", str(folder)), lambda: True)
+    return Join(keys=keys, positions=positions)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+
+
+def _new_column(path: Path, size: int) -> None:
+    """A float32 ``.npy`` of ``size`` NaN, written through the file (not a mapping: no memory held)."""
+    block = np.full(min(size, 1 << 20), np.nan, dtype="<f4").tobytes()
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (size,)})
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            fh.write(block[: 4 * n])
+            left -= n
+
+
+def _import(schema: SourceSchema, ctx: FitContext, join: Join, folder: Path, identity: dict) -> dict[str, Any]:
+    """One pass over SRC: each batch's rows find their pool positions, every numeric column is
+    written there into its memory-mapped pool-order column."""
+    from ...progress import progress_bar
+
+    with contextlib.suppress(FileNotFoundError):
+        (folder / "import.json").unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {n: folder / f"{_safe(n)}.npy" for n in schema.numeric}
+    for path in paths.values():
+        _new_column(path, ctx.pool.size)
+    filled = np.zeros(ctx.pool.size, dtype=bool)  # pool examples a row was joined to
+    seen = None if join.keys is None else np.zeros(len(join.keys), dtype=bool)  # download keys met
+    unmatched: list[np.ndarray] = []  # rows that join no pool example (their keys, for the duplicate check)
+    rows = known_rows = 0
+    where = os.path.dirname(schema.files[0]) or schema.files[0]
+    for path in progress_bar(schema.files, desc="importing score files", unit="file", disable=not ctx.progress):
+        for batch in _batches(schema, path):
+            keys = _keys(batch.column(schema.key), schema.key, path)
+            pos, known, index = join.positions_of(keys)
+            rows += len(keys)
+            known_rows += int(known.sum())
+            if seen is not None and index is not None:
+                _refuse_twice(join.keys, index[known], seen, "key", where)
+            hit = np.flatnonzero(pos >= 0)
+            order = hit[np.argsort(pos[hit], kind="stable")]
+            at = pos[order]
+            twice = np.flatnonzero(at[1:] == at[:-1]) if len(at) > 1 else np.zeros(0, np.int64)
+            again = np.flatnonzero(filled[at])
+            if twice.size or again.size:
+                p = int(at[twice[0]]) if twice.size else int(at[again[0]])
+                raise _twice_in_pool(ctx.pool, p, schema.key, where)
+            filled[at] = True
+            if not known.all():  # rows of no download key (or of no pool uid): held for the duplicate check
+                unmatched.append(keys[~known])
+            for name, out in paths.items():
+                col = batch.column(name)
+                if col.null_count:
+                    raise FlytInputError(f"score file {path}: column {name!r} has {col.null_count} missing values")
+                values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+                column = np.load(out, mmap_mode="r+")
+                column[at] = values[order]
+                del column  # unmapped: the written pages leave this process's memory
+    _refuse_unmatched_twice(unmatched, schema.key, where)
+    if schema.key == "key" and rows and not known_rows:
+        raise FlytInputError(f"none of the {rows:,} keys of the score files at {where} is a key of the shards at "
+                             f"{ctx.shards_dir}: are they another download's?")
+    done = {"identity": identity, "columns": {n: str(p) for n, p in paths.items()}, "rows": int(rows),
+            "key": schema.key, "files": len(schema.files), "rows_not_in_pool": int(rows - filled.sum())}
+    with atomic_path(folder / "import.json") as tmp:
+        tmp.write_text(json.dumps(done))
+    return done
+
+
+def _batches(schema: SourceSchema, path: str) -> Iterator[Any]:
+    try:
+        with schema.fs.open(path, "rb") as fh:
+            pf = open_parquet(fh)
+            yield from pf.iter_batches(batch_size=_BATCH, columns=[schema.key, *schema.numeric], use_threads=False)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise FlytInputError(f"cannot read score file {path}: {exc}") from None
 
 
 def _keys(col: Any, mode: str, path: str) -> np.ndarray:
@@ -210,70 +514,68 @@ def _keys(col: Any, mode: str, path: str) -> np.ndarray:
     return webdataset_keys(col, path)
 
 
-def _refuse_duplicates(keys: np.ndarray, mode: str, files: list[str]) -> None:
-    order = uid_order(keys) if mode == "uid" else np.argsort(keys, kind="stable")
-    s = keys[order]
-    if len(s) < 2:
+def _refuse_twice(keys: np.ndarray, i: np.ndarray, seen: np.ndarray, mode: str, where: str) -> None:
+    """A download key met twice (in this batch or before) is an error; else mark the batch's keys."""
+    i = np.sort(i)
+    twice = np.flatnonzero(i[1:] == i[:-1]) if len(i) > 1 else np.zeros(0, np.int64)
+    again = np.flatnonzero(seen[i])
+    if twice.size or again.size:
+        k = int(keys[i[twice[0]]] if twice.size else keys[i[again[0]]])
+        raise FlytInputError(f"the score files at {where} list {mode} {k} more than once")
+    seen[i] = True
+
+
+def _refuse_unmatched_twice(parts: list[np.ndarray], mode: str, where: str) -> None:
+    """Rows that join no pool example must not repeat either (their keys are held until the end)."""
+    if not parts:
         return
-    same = (s["f0"][1:] == s["f0"][:-1]) & (s["f1"][1:] == s["f1"][:-1]) if mode == "uid" else s[1:] == s[:-1]
-    if same.any():
-        i = int(np.flatnonzero(same)[0])
-        shown = uids_to_hex(s[i:i + 1])[0] if mode == "uid" else str(int(s[i]))
-        raise FlytInputError(f"the score files at {os.path.dirname(files[0]) or files[0]} list {mode} {shown} more "
-                             "than once")
-
-
-def _positions(keys: np.ndarray, mode: str, ctx: FitContext, files: list[str]) -> tuple[np.ndarray, int]:
-    """Each row's pool position (-1: no pool example) and how many rows match none."""
-    pool_uids = ctx.pool.uids
-    order = ctx.pool.sorted_order
+    keys = np.concatenate(parts)
     if mode == "uid":
-        uids = keys
-    else:
-        if not ctx.shards_dir:
-            raise FlytInputError(f"the score files at {os.path.dirname(files[0])} are keyed by webdataset key: give "
-                                 "`shards_dir`, the downloaded image shards the keys belong to, to join them to uids",
-                                 params=["shards_dir"])
-        from ...shards import key_index
-
-        shard_keys, shard_uids = key_index(ctx.shards_dir, progress=ctx.progress)  # sorted by key
-        pos = np.searchsorted(shard_keys, keys)
-        pos = np.minimum(pos, max(len(shard_keys) - 1, 0))
-        found = (len(shard_keys) > 0) & (shard_keys[pos] == keys) if len(shard_keys) else np.zeros(len(keys), bool)
-        if not found.any():
-            raise FlytInputError(f"none of the {len(keys):,} keys of the score files at {os.path.dirname(files[0])} is "
-                                 f"a key of the shards at {ctx.shards_dir}: are they another download's?")
-        uids = np.zeros(len(keys), dtype=UID_DTYPE)
-        uids[found] = shard_uids[pos[found]]
-    at = lookup(pool_uids[order], uids)
-    positions = np.where(at >= 0, order[np.maximum(at, 0)], -1)
-    if mode != "uid":
-        positions = np.where(found, positions, -1)
-    matched = np.sort(positions[positions >= 0])
-    twice = np.flatnonzero(matched[1:] == matched[:-1])
-    if twice.size:
-        uid = uids_to_hex(pool_uids[matched[twice[0]]: matched[twice[0]] + 1])[0]
-        raise FlytInputError(f"two rows of the score files at {os.path.dirname(files[0])} join to the same pool example "
-                             f"(uid {uid}): the download holds that uid under two keys")
-    return positions, int((positions < 0).sum())
+        index = UidIndex()
+        index.add(keys)
+        dup = index.finish()
+        if dup is not None:
+            raise FlytInputError(f"the score files at {where} list uid {uids_to_hex(dup[0])[0]} more than once")
+        return
+    keys.sort()
+    same = np.flatnonzero(keys[1:] == keys[:-1])
+    if same.size:
+        raise FlytInputError(f"the score files at {where} list key {int(keys[same[0]])} more than once")
 
 
-def check_join(values: np.ndarray, pool: Any, column: str, min_corr: float, what: str) -> dict[str, Any]:
-    """Refuse ``values`` (pool order, NaN = no row) unless they correlate at least ``min_corr`` with
-    the pool column ``column`` over the rows both have; the check's record for the manifest."""
-    if column not in pool.column_names:
-        raise FlytInputError(f"{what}: the check column {quote(column)} is not a column of the pool")
-    ref = pool.column(column).astype(np.float64)
-    both = ~np.isnan(values) & np.isfinite(ref)
-    n = int(both.sum())
+def _twice_in_pool(pool: Any, position: int, mode: str, where: str) -> FlytInputError:
+    shard = next(s for s in pool.shards if s.offset <= position < s.offset + s.num_rows)
+    uids = pool.read_shard(shard, ["uid"]).columns["uid"]
+    uid = uids_to_hex(uids[position - shard.offset: position - shard.offset + 1])[0]
+    if mode == "uid":
+        return FlytInputError(f"the score files at {where} list uid {uid} more than once")
+    return FlytInputError(f"two rows of the score files at {where} join to the same pool example (uid {uid}): the "
+                          "download holds that uid under two keys")
+
+
+# ------------------------------------------------------------------------------------- the join check
+
+
+def check_join(values: np.ndarray | str | os.PathLike, pool: Any, column: str, min_corr: float,
+               what: str) -> dict[str, Any]:
+    """Refuse ``values`` (pool order, NaN = no row; an array or a ``.npy`` file, read mapped) unless
+    they correlate at least ``min_corr`` with the pool column ``column`` over the rows both have;
+    the check's record for the manifest. Computed shard by shard (:func:`correlation_part` per
+    metadata shard, :func:`merge_parts` combining them exactly), so nothing pool-sized is read at once."""
+    check_column(pool, column, what)
+    if not isinstance(values, np.ndarray):
+        values = np.load(values, mmap_mode="r")
+    total = None
+    for data in pool.iter_shards([column], desc=f"checking the join against {column}"):
+        s = data.shard
+        part = correlation_part(np.asarray(values[s.offset:s.offset + s.num_rows]), data.columns[column])
+        total = part if total is None else merge_parts(total, part)
+    n = int(total[0]) if total is not None else 0
     if n < 3:
         raise FlytInputError(f"{what}: only {n} rows could be compared with the pool's {column}; the join matched "
                              "(almost) nothing")
-    a, b = np.asarray(values, dtype=np.float64)[both], ref[both]
-    if a.std() == 0 or b.std() == 0:
-        corr = 0.0
-    else:
-        corr = float(np.corrcoef(a, b)[0, 1])
+    _, _, _, m2a, m2b, cab = total
+    corr = 0.0 if m2a <= 0 or m2b <= 0 else float(cab / np.sqrt(m2a * m2b))
     if not corr >= min_corr:
         raise FlytInputError(
             f"{what} correlates {corr:.4f} with the pool's {column} over {n:,} joined rows, below {min_corr}: the "
@@ -282,24 +584,35 @@ def check_join(values: np.ndarray, pool: Any, column: str, min_corr: float, what
     return {"column": column, "correlation": round(corr, 6), "rows": n, "min": min_corr}
 
 
+def correlation_part(a: np.ndarray, b: np.ndarray) -> tuple[float, ...]:
+    """One shard's ``(n, mean a, mean b, M2 a, M2 b, co-moment)`` over the rows where both are finite."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    a, b = a[both], b[both]
+    n = len(a)
+    if n == 0:
+        return (0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    ma, mb = float(a.mean()), float(b.mean())
+    da, db = a - ma, b - mb
+    return (n, ma, mb, float(da @ da), float(db @ db), float(da @ db))
+
+
+def merge_parts(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
+    """Two shards' moments combined as if computed over both (Chan, Golub and LeVeque's update)."""
+    n1, ma1, mb1, a1, b1, c1 = x
+    n2, ma2, mb2, a2, b2, c2 = y
+    n = n1 + n2
+    if n1 == 0 or n2 == 0:
+        return x if n2 == 0 else y
+    da, db = ma2 - ma1, mb2 - mb1
+    f = n1 * n2 / n
+    return (n, ma1 + da * n2 / n, mb1 + db * n2 / n, a1 + a2 + da * da * f, b1 + b2 + db * db * f,
+            c1 + c2 + da * db * f)
+
+
 # the authors' names of fields that measure what a DataComp pool column measures (the join check)
 KNOWN_CHECKS = {"vit-b-32": "clip_b32_similarity_score", "vit-l-14": "clip_l14_similarity_score"}
-
-
-def source_columns(src: str) -> tuple[list[str], str | None]:
-    """The numeric columns of SRC's first parquet file (besides its keys) and its key column."""
-    import pyarrow as pa
-
-    fs, files = list_sources(src)
-    try:
-        with fs.open(files[0], "rb") as fh:
-            schema = open_parquet(fh).schema_arrow
-    except Exception as exc:
-        raise FlytInputError(f"cannot read score file {files[0]}: {exc}") from None
-    numeric = [f.name for f in schema if f.name not in ("uid", "key")
-               and (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
-    key = next((k for k in ("uid", "key") if k in schema.names), None)
-    return numeric, key
 
 
 def import_specs(src: str, fields: list[tuple[str, str]], *, key: str = "auto", checks: dict[str, str] | None = None,
