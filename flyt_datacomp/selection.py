@@ -282,25 +282,42 @@ def restrict(sel: Selection, pool: Pool) -> Restriction:
     ctx = MaskContext(pool, base, settings, baselines.BaselineParams(image_based_scale=r.image_based_scale),
                       inputs_dir=sel.score.inputs_dir)
     survivors, report = apply_masks(ctx, masks)
-    return Restriction(pool.size, downloaded, survivors, report, np.flatnonzero(survivors))
+    return Restriction(pool.size, downloaded, survivors, report, positions(survivors))
 
 
 def downloaded_positions(pool: Pool, shards_dir: str, progress: bool) -> np.ndarray:
-    """Pool positions whose uid has an image in the downloaded shards (img2dataset's index)."""
-    from .shards import index_shards
+    """Pool positions whose uid has an image in the downloaded shards (img2dataset's index), found
+    shard by shard (:func:`flyt_datacomp.shards.downloaded_mask`)."""
+    from .shards import downloaded_mask
 
-    index = index_shards(shards_dir, progress=progress)
-    keep = np.flatnonzero(index.images_of(pool.uids) > 0)
+    keep = positions(downloaded_mask(shards_dir, pool, progress=progress))
     if keep.size == 0:
         raise FlytInputError(f"none of the pool's {pool.size:,} uids has an image in {shards_dir}: "
                              "is it the image shards folder of this pool?")
     return keep
 
 
-def transform(values: np.ndarray, cfg: Transform) -> np.ndarray:
-    """Stage 3: the logits the sampler sees."""
+def positions(mask: np.ndarray) -> np.ndarray:
+    """The positions where ``mask`` is true, as int32 when the pool allows (half the memory of int64)."""
+    where = np.flatnonzero(mask)
+    return where.astype(np.int32) if len(mask) < 2**31 else where
+
+
+def count_dtype(total: int) -> np.dtype:
+    """The integer type that holds any repetition count of a subset of ``total`` entries."""
+    return np.dtype(np.int32 if total < 2**31 else np.int64)
+
+
+def transform(values: np.ndarray, cfg: Transform, *, in_place: bool = False) -> np.ndarray:
+    """Stage 3: the logits the sampler sees (``in_place``: ``values`` may be overwritten, so no
+    pool-sized copy is made beyond the standardisation's)."""
     logits = standardize(values) if cfg.standardize else values
-    return logits / cfg.temperature
+    if cfg.temperature == 1.0:
+        return logits  # x / 1 is x
+    if not in_place and logits is values:
+        return logits / cfg.temperature
+    logits /= cfg.temperature  # the same division, in place
+    return logits
 
 
 def sampler_params(sample: Sample, pool_size: int) -> dict[str, Any]:
@@ -377,19 +394,25 @@ def run(sel: Selection) -> SelectionResult:
         check_subset_size(params["num_samples"], sel.output.path)
     scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir)
     values = scores.values if kept.keep is None else scores.values[kept.keep]
-    logits = transform(values, sel.transform)
+    scores.values = None  # the pool's scores are held once: as the restricted values from here on
+    # a copy already (restricted, or standardised below) may be divided in place
+    logits = transform(values, sel.transform, in_place=kept.keep is not None or sel.transform.standardize)
+    del values
     degenerate = sampling.score_independence(name, logits, params)
     if degenerate and not sel.sample.allow_score_independent:
         raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
                              params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
     drawn = spec(logits, _as_stored(params, scores, sel.transform), seed=sel.sample.seed, progress=sel.progress)
+    del logits
+    concentrated = sampling.concentration(drawn)
     if kept.keep is None:
         counts = drawn
     else:
-        counts = np.zeros(pool.size, dtype=np.int64)
+        counts = np.zeros(pool.size, dtype=count_dtype(int(drawn.sum())))
         counts[kept.keep] = drawn
+        del drawn
     notes = default_notes(sel.sample, params, kept.size) + kept.notes()
-    notes += [n for n in (degenerate, sampling.concentration(drawn)) if n]
+    notes += [n for n in (degenerate, concentrated) if n]
     if scores.extra_uids:
         notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
                      "they were ignored")
@@ -420,7 +443,7 @@ def run(sel: Selection) -> SelectionResult:
 def _write_survivors(sel: Selection, pool: Pool, kept: Restriction, start: float) -> SelectionResult:
     """No score: the examples inside every mask, once each (a baseline alone: DataComp's baseline file)."""
     r = sel.restrict
-    counts = kept.survivors.astype(np.int64)
+    counts = kept.survivors.astype(np.int32)
     if not counts.any():
         raise FlytInputError(f"no example of the pool survives ({kept.describe()}): an empty subset would be "
                              "written; nothing was written")
@@ -443,7 +466,7 @@ def _write_survivors(sel: Selection, pool: Pool, kept: Restriction, start: float
 def _write(sel: Selection, pool: Pool, counts: np.ndarray, info: dict[str, Any], notes: list[str],
            title: str) -> SelectionResult:
     """Stage 5: the subset, its sidecar and its histogram, committed together."""
-    stats = write_subset(sel.output.path, pool.uids, counts, info=info, overwrite=sel.output.overwrite,
-                         histogram_title=title)
+    stats = write_subset(sel.output.path, pool.uid_chunks(desc="writing the subset"), counts, info=info,
+                         overwrite=sel.output.overwrite, histogram_title=title)
     output, sidecar, histogram = subset_outputs(sel.output.path)
     return SelectionResult(output, sidecar, histogram, counts, pool, stats, notes)

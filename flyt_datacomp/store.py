@@ -461,9 +461,15 @@ class InputStore:
             yield out
 
     def columns(self, names: list[str], pool, *, fill: bool = True) -> dict[str, np.ndarray]:
-        """Several inputs over the whole pool (float64, pool order), read in one pass."""
-        parts = list(self.iter_columns(list(names), pool, fill=fill))
-        return {n: np.concatenate([p[n] for p in parts]) for n in names}
+        """Several inputs over the whole pool (float64, pool order), read in one pass into one array each."""
+        out = {n: np.empty(pool.size, dtype=np.float64) for n in names}
+        start = 0
+        for part in self.iter_columns(list(names), pool, fill=fill):
+            rows = len(part[names[0]]) if names else 0
+            for n in names:
+                out[n][start:start + rows] = part[n]
+            start += rows
+        return out
 
     def column(self, name: str, pool) -> np.ndarray:
         """One input over the whole pool (float64, pool order)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import FlytInputError, quote
 from ..pool import Pool
-from .base import Scores, ScoreSource, load_scores, register_score_source
+from .base import Scores, ScoreSource, as_float, load_scores, register_score_source
 
 
 def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
@@ -101,10 +101,53 @@ class MixingScore(ScoreSource):
         if weights.size != len(names):
             raise FlytInputError(f"mixing model {path} mixes {weights.size} inputs but {len(names)} were named "
                                  f"({', '.join(names)}); name them all, in the model's order")
-        columns = [np.asarray(load_scores(pool, self.input_spec(pool, n), within=self.within,
-                                          inputs_dir=self.inputs_dir).values, dtype=np.float32) for n in names]
-        out = np.empty(pool.size, dtype=np.float64)
-        for shard in pool.shards:  # one shard at a time, as a native model scores the pool
-            rows = slice(shard.offset, shard.offset + shard.num_rows)
-            out[rows] = mix(np.stack([c[rows] for c in columns], axis=1), weights, bias)
-        return Scores(out, self.spec, self.kind)
+        specs = [self.input_spec(pool, n) for n in names]
+        return Scores(mix_pool(pool, specs, weights, bias, within=self.within, inputs_dir=self.inputs_dir),
+                      self.spec, self.kind)
+
+
+def mix_pool(pool: Pool, specs: list[str], weights: np.ndarray, bias: float, *, within: np.ndarray | None = None,
+             inputs_dir: str | None = None) -> np.ndarray:
+    """The mix over the whole pool (float64, pool order), one metadata shard at a time: the inputs
+    that are stored inputs (``store:NAME``) or pool columns are read shard by shard with the shard's
+    mix, so only the result is pool-sized; any other score source is loaded whole first."""
+    streamed_store = [s.partition(":")[2] for s in specs if s.startswith("store:")]
+    streamed_columns = [s for s in specs if s in pool.column_names]
+    whole = {s: np.asarray(load_scores(pool, s, within=within, inputs_dir=inputs_dir).values, dtype=np.float32)
+             for s in specs if not s.startswith("store:") and s not in pool.column_names}
+    stored = None
+    if streamed_store:
+        from ..store import InputStore
+
+        stored = InputStore(inputs_dir).iter_columns(streamed_store, pool)
+    columns = pool.iter_shards(streamed_columns, desc="mixing the inputs", no_missing=streamed_columns) \
+        if streamed_columns else None
+    bad = {}  # pool column -> [count of non-finite values, first position, its value]
+    out = np.empty(pool.size, dtype=np.float64)
+    for shard in pool.shards:
+        rows = slice(shard.offset, shard.offset + shard.num_rows)
+        from_store = next(stored) if stored is not None else {}
+        from_pool = next(columns).columns if columns is not None else {}
+        block = np.empty((shard.num_rows, len(specs)), dtype=np.float32)
+        for j, spec in enumerate(specs):
+            if spec.startswith("store:"):
+                block[:, j] = from_store[spec.partition(":")[2]]
+            elif spec in from_pool:
+                values = as_float(from_pool[spec], f"column {spec!r} of the pool at {pool.url}")
+                _note_non_finite(bad, spec, values, shard.offset)
+                block[:, j] = values
+            else:
+                block[:, j] = whole[spec][rows]
+        out[rows] = mix(block, weights, bias)
+    for spec, (count, first, value) in bad.items():
+        raise FlytInputError(f"score source {quote(spec)} has {count} non-finite scores; the first, {value}, is at "
+                             f"{pool.locate(first)}")
+    return out
+
+
+def _note_non_finite(bad: dict, spec: str, values: np.ndarray, offset: int) -> None:
+    wrong = ~np.isfinite(values)
+    if wrong.any():
+        i = int(np.flatnonzero(wrong)[0])
+        count, first, value = bad.get(spec, (0, offset + i, values[i]))
+        bad[spec] = (count + int(wrong.sum()), first, value)

@@ -36,7 +36,9 @@ class PoolColumn(ScoreSource):
                                  f"{did_you_mean(self.spec, pool.column_names)} ({columns_hint(pool.column_names)})")
         column = pool.column(self.spec, allow_missing=False)
         values = as_float(column, f"column {self.spec!r} of the pool at {pool.url}")
-        return Scores(values, self.spec, self.kind, stored_dtype=column.dtype)
+        stored = column.dtype
+        del column  # the float64 copy is what is kept
+        return Scores(values, self.spec, self.kind, stored_dtype=stored)
 
 
 @register_score_source
@@ -86,7 +88,6 @@ class StoredInput(ScoreSource):
                                  params=["inputs_dir"])
         from ..store import InputStore
 
-        pool.uids  # noqa: B018 - read once here (a subset is written from them): the store's pool check reuses them
         return Scores(InputStore(self.inputs_dir).column(self.spec, pool), f"store:{self.spec}", self.kind)
 
 
