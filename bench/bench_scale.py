@@ -18,6 +18,7 @@ resident set size from ``wait4`` (what ``/usr/bin/time -v`` prints). The steps:
 * ``top20`` -- ``baseline flyt_mflyt_top20`` (the released mix over the 12 stored inputs, top 20%);
 * ``mflyt_scs`` -- ``baseline flyt_mflyt_scs --shards-dir`` (the paper's record recipe);
 * ``filter_scs`` -- ``filter --scale medium --score clip_l14_similarity_score --shards-dir`` (SCS on a column);
+* ``filter_scs_pool`` -- the same over the whole pool (no ``--shards-dir``);
 * ``clip_score`` -- ``baseline clip_score --arch l14 --fraction 0.3`` (DataComp's baseline).
 
 The mixing model is a fixed random 12-input linear layer in the authors' format (seed 0). The steps
@@ -43,8 +44,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("import", "import_no_tars", "import_sigterm", "top20", "mflyt_scs", "filter_scs", "clip_score")
-TARGETS = {"import": 4.0, "mflyt_scs": 6.0, "filter_scs": 6.0, "clip_score": 5.0, "top20": 6.0}
+STEPS = ("import", "import_no_tars", "import_sigterm", "top20", "mflyt_scs", "filter_scs", "filter_scs_pool",
+         "clip_score")
+TARGETS = {"import": 4.0, "mflyt_scs": 6.0, "filter_scs": 6.0, "filter_scs_pool": 6.0, "clip_score": 5.0, "top20": 6.0}
 BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"
 
 
@@ -152,6 +154,8 @@ def commands(pool: Path, work: Path, store: Path) -> dict[str, tuple[list[str], 
         "filter_scs": (["filter", "--scale", "medium", "--score", "clip_l14_similarity_score", "--metadata-dir", m,
                         "--shards-dir", s, "--output", str(work / "filter_scs.npy"), "--overwrite"],
                        work / "filter_scs.npy"),
+        "filter_scs_pool": (["filter", "--scale", "medium", "--score", "clip_l14_similarity_score", "--metadata-dir", m,
+                             "--output", str(work / "filter_scs_pool.npy"), "--overwrite"], work / "filter_scs_pool.npy"),
         "clip_score": (["baseline", "clip_score", "--arch", "l14", "--fraction", "0.3", "--metadata-dir", m, "--output",
                         str(work / "clip_score.npy"), "--overwrite"], work / "clip_score.npy"),
     }

@@ -181,7 +181,7 @@ def test_a_shards_folder_without_tars_or_of_another_download_is_refused_before_a
     def no_reading(*args, **kwargs):
         raise AssertionError("a score file was read before the preflight refused")
 
-    monkeypatch.setattr(imported, "_batches", no_reading)
+    monkeypatch.setattr(imported, "_batches", no_reading, raising=False)
     no_tars = tmp_path / "no_tars"
     no_tars.mkdir()
     for f in pool["shards"].glob("*.parquet"):
@@ -223,7 +223,7 @@ def test_a_download_fixed_in_place_is_joined_again(pool, tmp_path):
     assert np.array_equal(stored(store, pool, ["DFN-Base"])["DFN-Base"], want, equal_nan=True)
 
 
-def test_a_text_check_column_and_a_text_only_source_are_one_line_errors(pool, tmp_path):
+def test_a_text_check_column_is_a_one_line_error(pool, tmp_path):
     meta = tmp_path / "metadata"
     meta.mkdir()
     for f in sorted(pool["metadata"].glob("*.parquet")):  # the pool with a caption column
@@ -233,11 +233,14 @@ def test_a_text_check_column_and_a_text_only_source_are_one_line_errors(pool, tm
     r = invoke([*import_args(paths, tmp_path / "store"), "--field", "DFN-Base", "--check", "DFN-Base=text"], code=2)
     assert r.output.count("\n") == 1 and r.output.startswith("Error: ") and "holds string, not numbers" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "store").exists()
+
+
+def test_a_source_without_a_numeric_column_is_an_error(pool, tmp_path):
     text_only = tmp_path / "text_only"
     text_only.mkdir()
     keys = pq.read_table(sorted(pool["released"].glob("*.parquet"))[0], columns=["key"]).column("key")
     pq.write_table(pa.table({"key": keys, "caption": pa.array(["x"] * len(keys))}), text_only / "scores.parquet")
-    r = invoke(["inputs", "import", text_only, "--metadata-dir", meta, "--inputs-dir", tmp_path / "store2",
+    r = invoke(["inputs", "import", text_only, "--metadata-dir", pool["metadata"], "--inputs-dir", tmp_path / "store",
                 "--shards-dir", pool["shards"], "--missing", "min", "--quiet"], code=2)
     assert "no numeric score column" in r.output and "caption" in r.output and r.output.count("\n") == 1
 

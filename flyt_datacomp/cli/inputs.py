@@ -92,7 +92,7 @@ def import_command(src, metadata_dir, inputs_dir, fields, key, shards_dir, check
         check_column(pool, column.strip(), f"--check {item}")
     specs = import_specs(src, pairs, key=key, checks=check_map, min_corr=min_correlation, pool_columns=pool.column_names)
     entries = compute_inputs(metadata_dir, inputs_dir, specs, workers=workers, shards_dir=shards_dir, missing=missing,
-                             recompute=recompute, progress=not quiet)
+                             device="cpu", recompute=recompute, progress=not quiet)  # an import runs no model
     click.echo(format_entries(entries))
     for name, e in entries.items():
         check = e.get("join_check")

@@ -91,7 +91,10 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
 
 def resolve_device(device: str) -> str:
     """``auto`` -> cuda when torch sees a GPU, else cpu; a CUDA device on a machine without CUDA (or
-    a device torch does not know) is refused here, before any work."""
+    a device torch does not know) is refused here, before any work. ``cpu`` is always there: torch
+    (half a gigabyte of memory once loaded) is not loaded for it."""
+    if device == "cpu":
+        return device
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
