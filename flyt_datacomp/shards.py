@@ -28,6 +28,7 @@ import numpy as np
 from .arrow_io import open_parquet
 from .errors import FlytInputError
 from .parallel import thread_map
+from .process import release_freed_memory
 from .progress import progress_bar
 from .tars import iter_tar, where
 from .uids import UID_DTYPE, UidIndex, hex_to_uids, lookup, uid_order, uids_to_hex
@@ -235,6 +236,8 @@ def downloaded_mask(root: str | os.PathLike, pool: Any, *, progress: bool = True
     mask = np.zeros(pool.size, dtype=bool)
     for uids, shard in zip(pool.uid_chunks(desc="finding the downloaded uids"), pool.shards):
         mask[shard.offset:shard.offset + shard.num_rows] = index.contains(uids)
+    del index
+    release_freed_memory()
     return mask
 
 
@@ -271,6 +274,7 @@ def join_keys(root: str | os.PathLike, pool: Any, scratch: str | os.PathLike, *,
                                      f"({pool.locate(int(at[row[i]]))} and {pool.locate(shard.offset + i)})")
             at[row[hit]] = shard.offset + hit
         del index
+        release_freed_memory()  # the index's buckets, before the keys come back
         keys = np.fromfile(scratch_file, dtype="<i8").astype(np.int64, copy=False)
     finally:
         with contextlib.suppress(OSError):

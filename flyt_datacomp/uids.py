@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import FlytInputError, quote
 from .io import OutputSet, dumps, file_sha256, is_url, local_path, provenance, sidecar_path
+from .process import release_freed_memory
 
 UID_DTYPE = np.dtype("u8,u8")
 _NPY_MAGIC = b"\x93NUMPY"
@@ -201,18 +202,25 @@ def lookup(sorted_uids: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 
 def split_lookup(f0s: np.ndarray, f1s: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> np.ndarray:
-    """:func:`lookup` for uids given as their two halves (contiguous halves are searched in place)."""
-    lo = np.searchsorted(f0s, q0, side="left")
-    hi = np.searchsorted(f0s, q0, side="right")
+    """:func:`lookup` for uids given as their two halves (contiguous halves are searched in place;
+    queries in increasing order are found fastest)."""
+    n = len(f0s)
     pos = np.full(len(q0), -1, dtype=np.int64)
-    single = hi - lo == 1
+    if n == 0 or len(q0) == 0:
+        return pos
+    lo = np.searchsorted(f0s, q0, side="left")
+    at = np.minimum(lo, n - 1)
+    same = f0s[at] == q0  # a uid with this f0 is held ...
+    run = same & (at + 1 < n)
+    run[run] = f0s[at[run] + 1] == q0[run]  # ... and so is another: f0 shared, search f1 below
+    single = same & ~run
     hit = single.copy()
-    hit[single] = f1s[lo[single]] == q1[single]
-    pos[hit] = lo[hit]
-    multi = np.flatnonzero(hi - lo > 1)  # f0 shared by several uids: search f1 within the run
-    for j in multi:  # rare (a 64-bit collision), so a loop is fine
-        k = lo[j] + np.searchsorted(f1s[lo[j]:hi[j]], q1[j])
-        if k < hi[j] and f1s[k] == q1[j]:
+    hit[single] = f1s[at[single]] == q1[single]
+    pos[hit] = at[hit]
+    for j in np.flatnonzero(run):  # rare (a 64-bit collision), so a loop is fine
+        hi = int(np.searchsorted(f0s, q0[j], side="right"))
+        k = lo[j] + np.searchsorted(f1s[lo[j]:hi], q1[j])
+        if k < hi and f1s[k] == q1[j]:
             pos[j] = k
     return pos
 
@@ -327,26 +335,25 @@ class UidIndex:
         return self._buckets
 
     def _find(self, query: np.ndarray) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
-        """(found per query, [(bucket, query rows, positions in the bucket)] of the found ones)."""
+        """(found per query, [(bucket, query rows, positions in the bucket)] of the found ones). The
+        queries are searched in sorted order, bucket by bucket (sorted queries search fastest)."""
         buckets = self._finished()
         query = check_uid_array(query, source="UidIndex query")
-        q0, q1 = np.ascontiguousarray(query["f0"]), np.ascontiguousarray(query["f1"])
-        which = (q0 >> self.shift).astype(np.intp)
-        order = np.argsort(which, kind="stable")
-        sizes = np.bincount(which, minlength=len(buckets))
+        q0 = np.ascontiguousarray(query["f0"])
+        order = np.argsort(q0)
+        s0, s1 = q0[order], np.ascontiguousarray(query["f1"])[order]
+        edges = np.searchsorted(s0, np.arange(1, len(buckets), dtype=np.uint64) << self.shift)
         found = np.zeros(len(query), dtype=bool)
         hits = []
-        start = 0
-        for b in np.flatnonzero(sizes):
-            rows = order[start:start + int(sizes[b])]
-            start += int(sizes[b])
-            if buckets[b] is None:
+        for b, (start, end) in enumerate(zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(s0)])))):
+            if start == end or buckets[b] is None:
                 continue
             f0, f1, _ = buckets[b]
-            pos = split_lookup(f0, f1, q0[rows], q1[rows])
+            pos = split_lookup(f0, f1, s0[start:end], s1[start:end])
             ok = pos >= 0
-            found[rows[ok]] = True
-            hits.append((b, rows[ok], pos[ok]))
+            rows = order[start:end][ok]
+            found[rows] = True
+            hits.append((b, rows, pos[ok]))
         return found, hits
 
     def contains(self, query: np.ndarray) -> np.ndarray:
@@ -510,6 +517,7 @@ def write_subset(
         with open(outputs.staged(files[0]), "wb") as fh:
             meta["files"] = {"subset_sha256": _save_subset(fh, index, stats["total_entries"])}
         del index
+        release_freed_memory()
         if histogram_title is not None:
             from .plots import save_repetition_histogram
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import FlytInputError, quote
 from ..pool import Pool
+from ..progress import progress_bar
 from .base import Scores, ScoreSource, as_float, load_scores, register_score_source
 
 
@@ -120,14 +121,13 @@ def mix_pool(pool: Pool, specs: list[str], weights: np.ndarray, bias: float, *, 
         from ..store import InputStore
 
         stored = InputStore(inputs_dir).iter_columns(streamed_store, pool)
-    columns = pool.iter_shards(streamed_columns, desc="mixing the inputs", no_missing=streamed_columns) \
-        if streamed_columns else None
     bad = {}  # pool column -> [count of non-finite values, first position, its value]
     out = np.empty(pool.size, dtype=np.float64)
-    for shard in pool.shards:
+    for shard in progress_bar(pool.shards, desc="mixing the inputs", unit="shard", disable=not pool.progress):
         rows = slice(shard.offset, shard.offset + shard.num_rows)
         from_store = next(stored) if stored is not None else {}
-        from_pool = next(columns).columns if columns is not None else {}
+        from_pool = pool.read_shard(shard, streamed_columns, no_missing=streamed_columns).columns \
+            if streamed_columns else {}
         block = np.empty((shard.num_rows, len(specs)), dtype=np.float32)
         for j, spec in enumerate(specs):
             if spec.startswith("store:"):

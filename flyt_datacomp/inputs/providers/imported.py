@@ -52,6 +52,7 @@ import numpy as np
 from ...arrow_io import open_parquet
 from ...errors import FlytInputError, quote
 from ...io import atomic_path
+from ...process import release_freed_memory
 from ...uids import UidIndex, uids_to_hex
 from .base import FitContext, Option, Provider, register_provider
 
@@ -308,6 +309,8 @@ def joined_table(src: str, ctx: FitContext, schema: SourceSchema, shards: str | 
         with _cache_writes(folder):
             join = _join(ctx, schema.key, shards, pool_digest)
             done = _import(schema, ctx, join, folder, identity)
+        del join
+        release_freed_memory()
         _drop_stale(ctx.work_dir, "import", folder, lambda old: old.get("src") == src and old.get("pool") == pool_digest)
     _memo(ctx, ("imported", str(folder)), lambda: True)
     return done
