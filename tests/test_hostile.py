@@ -89,8 +89,8 @@ def test_a_full_disk_while_writing_a_subset_keeps_the_old_one(pool_dir, tmp_path
     before = {p.name: p.read_bytes() for p in tmp_path.glob("s.*")}
     real = uids_module._save_subset
 
-    def full(fh, kept, reps, chunk=1 << 20):
-        real(fh, kept[:3], reps[:3])  # some bytes went out, then the disk filled up
+    def full(fh, index, entries, chunk=1 << 20):
+        real(fh, index, entries, chunk=2)  # every byte went out, then the disk filled up (the commit never came)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(uids_module, "_save_subset", full)
