@@ -19,7 +19,7 @@ import pytest
 from poolgen import write_image_shards, write_metadata
 
 from flyt_datacomp.arrow_io import read_csv, read_parquet
-from flyt_datacomp.inputs.providers.imported import _read_sources
+from flyt_datacomp.inputs.providers.imported import _batches, read_schema
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.scores.files import read_uid_scores
 from flyt_datacomp.shards import index_shards
@@ -118,7 +118,8 @@ def test_the_package_readers_go_through_them(tmp_path, monkeypatch):
     for name in ("sc.parquet", "sc.csv"):
         assert len(read_uid_scores(str(tmp_path / name))[0]) == len(uids)
     index_shards(tmp_path / "shards", progress=False)
-    keys, columns, mode = _read_sources(fsspec_local.LocalFileSystem(), [str(tmp_path / "sc.parquet")], "uid", False)
-    assert mode == "uid" and len(keys) == len(uids) and list(columns) == ["score"]
+    schema = read_schema(str(tmp_path / "sc.parquet"))
+    rows = sum(batch.num_rows for batch in _batches(schema, schema.files[0]))
+    assert schema.key == "uid" and rows == len(uids) and schema.numeric == ["score"]
     gc.collect()
     assert len(seen) > 20 and not any(seen)
