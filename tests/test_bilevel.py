@@ -96,9 +96,9 @@ def results(setup):
 
 
 def open_clip_exempts(name, param):
-    """open_clip's training rule for weight decay (open_clip_train/main.py, open_clip 2.x-3.x): no decay
-    for a parameter with fewer than 2 dimensions or whose name contains "bn", "ln", "bias" or
-    "logit_scale"; every other parameter is decayed."""
+    """open_clip's training rule for weight decay (its ``exclude`` in open_clip_train/main.py of
+    open_clip 3.3, as in the older training/main.py): no decay for a parameter with fewer than 2
+    dimensions or whose name contains "bn", "ln", "bias" or "logit_scale"; every other one is decayed."""
     return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
 
 
