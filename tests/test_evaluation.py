@@ -279,7 +279,7 @@ def test_reshard_prerequisite_errors(dc, pool, tmp_path):
     r = invoke([*base, *dc["args"]], code=2)
     assert "is not empty" in r.output and "--overwrite" in r.output
     (pool["shards"] / "00000001_stats.json").unlink()
-    (out / "flyt_reshard.json").write_text("{}")  # as if an earlier reshard wrote it
+    (out / "flyt_reshard.json").write_text('{"written_by": "eval reshard"}')  # as if an earlier reshard wrote it
     r = invoke([*base, *dc["args"], "--overwrite"], code=2)
     assert "00000001.tar" in r.output and "_stats.json" in r.output
     assert not calls(dc, "resharder")
@@ -703,7 +703,7 @@ def test_reshard_overwrite_refuses_a_folder_it_did_not_write(dc, pool, tmp_path,
     assert (out / "00000000.tar").read_bytes() == b"someone else's shard"
     home = tmp_path / "home"
     home.mkdir()
-    (home / "flyt_reshard.json").write_text("{}")
+    (home / "flyt_reshard.json").write_text('{"written_by": "eval reshard"}')
     (home / "thesis.tex").write_text("keep")
     monkeypatch.setenv("HOME", str(home))
     r = invoke(reshard_args(dc, pool, "~", "--overwrite"), code=2)
@@ -988,14 +988,24 @@ def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_p
 
 @pytest.mark.parametrize("damage", ["[]", '{"inputs": {}}', '{"written": 5}', "{cut", ""])
 def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
+    """A damaged training record is redone (its start marker still says the folder is ours); a damaged
+    reshard record is the folder's only marker, so the folder is no longer provably ours: refused
+    in one line, its files kept."""
     work, evalsets = tmp_path / "work", tmp_path / "evalsets"
     evalsets.mkdir()
     invoke(run_args(dc, pool, work, evalsets))
-    for record in (work / "reshard" / "flyt_reshard.json", work / "train" / "flyt" / "flyt_train.json"):
-        record.write_text(damage)
+    (work / "train" / "flyt" / "flyt_train.json").write_text(damage)
+    record = work / "reshard" / "flyt_reshard.json"
+    good = record.read_text()
+    record.write_text(damage)
+    kept = sorted(p.name for p in (work / "reshard").iterdir())
+    r = invoke(run_args(dc, pool, work, evalsets), code=2)
+    assert "flyt_reshard.json is no record written by eval reshard" in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in (work / "reshard").iterdir()) == kept
+    record.write_text(good)
     r = invoke(run_args(dc, pool, work, evalsets))
-    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "resharder", "train"]
-    assert "Traceback" not in r.output and json.loads((work / "reshard" / "flyt_reshard.json").read_text())["written"]
+    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "train"]
+    assert "Traceback" not in r.output and json.loads((work / "train" / "flyt" / "flyt_train.json").read_text())
 
 
 def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
