@@ -63,7 +63,8 @@ def test_flags_round_trip_into_the_config(tmp_path):
         else:
             args += [field_flag(f.name), *text]
     ctx = train_command.make_context("train", [*args, "--output-dir", str(tmp_path)])
-    options = {k: v for k, v in ctx.params.items() if k not in ("preset", "config_file", "output_dir", "demo_version", "quiet")}
+    shell = ("preset", "config_file", "output_dir", "overwrite", "demo_version", "quiet")
+    options = {k: v for k, v in ctx.params.items() if k not in shell}
     assert set(options) == {f.name for f in FIELDS}
     cfg = config_from_options(None, None, options)
     assert dataclasses.asdict(cfg) == expected
@@ -75,7 +76,7 @@ def test_flags_not_given_keep_the_preset_and_file_values(tmp_path):
                                                "--steps", "3", "--no-tensorboard", "--output-dir", str(tmp_path)])
     p = dict(ctx.params)
     cfg = config_from_options(p.pop("preset"), p.pop("config_file"), {k: v for k, v in p.items()
-                                                                      if k not in ("output_dir", "quiet")})
+                                                                      if k not in ("output_dir", "overwrite", "quiet")})
     assert (cfg.steps, cfg.beta2, cfg.tensorboard, cfg.batch_size) == (3, 0.95, False, 4096)
     assert cfg.inputs == PRESETS["m-flyt-base"]["inputs"] and cfg.reference_init == "checkpoint"
 
