@@ -791,6 +791,28 @@ def test_reshard_refuses_pass_through_flags_it_sets_itself(dc, pool, tmp_path, f
     assert flag.split("=")[0] in r.output and not calls(dc, "resharder")
 
 
+@pytest.mark.parametrize("args", [["-vo{other}"], ["-vo", "{other}"], ["-qvo={other}"], ["-vvi", "{other}"],
+                                  ["-qs{other}/s.npy"]])
+def test_reshard_refuses_its_flags_inside_a_cluster_of_short_flags(dc, pool, tmp_path, args):
+    """argparse reads `-vo DIR` as `-v -o DIR` (the resharder's -v and -q take no value): a managed
+    flag hidden in a cluster would send the resharder's output elsewhere."""
+    other = tmp_path / "copy-of-the-shards"
+    shutil.copytree(pool["shards"], other)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    extra = [a.format(other=other) for a in args]
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--overwrite", "--", *extra, "--overwrite"), code=2)
+    assert "pass-through argument" in r.output and "would override" in r.output and not calls(dc, "resharder")
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    (tmp_path / "evalsets").mkdir()
+    r = invoke(run_args(dc, pool, tmp_path / "work", tmp_path / "evalsets", "--reshard-args", " ".join(extra)), code=2)
+    assert "would override" in r.output and not calls(dc)
+
+
+def test_reshard_passes_harmless_short_flags_through(dc, pool, tmp_path):
+    invoke(reshard_args(dc, pool, tmp_path / "out", "--", "-vv", "-j2"))
+    assert len(calls(dc, "resharder")) == 1 and copies_in(tmp_path / "out") == pool["expected"]
+
+
 @pytest.mark.parametrize("flag", ["--output_dir", "--exp_name", "--data_dir", "--scale", "--output"])
 def test_train_refuses_pass_through_flags_it_sets_itself(dc, resharded, tmp_path, flag):
     r = invoke(train_args(dc, resharded, tmp_path / "train", "--", flag, str(tmp_path)), code=2)
