@@ -75,6 +75,7 @@ class ScoreStage:
 
     source: str | None = None  # a registered score source spec (a column, a file, a model, store:NAME, ...)
     inputs_dir: str | None = None  # an input store, for store: sources and masks
+    accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
 
 
 @dataclasses.dataclass(frozen=True)
@@ -375,7 +376,8 @@ def run(sel: Selection) -> SelectionResult:
     params = sampler_params(sel.sample, kept.size)
     if "num_samples" in params:
         check_subset_size(params["num_samples"], sel.output.path)
-    scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir)
+    scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir,
+                         accept_changed_inputs=sel.score.accept_changed_inputs)
     values = scores.values if kept.keep is None else scores.values[kept.keep]
     logits = transform(values, sel.transform)
     degenerate = sampling.score_independence(name, logits, params)
@@ -399,6 +401,7 @@ def run(sel: Selection) -> SelectionResult:
             "score_source": scores.source,
             "score_kind": scores.kind,
             "inputs_dir": sel.score.inputs_dir,
+            "accept_changed_inputs": list(sel.score.accept_changed_inputs),
             "score_file_extra_uids": scores.extra_uids,
         },
         "masks": kept.report,

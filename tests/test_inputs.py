@@ -479,3 +479,59 @@ def test_a_stored_input_as_a_hard_filter(pool_dir, tmp_path):
     r = CliRunner().invoke(filter_command, ["--metadata-dir", str(pool_dir), "--mask", "store:width>=500", "--score",
                                             "clip_l14_similarity_score", "--output", str(tmp_path / "n.npy"), "--quiet"])
     assert r.exit_code == 2 and "--inputs-dir" in r.output
+
+
+def test_a_model_refuses_a_stored_input_recomputed_since_its_training(tiny_demo_pool, tmp_path, one_torch_thread):
+    """A trained M-FLYT model records each stored input's identity (the computation's token and the
+    fill value); filtering with it after the input was recomputed with other values, or filled
+    otherwise, is refused naming the input, unless the change is accepted by name."""
+    from test_train import small_config
+
+    from flyt_datacomp.flyt.models import load_scoring_model
+    from flyt_datacomp.flyt.trainer import Trainer
+
+    p = tiny_demo_pool
+    pool = Pool(str(p.metadata_dir), progress=False)
+    hexes = uids_to_hex(pool.uids)
+    scores = tmp_path / "noise.parquet"
+    rng = np.random.default_rng(0)
+
+    def write_noise(drop=0):
+        pq.write_table(pa.table({"uid": hexes[drop:], "score": rng.normal(size=len(hexes) - drop)}), scores)
+
+    def compute(*extra):
+        return CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(p.metadata_dir), "--inputs-dir",
+                                        str(store), "--input", f"noise=file:{scores}", "--missing", "min", "--quiet",
+                                        *extra])
+
+    write_noise(drop=5)
+    store = tmp_path / "store"
+    assert compute().exit_code == 0
+    cfg = small_config(p, inputs=["clip_b32_similarity_score", "noise"], inputs_dir=str(store), steps=1)
+    model_path = Trainer(cfg, tmp_path / "run", progress=False).run()["scoring_model"]
+    _, meta = load_scoring_model(model_path)
+    entry = InputStore(store).manifest()["inputs"]["noise"]
+    assert meta["input_identity"] == {"noise": {"store": str(store), "token": entry["token"],
+                                                "fill_value": entry["fill_value"]}}
+
+    def filter_with_model(*extra):
+        return CliRunner().invoke(cli, ["filter", "--metadata-dir", str(p.metadata_dir), "--score", model_path,
+                                        "--num-samples", "100", "--output", str(tmp_path / "s.npy"), "--overwrite",
+                                        "--quiet", *extra])
+
+    assert filter_with_model().exit_code == 0
+    write_noise(drop=5)  # other values under the same name
+    assert compute("--recompute", "noise").exit_code == 0
+    before = (tmp_path / "s.npy").read_bytes()
+    r = filter_with_model()
+    assert r.exit_code == 2 and "input 'noise'" in r.output and "recomputed since" in r.output, r.output
+    assert "--accept-changed-inputs noise" in r.output and (tmp_path / "s.npy").read_bytes() == before
+    r = filter_with_model("--accept-changed-inputs", "noise")
+    assert r.exit_code == 0, r.output
+    # the same computation, filled otherwise (a rerun with another missing-value policy)
+    model_path = Trainer(cfg, tmp_path / "run2", progress=False).run()["scoring_model"]
+    assert filter_with_model().exit_code == 0
+    assert compute("--missing", "mean").exit_code == 0
+    r = filter_with_model()
+    assert r.exit_code == 2 and "fills its missing examples with" in r.output, r.output
+    assert filter_with_model("--accept-changed-inputs", "*").exit_code == 0

@@ -120,6 +120,17 @@ def option(*param_decls: str, **kwargs):
     return click.option(*param_decls, cls=Option, **kwargs)
 
 
+def comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """A click callback: ``A, B,C`` -> ``["A", "B", "C"]`` (None when the option is not given); a value
+    that names nothing (``''``, ``,``) is refused rather than read as "not given"."""
+    if value is None:
+        return None
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    if not items:
+        raise click.BadParameter(f"{value!r} names nothing; give A,B,... or leave the option out", ctx, param)
+    return items
+
+
 class HiddenArgument(click.Argument):
     """An optional positional argument kept for old command lines, left out of the usage line."""
 

@@ -26,7 +26,7 @@ from ..recipes import RECIPES, recipe_selection
 from ..scales import SCALES
 from ..scores import SCORE_SOURCES
 from . import options as O
-from .base import command, flag_names, option
+from .base import comma_list, command, flag_names, option
 
 _ASSET_OPTIONS = ("fasttext_model", "imagenet21k_wordnet_ids", "centroids", "in1k_embeddings", "wordnet_data", "assets_dir")
 
@@ -164,7 +164,8 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
         metadata_dir=opts.pop("metadata_dir"),
         output=selection.Output(opts.pop("output"), overwrite=opts.pop("overwrite")),
         restrict=restrict,
-        score=selection.ScoreStage(opts.pop("score"), inputs_dir=opts.pop("inputs_dir")),
+        score=selection.ScoreStage(opts.pop("score"), inputs_dir=opts.pop("inputs_dir"),
+                                   accept_changed_inputs=tuple(opts.pop("accept_changed_inputs") or ())),
         transform=selection.Transform(standardize=opts.pop("standardize"), temperature=opts.pop("temperature")),
         sample=selection.Sample(opts.pop("sampler"), sampler_opts, num_samples=opts.pop("num_samples"),
                              scale=opts.pop("scale"), seed=opts.pop("seed"),
@@ -227,6 +228,9 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
            help="Metadata shards read at once (threads), and processes for the baselines' caption rules.")
 @O.inputs_dir(help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
+@option("--accept-changed-inputs", "accept_changed_inputs", metavar="A,B,...", callback=comma_list, default=None,
+        help="A trained M-FLYT model's stored inputs to apply it to although they changed since it was trained "
+             "(recomputed, or filled differently); * for all. Without it such a model is refused.")
 @O.shards_dir(help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @baseline_options
 @mixing_options

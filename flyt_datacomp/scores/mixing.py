@@ -102,7 +102,9 @@ class MixingScore(ScoreSource):
             raise FlytInputError(f"mixing model {path} mixes {weights.size} inputs but {len(names)} were named "
                                  f"({', '.join(names)}); name them all, in the model's order")
         columns = [np.asarray(load_scores(pool, self.input_spec(pool, n), within=self.within,
-                                          inputs_dir=self.inputs_dir).values, dtype=np.float32) for n in names]
+                                          inputs_dir=self.inputs_dir,
+                                          accept_changed_inputs=self.accept_changed_inputs).values, dtype=np.float32)
+                   for n in names]
         out = np.empty(pool.size, dtype=np.float64)
         for shard in pool.shards:  # one shard at a time, as a native model scores the pool
             rows = slice(shard.offset, shard.offset + shard.num_rows)
