@@ -1030,6 +1030,33 @@ def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
     assert "Traceback" not in r.output and json.loads((work / "train" / "flyt" / "flyt_train.json").read_text())
 
 
+def test_run_checks_its_work_folder_itself(dc, pool, tmp_path, monkeypatch):
+    """The work folder is checked as each stage's folder is: the subset's own folder (which holds the
+    subset file), a folder inside the shards, the home folder and the root folder are refused before
+    anything is created in them."""
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    own = tmp_path / "subsets"
+    own.mkdir()
+    subset = own / "mine.npy"
+    shutil.copyfile(pool["subset"], subset)
+    before = sorted(p.name for p in own.iterdir())
+    r = invoke(run_args(dc, {**pool, "subset": subset}, own, evalsets), code=2)
+    assert "--output-dir" in r.output and "contains the subset file" in r.output, r.output
+    assert sorted(p.name for p in own.iterdir()) == before and not calls(dc)
+    r = invoke(run_args(dc, pool, pool["shards"] / "work", evalsets), code=2)
+    assert "lies inside the --shards-dir" in r.output, r.output
+    assert not (pool["shards"] / "work").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    r = invoke(run_args(dc, pool, "~", evalsets), code=2)
+    assert "home folder" in r.output and not any(home.iterdir())
+    root_before = sorted(os.listdir("/"))
+    r = invoke(run_args(dc, pool, "/", evalsets), code=2)
+    assert "root folder" in r.output and sorted(os.listdir("/")) == root_before and not calls(dc)
+
+
 def test_a_name_too_long_is_one_line(dc, pool, tmp_path):
     long = tmp_path / ("a" * 300)
     r = invoke(reshard_args(dc, pool, long), code=2)
