@@ -535,3 +535,43 @@ def test_a_model_refuses_a_stored_input_recomputed_since_its_training(tiny_demo_
     r = filter_with_model()
     assert r.exit_code == 2 and "fills its missing examples with" in r.output, r.output
     assert filter_with_model("--accept-changed-inputs", "*").exit_code == 0
+
+
+def _bad_targets(tmp_path, case):
+    """A target file that cannot be a matrix of embeddings."""
+    good = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    path = tmp_path / f"targets-{case.replace(' ', '-')}.{'npz' if case.startswith('npz') else 'npy'}"
+    if case == "empty":
+        np.save(path, np.zeros((0, 8), np.float32))
+    elif case == "objects":
+        np.save(path, np.array([[1.0, "a"]], dtype=object), allow_pickle=True)
+    elif case == "text":
+        np.save(path, np.array([["a"] * 8, ["b"] * 8]))
+    elif case == "truncated":
+        np.save(path, good)
+        path.write_bytes(path.read_bytes()[:100])
+    elif case == "complex":
+        np.save(path, good.astype(np.complex64))
+    elif case == "nan":
+        np.save(path, np.where(np.eye(5, 8) > 0, np.nan, good).astype(np.float32))
+    elif case == "npz empty":
+        np.savez(path, img=np.zeros((0, 8), np.float32))
+    elif case == "npz text":
+        np.savez(path, img=np.array([["a"] * 8]))
+    elif case == "npz truncated":
+        path.write_bytes(b"PK\x03\x04not a zip")
+    return path
+
+
+NPY_CASES = ["empty", "objects", "text", "truncated", "complex", "nan"]
+
+
+@pytest.mark.parametrize("kind,case", [(k, c) for k in ("normsim", "classifier") for c in NPY_CASES]
+                         + [("classifier", c) for c in ("npz empty", "npz text", "npz truncated")])
+def test_target_files_that_hold_no_embeddings_are_one_line(pool_dir, tmp_path, kind, case):
+    target = _bad_targets(tmp_path, case)
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir",
+                                 str(tmp_path / "store"), "--input", f"x={kind}:{target}", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(target) in errors[0] and "Traceback" not in r.output, r.output

@@ -328,3 +328,33 @@ def test_import_from_an_fsspec_url(native, tiny_demo_pool, tmp_path):
     entry = json.loads((store / "inputs.json").read_text())["inputs"]["vit-b-32"]
     assert entry["source_files"] == len(list(local.glob("*_scores.parquet")))
     assert all(v["sha256"] for v in entry["sources"].values()) and entry["join_check"]["correlation"] > 0.999
+
+
+MALFORMED = {
+    "bias a float": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": 0.5},
+    "bias a list": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": [0.5]},
+    "bias a string": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": "0.5"},
+    "weight a list": {"layers.0.weight": [[1.0, 2.0, 3.0]], "layers.0.bias": torch.zeros(1)},
+    "sparse weight": {"layers.0.weight": torch.ones(1, 3).to_sparse(), "layers.0.bias": torch.zeros(1)},
+    "meta-device weight": {"layers.0.weight": torch.empty(1, 3, device="meta"), "layers.0.bias": torch.zeros(1)},
+    "complex weight": {"layers.0.weight": torch.ones(1, 3, dtype=torch.complex64), "layers.0.bias": torch.zeros(1)},
+    "complex bias": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": torch.zeros(1, dtype=torch.complex64)},
+    "bool weight": {"layers.0.weight": torch.ones(1, 3, dtype=torch.bool)},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_mixing_model_is_one_line(case, tmp_path):
+    from poolgen import write_metadata
+
+    pool_dir, _ = write_metadata(tmp_path / "metadata")
+    model = tmp_path / "m.pt"
+    torch.save(MALFORMED[case], model)
+    out = tmp_path / "s.npy"
+    r = invoke(["filter", "--metadata-dir", pool_dir, "--score",
+                f"mixing:{model}:clip_b32_similarity_score,clip_l14_similarity_score,original_width",
+                "--output", out, "--quiet"], code=2)
+    assert "Traceback" not in r.output and not isinstance(r.exception, (AttributeError, TypeError, NotImplementedError))
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"mixing model {model}" in errors[0], r.output
+    assert not out.exists()

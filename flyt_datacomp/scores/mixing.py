@@ -23,6 +23,24 @@ from ..pool import Pool
 from .base import Scores, ScoreSource, load_scores, register_score_source
 
 
+def _values(path: str, key: str, value: Any) -> np.ndarray:
+    """A weight or bias of a mixing model as float64 numbers: a dense tensor on a real device holding
+    real numbers (floating point or integer), else one error naming what it is."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        raise FlytInputError(f"mixing model {path}: {key} is a {type(value).__name__} ({quote(value, 40)}), not a tensor")
+    if value.layout != torch.strided:
+        raise FlytInputError(f"mixing model {path}: {key} is a {str(value.layout).removeprefix('torch.')} tensor; "
+                             "a mixing model's weights are a dense tensor")
+    if value.device.type == "meta":
+        raise FlytInputError(f"mixing model {path}: {key} is a meta-device tensor, which holds no values")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise FlytInputError(f"mixing model {path}: {key} holds {str(value.dtype).removeprefix('torch.')} values, "
+                             "not real numbers")
+    return value.detach().to("cpu", torch.float64).numpy()
+
+
 def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
     """(weights ``(k,)`` float32, bias) of a released mixing-model file."""
     from .. import torch_io
@@ -39,16 +57,17 @@ def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
         raise FlytInputError(f"mixing model {path} is not a single linear layer (keys: {', '.join(sorted(state))}); "
                              "expected layers.0.weight [1, k] and layers.0.bias [1]")
     (wkey, w), = weights.items()
-    shape = tuple(getattr(w, "shape", ()))
-    if len(shape) != 2 or shape[0] != 1 or shape[1] < 1:
-        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(shape)}; a mixing model's is [1, k]")
+    w = _values(path, wkey, w)
+    if w.ndim != 2 or w.shape[0] != 1 or w.shape[1] < 1:
+        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(w.shape)}; a mixing model's is [1, k]")
     b = 0.0
     if biases:
         (bkey, bias), = biases.items()
-        if tuple(getattr(bias, "shape", ())) not in ((1,), ()):
+        bias = _values(path, bkey, bias)
+        if bias.shape not in ((1,), ()):
             raise FlytInputError(f"mixing model {path}: {bkey} has shape {list(bias.shape)}, not [1]")
         b = float(bias.reshape(-1)[0])
-    w = np.asarray(w.detach().float().cpu().numpy()[0], dtype=np.float32)
+    w = np.asarray(w[0], dtype=np.float32)
     if not np.isfinite(w).all() or not np.isfinite(b):
         raise FlytInputError(f"mixing model {path} holds non-finite weights")
     return w, b
