@@ -192,3 +192,27 @@ def test_a_misspelled_column_gets_a_short_line_and_a_suggestion(pool_dir, tmp_pa
                         str(tmp_path / "s.npy")], expect_ok=False)
     line = r.output.strip().splitlines()[-1]
     assert r.exit_code == 2 and "did you mean 'clip_l14_similarity_score'?" in line and len(line) < 600, line
+
+
+# --------------------------------------------------------------------------- names too long
+
+
+@pytest.mark.parametrize("length", [300, 250, 235])
+def test_an_output_name_longer_than_the_file_system_allows_is_one_line(pool_dir, tmp_path, length):
+    """Longer than 255 bytes; or short enough itself, but not with its sidecar's `.json` or the
+    temporary names written beside it while it is committed: refused before any work."""
+    out = tmp_path / "out" / ("a" * (length - 4) + ".npy")
+    for command in (["filter", "--score", "clip_l14_similarity_score", "--num-samples", "100"], ["baseline", "no_filter"]):
+        r = CliRunner().invoke(cli, [*command, "--metadata-dir", str(pool_dir), "--output", str(out), "--quiet"])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "--output" in errors[0] and "bytes" in errors[0], r.output
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_folder_name_too_long_is_one_line_in_any_command(pool_dir, tmp_path):
+    long = tmp_path / ("c" * 300)
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir", str(long),
+                                 "--input", "column:clip_b32_similarity_score", "--quiet"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "longer than the file system allows" in r.output and "Traceback" not in r.output

@@ -10,9 +10,11 @@ their Python names; here each becomes the flag that sets it in this command (``n
 
 from __future__ import annotations
 
+import errno
+
 import click
 
-from ..errors import FlytError
+from ..errors import FlytError, quote
 from ..process import Terminated, install_signal_handlers
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -68,6 +70,15 @@ class FlytCommand(click.Command):
             return super().invoke(ctx)
         except FlytError as exc:
             raise Reported(exc.render(flag_names(self)), exc.exit_code) from None
+        except OSError as exc:
+            stop = _signal_behind(exc.__context__)
+            if stop is not None:
+                raise stop from None
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            where = quote(str(exc.filename), 120) if exc.filename else "a path given"
+            raise Reported(f"{where}: a name in this path is longer than the file system allows (usually 255 bytes "
+                           "per name); choose a shorter one", 2) from None
         except Exception as exc:
             stop = _signal_behind(exc.__context__)
             if stop is None:
