@@ -465,3 +465,29 @@ def test_demo_version_selects_the_pool_each_command_builds(tiny_demo_pool, monke
     assert not (tmp_path / "s.npy").exists() and not (tmp_path / "r").exists()
     res = runner.invoke(main, ["filter", "--demo", "--demo-version", "v5"])
     assert res.exit_code == 2 and "v5" in res.output
+
+
+def test_outputs_and_seeds_are_checked_before_any_training(tiny_demo_pool, tmp_path, monkeypatch):
+    """--output a folder, a --cache-dir or --output-dir that cannot be made, an absurd --num-seeds: one
+    line, exit 2, before any run trains."""
+    import flyt_datacomp.benchmark.evaluate as ev
+
+    monkeypatch.setattr(ev, "train_and_evaluate", lambda *a, **k: pytest.fail("a run was trained"))
+    oracle, _ = _oracle_and_random(tiny_demo_pool, tmp_path)
+    (tmp_path / "a-file").write_text("keep")
+    (tmp_path / "a-folder").mkdir()
+    base = ["benchmark", "--quick", "--quiet", "--pool-dir", str(tiny_demo_pool.root), "--jobs", "1"]
+    cases = [
+        (["--subset", str(oracle), "--output", str(tmp_path / "a-folder"), "--cache-dir", str(tmp_path / "c")],
+         "--output", "is a directory"),
+        (["--subset", str(oracle), "--cache-dir", str(tmp_path / "a-file" / "cache")], "--cache-dir", "cannot create"),
+        (["--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "a-file" / "table")], "--output-dir",
+         "cannot create"),
+        (["--subset", str(oracle), "--num-seeds", str(10**20)], "--num-seeds", "not in the range"),
+    ]
+    for extra, flag, why in cases:
+        res = CliRunner().invoke(main, [*base, *extra])
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (extra, res.output, res.exception)
+        errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and flag in errors[0] and why in errors[0], res.output
+    assert (tmp_path / "a-file").read_text() == "keep" and not any((tmp_path / "a-folder").iterdir())

@@ -141,3 +141,13 @@ def test_many_input_demo_preset_gets_the_demo_paths_and_its_input_store(tiny_dem
     # a store given on the command line is used as is, and no demo store is made
     cfg = config_from_options("m-flyt-demo-all", None, {"inputs_dir": "/data/store"}, progress=False)
     assert cfg.inputs_dir == "/data/store" and len(made) == 1
+
+
+@pytest.mark.parametrize("given", [["--seed", str(10**20)], ["--seed", "-1"], ["--config", "seed.yaml"]])
+def test_a_seed_torch_cannot_take_is_one_line(tmp_path, monkeypatch, given):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seed.yaml").write_text("seed: 1.0e+20\n")
+    r = CliRunner().invoke(train_command, [*given, "--output-dir", str(tmp_path / "run"), "--inputs", "a",
+                                           "--metadata-dir", "m", "--shards-dir", "s", "--downstream-dir", "d"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "seed" in r.output and "2**63 - 1" in r.output and not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import click
 
 from ..demo.pool import DEMO_VERSIONS
+from ..flyt.config import MAX_SEED
 from .base import option
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,7 +65,7 @@ def device(*, default: str = "auto", help: str) -> Callable:
 
 
 def seed(*, help: str = "Seed of every random choice: same inputs and seed, same bytes out.") -> Callable:
-    return option("--seed", "seed", type=int, default=0, show_default=True, help=help)
+    return option("--seed", "seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help=help)
 
 
 def overwrite(*, help: str = "Replace existing outputs.") -> Callable:

@@ -33,6 +33,7 @@ def _field(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, fl
 
 
 REFERENCE_INITS = ("checkpoint", "pretrained", "random")
+MAX_SEED = 2**63 - 1  # the largest seed every generator (torch's too) takes
 
 
 @dataclasses.dataclass
@@ -146,10 +147,16 @@ class TrainConfig:
         for name in ("micro_batch_size", "glu_hidden"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
+        self._validate_seed(bad)
         self._validate_reference_init()
         for name in ("metadata_dir", "shards_dir", "downstream_dir"):
             if not getattr(self, name):
                 raise FlytInputError(f"missing training option `{name}`", params=[name])
+
+    def _validate_seed(self, bad) -> None:
+        """torch seeds its generators with a 64-bit number."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be a whole number from 0 to {MAX_SEED:,} (2**63 - 1)")
 
     def _validate_reference_init(self) -> None:
         if self.reference_init == "checkpoint" and not self.reference_checkpoint:
