@@ -71,5 +71,6 @@ def recipe_selection(name: str, *, metadata_dir: str, output: str, inputs_dir: s
     return Selection(
         metadata_dir=metadata_dir, output=Output(output, overwrite=overwrite), restrict=Restrict(shards_dir=shards_dir),
         score=ScoreStage(f"mixing:{mixing_model}:{','.join(names)}", inputs_dir=inputs_dir),
-        sample=Sample(recipe.sampler, options, scale=scale if recipe.sampler == "scs" else None, seed=seed),
+        sample=Sample(recipe.sampler, options, scale=scale if recipe.sampler == "scs" else None, seed=seed,
+                      recipe=name),
         workers=workers, progress=progress)

@@ -20,6 +20,8 @@ and ``baseline`` commands, the benchmark's table and the demo all call it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ from .baselines import datacomp as baselines
 from .baselines.assets import AssetPaths
 from .baselines.masks import BaselineMask, MaskContext, apply_masks, resolve_mask
 from .errors import FlytInputError, quote
+from .folders import check_apart
 from .io import OutputSet, check_free_space, format_bytes, is_url, local_path
 from .pool import Pool
 from .scales import SCALES, get_scale
@@ -96,6 +99,7 @@ class Sample:
     scale: str | None = None  # a DataComp scale: default num_samples and SCS settings
     seed: int = 0
     allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
+    recipe: str | None = None  # the paper recipe whose fixed settings these are (its commands cannot change them)
 
     @property
     def name(self) -> str:
@@ -161,11 +165,37 @@ def preflight(sel: Selection) -> OutputSet:
         get_scale(sel.sample.scale)
     if not str(sel.output.path).endswith(".npy"):
         raise FlytInputError(f"`output` must be a .npy file, got {quote(str(sel.output.path))}", params=["output"])
-    outputs = OutputSet(subset_outputs(sel.output.path), overwrite=sel.output.overwrite)
+    targets = subset_outputs(sel.output.path)
+    if not is_url(sel.output.path):
+        inputs = selection_inputs(sel)
+        for target in targets:
+            check_apart(target, inputs, what=f"`output` {target}", params=["output"])
+    outputs = OutputSet(targets, overwrite=sel.output.overwrite)
     outputs.preflight()
     if sel.sample.num_samples is not None:
         check_subset_size(sel.sample.num_samples, sel.output.path)
     return outputs
+
+
+def selection_inputs(sel: Selection) -> dict[str, str | os.PathLike | None]:
+    """Every local file or folder a selection reads (name -> location), which its outputs must lie
+    apart from: the pool, the shards, the input store, the files its score source and masks name
+    (every piece of a spec that exists on disk), and the baseline's assets."""
+    inputs: dict[str, str | os.PathLike | None] = {"metadata_dir": sel.metadata_dir, "shards_dir": sel.restrict.shards_dir,
+                                                   "inputs_dir": sel.score.inputs_dir}
+    specs = [("score source", sel.score.source)] + [("mask", m) for m in sel.restrict.masks]
+    for what, spec in specs:
+        for piece in re.split(r"[:,=]", spec or ""):
+            if piece and not is_url(piece) and os.path.lexists(os.path.expanduser(piece)):
+                name = f"a file of the {what}"
+                inputs[name if name not in inputs else f"{name} ({len(inputs)})"] = piece
+    assets = sel.restrict.assets
+    for field in dataclasses.fields(assets):
+        value = getattr(assets, field.name)
+        for path in (value if isinstance(value, tuple) else (value,)):
+            if path and field.name != "assets_dir":
+                inputs[f"the baseline asset {path}"] = path
+    return inputs
 
 
 def _check_survivors_only(sel: Selection) -> None:
@@ -354,6 +384,32 @@ def _as_stored(params: dict[str, Any], scores: Scores, cfg: Transform) -> dict[s
     return {**params, "value": float(scores.stored_dtype.type(value))}
 
 
+def _recipe_too_large(sel: Selection, params: dict[str, Any], size: int, why: str) -> str:
+    """A paper recipe's fixed settings would ignore the scores on this pool: say so, and how to sample
+    it with the filter command, whose settings can be fitted to the pool (the recipe's cannot)."""
+    scale = sel.sample.scale
+    shown = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in params.items()
+                      if k in ("alpha", "group_size", "num_samples") and v is not None)
+    reason = why.split(";")[0].replace("`", "")
+    pool = SCALES[scale].pool_size if scale in SCALES else None
+    made = f", made for its pool of {pool:,} examples" if pool else ""
+    return (f"{sel.sample.recipe} draws with the paper's {scale} settings ({shown}){made}; on these {size:,} examples "
+            f"the draw would not depend on the scores: {reason}. To sample this pool, run flyt-datacomp filter with "
+            f"the same --score {quote(sel.score.source, 200)} and --inputs-dir, and SCS settings for its size "
+            f"(--scs-group-size about {max(1, size // 1280):,}, --num-samples); --allow-score-independent there writes "
+            "such a draw anyway")
+
+
+def _selects_nothing(name: str, params: dict[str, Any], logits: np.ndarray, cfg: Transform) -> str:
+    """Why a draw selected no example, and the way out (an empty subset is never written)."""
+    scored = "scores" if not cfg.standardize and cfg.temperature == 1.0 else "scores after the transform"
+    span = f"the {scored} of the {logits.size:,} examples it may select range from {logits.min():.6g} to {logits.max():.6g}"
+    if params.get("value") is not None:
+        return (f"`value` {params['value']} keeps no example: {span}; choose a value at most {logits.max():.6g}, or "
+                "`fraction`; no subset was written")
+    return f"sampler {name} selected no example ({span}); no subset was written"
+
+
 # ------------------------------------------------------------------------------------- the run
 
 
@@ -381,10 +437,14 @@ def run(sel: Selection) -> SelectionResult:
     values = scores.values if kept.keep is None else scores.values[kept.keep]
     logits = transform(values, sel.transform)
     degenerate = sampling.score_independence(name, logits, params)
+    if degenerate and not sel.sample.allow_score_independent and sel.sample.recipe is not None:
+        raise FlytInputError(_recipe_too_large(sel, params, logits.size, degenerate))
     if degenerate and not sel.sample.allow_score_independent:
         raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
                              params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
     drawn = spec(logits, _as_stored(params, scores, sel.transform), seed=sel.sample.seed, progress=sel.progress)
+    if not drawn.any():
+        raise FlytInputError(_selects_nothing(name, params, logits, sel.transform), params=["value", "fraction"])
     if kept.keep is None:
         counts = drawn
     else:

@@ -641,8 +641,8 @@ class InputStore:
             try:
                 self._checked_shard(shard, [], inputs, reader=False)
             except DamagedShard as exc:
-                if inputs:
-                    out.append((list(inputs), f"shard file {exc.path.name} {exc.why}"))
+                if complete or (inputs and exc.why != "is missing"):  # a first run cut short wrote no file yet
+                    out.append((complete or list(inputs), f"shard file {exc.path.name} {exc.why}"))
                 continue
             info = self.shard_file(shard["stem"])
             for n in complete:

@@ -244,3 +244,70 @@ def test_non_numeric_scores_and_empty_files(pool_dir, tmp_path):
     _bad(tmp_path, [*base, "--score", str(tmp_path / "empty.parquet")], "cannot read score file")
     (root / "0000.parquet").write_bytes(b"")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score"], "0000.parquet")
+
+
+def _uid_score_records(pool, dtype):
+    arr = np.zeros(pool.size, dtype=dtype)
+    names = arr.dtype.names
+    if "uid" in names:
+        arr["uid"] = pool.uids
+    else:
+        arr["f0"], arr["f1"] = pool.uids["f0"], pool.uids["f1"]
+    arr["score"] = pool.column("clip_l14_similarity_score")
+    return arr
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_with_overwrite(pool_dir, tmp_path):
+    """--output equal to the score file (an .npy score file is a natural name clash), to a file of an
+    aggregation, or inside the metadata folder: refused before any work, every input byte kept."""
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    scores = tmp_path / "scores.npy"
+    np.save(scores, _uid_score_records(pool, [("uid", UID_DTYPE), ("score", "f8")]))
+    before = scores.read_bytes()
+    metadata = {p.name: p.read_bytes() for p in root.iterdir()}
+    for spec, out in ((str(scores), scores), (f"file:{scores}", scores),
+                      (f"sum:{scores},clip_b32_similarity_score", scores),
+                      ("clip_l14_similarity_score", root / "subset.npy")):
+        r = run(["--metadata-dir", str(root), "--score", spec, "--num-samples", "50", "--output", str(out),
+                 "--overwrite"], expect_ok=False)
+        assert r.exit_code == 2 and "an output must be apart from the command's inputs" in r.output, r.output
+        assert scores.read_bytes() == before and {p.name: p.read_bytes() for p in root.iterdir()} == metadata
+    sidecar = tmp_path / "s.npy.json"  # the subset's sidecar may not be an input either
+    np.save(tmp_path / "x.npy", _uid_score_records(pool, [("uid", UID_DTYPE), ("score", "f8")]))
+    (tmp_path / "x.npy").rename(sidecar)
+    r = run(["--metadata-dir", str(root), "--score", f"file:{sidecar}", "--num-samples", "50", "--output",
+             str(tmp_path / "s.npy"), "--overwrite"], expect_ok=False)
+    assert r.exit_code == 2 and "s.npy.json" in r.output
+
+
+def test_a_threshold_that_keeps_nothing_writes_nothing(pool_dir, tmp_path):
+    root, _ = pool_dir
+    out = tmp_path / "t.npy"
+    for extra in (["--threshold", "5"], ["--threshold", "50", "--standardize"]):
+        r = run(["--metadata-dir", str(root), "--score", "clip_l14_similarity_score", "--output", str(out), *extra],
+                expect_ok=False)
+        assert r.exit_code == 2 and "--threshold" in r.output and "keeps no example" in r.output, r.output
+        assert "range from" in r.output and not out.exists()
+    run(["--metadata-dir", str(root), "--score", "clip_l14_similarity_score", "--output", str(out), "--threshold",
+         "0.3"])
+    assert read_subset(out)[1].sum() > 0
+
+
+@pytest.mark.parametrize("layout", ["uid u8,u8 records", "f0 f1 fields", "parquet struct"])
+def test_a_score_file_in_the_packages_own_uid_form_is_read(pool_dir, tmp_path, layout):
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    args = ["--metadata-dir", str(root), "--sampler", "threshold", "--fraction", "0.2"]
+    run([*args, "--score", "clip_l14_similarity_score", "--output", str(tmp_path / "a.npy")])
+    if layout == "parquet struct":
+        path = tmp_path / "scores.parquet"
+        uid = pa.StructArray.from_arrays([pa.array(pool.uids["f0"]), pa.array(pool.uids["f1"])], names=["f0", "f1"])
+        pq.write_table(pa.table({"uid": uid, "score": pool.column("clip_l14_similarity_score")}), path)
+    else:
+        path = tmp_path / "scores.npy"
+        dtype = ([("uid", UID_DTYPE), ("score", "f4")] if layout.startswith("uid")
+                 else [("f0", "u8"), ("f1", "u8"), ("score", "f4")])
+        np.save(path, _uid_score_records(pool, dtype))
+    run([*args, "--score", str(path), "--output", str(tmp_path / "b.npy")])
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()

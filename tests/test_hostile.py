@@ -152,6 +152,7 @@ def test_config_values_of_the_wrong_type_are_one_line(tiny_demo_pool, tmp_path):
 def test_a_run_folder_with_a_folder_where_a_file_belongs(tiny_demo_pool, tmp_path):
     run = tmp_path / "run"
     (run / "metrics.jsonl").mkdir(parents=True)
+    (run / "flyt_run.json").write_text(json.dumps({"written_by": "train"}))  # a run of train's, damaged
     r = CliRunner().invoke(cli, ["train", "--preset", "m-flyt-demo", "--output-dir", str(run), "--steps", "2",
                                  "--metadata-dir", str(tiny_demo_pool.metadata_dir), "--quiet"])
     assert r.exit_code == 2 and "metrics.jsonl is not a file" in r.output and "--output-dir" in r.output, r.output

@@ -852,3 +852,20 @@ def test_a_hand_edited_manifest_entry_is_refused_and_named_by_show(pool_dir, tmp
     assert json.loads(manifest.read_text())["inputs"]["x"]["fill_value"] == 0.0
     assert invoke(["inputs", "show", "--inputs-dir", store]).exit_code == 0
     assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")).exit_code == 0
+
+
+def test_a_failed_first_run_leaves_a_store_show_does_not_call_damaged(pool_dir, tmp_path):
+    """A first run that failed before writing any shard file leaves inputs still computing and no shard
+    files: nothing is damaged (a missing file of a complete input still is)."""
+    store = tmp_path / "store"
+    (tmp_path / "bad.parquet").write_text("x")
+    r = invoke(["inputs", "compute", "--metadata-dir", pool_dir, "--inputs-dir", store, "--input",
+                f"x=file:{tmp_path / 'bad.parquet'}", "--quiet"])
+    assert r.exit_code == 2 and not shard_files(store)
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 0 and "damaged" not in r.output, r.output
+    assert any(line.startswith("x ") and "computing" in line for line in r.output.splitlines()), r.output
+    compute_inputs(str(pool_dir), str(store), ["y=column:clip_b32_similarity_score"], progress=False)
+    shard_files(store)[0].unlink()
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 2 and "is missing" in r.output

@@ -151,3 +151,12 @@ def test_a_seed_torch_cannot_take_is_one_line(tmp_path, monkeypatch, given):
                                            "--metadata-dir", "m", "--shards-dir", "s", "--downstream-dir", "d"])
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
     assert "seed" in r.output and "2**63 - 1" in r.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name,text,where", [("c.yaml", "steps: 3\nbeta2: 0.9\nsteps: 5\n", "again on line 3"),
+                                             ("c.json", '{"steps": 3, "steps": 5}', "given twice")])
+def test_a_config_file_giving_an_option_twice_is_refused(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    r = CliRunner().invoke(train_command, ["--config", str(tmp_path / name), "--output-dir", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "option 'steps' is given twice" in r.output and where in r.output, r.output
+    assert not (tmp_path / "run").exists()

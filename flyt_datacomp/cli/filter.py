@@ -107,7 +107,8 @@ def mixing_options(fn):
     for opt in reversed([
         option("--mixing-model", metavar="PATH", help="flyt_* recipes: the authors' released M-FLYT model "
                "(scoring_models/mflyt.pt, a state dict; loaded without unpickling objects)."),
-        option("--mixing-inputs", metavar="A,B,...", help="flyt_* recipes: the store's names of the model's inputs, "
+        option("--mixing-inputs", metavar="A,B,...", callback=comma_list,
+               help="flyt_* recipes: the store's names of the model's inputs, "
                "in the model's order [default: the 12 names of the authors' notebook]."),
     ]):
         fn = opt(fn)
@@ -120,8 +121,8 @@ def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool)
                                     ("--mask", "masks")) if opts.get(key)]
     if given:
         raise FlytInputError(f"{name} takes none of {', '.join(given)} (they are DataComp's baselines' options)")
-    inputs = opts["mixing_inputs"].split(",") if opts.get("mixing_inputs") else None
-    kwargs = {"inputs": inputs} if inputs else {}
+    inputs = opts.get("mixing_inputs")  # None: the default names; an empty value is refused by its option
+    kwargs = {"inputs": inputs} if inputs is not None else {}
     return selection.run(recipe_selection(
         name, metadata_dir=opts["metadata_dir"], output=opts["output"], inputs_dir=opts["inputs_dir"],
         mixing_model=opts["mixing_model"], scale=opts["scale"], shards_dir=opts["shards_dir"], seed=seed,

@@ -269,17 +269,39 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise FlytInputError(f"config file {path} does not exist")
     text = p.read_text()
     try:
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = _parse_unique(text, yaml_file=p.suffix in (".yaml", ".yml"))
+    except FlytInputError as exc:
+        raise FlytInputError(f"config file {path}: {exc}") from None
     except Exception as exc:
         raise FlytInputError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise FlytInputError(f"config file {path} must hold a mapping of option names to values")
     return data
+
+
+def _parse_unique(text: str, *, yaml_file: bool) -> Any:
+    """JSON or YAML whose mappings name each key once (both formats would keep the last value of a
+    key given twice, silently)."""
+    def unique(pairs) -> dict:
+        out = {}
+        for key, value, where in pairs:
+            if key in out:
+                raise FlytInputError(f"option {key!r} is given twice{where}; give it once")
+            out[key] = value
+        return out
+
+    if not yaml_file:
+        return json.loads(text, object_pairs_hook=lambda pairs: unique((k, v, "") for k, v in pairs))
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            return unique((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep),
+                           f" (again on line {k.start_mark.line + 1})") for k, v in node.value)
+
+    UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeys.construct_mapping)
+    return yaml.load(text, Loader=UniqueKeys)  # noqa: S506 - a SafeLoader subclass
 
 
 def build_config(preset: str | None, file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:

@@ -16,8 +16,10 @@ from .base import as_float
 def read_uid_scores(source: str) -> tuple[np.ndarray, np.ndarray]:
     """A per-uid score file as (uids sorted, float64 scores in that order); duplicates refused.
 
-    Parquet or csv with columns ``uid`` (32 hex characters) and ``score``, or an ``.npy`` record
-    array with a ``uid`` field (hex strings) or ``f0``/``f1`` fields, and a ``score`` field.
+    Parquet or csv with columns ``uid`` (32 hex characters, or in parquet the package's ``u8,u8``
+    form: a struct of two unsigned 64-bit fields) and ``score``, or an ``.npy`` record array with a
+    ``uid`` field (hex strings, or ``u8,u8`` records as a subset file holds them) or ``f0``/``f1``
+    fields, and a ``score`` field.
     """
     file_uids, file_scores = _read_score_table(source)
     order = uid_order(file_uids)
@@ -39,8 +41,8 @@ def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
                 if "score" not in names or not ({"uid"} <= set(names) or {"f0", "f1"} <= set(names)):
                     raise FlytInputError(f"score file {source} must be a record array with a 'score' field and "
                                          f"a 'uid' (or 'f0', 'f1') field; fields: {list(names)}")
-                uids = (hex_to_uids(arr["uid"], source=source) if "uid" in names
-                        else np.rec.fromarrays([arr["f0"], arr["f1"]], dtype=UID_DTYPE).view(np.ndarray))
+                uids = (_uids(arr["uid"], source) if "uid" in names
+                        else _pairs(arr["f0"], arr["f1"], source))
                 return uids, as_float(arr["score"], f"field 'score' of score file {source}")
             if lower.endswith(".csv"):
                 import pyarrow.csv as pcsv
@@ -58,11 +60,40 @@ def _read_score_table(source: str) -> tuple[np.ndarray, np.ndarray]:
             f"score file {source} needs columns 'uid' and 'score'; missing {missing} "
             f"(columns: {table.column_names})"
         )
-    file_uids = uid_column(table.column("uid"), source)
+    column = table.column("uid")
+    if pa.types.is_struct(column.type):
+        column = column.combine_chunks()
+        if column.type.num_fields != 2 or column.null_count:
+            raise FlytInputError(f"score file {source}: column 'uid' is a {column.type}; a uid is 32 hex characters or "
+                                 "a struct of two unsigned 64-bit numbers (u8,u8)")
+        file_uids = _pairs(column.field(0).to_numpy(zero_copy_only=False),
+                           column.field(1).to_numpy(zero_copy_only=False), source)
+    else:
+        file_uids = uid_column(column, source)
     score_col = table.column("score")
     if score_col.null_count:
         raise FlytInputError(f"score file {source} has {score_col.null_count} missing scores")
     return file_uids, as_float(score_col.to_numpy(), f"column 'score' of score file {source}")
+
+
+def _uids(values: np.ndarray, source: str) -> np.ndarray:
+    """A ``uid`` field as ``u8,u8``: hex strings, or records of two unsigned 64-bit numbers."""
+    names = values.dtype.names
+    if names is None:
+        return hex_to_uids(values, source=source)
+    if len(names) != 2:
+        raise FlytInputError(f"score file {source}: field 'uid' has {len(names)} subfields; a uid is 32 hex "
+                             "characters or two unsigned 64-bit numbers (u8,u8)")
+    return _pairs(values[names[0]], values[names[1]], source)
+
+
+def _pairs(high: np.ndarray, low: np.ndarray, source: str) -> np.ndarray:
+    """uids from their two halves, which must be unsigned 64-bit integers (as a subset file holds them)."""
+    for half in (high, low):
+        if half.dtype.kind != "u" or half.dtype.itemsize != 8:
+            raise FlytInputError(f"score file {source}: uid halves hold {half.dtype} values; the u8,u8 form holds two "
+                                 "unsigned 64-bit integers")
+    return np.rec.fromarrays([high, low], dtype=UID_DTYPE).view(np.ndarray)
 
 
 def scores_from_file(pool: Pool, source: str) -> tuple[np.ndarray, int]:

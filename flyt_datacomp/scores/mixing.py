@@ -24,21 +24,12 @@ from .base import Scores, ScoreSource, load_scores, register_score_source
 
 
 def _values(path: str, key: str, value: Any) -> np.ndarray:
-    """A weight or bias of a mixing model as float64 numbers: a dense tensor on a real device holding
-    real numbers (floating point or integer), else one error naming what it is."""
+    """A weight or bias of a mixing model as float64 numbers (a dense tensor of real numbers)."""
     import torch
 
-    if not isinstance(value, torch.Tensor):
-        raise FlytInputError(f"mixing model {path}: {key} is a {type(value).__name__} ({quote(value, 40)}), not a tensor")
-    if value.layout != torch.strided:
-        raise FlytInputError(f"mixing model {path}: {key} is a {str(value.layout).removeprefix('torch.')} tensor; "
-                             "a mixing model's weights are a dense tensor")
-    if value.device.type == "meta":
-        raise FlytInputError(f"mixing model {path}: {key} is a meta-device tensor, which holds no values")
-    if value.is_complex() or value.dtype == torch.bool:
-        raise FlytInputError(f"mixing model {path}: {key} holds {str(value.dtype).removeprefix('torch.')} values, "
-                             "not real numbers")
-    return value.detach().to("cpu", torch.float64).numpy()
+    from ..torch_io import real_tensor
+
+    return real_tensor(value, f"mixing model {path}: {key}").detach().to("cpu", torch.float64).numpy()
 
 
 def read_mixing_model(path: str) -> tuple[np.ndarray, float]:

@@ -62,16 +62,13 @@ def read_npy(path: str, what: str, key: str | None = None) -> np.ndarray:
         raise FlytInputError(f"cannot read {what} {path}: {exc}") from None
 
 
-def _tensor_values(obj: Any, where: str) -> Any:
-    """A loaded tensor's values as numpy (a dense tensor on a real device), else the object itself
-    for :func:`embedding_matrix` to judge."""
+def _tensor_values(obj: Any, where: str) -> np.ndarray:
+    """A loaded tensor of real numbers as a float32 numpy array (else one error naming ``where``)."""
     import torch
 
-    if not isinstance(obj, torch.Tensor):
-        return obj if isinstance(obj, np.ndarray) else np.asarray(obj, dtype=object)
-    if obj.layout != torch.strided or obj.device.type == "meta":
-        raise FlytInputError(f"{where} is a {obj.layout} tensor on {obj.device}, not dense embeddings")
-    return obj.detach().cpu().numpy() if obj.dtype != torch.bfloat16 else obj.detach().float().cpu().numpy()
+    from ...torch_io import real_tensor
+
+    return real_tensor(obj, where).detach().to("cpu", torch.float32).numpy()
 
 
 def load_target_embeddings(pattern: str) -> np.ndarray:
