@@ -15,7 +15,7 @@ import errno
 import click
 
 from ..errors import FlytError, quote
-from ..process import Terminated, install_signal_handlers
+from ..process import Terminated, install_signal_handlers, stop_handled
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -66,6 +66,12 @@ class FlytCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         install_signal_handlers()
+        try:
+            return self._invoke(ctx)
+        finally:
+            stop_handled()  # the command has unwound: a stop signal's watchdog is no longer needed
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FlytError as exc:
