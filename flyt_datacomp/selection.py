@@ -79,6 +79,7 @@ class ScoreStage:
     source: str | None = None  # a registered score source spec (a column, a file, a model, store:NAME, ...)
     inputs_dir: str | None = None  # an input store, for store: sources and masks
     accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
+    missing: str = "error"  # pool examples a score file has no score for: an error, or its scores' min or mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,7 +434,7 @@ def run(sel: Selection) -> SelectionResult:
     if "num_samples" in params:
         check_subset_size(params["num_samples"], sel.output.path)
     scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir,
-                         accept_changed_inputs=sel.score.accept_changed_inputs)
+                         accept_changed_inputs=sel.score.accept_changed_inputs, missing=sel.score.missing)
     values = scores.values if kept.keep is None else scores.values[kept.keep]
     logits = transform(values, sel.transform)
     degenerate = sampling.score_independence(name, logits, params)
@@ -452,6 +453,9 @@ def run(sel: Selection) -> SelectionResult:
         counts[kept.keep] = drawn
     notes = default_notes(sel.sample, params, kept.size) + kept.notes()
     notes += [n for n in (degenerate, sampling.concentration(drawn)) if n]
+    if scores.filled:
+        notes.append(f"the score file {scores.source} has no score for {scores.filled:,} pool examples; they got "
+                     f"the {sel.score.missing} of its scores (`missing` {sel.score.missing})")
     if scores.extra_uids:
         notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
                      "they were ignored")
@@ -463,6 +467,7 @@ def run(sel: Selection) -> SelectionResult:
             "inputs_dir": sel.score.inputs_dir,
             "accept_changed_inputs": list(sel.score.accept_changed_inputs),
             "score_file_extra_uids": scores.extra_uids,
+            "missing": {"policy": sel.score.missing, "filled": scores.filled},
         },
         "masks": kept.report,
         "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,

@@ -311,3 +311,49 @@ def test_a_score_file_in_the_packages_own_uid_form_is_read(pool_dir, tmp_path, l
         np.save(path, _uid_score_records(pool, dtype))
     run([*args, "--score", str(path), "--output", str(tmp_path / "b.npy")])
     assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+def _csv(path, rows):
+    path.write_text("uid,score\n" + "".join(f"{u},{s}\n" for u, s in rows))
+
+
+def test_a_score_file_for_part_of_the_pool_is_filled_with_missing(pool_dir, tmp_path):
+    """5 of 20 uids scored: refused, naming --missing; with --missing min or mean the rest get the
+    file's min or mean, the sidecar says how many."""
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    from flyt_datacomp.uids import uids_to_hex
+
+    hexes = uids_to_hex(pool.uids)
+    part = tmp_path / "part.csv"
+    _csv(part, [(u, float(i)) for i, u in enumerate(hexes[:50])])
+    out = tmp_path / "s.npy"
+    args = ["--metadata-dir", str(root), "--score", str(part), "--sampler", "threshold", "--output", str(out)]
+    r = run([*args, "--fraction", "0.1"], expect_ok=False)
+    assert r.exit_code == 2 and "no score for 150 of the pool's 200 uids" in r.output and "--missing" in r.output
+    from flyt_datacomp.scores import load_scores
+
+    for policy, fill in (("min", 0.0), ("mean", 24.5)):
+        values = load_scores(pool, str(part), missing=policy).values
+        position = {u: i for i, u in enumerate(hexes)}
+        assert values[[position[u] for u in hexes[:50]]].tolist() == [float(i) for i in range(50)]
+        assert np.all(values[[position[u] for u in hexes[50:]]] == fill)
+        run([*args, "--threshold", "40", "--missing", policy, "--overwrite"])
+        side = json.loads(out.with_name("s.npy.json").read_text())
+        assert side["inputs"]["missing"] == {"policy": policy, "filled": 150}
+        assert read_subset(out)[1].sum() == 10  # scores 40..49
+
+
+@pytest.mark.parametrize("bad, message", [("NaN", "missing score(s)"), ("n/a", "missing score(s)"),
+                                          ("", "missing score(s)"), ("abc", "'abc'"), ("inf", "infinite")])
+def test_a_bad_score_row_is_named_by_row_line_and_uid(pool_dir, tmp_path, bad, message):
+    root, hexes = pool_dir
+    path = tmp_path / "s.csv"
+    _csv(path, [(u, bad if i == 7 else i) for i, u in enumerate(hexes)])
+    r = run(["--metadata-dir", str(root), "--score", str(path), "--num-samples", "10", "--output",
+             str(tmp_path / "o.npy")], expect_ok=False)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert "row 7 (line 9)" in r.output and hexes[7] in r.output, r.output
+    if message == "missing score(s)":  # a row without a score is an example without one: --missing fills it
+        run(["--metadata-dir", str(root), "--score", str(path), "--num-samples", "10", "--missing", "mean",
+             "--output", str(tmp_path / "o.npy")])

@@ -25,6 +25,7 @@ from ..errors import FlytInputError, render_settings
 from ..recipes import RECIPES, recipe_selection
 from ..scales import SCALES
 from ..scores import SCORE_SOURCES
+from ..scores.files import MISSING_POLICIES
 from . import options as O
 from .base import comma_list, command, flag_names, option
 
@@ -166,7 +167,8 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
         output=selection.Output(opts.pop("output"), overwrite=opts.pop("overwrite")),
         restrict=restrict,
         score=selection.ScoreStage(opts.pop("score"), inputs_dir=opts.pop("inputs_dir"),
-                                   accept_changed_inputs=tuple(opts.pop("accept_changed_inputs") or ())),
+                                   accept_changed_inputs=tuple(opts.pop("accept_changed_inputs") or ()),
+                                   missing=opts.pop("missing")),
         transform=selection.Transform(standardize=opts.pop("standardize"), temperature=opts.pop("temperature")),
         sample=selection.Sample(opts.pop("sampler"), sampler_opts, num_samples=opts.pop("num_samples"),
                              scale=opts.pop("scale"), seed=opts.pop("seed"),
@@ -229,6 +231,8 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
            help="Metadata shards read at once (threads), and processes for the baselines' caption rules.")
 @O.inputs_dir(help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
+@option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
+        help="Pool examples a score file has no score for: an error, or the min or the mean of the file's scores.")
 @option("--accept-changed-inputs", "accept_changed_inputs", metavar="A,B,...", callback=comma_list, default=None,
         help="A trained M-FLYT model's stored inputs to apply it to although they changed since it was trained "
              "(recomputed, or filled differently); * for all. Without it such a model is refused.")

@@ -32,12 +32,12 @@ from ..errors import FlytInputError, quote
 from ..io import dumps
 from ..pool import MetadataShard, Pool
 from ..progress import progress_bar
+from ..scores.files import MISSING_POLICIES
 from ..store import InputStore, hand_edited, new_token, pool_read, pool_stamps, shard_stem
 from . import executors
 from .providers import FitContext, Provider, parse_spec
 from .providers.base import source_identities
 
-MISSING_POLICIES = ("error", "min", "mean")
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 

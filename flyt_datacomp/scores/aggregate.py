@@ -56,7 +56,7 @@ class _Aggregate(ScoreSource):
 
     def input_scores(self, pool: Pool, spec: str) -> np.ndarray:
         return load_scores(pool, spec, within=self.within, inputs_dir=self.inputs_dir,
-                           accept_changed_inputs=self.accept_changed_inputs).values
+                           accept_changed_inputs=self.accept_changed_inputs, missing=self.missing).values
 
 
 @register_score_source

@@ -112,7 +112,7 @@ class MixingScore(ScoreSource):
             raise FlytInputError(f"mixing model {path} mixes {weights.size} inputs but {len(names)} were named "
                                  f"({', '.join(names)}); name them all, in the model's order")
         columns = [np.asarray(load_scores(pool, self.input_spec(pool, n), within=self.within,
-                                          inputs_dir=self.inputs_dir,
+                                          inputs_dir=self.inputs_dir, missing=self.missing,
                                           accept_changed_inputs=self.accept_changed_inputs).values, dtype=np.float32)
                    for n in names]
         out = np.empty(pool.size, dtype=np.float64)

@@ -65,8 +65,8 @@ class ScoreFile(ScoreSource):
 
     def load(self, pool: Pool) -> Scores:
         _require_file(self.spec, "score file")
-        values, extra = scores_from_file(pool, self.spec)
-        return Scores(values, self.spec, self.kind, extra_uids=extra)
+        values, extra, filled = scores_from_file(pool, self.spec, self.missing)
+        return Scores(values, self.spec, self.kind, extra_uids=extra, filled=filled)
 
     def where(self, pool: Pool, i: int) -> str:
         return f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"
