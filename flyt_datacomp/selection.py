@@ -132,7 +132,8 @@ class Selection:
     score: ScoreStage = ScoreStage()
     transform: Transform = Transform()
     sample: Sample = Sample()
-    workers: int = 4  # metadata shards read at once (threads), processes for the baselines' caption rules
+    workers: int = 4  # worker processes for the baselines' caption rules
+    io_threads: int = 4  # metadata shards read at once (threads)
     progress: bool = True
 
 
@@ -422,7 +423,7 @@ def run(sel: Selection) -> SelectionResult:
     """
     preflight(sel)
     start = time.perf_counter()
-    pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.workers)
+    pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.io_threads)
     kept = restrict(sel, pool)
     if sel.score.source is None:
         return _write_survivors(sel, pool, kept, start)

@@ -156,7 +156,7 @@ def test_bad_inputs_clear_errors_no_output(pool_dir, tmp_path):
     vals = np.zeros(pool.size)
     vals[17] = np.nan
     pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids)), "score": vals}), tmp_path / "nan.parquet")
-    _bad(tmp_path, [*base, "--score", str(tmp_path / "nan.parquet")], "non-finite")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "nan.parquet")], "missing score(s) (empty, NaN or n/a); the first at row 17")
     pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids))[1:], "score": vals[1:]}), tmp_path / "short.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "short.parquet")], "no score for 1 of the pool's 200 uids")
     pq.write_table(pa.table({"id": ["a"], "score": [1.0]}), tmp_path / "nouid.parquet")
@@ -239,7 +239,7 @@ def test_non_numeric_scores_and_empty_files(pool_dir, tmp_path):
     base = ["--metadata-dir", str(root)]
     _bad(tmp_path, [*base, "--score", "text"], "not numbers")
     pq.write_table(pa.table({"uid": list(hexes), "score": ["high"] * len(hexes)}), tmp_path / "str.parquet")
-    _bad(tmp_path, [*base, "--score", str(tmp_path / "str.parquet")], "'score' of score file")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "str.parquet")], "the score 'high' at row 0")
     (tmp_path / "empty.parquet").write_bytes(b"")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "empty.parquet")], "cannot read score file")
     (root / "0000.parquet").write_bytes(b"")

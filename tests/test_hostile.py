@@ -136,7 +136,7 @@ def test_config_values_of_the_wrong_type_are_one_line(tiny_demo_pool, tmp_path):
     for bad, message in (({"steps": "abc"}, "--steps must be a whole number, got 'abc'"),
                          ({"scoring_lr": [1]}, "--scoring-lr must be a finite number"),
                          ({"tensorboard": "yes"}, "--tensorboard must be true or false"),
-                         ({"inputs": 3}, "--inputs must be a list of names")):
+                         ({"inputs": 3}, "--mixing-inputs must be a list of names")):
         config.write_text(json.dumps(bad))
         r = CliRunner().invoke(cli, ["train", "--preset", "m-flyt-demo", "--config", str(config),
                                      "--output-dir", str(tmp_path / "run"), "--metadata-dir",

@@ -127,7 +127,7 @@ def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool)
     return selection.run(recipe_selection(
         name, metadata_dir=opts["metadata_dir"], output=opts["output"], inputs_dir=opts["inputs_dir"],
         mixing_model=opts["mixing_model"], scale=opts["scale"], shards_dir=opts["shards_dir"], seed=seed,
-        overwrite=opts["overwrite"], workers=opts["workers"], progress=progress, device=device, **kwargs))
+        overwrite=opts["overwrite"], io_threads=opts["io_threads"], progress=progress, device=device, **kwargs))
 
 
 def mask_option(fn):
@@ -174,6 +174,7 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
                              scale=opts.pop("scale"), seed=opts.pop("seed"),
                              allow_score_independent=opts.pop("allow_score_independent")),
         workers=opts.pop("workers"),
+        io_threads=opts.pop("io_threads"),
         progress=progress,
     )
     if opts:
@@ -229,7 +230,8 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @option("--allow-score-independent", is_flag=True,
         help="Write a subset even when the sampler's counts would not depend on the scores.")
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
-           help="Metadata shards read at once (threads), and processes for the baselines' caption rules.")
+           help="Worker processes for the baselines' caption rules (text_based, basic_filter).")
+@O.io_threads()
 @O.inputs_dir(help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
 @option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
         help="Pool examples a score file has no score for: an error, or the min or the mean of the file's scores.")

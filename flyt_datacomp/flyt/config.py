@@ -44,7 +44,8 @@ class TrainConfig:
     model: str = _field("m-flyt", "m-flyt (a linear mix of standardised input scores) or e-flyt (an FFN-GLU head "
                         "on the pool's CLIP embeddings)", choices=("m-flyt", "e-flyt"))
     inputs: list[str] = _field([], "M-FLYT input scores, comma separated: columns of the pool's parquet files, or "
-                               "inputs of the store given by --inputs-dir")
+                               "inputs of the store given by --inputs-dir", flag="--mixing-inputs",
+                               aliases=("--inputs",))
     inputs_dir: str | None = _field(None, "an input store (flyt-datacomp inputs compute) whose inputs M-FLYT may mix, "
                                     "standardised with their pool statistics", metavar="STORE")
     embedding_prefix: str = _field("b32", "E-FLYT features: the npz keys <prefix>_img and <prefix>_txt (b32: the "
