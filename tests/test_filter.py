@@ -157,7 +157,8 @@ def test_bad_inputs_clear_errors_no_output(pool_dir, tmp_path):
     vals[17] = np.nan
     pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids)), "score": vals}), tmp_path / "nan.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "nan.parquet")], "missing score(s) (empty, NaN or n/a); the first at row 17")
-    pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids))[1:], "score": vals[1:]}), tmp_path / "short.parquet")
+    pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids))[1:], "score": np.zeros(pool.size - 1)}),
+                   tmp_path / "short.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "short.parquet")], "no score for 1 of the pool's 200 uids")
     pq.write_table(pa.table({"id": ["a"], "score": [1.0]}), tmp_path / "nouid.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "nouid.parquet")], "needs columns 'uid' and 'score'")
