@@ -132,7 +132,9 @@ def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool)
 
 def mask_option(fn):
     return option("--mask", "masks", metavar="SPEC", multiple=True,
-                  help="Hard filter (repeatable): only examples inside every mask can be selected. "
+                  help="Hard filter (repeatable): only examples inside every mask can be selected. Quote a "
+                       "condition (--mask 'original_width>=200'): unquoted, the shell takes > and < as "
+                       "redirections. "
                        + MASK_KINDS.describe() + ".")(fn)
 
 
