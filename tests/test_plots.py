@@ -22,7 +22,7 @@ def test_the_title_fits_the_figure(title):
 
 
 def test_wrapping_keeps_every_character_up_to_the_line_limit():
-    wrapped = wrap_title(LONG, width=40)
+    wrapped = wrap_title(LONG, width=40, lines=5)
     assert all(len(line) <= 40 for line in wrapped.splitlines())
     assert "".join(wrapped.split()) == "".join(LONG.split())  # only line breaks (and spaces at them) added
     assert wrap_title("a" * 500, width=40, lines=3).endswith("\u2026")
