@@ -132,6 +132,15 @@ def signal_children(sig: int) -> None:
             os.kill(pid, sig)
 
 
+def quiet_library_warnings() -> None:
+    """Hide warnings the user can do nothing about, which would print in the middle of a progress bar:
+    torch's own use of ``torch.jit.script``, which it deprecates, when it first loads its forward-mode
+    derivative rules (the first FLYT step)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
 def prefer_passive_threads() -> None:
     """Make OpenMP threads sleep rather than spin while they wait (see the module docstring), unless
     the environment sets a policy; effective only before torch is first imported."""

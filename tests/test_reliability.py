@@ -689,3 +689,26 @@ def test_the_watchdog_is_disarmed_once_the_command_has_unwound(monkeypatch):
         signal.signal(signal.SIGTERM, previous)
     assert r.exit_code == 143 and not process.stopping()
     time.sleep(0.6)  # past the watchdog's time: this process is still here
+
+
+FORWARD_AD = """
+import sys
+if sys.argv[1] == "quiet":
+    from flyt_datacomp.process import quiet_library_warnings
+    quiet_library_warnings()
+import torch
+import torch.autograd.forward_ad as fwAD
+with fwAD.dual_level():
+    fwAD.make_dual(torch.zeros(2), torch.ones(2))  # the first forward-mode derivative, as a FLYT step takes
+"""
+
+
+def test_torch_s_own_deprecation_warning_does_not_print_mid_bar():
+    """torch warns that `torch.jit.script` is deprecated when it first loads its forward-mode rules
+    (its own use, not ours); the commands keep it out of their progress bars."""
+    loud = subprocess.run([sys.executable, "-c", FORWARD_AD, "loud"], env=ENV, capture_output=True, text=True)
+    quiet = subprocess.run([sys.executable, "-c", FORWARD_AD, "quiet"], env=ENV, capture_output=True, text=True)
+    assert loud.returncode == quiet.returncode == 0, (loud.stderr, quiet.stderr)
+    if "torch.jit.script" not in loud.stderr:
+        pytest.skip("this torch version does not warn")
+    assert "Warning" not in quiet.stderr, quiet.stderr

@@ -15,7 +15,7 @@ import errno
 import click
 
 from ..errors import FlytError, quote
-from ..process import Terminated, install_signal_handlers, stop_handled
+from ..process import Terminated, install_signal_handlers, quiet_library_warnings, stop_handled
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -66,6 +66,7 @@ class FlytCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         install_signal_handlers()
+        quiet_library_warnings()
         try:
             return self._invoke(ctx)
         finally:

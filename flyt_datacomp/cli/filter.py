@@ -285,7 +285,10 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
             raise FlytInputError(f"missing option {flag} (or use --demo)")
     if demo_pool is not None and opts["score"] is None:
         selection.preflight(selection_from_options({**opts, "score": "column:uid"}, progress=progress))  # before training
-        click.echo("demo: training M-FLYT on the pool (preset m-flyt-demo; once, then reused)")
+        if demo_pool.is_trained("m-flyt-demo"):
+            click.echo("demo: reusing the M-FLYT model trained on the pool before (preset m-flyt-demo)")
+        else:
+            click.echo("demo: training M-FLYT on the pool (preset m-flyt-demo; once, then reused)")
         trained = demo_pool.train("m-flyt-demo", progress=progress)
         click.echo(f"demo: scoring model {trained.path}")
         from ..flyt.trainer import format_mixing_weights
