@@ -485,6 +485,29 @@ def ensure_writable_folder(folder: str | os.PathLike, option: str = "output") ->
                              params=[option]) from None
 
 
+def check_creatable(path: str | os.PathLike, option: str, *, folder: bool) -> None:
+    """Refuse, without creating anything, a ``path`` a command could not write later: a folder where a
+    file belongs (or the reverse), a file in the way of a folder to create, a folder that cannot be
+    written, or a name longer than the file system allows."""
+    path = local_path(path)
+    what = "folder" if folder else "file"
+    try:
+        if not folder:
+            check_name_length(path, option)
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise FlytInputError(f"`{option}` {path} is {kind}, not the {what} this command writes", params=[option])
+        probe = path if folder else path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise FlytInputError(f"cannot create `{option}` {path}: {probe} is a file, not a folder", params=[option])
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise FlytInputError(f"cannot create `{option}` {path}: {probe} is not writable", params=[option])
+    except OSError as exc:
+        raise FlytInputError(f"`{option}` {path} cannot be used: {exc.strerror or exc}", params=[option]) from None
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)

@@ -479,7 +479,7 @@ def test_outputs_and_seeds_are_checked_before_any_training(tiny_demo_pool, tmp_p
     base = ["benchmark", "--quick", "--quiet", "--pool-dir", str(tiny_demo_pool.root), "--jobs", "1"]
     cases = [
         (["--subset", str(oracle), "--output", str(tmp_path / "a-folder"), "--cache-dir", str(tmp_path / "c")],
-         "--output", "is a directory"),
+         "--output", "is a folder"),
         (["--subset", str(oracle), "--cache-dir", str(tmp_path / "a-file" / "cache")], "--cache-dir", "cannot create"),
         (["--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "a-file" / "table")], "--output-dir",
          "cannot create"),
@@ -491,6 +491,7 @@ def test_outputs_and_seeds_are_checked_before_any_training(tiny_demo_pool, tmp_p
         errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and flag in errors[0] and why in errors[0], res.output
     assert (tmp_path / "a-file").read_text() == "keep" and not any((tmp_path / "a-folder").iterdir())
+    assert not (tmp_path / "c").exists()  # nothing created by a refused run
 
 
 def test_one_seed_shows_no_spread():

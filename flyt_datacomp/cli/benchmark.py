@@ -15,7 +15,7 @@ import click
 from ..benchmark.recipe import RECIPES, get_recipe, pool_recipe
 from ..benchmark.table import TableSettings, rows_for
 from ..errors import FlytInputError
-from ..io import OutputSet, atomic_path, ensure_writable_folder, local_path, provenance, write_json
+from ..io import atomic_path, check_creatable, local_path, provenance, write_json
 from . import options as O
 from .base import command, option
 
@@ -128,15 +128,17 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
 
 def check_outputs(output: str | None, table_dir: str | os.PathLike | None, cache_dir: Path | None) -> None:
     """Refuse, before the pool is built and any run is trained, outputs that could not be written at the
-    end: ``--output`` a folder (or in one that cannot be written), the table's folder, the cache folder."""
+    end: ``--output`` a folder (or in one that cannot be written), the table's folder, the cache folder.
+    Nothing is created here: a command refused later leaves no folder behind."""
     if output is not None:
-        OutputSet([local_path(output, "--output")], overwrite=True, option="output").preflight()
+        check_creatable(local_path(output, "--output"), "output", folder=False)
     if table_dir is not None:
         table = local_path(table_dir, "--output-dir")
-        OutputSet([table / n for n in ("table.md", "table.json", "table.png")], overwrite=True,
-                  option="output_dir").preflight()
+        check_creatable(table, "output_dir", folder=True)
+        for name in ("table.md", "table.json", "table.png"):
+            check_creatable(table / name, "output_dir", folder=False)
     if cache_dir is not None:
-        ensure_writable_folder(cache_dir, "cache_dir")
+        check_creatable(cache_dir, "cache_dir", folder=True)
 
 
 def _write_text(path: Path, text: str) -> None:
