@@ -591,6 +591,9 @@ def test_a_command_with_worker_processes_stops_within_seconds(pool_dir, tmp_path
     finally:
         signal.signal(signal.SIGINT, previous)
     assert proc.returncode == code and seconds < 10, (proc.returncode, seconds, proc.stderr.read())
+    deadline = time.monotonic() + 5  # multiprocessing's resource tracker leaves once its parent has gone
+    while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(children) >= 2 and all(_gone(c) for c in children)  # the workers were stopped too
     stderr = proc.stderr.read()
     assert "Traceback" not in stderr and "InvalidStateError" not in stderr, stderr
@@ -617,6 +620,9 @@ def test_a_command_running_a_datacomp_script_stops_it_with_itself(tmp_path):
     ready = tmp_path / "ready"
     proc, seconds, children = _stop([sys.executable, "-c", SCRIPT_RUN, str(ready)], ready, signal.SIGTERM)
     assert proc.returncode == 143 and seconds < 10, (seconds, proc.stderr.read())
+    deadline = time.monotonic() + 5
+    while not _gone(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(children) == 1 and _gone(children[0])
 
 
