@@ -24,6 +24,15 @@ from ..progress import progress_bar
 from .base import Scores, ScoreSource, as_float, load_scores, register_score_source
 
 
+def _values(path: str, key: str, value: Any) -> np.ndarray:
+    """A weight or bias of a mixing model as float64 numbers (a dense tensor of real numbers)."""
+    import torch
+
+    from ..torch_io import real_tensor
+
+    return real_tensor(value, f"mixing model {path}: {key}").detach().to("cpu", torch.float64).numpy()
+
+
 def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
     """(weights ``(k,)`` float32, bias) of a released mixing-model file."""
     from .. import torch_io
@@ -40,16 +49,17 @@ def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
         raise FlytInputError(f"mixing model {path} is not a single linear layer (keys: {', '.join(sorted(state))}); "
                              "expected layers.0.weight [1, k] and layers.0.bias [1]")
     (wkey, w), = weights.items()
-    shape = tuple(getattr(w, "shape", ()))
-    if len(shape) != 2 or shape[0] != 1 or shape[1] < 1:
-        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(shape)}; a mixing model's is [1, k]")
+    w = _values(path, wkey, w)
+    if w.ndim != 2 or w.shape[0] != 1 or w.shape[1] < 1:
+        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(w.shape)}; a mixing model's is [1, k]")
     b = 0.0
     if biases:
         (bkey, bias), = biases.items()
-        if tuple(getattr(bias, "shape", ())) not in ((1,), ()):
+        bias = _values(path, bkey, bias)
+        if bias.shape not in ((1,), ()):
             raise FlytInputError(f"mixing model {path}: {bkey} has shape {list(bias.shape)}, not [1]")
         b = float(bias.reshape(-1)[0])
-    w = np.asarray(w.detach().float().cpu().numpy()[0], dtype=np.float32)
+    w = np.asarray(w[0], dtype=np.float32)
     if not np.isfinite(w).all() or not np.isfinite(b):
         raise FlytInputError(f"mixing model {path} holds non-finite weights")
     return w, b
@@ -103,18 +113,21 @@ class MixingScore(ScoreSource):
             raise FlytInputError(f"mixing model {path} mixes {weights.size} inputs but {len(names)} were named "
                                  f"({', '.join(names)}); name them all, in the model's order")
         specs = [self.input_spec(pool, n) for n in names]
-        return Scores(mix_pool(pool, specs, weights, bias, within=self.within, inputs_dir=self.inputs_dir),
+        return Scores(mix_pool(pool, specs, weights, bias, within=self.within, inputs_dir=self.inputs_dir,
+                               missing=self.missing, accept_changed_inputs=self.accept_changed_inputs),
                       self.spec, self.kind)
 
 
 def mix_pool(pool: Pool, specs: list[str], weights: np.ndarray, bias: float, *, within: np.ndarray | None = None,
-             inputs_dir: str | None = None) -> np.ndarray:
+             inputs_dir: str | None = None, missing: str = "error",
+             accept_changed_inputs: tuple[str, ...] = ()) -> np.ndarray:
     """The mix over the whole pool (float64, pool order), one metadata shard at a time: the inputs
     that are stored inputs (``store:NAME``) or pool columns are read shard by shard with the shard's
     mix, so only the result is pool-sized; any other score source is loaded whole first."""
     streamed_store = [s.partition(":")[2] for s in specs if s.startswith("store:")]
     streamed_columns = [s for s in specs if s in pool.column_names]
-    whole = {s: np.asarray(load_scores(pool, s, within=within, inputs_dir=inputs_dir).values, dtype=np.float32)
+    whole = {s: np.asarray(load_scores(pool, s, within=within, inputs_dir=inputs_dir, missing=missing,
+                                       accept_changed_inputs=accept_changed_inputs).values, dtype=np.float32)
              for s in specs if not s.startswith("store:") and s not in pool.column_names}
     stored = None
     if streamed_store:
