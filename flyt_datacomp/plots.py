@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -11,7 +12,7 @@ TITLE_WIDTH = 64  # characters per title line at the figure's width
 TITLE_LINES = 3
 
 
-def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
+def save_repetition_histogram(counts: np.ndarray | Mapping[int, int], path: str | os.PathLike, *, title: str = "") -> None:
     """Bar chart of how many examples were selected 1, 2, 3, ... times (log scale), as a PNG.
 
     Writes ``path`` directly: callers stage it (see :class:`flyt_datacomp.io.OutputSet`).
@@ -25,17 +26,22 @@ def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, ti
         plt.close(fig)
 
 
-def repetition_figure(counts: np.ndarray, *, title: str = ""):
+def repetition_figure(counts: np.ndarray | Mapping[int, int], *, title: str = ""):
     """The histogram's matplotlib figure: one bar per repetition count, whole-number ticks (a subset
     that takes each example once shows one bar at 1, not ticks from 0.6 to 1.4), and the title
-    wrapped to the figure's width (a long score source or path is never clipped)."""
+    wrapped to the figure's width (a long score source or path is never clipped). ``counts``: one
+    count per example, or their histogram ``{repetitions: examples}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.asarray(counts)
-    values, freq = np.unique(counts[counts > 0], return_counts=True)
+    if isinstance(counts, Mapping):  # already a histogram: {repetitions: examples}
+        values = np.array(sorted(k for k, v in counts.items() if k > 0 and v > 0), dtype=np.int64)
+        freq = np.array([counts[int(k)] for k in values], dtype=np.int64)
+    else:
+        counts = np.asarray(counts)
+        values, freq = np.unique(counts[counts > 0], return_counts=True)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
     ax.bar(values, freq, width=0.9, color="#3b6ea8")
     ax.set_yscale("log")

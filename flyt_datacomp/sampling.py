@@ -702,7 +702,13 @@ _SCS_UNIFORM_RATIO = 10.0
 
 
 def _scs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
-    m = int(np.asarray(scores).size)
+    s = np.asarray(scores)
+    return scs_independence(int(s.size), float(s.min()), float(s.max()), params)
+
+
+def scs_independence(m: int, lowest: float, highest: float, params: dict[str, Any]) -> str | None:
+    """:func:`score_independence` of SCS from what it depends on: the number of examples and the
+    range of their scores (for scores spread over several machines)."""
     n = _check_int("num_samples", params["num_samples"], 1)
     g = _check_int("group_size", params["group_size"], 1)
     alpha = _check_alpha(params["alpha"])
@@ -710,8 +716,7 @@ def _scs_independence(scores: np.ndarray, params: dict[str, Any]) -> str | None:
         return (f"every SCS round draws the whole pool (group size G = {g:,} >= pool size {m:,}), so every "
                 f"example gets the same count ({n / m:,.1f} on average) and the scores are ignored; "
                 "lower `group_size` (the paper uses about pool size / 1280)")
-    s = np.asarray(scores)
-    spread = (float(s.max()) - float(s.min())) / alpha
+    spread = (highest - lowest) / alpha
     if n / m > _SCS_UNIFORM_RATIO * (1.0 + spread):
         return (f"`num_samples` {n:,} is {n / m:,.0f} times the pool size {m:,}, while SCS can move an "
                 f"example's count by at most about {spread:,.1f} copies from the mean (score range / penalty): "
@@ -741,12 +746,18 @@ def concentration(counts: np.ndarray, *, max_share: float = 0.05, min_mean_copie
     """A warning when a draw puts its entries on a tiny share of the pool, many copies each
     (the signature of a collapsed scoring model or scores on too large a scale), else None."""
     counts = np.asarray(counts)
-    distinct = int(np.count_nonzero(counts))
-    entries = int(counts.sum())
-    if distinct == 0 or entries / distinct < min_mean_copies or distinct >= max_share * counts.size:
+    return concentration_of(int(np.count_nonzero(counts)), int(counts.sum()), int(counts.max(initial=0)), counts.size,
+                            max_share=max_share, min_mean_copies=min_mean_copies)
+
+
+def concentration_of(distinct: int, entries: int, most: int, m: int, *, max_share: float = 0.05,
+                     min_mean_copies: float = 10.0) -> str | None:
+    """:func:`concentration` from the draw's summary: distinct examples, entries, the largest count,
+    and the number of examples it drew from."""
+    if distinct == 0 or entries / distinct < min_mean_copies or distinct >= max_share * m:
         return None
-    return (f"the subset holds only {distinct:,} distinct examples ({100 * distinct / counts.size:.2f}% of the pool), "
-            f"{entries / distinct:.1f} copies each on average (max {int(counts.max())}): the scores are very "
+    return (f"the subset holds only {distinct:,} distinct examples ({100 * distinct / m:.2f}% of the pool), "
+            f"{entries / distinct:.1f} copies each on average (max {most}): the scores are very "
             "peaked. Likely causes: a collapsed scoring model (check the weight entropy in its metrics.jsonl), "
             "scores on too large a scale (try `standardize` or a `temperature` above 1), or a too small "
             "`alpha`")

@@ -329,6 +329,11 @@ class UidIndex:
             if bucket is not None:
                 yield bucket
 
+    def bucket(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """``(f0, f1, payload)`` of bucket ``b`` (the uids whose leading ``bits`` bits are ``b``), sorted,
+        or None when it is empty (after :meth:`finish`)."""
+        return self._finished()[b]
+
     def _finished(self) -> list:
         if self._buckets is None:
             raise RuntimeError("UidIndex queried before finish")
@@ -387,17 +392,18 @@ def check_counts(counts: Any, rows: int | None = None) -> np.ndarray:
     return counts
 
 
-def selected_index(uids: np.ndarray | Iterable[np.ndarray], counts: np.ndarray) -> UidIndex:
+def selected_index(uids: np.ndarray | Iterable[np.ndarray], counts: np.ndarray, *, bits: int = 8) -> UidIndex:
     """The uids with a positive count, with their counts, in a :class:`UidIndex` (sorted, checked
     distinct). ``uids``: one array aligned with ``counts``, or consecutive chunks of it (the pool's
-    uids shard by shard), so only the selected uids are ever held, once."""
+    uids shard by shard), so only the selected uids are ever held, once. ``bits``: the index's buckets
+    (:class:`UidIndex`)."""
     if isinstance(uids, np.ndarray):
         uids = check_uid_array(uids, source="subset uids")
         counts = check_counts(counts, len(uids))
         chunks: Iterable[np.ndarray] = [uids]
     else:
         counts, chunks = check_counts(counts), uids
-    index = UidIndex(counts.dtype if counts.dtype.kind == "i" else np.int64)
+    index = UidIndex(counts.dtype if counts.dtype.kind == "i" else np.int64, bits=bits)
     start = 0
     for chunk in chunks:
         chunk = check_uid_array(chunk, source="subset uids")
@@ -460,8 +466,21 @@ def _save_subset(fh, index: UidIndex, entries: int, chunk: int = 1 << 20) -> str
 
 def subset_stats(counts: np.ndarray) -> dict[str, Any]:
     """Distinct uids, total entries, max repetitions and the histogram of repetition counts."""
+    return histogram_stats(repetition_counts(counts))
+
+
+def repetition_counts(counts: np.ndarray) -> np.ndarray:
+    """``h[k]``: how many examples have count ``k`` (``k >= 1``; ``h[0]`` is 0), summed over machines by
+    adding (the shorter padded with zeros) and read by :func:`histogram_stats`."""
     counts = np.asarray(counts)
-    hist = np.bincount(counts[counts > 0]) if counts.size and counts.max() > 0 else np.zeros(1, np.int64)
+    return np.bincount(counts[counts > 0]) if counts.size and counts.max() > 0 else np.zeros(1, np.int64)
+
+
+def histogram_stats(hist: np.ndarray) -> dict[str, Any]:
+    """:func:`subset_stats` from the histogram of the counts (:func:`repetition_counts`)."""
+    hist = np.trim_zeros(np.asarray(hist, dtype=np.int64), "b")
+    if hist.size == 0:
+        hist = np.zeros(1, np.int64)
     values = np.flatnonzero(hist[1:]) + 1
     return {
         "distinct_uids": int(hist[1:].sum()),
@@ -508,10 +527,29 @@ def write_subset(
     together. ``path`` may be an fsspec URL. Without ``overwrite`` existing files are never replaced.
     """
     files = subset_outputs(path, histogram=histogram_title is not None)
+    OutputSet(files, overwrite=overwrite).preflight()
+    stats = subset_stats(check_counts(counts))
+    # the index is handed over, not kept here: the writer frees it before drawing the histogram
+    return write_sorted_subset(path, selected_index(uids, counts), stats, info=info, overwrite=overwrite,
+                               histogram_title=histogram_title)
+
+
+def write_sorted_subset(
+    path: str | os.PathLike,
+    index: Any,
+    stats: dict[str, Any],
+    *,
+    info: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    histogram_title: str | None = None,
+) -> dict[str, Any]:
+    """:func:`write_subset` from uids already sorted: ``index`` has ``sorted_buckets()`` giving
+    ``(f0, f1, counts)`` pieces in increasing uid order (a :class:`UidIndex`, or pieces merged from
+    several machines), ``stats`` is their :func:`subset_stats`. The pieces are written as they come, so
+    the subset is never held whole; the writer checks their order and their total."""
+    files = subset_outputs(path, histogram=histogram_title is not None)
     outputs = OutputSet(files, overwrite=overwrite)
     outputs.preflight()
-    index = selected_index(uids, counts)
-    stats = subset_stats(counts)
     meta = provenance(output=str(path), **stats, **(info or {}))
     with outputs:
         with open(outputs.staged(files[0]), "wb") as fh:
@@ -522,7 +560,8 @@ def write_subset(
             from .plots import save_repetition_histogram
 
             meta["histogram"] = str(files[2])
-            save_repetition_histogram(counts, outputs.staged(files[2]), title=histogram_title)
+            hist = {int(k): v for k, v in stats["repetition_histogram"].items()}
+            save_repetition_histogram(hist, outputs.staged(files[2]), title=histogram_title)
             meta["files"]["histogram_sha256"] = file_sha256(outputs.staged(files[2]))
         outputs.staged(files[1]).write_text(dumps(meta))
     return meta

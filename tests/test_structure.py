@@ -22,7 +22,7 @@ FLOORS = [
     ("scores", ["flyt_datacomp.scores"]),
     ("baselines", ["flyt_datacomp.baselines"]),
     ("inputs", ["flyt_datacomp.inputs"]),
-    ("selection", ["flyt_datacomp.selection", "flyt_datacomp.recipes"]),
+    ("selection", ["flyt_datacomp.selection", "flyt_datacomp.recipes", "flyt_datacomp.ray_selection"]),
     ("evaluation", ["flyt_datacomp.evaluation"]),
     ("demo", ["flyt_datacomp.demo"]),
     ("benchmark", ["flyt_datacomp.benchmark"]),

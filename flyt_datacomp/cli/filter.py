@@ -243,6 +243,12 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @O.shards_dir(help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @baseline_options
 @mixing_options
+@option("--ray", "ray_address", metavar="ADDRESS",
+        help="Run on a Ray cluster, the pool cut into partitions of metadata shards, one worker each (auto: the "
+             "cluster this machine belongs to; local: a new one here; or host:port): for pools no machine holds. "
+             "Scores from a pool column; threshold or scs; or --name no_filter/clip_score.")
+@option("--partitions", type=click.IntRange(min=1),
+        help="With --ray: partitions of the pool [default: one per CPU of the cluster].")
 @option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @O.demo_version(help="With --demo: the demo pool's version.")
 @O.quiet()
@@ -254,6 +260,11 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
     """
     start = time.perf_counter()
     progress = not quiet
+    ray_address, partitions = opts.pop("ray_address"), opts.pop("partitions")
+    if partitions is not None and ray_address is None:
+        raise FlytInputError("--partitions applies with --ray")
+    if ray_address is not None and (demo or opts["name"] in RECIPES):
+        raise FlytInputError(f"--ray does not run {'--demo' if demo else opts['name']}; leave --ray out")
     if opts["name"] in RECIPES:
         result = run_recipe(opts["name"], {**opts, "arch": arch, "scale": opts["scale"] or "medium"}, seed=opts["seed"],
                             device=opts["device"] or "cpu", progress=progress)
@@ -297,7 +308,13 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
         opts["score"] = trained.path
     if opts["score"] is None:
         opts["device"] = None  # without a score --device only placed the baselines' centroid search
-    result = selection.run(selection_from_options(opts, progress=progress))
+    sel = selection_from_options(opts, progress=progress)
+    if ray_address is not None:
+        from ..ray_selection import Cluster, run
+
+        result = run(sel, Cluster(ray_address, partitions))
+    else:
+        result = selection.run(sel)
     print_summary(result, time.perf_counter() - start)
     if demo_pool is not None:
         from ..demo import domain_breakdown, format_domain_breakdown, format_type_breakdown, type_breakdown

@@ -8,6 +8,7 @@ Adding an executor is one more small function here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,13 +26,15 @@ def run_processes(fn: Callable, tasks: Sequence[Any], workers: int) -> Iterator[
     return process_map(fn, tasks, workers, ordered=False, what="the input shard tasks")
 
 
-def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: float = 0.0) -> Iterator[tuple[int, Any]]:
-    """Tasks as Ray remote calls (``address``: ``auto``, ``local`` for a new local instance, or a
-    cluster address); GPU providers ask Ray for ``gpus_per_task`` GPUs each.
+@contextlib.contextmanager
+def ray_session(address: str, **init: Any) -> Iterator[Any]:
+    """The ``ray`` module, connected to ``address``: ``auto`` (the cluster this machine belongs to,
+    ``RAY_ADDRESS`` first), ``local`` (a new instance on this machine; ``init`` passes it settings such
+    as ``num_cpus``) or a cluster address (``host:port``, ``ray://host:10001``).
 
-    A local instance this call started is shut down however the run ends (finished, failed, stopped
-    by Ctrl-C or SIGTERM, or the consumer closed this generator), so no Ray processes outlive the
-    run; a cluster it connected to, or an instance the caller had started, is left running."""
+    A local instance this call started is shut down however the block ends (finished, failed, stopped
+    by Ctrl-C or SIGTERM), so no Ray processes outlive the run; a cluster it connected to, or an
+    instance the caller had started, is left running."""
     try:
         import ray
     except ImportError:
@@ -41,13 +44,21 @@ def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: 
         if not ray.is_initialized():
             started = address == "local"
             ray.init(address=None if address == "local" else address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+                     log_to_driver=False, configure_logging=False, **(init if started else {}))
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: float = 0.0) -> Iterator[tuple[int, Any]]:
+    """Tasks as Ray remote calls in a :func:`ray_session` (``address``: ``auto``, ``local`` for a new local
+    instance, or a cluster address); GPU providers ask Ray for ``gpus_per_task`` GPUs each. A local
+    instance this call started is shut down when the run ends, or the consumer closes this generator."""
+    with ray_session(address) as ray:
         remote = ray.remote(num_gpus=gpus_per_task, max_retries=2)(fn)
         refs = {remote.remote(task): i for i, task in enumerate(tasks)}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
                 yield refs.pop(ref), ray.get(ref)
-    finally:
-        if started:
-            ray.shutdown()

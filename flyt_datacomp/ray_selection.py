@@ -1,0 +1,636 @@
+"""The selection pipeline on a Ray cluster, for pools no machine holds (DataComp's large and xlarge).
+
+The pool is cut into partitions of whole metadata shards (consecutive, balanced by rows). One Ray
+actor per partition (:class:`Partition`) reads its shards' scores and keeps them; no process ever
+holds an array the size of the pool, and the driver (:func:`run`) only exchanges small messages:
+
+* **threshold** (a top fraction, DataComp's rule or ``exact_count``, or a value) -- the cut is the
+  score at a given rank of the whole pool, found exactly by a binary search over the float64
+  values' order, each step one count per partition; ties at the cut go to the lowest pool
+  positions, as on one machine. The subset is the same, byte for byte, as the single-machine path's.
+* **SCS** -- each round every partition draws Gumbel keys ``s - alpha c - log E`` for its examples
+  and reports a few of its largest keys (every ``G / 1024``-th of its top ``G``, and its ``G``-th);
+  the driver picks a cut that at least ``G`` keys of the pool reach, the partitions send the keys
+  above it, and the driver keeps the ``G`` largest: exactly the Gumbel-top-``G`` of the whole pool
+  (a partition's top ``G`` holds every one of its keys among the pool's top ``G``), which is one
+  SCS round. Counts are updated where the examples live. The random path differs from the
+  single-machine sampler's (each partition draws from its own stream, seeded by the seed and its
+  number), the distribution is the same; the same seed and partitions give the same bytes.
+* **DataComp's baselines** ``no_filter`` and ``clip_score`` (a threshold over a CLIP score column,
+  NaN last as in DataComp), byte for byte as on one machine.
+* **write** -- each partition sorts its selected uids into buckets by their leading bits
+  (:class:`~flyt_datacomp.uids.UidIndex`); the driver fetches bucket ``b`` of every partition,
+  merges and writes it, then the next, so the subset ``.npy`` is written by streaming, never held whole.
+
+``--ray-address auto`` joins the cluster this machine belongs to, ``local`` starts one on this
+machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one. The score
+must be a column of the pool's parquet files (computed there by ``inputs compute --ray`` or by the
+pool's makers); masks and ``shards_dir`` are not offered on this path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import resource
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import sampling
+from .baselines import datacomp as baselines
+from .errors import FlytError, FlytInputError, WorkerDied, quote
+from .inputs.executors import ray_session
+from .pool import MetadataShard, Pool
+from .progress import progress_bar
+from .scores import SCORE_SOURCES, load_scores
+from .selection import (
+    Selection,
+    SelectionResult,
+    Transform,
+    check_subset_size,
+    count_dtype,
+    default_notes,
+    preflight,
+    sampler_params,
+)
+from .uids import UID_DTYPE, histogram_stats, repetition_counts, selected_index, split_order, uids_to_hex, write_sorted_subset
+
+SAMPLERS = ("threshold", "scs")  # the samplers this path runs
+BASELINES = ("no_filter", "clip_score")  # DataComp's baselines this path runs
+_SUMMARY_POINTS = 1024  # SCS: keys per partition and round that place the cut (the excess is G / this per partition)
+_BUCKET_ROWS = 1 << 22  # the writer's buckets hold about this many selected uids
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """Where and how a selection runs on Ray."""
+
+    address: str = "auto"  # auto, local, host:port or ray://host:10001
+    partitions: int | None = None  # None: one per CPU of the cluster, at most one per metadata shard
+    memory_cap: int | None = None  # bytes a partition's process may add to its address space (RLIMIT_AS)
+    num_cpus: int | None = None  # with address local: the CPUs the local instance offers
+
+
+# ------------------------------------------------------------------------------------- partitions
+
+
+def plan_partitions(pool: Pool, count: int) -> list[list[int]]:
+    """``count`` groups of consecutive shard indices (fewer when the pool has fewer shards), cut where
+    the running row count crosses a multiple of ``pool.size / count``."""
+    count = max(1, min(count, len(pool.shards)))
+    ends = np.cumsum([s.num_rows for s in pool.shards])
+    cuts = np.searchsorted(ends, np.arange(1, count) * (pool.size / count), side="left") + 1
+    edges = np.unique(np.concatenate(([0], np.minimum(cuts, len(pool.shards)), [len(pool.shards)])))
+    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def part_of(pool: Pool, shards: Sequence[int]) -> Pool:
+    """A pool of the given shards only (its positions start at 0): what a partition reads."""
+    part = copy.copy(pool)
+    part.__dict__ = pool.__getstate__()
+    part.progress = False
+    offset, chosen = 0, []
+    for i, index in enumerate(shards):
+        shard = pool.shards[index]
+        chosen.append(MetadataShard(i, shard.parquet, shard.npz, shard.num_rows, offset))
+        offset += shard.num_rows
+    part.shards = chosen
+    return part
+
+
+class Partition:
+    """One partition's scores, counts and selected uids; a Ray actor's body (and usable in-process).
+
+    ``mode`` is ``score`` (a score source as logits, finite, float64), ``column`` (a pool column as
+    stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values: no_filter)."""
+
+    def __init__(self, pool: Pool, shards: Sequence[int], offset: int, mode: str, source: str | None,
+                 memory_cap: int | None = None):
+        if memory_cap is not None:
+            _cap_address_space(memory_cap)
+        self.pool = part_of(pool, shards)
+        self.offset = offset  # the pool position of the partition's first example
+        self.size = self.pool.size
+        self.stored_dtype = None
+        self.values = None
+        self.counts = np.zeros(0, dtype=np.int32)
+        if mode == "score":
+            scores = load_scores(self.pool, source)
+            self.values, self.stored_dtype = scores.values, scores.stored_dtype
+        elif mode == "column":
+            self.values = self.pool.column(source)
+            if self.values.dtype.kind not in "fiu":
+                raise FlytInputError(f"column {source!r} of the pool at {pool.url} holds {self.values.dtype} values, "
+                                     "not numbers")
+            self.stored_dtype = self.values.dtype
+        self.index = None
+
+    def ping(self) -> int:
+        return self.size
+
+    # ---------------------------------------------------------------- statistics and transform
+
+    def summary(self) -> dict[str, Any]:
+        """Size, sum and range of the values (finite ones), and the stored dtype."""
+        v = self.values if self.values is not None else np.zeros(0)
+        finite = v if v.dtype.kind != "f" else v[~np.isnan(v)]
+        return {"size": self.size, "finite": int(finite.size), "sum": float(finite.sum(dtype=np.float64)),
+                "min": float(finite.min()) if finite.size else math.nan,
+                "max": float(finite.max()) if finite.size else math.nan, "stored_dtype": self.stored_dtype}
+
+    def squared_deviations(self, mean: float) -> float:
+        return float(np.square(self.values - mean).sum())
+
+    def transform(self, cfg: Transform, mean: float | None, std: float | None) -> None:
+        """The single-machine transform with the pool's mean and std: ``(x - mean) / std / temperature``."""
+        if cfg.standardize:
+            self.values = (self.values - mean) / std
+        if cfg.temperature != 1.0:
+            self.values /= cfg.temperature
+
+    # ---------------------------------------------------------------- thresholds
+
+    def count_at_least(self, t: float) -> int:
+        return int(np.count_nonzero(self.values >= np.float64(t)))
+
+    def count_above_and_at(self, t: float) -> tuple[int, int]:
+        t = np.float64(t)
+        return int(np.count_nonzero(self.values > t)), int(np.count_nonzero(self.values == t))
+
+    def keep_at_least(self, t: float | None, ties: int | None = None, *, as_stored: bool = False) -> int:
+        """Counts 1 where the value is ``>= t`` (``as_stored``: compared in the column's own dtype, as
+        DataComp does; ``t`` None: every non-NaN value); ``ties`` (exact count): every value ``> t`` and
+        the first ``ties`` values equal to ``t``. Returns the number kept."""
+        if self.values is None:
+            keep = np.ones(self.size, dtype=bool)
+        elif as_stored:
+            keep = baselines.rules.at_least(self.values, t)
+        elif ties is not None:
+            keep = self.values > np.float64(t)
+            keep[np.flatnonzero(self.values == np.float64(t))[:ties]] = True
+        else:
+            keep = self.values >= np.float64(t)
+        self.counts = keep.astype(np.int32)
+        self.values = None
+        return int(np.count_nonzero(keep))
+
+    # ---------------------------------------------------------------- SCS
+
+    def scs_start(self, alpha: float, seed: int, dtype: str, partition: int) -> None:
+        self.alpha = alpha
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(partition,)))
+        self.counts = np.zeros(self.size, dtype=dtype)
+        self.logits = self.values.copy()  # s - alpha * counts
+        self.keys = np.empty(self.size, dtype=np.float64)
+
+    def scs_round(self, g: int, accepted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Count the examples the last round drew here (``accepted``, local positions), then draw this
+        round's keys; return the ranks and values of the keys that place the cut: every
+        ``stride``-th of the partition's ``min(g, size)`` largest keys, and the last of them."""
+        self.scs_accept(accepted)
+        keys = self.keys
+        self.rng.standard_exponential(out=keys)
+        np.maximum(keys, np.finfo(np.float64).tiny, out=keys)
+        np.log(keys, out=keys)
+        np.subtract(self.logits, keys, out=keys)  # logit + Gumbel noise
+        top = -np.sort(-keys[_top_indices(keys, min(g, self.size))])
+        stride = max(1, g // _SUMMARY_POINTS)
+        ranks = np.unique(np.append(np.arange(0, top.size, stride), top.size - 1))
+        return ranks, top[ranks]
+
+    def scs_candidates(self, cut: float) -> tuple[np.ndarray, np.ndarray]:
+        """Local positions and keys of this round's keys ``>= cut``."""
+        where = np.flatnonzero(self.keys >= cut)
+        return where, self.keys[where]
+
+    def scs_accept(self, accepted: np.ndarray) -> None:
+        if accepted.size:
+            self.counts[accepted] += 1
+            self.logits[accepted] = self.values[accepted] - self.alpha * self.counts[accepted]
+
+    def scs_finish(self, accepted: np.ndarray) -> None:
+        self.scs_accept(accepted)
+        self.values = self.logits = self.keys = None
+
+    # ---------------------------------------------------------------- writing
+
+    def select(self, bits: int) -> np.ndarray:
+        """Sort the selected uids into ``2**bits`` buckets; return the histogram of the counts."""
+        self.index = selected_index(self.pool.uid_chunks(), self.counts, bits=bits)
+        hist = repetition_counts(self.counts)
+        self.counts = None
+        return hist
+
+    def bucket(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        return self.index.bucket(b)
+
+    def peak_memory(self) -> int:
+        """This process's peak resident memory in bytes."""
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _cap_address_space(extra: int) -> None:
+    """Let this process grow its address space by at most ``extra`` bytes from now on (allocations
+    beyond fail with MemoryError): what a test uses to show a partition's memory is bounded."""
+    with open("/proc/self/status") as fh:
+        size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+
+
+def _top_indices(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest ``keys`` (in no order): a cut from a systematic sample of the keys
+    that about ``k`` plus 7 standard deviations reach, then an exact top-``k`` of the keys above it
+    (the whole array when too few are: exact whatever the sample)."""
+    m = keys.size
+    stride = m // (4 * _SUMMARY_POINTS)
+    if k >= m:
+        return np.arange(m)
+    if stride >= 2 and k < m // 8:
+        sample = keys[::stride]
+        expect = k * sample.size / m
+        rank = min(sample.size, math.ceil(expect + 7 * math.sqrt(expect) + 16))
+        cut = np.partition(sample, sample.size - rank)[sample.size - rank]
+        where = np.flatnonzero(keys >= cut)
+        if where.size >= k:
+            return where[np.argpartition(keys[where], where.size - k)[where.size - k:]]
+    return np.argpartition(keys, m - k)[m - k:]
+
+
+# ------------------------------------------------------------------------------------- the driver
+
+
+class _Actors:
+    """The partitions' actors, called all at once: ``call(method, *args, each=..., **kwargs)`` gives every
+    partition ``args`` (then its own ``each[i]``) and waits for every result, between short waits, so a
+    stop signal is handled within a second."""
+
+    def __init__(self, ray, handles: list):
+        self.ray = ray
+        self.handles = handles
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    def submit(self, method: str, *args, each: Sequence[tuple] | None = None, **kwargs) -> list:
+        each = each if each is not None else [()] * len(self.handles)
+        return [self._invoke(h, method, args + tuple(extra), kwargs) for h, extra in zip(self.handles, each)]
+
+    def _invoke(self, handle, method: str, args: tuple, kwargs: dict):
+        return getattr(handle, method).remote(*args, **kwargs)
+
+    def wait(self, refs: list, bar=None) -> list:
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = self.ray.wait(pending, num_returns=len(pending), timeout=0.5)
+                if bar is not None and ready:
+                    bar.update(len(ready))
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayTaskError as exc:  # a partition's own error: the cause, as one line
+            cause = exc.cause
+            if isinstance(cause, FlytError):
+                raise cause from None
+            raise WorkerDied(f"a partition's worker failed: {type(cause).__name__}: {cause} (out of memory? use more "
+                             "partitions)") from None
+        except self.ray.exceptions.RayActorError:
+            raise WorkerDied("a partition's worker died (killed, or out of memory?); nothing was written: run again, "
+                             "with more partitions if memory is short") from None
+
+    def call(self, method: str, *args, each: Sequence[tuple] | None = None, **kwargs) -> list:
+        return self.wait(self.submit(method, *args, each=each, **kwargs))
+
+
+class Inline(_Actors):
+    """The same calls on partitions held in this process (the driver's logic without Ray)."""
+
+    def __init__(self, parts: list[Partition]):
+        super().__init__(None, parts)
+
+    def _invoke(self, handle, method: str, args: tuple, kwargs: dict):
+        return getattr(handle, method)(*args, **kwargs)
+
+    def wait(self, refs: list, bar=None) -> list:
+        if bar is not None:
+            bar.update(len(refs))
+        return refs
+
+
+def check_supported(sel: Selection) -> None:
+    """Refuse, before any work, what the Ray path does not run (with the way to run it)."""
+    r = sel.restrict
+    if r.masks or r.shards_dir:
+        what = "masks" if r.masks else "shards_dir"
+        raise FlytInputError(f"`{what}` is not offered on Ray (`ray_address`); run without it, or on one machine",
+                             params=[what, "ray_address"])
+    if r.baseline is not None and r.baseline not in BASELINES:
+        raise FlytInputError(f"baseline {r.baseline} does not run on Ray (`ray_address`): only "
+                             f"{', '.join(BASELINES)} do; run it on one machine", params=["baseline", "ray_address"])
+    if sel.score.source is not None:
+        if sel.sample.name not in SAMPLERS:
+            raise FlytInputError(f"sampler {sel.sample.name} does not run on Ray (`ray_address`): {', '.join(SAMPLERS)} "
+                                 "do", params=["sampler", "ray_address"])
+        if sel.sample.options.get("device") not in (None, "cpu"):
+            raise FlytInputError("on Ray (`ray_address`) SCS runs on the partitions' CPUs: leave `device` unset",
+                                 params=["device", "ray_address"])
+
+
+def _score_kind(sel: Selection, pool: Pool) -> str:
+    found = SCORE_SOURCES.find(sel.score.source, pool)
+    kind = found[0].kind if found else None
+    if kind != "column":
+        raise FlytInputError(f"on Ray (`ray_address`) the score must be a column of the pool's parquet files; "
+                             f"{quote(sel.score.source)} is {'not a score source' if kind is None else f'a {kind}'}"
+                             "; compute it into the pool, or run on one machine", params=["score", "ray_address"])
+    return found[1]
+
+
+def run(sel: Selection, cluster: Cluster) -> SelectionResult:
+    """:func:`flyt_datacomp.selection.run` on a Ray cluster (see the module's description): the same
+    checks first, then one actor per partition, then the subset written by streaming."""
+    preflight(sel)
+    check_supported(sel)
+    start = time.perf_counter()
+    pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.io_threads)
+    if sel.score.source is not None:
+        column = _score_kind(sel, pool)
+        mode, source = "score", f"column:{column}"
+    elif sel.restrict.baseline == "clip_score":
+        mode, source = "column", baselines.ARCH_COLUMNS[sel.restrict.params().arch]
+    else:
+        mode, source = "all", None
+    init = {"num_cpus": cluster.num_cpus} if cluster.num_cpus else {}
+    with ray_session(cluster.address, **init) as ray:
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        plan = plan_partitions(pool, cluster.partitions or max(1, int(cpus)))
+        # every partition's actor alive at once, spread over the nodes, even with more partitions than CPUs
+        actor = ray.remote(num_cpus=min(1.0, cpus / len(plan)), scheduling_strategy="SPREAD")(Partition)
+        handles = [actor.remote(pool, shards, pool.shards[shards[0]].offset, mode, source, cluster.memory_cap)
+                   for shards in plan]
+        try:
+            actors = _Actors(ray, handles)
+            with progress_bar(total=len(plan), desc="reading partitions", unit="partition",
+                              disable=not sel.progress) as bar:
+                actors.wait(actors.submit("ping"), bar)
+            result = drive(sel, pool, actors, mode, start)
+            result.stats["cluster"] = {"address": cluster.address, "partitions": len(plan),
+                                       "partition_shards": [len(p) for p in plan]}
+            return result
+        finally:
+            for h in handles:
+                ray.kill(h)
+
+
+def drive(sel: Selection, pool: Pool, actors, mode: str, start: float) -> SelectionResult:
+    """Everything after the partitions hold their values: select, then write (``actors``: Ray actors
+    or in-process partitions, called the same way)."""
+    summaries = actors.call("summary")
+    m = sum(s["size"] for s in summaries)
+    notes: list[str] = []
+    if mode != "score":
+        details = _baseline(sel, actors, summaries, m)
+        info = {"inputs": _inputs(sel, pool), "baseline": {"name": sel.restrict.baseline,
+                                                           "params": sel.restrict.params().given(), **details},
+                "masks": [], "sampler": None, "selection": "every example that survives the masks, once",
+                "sampler_params": {}, "seed": None}
+        title = f"baseline {sel.restrict.baseline}"
+    else:
+        name = sel.sample.name
+        params = sampler_params(sel.sample, m)
+        if "num_samples" in params:
+            check_subset_size(params["num_samples"], sel.output.path)
+        lowest, highest = _transform(sel.transform, actors, summaries, m)
+        degenerate = sampling.scs_independence(m, lowest, highest, params) if name == "scs" else None
+        if degenerate and not sel.sample.allow_score_independent:
+            raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
+                                 params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
+        if name == "scs":
+            _scs(actors, params, sel.sample.seed, sel.progress)
+        else:
+            stored = summaries[0]["stored_dtype"]
+            plain = not sel.transform.standardize and sel.transform.temperature == 1.0
+            if params.get("value") is not None and plain and stored is not None and stored.kind == "f":
+                params = {**params, "value": float(stored.type(params["value"]))}  # as the single-machine path
+            kept = _threshold(actors, params, m)
+            if kept == 0:
+                scored = "scores" if plain else "scores after the transform"
+                raise FlytInputError(f"`value` {params['value']} keeps no example: the {scored} of the {m:,} examples "
+                                     f"it may select range from {lowest:.6g} to {highest:.6g}; choose a value at most "
+                                     f"{highest:.6g}, or `fraction`; no subset was written", params=["value", "fraction"])
+        notes += default_notes(sel.sample, params, m) + ([degenerate] if degenerate else [])
+        info = {"inputs": {**_inputs(sel, pool), "score_source": sel.score.source, "score_kind": "column"},
+                "masks": [],
+                "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,
+                                    "statistics_over": "pool"},
+                "sampler": name, "sampler_params": {k: v for k, v in params.items() if k != "device"},
+                "sampler_defaults": sorted(k for k in params if sel.sample.options.get(k) is None
+                                           and k not in ("num_samples", "device") and params[k] is not None),
+                "device": "cpu", "scale": sel.sample.scale, "seed": sel.sample.seed}
+        title = f"{name} on {sel.score.source}"
+    return _write(sel, pool, actors, info, notes, title, m, start)
+
+
+def _inputs(sel: Selection, pool: Pool) -> dict[str, Any]:
+    return {"metadata_dir": sel.metadata_dir, "pool_size": pool.size, "metadata_shards": len(pool.shards),
+            "shards_dir": None, "pool_size_downloaded": None, "pool_size_surviving": None}
+
+
+def _transform(cfg: Transform, actors, summaries: list[dict], m: int) -> tuple[float, float]:
+    """Standardise with the pool's mean and std and divide by the temperature, on every partition;
+    returns the range of the transformed scores."""
+    mean = std = None
+    if cfg.standardize:
+        mean = sum(s["sum"] for s in summaries) / m
+        std = math.sqrt(sum(actors.call("squared_deviations", mean)) / m)
+        if not std > 0:
+            raise FlytInputError("cannot standardise the scores: they are all equal")
+    lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
+    if cfg.standardize or cfg.temperature != 1.0:
+        actors.call("transform", cfg, mean, std)
+        summaries[:] = actors.call("summary")
+        lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
+    return lowest, highest
+
+
+def _key(x: float) -> int:
+    """The float64 ``x`` as an integer in the same order (-0.0 as 0.0)."""
+    bits = int(np.array([x + 0.0], dtype=np.float64).view(np.uint64)[0])
+    return bits ^ 0xFFFFFFFFFFFFFFFF if bits >> 63 else bits | 1 << 63
+
+
+def _value(key: int) -> float:
+    bits = key ^ 1 << 63 if key >> 63 else key ^ 0xFFFFFFFFFFFFFFFF
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+def rank_value(actors, rank: int, lowest: float, highest: float) -> float:
+    """The value at ``rank`` (0: the largest) of every partition's values sorted in decreasing order,
+    NaN aside (``rank`` below their number): a binary search for the largest value at least
+    ``rank + 1`` values reach, each step one count per partition, at most 64 steps."""
+    lo, hi = _key(lowest), _key(highest)
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        if sum(actors.call("count_at_least", _value(mid))) >= rank + 1:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _value(lo)
+
+
+def _threshold(actors, params: dict[str, Any], m: int) -> int:
+    """The threshold sampler over the partitions (as :func:`flyt_datacomp.sampling.threshold`); returns
+    the number kept."""
+    summaries = actors.call("summary")
+    lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
+    if params.get("value") is not None:
+        return sum(actors.call("keep_at_least", params["value"]))
+    f = float(params["fraction"])
+    if not params.get("exact_count"):
+        n = int(m * f)
+        return sum(actors.call("keep_at_least", lowest if n >= m else rank_value(actors, n, lowest, highest)))
+    k = max(1, int(m * f))
+    if k >= m:
+        return sum(actors.call("keep_at_least", lowest))
+    t = rank_value(actors, k - 1, lowest, highest)
+    above_at = actors.call("count_above_and_at", t)
+    missing = k - sum(above for above, _ in above_at)
+    ties = []
+    for _, at in above_at:  # ties go to the lowest pool positions: the first partitions
+        ties.append((min(at, missing),))
+        missing -= ties[-1][0]
+    return sum(actors.call("keep_at_least", t, each=ties))
+
+
+def _baseline(sel: Selection, actors, summaries: list[dict], m: int) -> dict[str, Any]:
+    """DataComp's no_filter and clip_score baselines (the threshold over the whole pool, NaN last)."""
+    if sel.restrict.baseline == "no_filter":
+        actors.call("keep_at_least", None)
+        return {}
+    params = sel.restrict.params()
+    if params.threshold is not None:
+        t = params.threshold
+    else:
+        n = int(m * params.fraction)
+        finite = [s for s in summaries if s["finite"]]
+        if n >= m:
+            t = None
+        elif n >= sum(s["finite"] for s in finite):
+            t = math.nan  # DataComp's value at that rank is a missing score: nothing passes
+        else:
+            t = rank_value(actors, n, min(s["min"] for s in finite), max(s["max"] for s in finite))
+    actors.call("keep_at_least", t, as_stored=True)
+    return {"column": baselines.ARCH_COLUMNS[params.arch], "threshold": None if t is None else float(t),
+            "threshold_over": "pool"}
+
+
+# ------------------------------------------------------------------------------------- SCS
+
+
+def _scs(actors, params: dict[str, Any], seed: int, progress: bool) -> None:
+    """SCS over the partitions: per round a cut from their summaries, the candidates above it, the
+    ``G`` largest kept (see the module's description)."""
+    alpha, group, total = float(params["alpha"]), int(params["group_size"]), int(params["num_samples"])
+    dtype = count_dtype(total).name
+    actors.call("scs_start", alpha, seed, dtype, each=[(i,) for i in range(len(actors))])
+    accepted = [np.zeros(0, dtype=np.int64) for _ in range(len(actors))]
+    drawn = 0
+    with progress_bar(total=total, disable=not progress, unit="sample", desc="scs") as bar:
+        while drawn < total:
+            g = min(group, total - drawn)
+            summaries = actors.call("scs_round", g, each=[(a,) for a in accepted])
+            cut = scs_cut(summaries, g)
+            found = actors.call("scs_candidates", cut)
+            accepted = top_of(found, g)
+            drawn += g
+            bar.update(g)
+    actors.call("scs_finish", each=[(a,) for a in accepted])
+
+
+def scs_cut(summaries: list[tuple[np.ndarray, np.ndarray]], g: int) -> float:
+    """The largest reported key that at least ``g`` keys of the pool reach for sure: a partition that
+    reports key ``v`` at rank ``r`` has ``r + 1`` keys ``>= v`` (its ranks rise as its keys fall)."""
+    values = np.concatenate([v for _, v in summaries])
+    gains = np.concatenate([np.diff(r, prepend=-1) for r, _ in summaries])  # new keys each point adds
+    order = np.argsort(-values, kind="stable")
+    reached = np.cumsum(gains[order])
+    return float(values[order][int(np.searchsorted(reached, g))])
+
+
+def top_of(found: list[tuple[np.ndarray, np.ndarray]], g: int) -> list[np.ndarray]:
+    """The ``g`` largest of every partition's candidate keys, as each partition's local positions."""
+    keys = np.concatenate([k for _, k in found])
+    owner = np.concatenate([np.full(len(k), i) for i, (_, k) in enumerate(found)])
+    where = np.concatenate([w for w, _ in found])
+    best = np.argpartition(keys, keys.size - g)[keys.size - g:] if keys.size > g else np.arange(keys.size)
+    return [np.sort(where[best[owner[best] == i]]) for i in range(len(found))]
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+class _Merged:
+    """The partitions' selected uids in uid order, bucket by bucket (what the subset writer reads):
+    bucket ``b`` of every partition fetched (the next one already requested), merged and checked."""
+
+    def __init__(self, actors, bits: int, progress: bool):
+        self.actors, self.bits, self.progress = actors, bits, progress
+
+    def sorted_buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        n = 1 << self.bits
+        with progress_bar(total=n, desc="writing the subset", unit="bucket", disable=not self.progress) as bar:
+            ahead = self.actors.submit("bucket", 0)
+            for b in range(n):
+                pieces = [p for p in self.actors.wait(ahead) if p is not None]
+                ahead = self.actors.submit("bucket", b + 1) if b + 1 < n else []
+                bar.update(1)
+                if not pieces:
+                    continue
+                f0 = np.concatenate([p[0] for p in pieces])
+                f1 = np.concatenate([p[1] for p in pieces])
+                counts = np.concatenate([p[2] for p in pieces])
+                if len(pieces) > 1:
+                    order = split_order(f0, f1)
+                    f0, f1, counts = f0[order], f1[order], counts[order]
+                    same = np.flatnonzero((f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1]))
+                    if same.size:
+                        uid = np.empty(1, dtype=UID_DTYPE)
+                        uid["f0"], uid["f1"] = f0[same[0]], f1[same[0]]
+                        raise FlytInputError(f"uid {uids_to_hex(uid)[0]} appears more than once in the subset input")
+                yield f0, f1, counts
+
+
+def bucket_bits(m: int) -> int:
+    """Leading uid bits that cut a pool of ``m`` examples into buckets of about ``_BUCKET_ROWS`` (8 to 16)."""
+    return int(min(16, max(8, math.ceil(math.log2(max(1, m / _BUCKET_ROWS))))))
+
+
+def _write(sel: Selection, pool: Pool, actors, info: dict[str, Any], notes: list[str], title: str, m: int,
+           start: float) -> SelectionResult:
+    """Each partition sorts its selection into buckets; the subset, its sidecar and its histogram are
+    written from them and committed together."""
+    bits = bucket_bits(m)
+    hists = actors.call("select", bits)
+    hist = np.zeros(max(len(h) for h in hists), dtype=np.int64)
+    for h in hists:
+        hist[:len(h)] += h
+    stats = histogram_stats(hist)
+    if stats["total_entries"] == 0:
+        what = "sampler selected" if info["sampler"] else "baseline keeps"
+        raise FlytInputError(f"the {what} no example of the pool's {m:,}: an empty subset would be written; "
+                             "nothing was written")
+    check_subset_size(stats["total_entries"], sel.output.path)
+    if info["sampler"] is not None:
+        concentrated = sampling.concentration_of(stats["distinct_uids"], stats["total_entries"],
+                                                 stats["max_repetitions"], m)
+        notes += [concentrated] if concentrated else []
+    info = {**info, "warnings": notes, "seconds": round(time.perf_counter() - start, 3)}
+    meta = write_sorted_subset(sel.output.path, _Merged(actors, bits, sel.progress), stats, info=info,
+                               overwrite=sel.output.overwrite, histogram_title=title)
+    from .uids import subset_outputs
+
+    output, sidecar, histogram = subset_outputs(sel.output.path)
+    return SelectionResult(output, sidecar, histogram, None, pool, meta, notes)
