@@ -79,13 +79,20 @@ class Cluster:
 
 
 def plan_partitions(pool: Pool, count: int) -> list[list[int]]:
-    """``count`` groups of consecutive shard indices (fewer when the pool has fewer shards), cut where
-    the running row count crosses a multiple of ``pool.size / count``."""
-    count = max(1, min(count, len(pool.shards)))
+    """``count`` groups of consecutive shard indices (one per shard when the pool has fewer), each cut
+    at the shard boundary nearest to a multiple of ``pool.size / count`` rows."""
+    n = len(pool.shards)
+    count = max(1, min(count, n))
     ends = np.cumsum([s.num_rows for s in pool.shards])
-    cuts = np.searchsorted(ends, np.arange(1, count) * (pool.size / count), side="left") + 1
-    edges = np.unique(np.concatenate(([0], np.minimum(cuts, len(pool.shards)), [len(pool.shards)])))
-    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    edges = [0]
+    for j in range(1, count):
+        target = j * pool.size / count
+        cut = int(np.searchsorted(ends, target, side="left")) + 1  # shards [0, cut) reach the target
+        if cut > 1 and target - ends[cut - 2] < ends[cut - 1] - target:
+            cut -= 1  # the boundary before the last shard is nearer
+        edges.append(min(max(cut, edges[-1] + 1), n - (count - j)))
+    edges.append(n)
+    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def part_of(pool: Pool, shards: Sequence[int]) -> Pool:

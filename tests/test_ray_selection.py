@@ -1,0 +1,326 @@
+"""Selection on Ray (ray_selection.py): the same subsets as the single-machine path.
+
+The driver's logic runs on in-process partitions here (``Inline``: the same calls as on Ray, without
+starting it); a few tests run it on a local Ray instance (one for the module) with several workers,
+one of them with each worker's address space capped below what the whole pool needs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from scipy import stats
+
+from flyt_datacomp import ray_selection as rs
+from flyt_datacomp import selection
+from flyt_datacomp.baselines.datacomp import BaselineParams
+from flyt_datacomp.cli.filter import filter_command
+from flyt_datacomp.errors import FlytInputError, WorkerDied
+from flyt_datacomp.pool import Pool
+from flyt_datacomp.uids import random_uids, uids_to_hex
+
+COLUMN = "clip_b32_similarity_score"
+
+
+def write_pool(root: Path, columns: dict[str, np.ndarray], sizes: list[int], seed: int = 0) -> Path:
+    """Parquet files of the given sizes (names in pool order) holding ``uid`` and the given columns."""
+    root.mkdir(parents=True)
+    uids = uids_to_hex(random_uids(sum(sizes), seed))
+    start = 0
+    for i, n in enumerate(sizes):
+        table = {"uid": pa.array(uids[start:start + n], pa.string())}
+        table.update({k: v[start:start + n] for k, v in columns.items()})
+        pq.write_table(pa.table(table), root / f"{i:04d}.parquet")
+        start += n
+    return root
+
+
+@pytest.fixture(scope="module")
+def tied_pool(tmp_path_factory) -> Path:
+    """Scores with many ties (two decimals), a -0.0 beside 0.0, and missing values in the l14 column."""
+    rng = np.random.default_rng(5)
+    m = 1500
+    b32 = np.round(rng.normal(0.0, 0.05, m), 2).astype(np.float32)
+    b32[rng.choice(m, 40, replace=False)] = -0.0
+    l14 = rng.normal(0.25, 0.05, m).astype(np.float32)
+    l14[rng.choice(m, 60, replace=False)] = np.nan
+    return write_pool(tmp_path_factory.mktemp("pool") / "metadata", {COLUMN: b32, "clip_l14_similarity_score": l14},
+                      [300, 10, 420, 1, 269, 500])
+
+
+def inline_run(sel: selection.Selection, partitions: int) -> selection.SelectionResult:
+    """:func:`ray_selection.run` with the partitions in this process."""
+    selection.preflight(sel)
+    rs.check_supported(sel)
+    pool = Pool(sel.metadata_dir, progress=False)
+    if sel.score.source is not None:
+        mode, source = "score", f"column:{rs._score_kind(sel, pool)}"
+    elif sel.restrict.baseline == "clip_score":
+        mode, source = "column", rs.baselines.ARCH_COLUMNS[sel.restrict.params().arch]
+    else:
+        mode, source = "all", None
+    parts = [rs.Partition(pool, p, pool.shards[p[0]].offset, mode, source) for p in rs.plan_partitions(pool, partitions)]
+    return rs.drive(sel, pool, rs.Inline(parts), mode, time.perf_counter())
+
+
+def both(root: Path, tmp_path: Path, run, partitions: int, **kw) -> tuple[bytes, bytes]:
+    """The subset bytes of the single-machine path and of ``run`` on the same selection."""
+    out = []
+    for name, runner in (("one", selection.run), ("parts", lambda sel: run(sel, partitions))):
+        sel = selection.Selection(str(root), selection.Output(tmp_path / f"{name}.npy"), progress=False, **kw)
+        runner(sel)
+        out.append((tmp_path / f"{name}.npy").read_bytes())
+    return out[0], out[1]
+
+
+SCORE = selection.ScoreStage(COLUMN)
+CASES = {
+    "fraction": dict(score=SCORE, sample=selection.Sample(options={"fraction": 0.3})),
+    "fraction_at_a_tie": dict(score=SCORE, sample=selection.Sample(options={"fraction": 0.5})),
+    "exact_count": dict(score=SCORE, sample=selection.Sample(options={"fraction": 0.37, "exact_count": True})),
+    "value": dict(score=SCORE, sample=selection.Sample(options={"value": 0.0})),
+    "standardized": dict(score=SCORE, sample=selection.Sample(options={"fraction": 0.2}),
+                         transform=selection.Transform(standardize=True, temperature=0.3)),
+    "clip_score_fraction": dict(restrict=selection.Restrict(baseline="clip_score",
+                                                            baseline_params=BaselineParams(arch="l14", fraction=0.3))),
+    "clip_score_threshold": dict(restrict=selection.Restrict(baseline="clip_score",
+                                                             baseline_params=BaselineParams(arch="l14", threshold=0.27))),
+    "no_filter": dict(restrict=selection.Restrict(baseline="no_filter")),
+}
+
+
+@pytest.mark.parametrize("partitions", [3, 6])
+@pytest.mark.parametrize("case", list(CASES))
+def test_thresholds_and_baselines_write_the_single_machine_bytes(tied_pool, tmp_path, case, partitions):
+    one, parts = both(tied_pool, tmp_path, inline_run, partitions, **CASES[case])
+    assert len(one) > 128 and parts == one
+
+
+def test_the_exact_count_cut_falls_inside_a_tie_spread_over_partitions(tied_pool):
+    """The case above is only a test of the tie rule when the cut lies in a tie that several
+    partitions hold (ties broken by pool position, across partitions)."""
+    pool = Pool(str(tied_pool), progress=False)
+    s = pool.column(COLUMN).astype(np.float64)
+    k = int(s.size * 0.37)
+    t = -np.sort(-s)[k - 1]
+    tied = np.flatnonzero(s == t)
+    assert np.count_nonzero(s > t) < k < np.count_nonzero(s >= t)
+    owners = {pool.locate(int(i)).split(" row ")[0] for i in tied}
+    assert len(owners) > 1
+
+
+def test_rank_value_is_the_value_at_that_rank_of_every_value_sorted(tmp_path):
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        sizes = rng.integers(1, 40, rng.integers(1, 5))
+        values = np.round(rng.normal(size=sizes.sum()), int(rng.integers(0, 3)))
+        values[rng.random(values.size) < 0.1] = -0.0
+        if trial % 3 == 0:
+            values[rng.random(values.size) < 0.2] = np.nan
+        parts = [_partition(v) for v in np.split(values, np.cumsum(sizes)[:-1])]
+        finite = values[~np.isnan(values)]
+        if finite.size == 0:
+            continue
+        ordered = -np.sort(-finite)
+        for rank in {0, finite.size - 1, int(rng.integers(0, finite.size))}:
+            got = rs.rank_value(rs.Inline(parts), rank, finite.min(), finite.max())
+            assert got == ordered[rank]
+
+
+def _partition(values: np.ndarray) -> rs.Partition:
+    """A partition holding ``values`` (no pool: for the driver's arithmetic only)."""
+    part = rs.Partition.__new__(rs.Partition)
+    part.values, part.size = np.asarray(values, dtype=np.float64), len(values)
+    return part
+
+
+def test_scs_rounds_keep_exactly_the_pool_wide_top_g_of_the_keys():
+    """The cut from every partition's summary never loses one of the pool's G largest keys, and the
+    merge keeps exactly those: checked against a sort of every key, with summaries that subsample
+    (G > 1024) and partitions smaller than G."""
+    rng = np.random.default_rng(1)
+    sizes = [50_000, 3_000, 20_000, 1, 40_000]
+    parts = [_partition(rng.normal(size=n)) for n in sizes]
+    actors = rs.Inline(parts)
+    actors.call("scs_start", 0.5, 7, "int32", each=[(i,) for i in range(len(parts))])
+    accepted = [np.zeros(0, dtype=np.int64)] * len(parts)
+    for g in (5_000, 3_500, 2, 17_000):
+        summaries = actors.call("scs_round", g, each=[(a,) for a in accepted])
+        keys = np.concatenate([p.keys for p in parts])
+        truth = np.sort(np.argpartition(keys, keys.size - g)[keys.size - g:])
+        cut = rs.scs_cut(summaries, g)
+        found = actors.call("scs_candidates", cut)
+        assert g <= sum(len(w) for w, _ in found) <= g + len(parts) * max(1, g // 1024) + len(parts)
+        accepted = rs.top_of(found, g)
+        offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        chosen = np.sort(np.concatenate([a + o for a, o in zip(accepted, offsets)]))
+        np.testing.assert_array_equal(chosen, truth)
+    actors.call("scs_finish", each=[(a,) for a in accepted])
+    assert sum(int(p.counts.sum()) for p in parts) == 5_000 + 3_500 + 2 + 17_000
+
+
+def _exact_scs(s: np.ndarray, alpha: float, g: int, rounds: int) -> dict[tuple, float]:
+    """The distribution of SCS's counts by enumeration: each round every ordered draw of g distinct
+    items without replacement, with its successive-sampling probability."""
+    dist = {tuple([0] * len(s)): 1.0}
+    for _ in range(rounds):
+        nxt: dict[tuple, float] = {}
+        for counts, p in dist.items():
+            w = np.exp(s - alpha * np.array(counts))
+            for order in itertools.permutations(range(len(s)), g):
+                q, left = p, w.sum()
+                for i in order:
+                    q *= w[i] / left
+                    left -= w[i]
+                c = list(counts)
+                for i in order:
+                    c[i] += 1
+                nxt[tuple(c)] = nxt.get(tuple(c), 0.0) + q
+        dist = nxt
+    return dist
+
+
+def test_scs_over_partitions_draws_exactly_the_scs_distribution():
+    """Three rounds of G = 2 over five examples in three partitions (one of a single example):
+    the frequencies of every count vector over 3,000 seeds match the enumerated distribution
+    (chi-square), and the single-machine sampler's frequencies match it too."""
+    s = np.array([0.3, -0.5, 1.0, 0.0, 0.7])
+    alpha, g, rounds = 0.8, 2, 3
+    exact = _exact_scs(s, alpha, g, rounds)
+    runs = 3_000
+    seen_parts: dict[tuple, int] = {}
+    seen_one: dict[tuple, int] = {}
+    for seed in range(runs):
+        parts = [_partition(v) for v in (s[:2], s[2:3], s[3:])]
+        rs._scs(rs.Inline(parts), {"alpha": alpha, "group_size": g, "num_samples": g * rounds}, seed, False)
+        key = tuple(np.concatenate([p.counts for p in parts]).tolist())
+        seen_parts[key] = seen_parts.get(key, 0) + 1
+        one = tuple(rs.sampling.scs(s, alpha=alpha, group_size=g, num_samples=g * rounds, seed=seed).tolist())
+        seen_one[one] = seen_one.get(one, 0) + 1
+    for seen in (seen_parts, seen_one):
+        assert set(seen) <= set(exact)
+        keys = sorted(exact)
+        observed = np.array([seen.get(k, 0) for k in keys])
+        expected = np.array([exact[k] * runs for k in keys])
+        big = expected >= 5  # pool the rare vectors into one cell
+        observed = np.append(observed[big], observed[~big].sum())
+        expected = np.append(expected[big], expected[~big].sum())
+        assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_scs_on_partitions_matches_the_single_machine_mean_counts(tied_pool, tmp_path):
+    """A whole run through the driver (standardised scores, the subset written) against the
+    single-machine sampler: each example's mean count over 200 seeds agrees (z-test per example)."""
+    pool = Pool(str(tied_pool), progress=False)
+    s = pool.column(COLUMN).astype(np.float64)
+    s = (s - s.mean()) / s.std()
+    params = {"alpha": 0.5, "group_size": 150, "num_samples": 1500}
+    runs = 200
+    totals_parts = np.zeros(s.size)
+    totals_one = np.zeros(s.size)
+    squares = np.zeros(s.size)
+    for seed in range(runs):
+        parts = [_partition(v) for v in np.split(s, [300, 310, 730, 731, 1000])]
+        rs._scs(rs.Inline(parts), params, seed, False)
+        got = np.concatenate([p.counts for p in parts])
+        assert got.sum() == 1500
+        totals_parts += got
+        one = rs.sampling.scs(s, **params, seed=10_000 + seed)
+        totals_one += one
+        squares += one.astype(np.float64) ** 2
+    mean_one = totals_one / runs
+    var = np.maximum(squares / runs - mean_one ** 2, 1 / runs)
+    z = (totals_parts / runs - mean_one) / np.sqrt(2 * var / runs)
+    assert np.abs(z).max() < 5.0
+    assert np.corrcoef(totals_parts, s)[0, 1] > 0.5  # the scores shape the draw
+
+
+def test_plan_partitions_cuts_consecutive_shards_by_rows(tied_pool):
+    pool = Pool(str(tied_pool), progress=False)
+    for count in range(1, 9):
+        plan = rs.plan_partitions(pool, count)
+        assert [i for p in plan for i in p] == list(range(len(pool.shards)))
+        assert len(plan) == min(count, len(pool.shards)) and all(plan)
+    assert rs.plan_partitions(pool, 2) == [[0, 1, 2, 3], [4, 5]]  # 731 and 769 rows of 1,500
+
+
+def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
+    runner = CliRunner()
+    base = ["--metadata-dir", str(tied_pool), "--output", str(tmp_path / "x.npy"), "--quiet"]
+    cases = [
+        (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
+        (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", "original_width>=2"], "--mask"),
+        (["--name", "basic_filter", "--ray", "local"], "basic_filter does not run on Ray"),
+        (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
+    ]
+    score_file = tmp_path / "scores.csv"
+    score_file.write_text("uid,score\n")
+    cases.append((["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "must be a column"))
+    for args, message in cases:
+        result = runner.invoke(filter_command, base + args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert not (tmp_path / "x.npy").exists()
+
+
+# ------------------------------------------------------------------------------ on a local Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield "auto"
+    ray.shutdown()
+
+
+def ray_run(partitions: int, cap: int | None = None):
+    return lambda sel, n: rs.run(sel, rs.Cluster("auto", partitions=partitions, memory_cap=cap))
+
+
+@pytest.fixture(scope="module")
+def large_pool(tmp_path_factory) -> Path:
+    """4M examples in 40 files: their uids and float64 scores alone are 96 MiB."""
+    m = 4_000_000
+    scores = np.random.default_rng(2).normal(0.3, 0.05, m).astype(np.float32)
+    return write_pool(tmp_path_factory.mktemp("large") / "metadata", {COLUMN: scores}, [m // 40] * 40, seed=2)
+
+
+@pytest.mark.slow
+def test_ray_workers_capped_below_the_pool_give_the_single_machine_subset(ray_cluster, large_pool, tmp_path):
+    """Each worker may grow its address space by 72 MiB (RLIMIT_AS), less than the pool's uids and
+    scores: eight partitions write the single-machine bytes; one partition holding the whole pool
+    under the same cap fails, with one clear error and nothing written."""
+    cap = 72 << 20
+    kw = dict(score=SCORE, sample=selection.Sample(options={"fraction": 0.3}), io_threads=1)  # no reader threads
+    one, parts = both(large_pool, tmp_path, ray_run(8, cap), 8, **kw)
+    assert parts == one
+    sel = selection.Selection(str(large_pool), selection.Output(tmp_path / "whole.npy"), progress=False, **kw)
+    with pytest.raises((WorkerDied, FlytInputError)):
+        rs.run(sel, rs.Cluster("auto", partitions=1, memory_cap=cap))
+    assert not (tmp_path / "whole.npy").exists()
+
+
+def test_ray_clip_score_baseline_is_datacomps_bytes(ray_cluster, tied_pool, tmp_path):
+    one, parts = both(tied_pool, tmp_path, ray_run(3), 3, **CASES["clip_score_fraction"])
+    assert parts == one
+
+
+def test_ray_scs_is_the_driver_run_in_process(ray_cluster, tied_pool, tmp_path):
+    """The same seed and partitions give the same bytes on Ray as in process, so the distribution
+    tests of the driver above hold for the Ray path."""
+    kw = dict(score=SCORE, sample=selection.Sample(options={"alpha": 0.5, "group_size": 100}, num_samples=1500, seed=3),
+              transform=selection.Transform(standardize=True))
+    sel = selection.Selection(str(tied_pool), selection.Output(tmp_path / "ray.npy"), progress=False, **kw)
+    result = rs.run(sel, rs.Cluster("auto", partitions=3))
+    inline_run(selection.Selection(str(tied_pool), selection.Output(tmp_path / "inline.npy"), progress=False, **kw), 3)
+    assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "inline.npy").read_bytes()
+    assert result.stats["total_entries"] == 1500 and result.stats["cluster"]["partitions"] == 3
+    assert math.isclose(sum(int(k) * v for k, v in result.stats["repetition_histogram"].items()), 1500)
