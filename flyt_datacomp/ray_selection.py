@@ -30,6 +30,7 @@ pool's makers); masks and ``shards_dir`` are not offered on this path.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -383,18 +384,20 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
             with progress_bar(total=len(plan), desc="reading partitions", unit="partition",
                               disable=not sel.progress) as bar:
                 actors.wait(actors.submit("ping"), bar)
-            result = drive(sel, pool, actors, mode, start)
-            result.stats["cluster"] = {"address": cluster.address, "partitions": len(plan),
-                                       "partition_shards": [len(p) for p in plan]}
-            return result
-        finally:
+            return drive(sel, pool, actors, mode, start,
+                         {"address": cluster.address, "partitions": len(plan),
+                          "partition_rows": [sum(pool.shards[i].num_rows for i in p) for p in plan]})
+        finally:  # on a cluster the workers end with the run (a local instance is shut down anyway)
             for h in handles:
-                ray.kill(h)
+                with contextlib.suppress(Exception):
+                    ray.kill(h)
 
 
-def drive(sel: Selection, pool: Pool, actors, mode: str, start: float) -> SelectionResult:
+def drive(sel: Selection, pool: Pool, actors, mode: str, start: float,
+          cluster: dict[str, Any] | None = None) -> SelectionResult:
     """Everything after the partitions hold their values: select, then write (``actors``: Ray actors
-    or in-process partitions, called the same way)."""
+    or in-process partitions, called the same way); ``cluster`` goes to the sidecar, with each worker's
+    peak resident memory."""
     summaries = actors.call("summary")
     m = sum(s["size"] for s in summaries)
     notes: list[str] = []
@@ -438,7 +441,7 @@ def drive(sel: Selection, pool: Pool, actors, mode: str, start: float) -> Select
                                            and k not in ("num_samples", "device") and params[k] is not None),
                 "device": "cpu", "scale": sel.sample.scale, "seed": sel.sample.seed}
         title = f"{name} on {sel.score.source}"
-    return _write(sel, pool, actors, info, notes, title, m, start)
+    return _write(sel, pool, actors, {**info, "cluster": cluster}, notes, title, m, start)
 
 
 def _inputs(sel: Selection, pool: Pool) -> dict[str, Any]:
@@ -625,6 +628,8 @@ def _write(sel: Selection, pool: Pool, actors, info: dict[str, Any], notes: list
     for h in hists:
         hist[:len(h)] += h
     stats = histogram_stats(hist)
+    if info.get("cluster") is not None:  # the workers' peaks: the selection is done, the merge only reads it
+        info["cluster"]["worker_peak_rss_bytes"] = actors.call("peak_memory")
     if stats["total_entries"] == 0:
         what = "sampler selected" if info["sampler"] else "baseline keeps"
         raise FlytInputError(f"the {what} no example of the pool's {m:,}: an empty subset would be written; "

@@ -1,0 +1,151 @@
+"""The selection on a local Ray cluster of several workers: wall time, the driver's and each worker's peak memory.
+
+    python bench/bench_ray_scale.py --pool /work/scale/medium --work /work/scale/ray --partitions 4 \\
+        --steps clip_score,sigterm
+    python bench/bench_ray_scale.py --pool /work/scale/tenth --work /work/scale/ray-tenth --partitions 4 --steps scs
+
+A stand-in for a large or xlarge run on a cluster: the pool (written by ``bench/scale_pool.py``) is cut
+into ``--partitions`` partitions, each held by one Ray worker process of a local instance
+(``filter --ray local``); each step runs as its own process (``bench_scale.run_step``: wall time,
+the peak resident memory of the command's process from ``wait4``) and the workers' peaks come from
+the subset's sidecar (``cluster.worker_peak_rss_bytes``, each worker's ``ru_maxrss``). Steps:
+
+* ``clip_score`` -- ``filter --name clip_score --arch l14 --fraction 0.3``: DataComp's baseline, whose
+  subset's sha256 is compared with the single-machine run recorded by ``bench/bench_scale.py``
+  (``--single-json``, same pool);
+* ``scs`` -- ``filter --score clip_l14_similarity_score`` with SCS's defaults for the pool (medium's
+  alpha, G = N / 1280: the paper's 1280 rounds at any pool size, as large and xlarge use);
+* ``sigterm`` -- the ``scs`` step again, SIGTERM after ``--sigterm-after`` seconds: how long it takes
+  to stop (Ray's local processes included).
+
+Results accumulate in ``--json`` and the section of ``bench/RESULTS.md`` between its Ray markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import git_commit, machine, run_step, sha256  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ("clip_score", "scs", "sigterm")
+BEGIN, END = "<!-- bench_ray_scale:begin -->", "<!-- bench_ray_scale:end -->"
+
+
+def commands(pool: Path, work: Path, partitions: int) -> dict[str, tuple[list[str], Path]]:
+    m = str(pool / "metadata")
+    ray = ["--ray", "local", "--partitions", str(partitions), "--metadata-dir", m, "--overwrite"]
+    scs = ["filter", "--score", "clip_l14_similarity_score", *ray]
+    return {
+        "clip_score": (["filter", "--name", "clip_score", "--arch", "l14", "--fraction", "0.3", *ray, "--output",
+                        str(work / "clip_score.npy")], work / "clip_score.npy"),
+        "scs": ([*scs, "--output", str(work / "scs.npy")], work / "scs.npy"),
+        "sigterm": ([*scs, "--output", str(work / "scs_sigterm.npy")], work / "scs_sigterm.npy"),
+    }
+
+
+def render(results: dict) -> str:
+    lines = [BEGIN, "", "## Selection on a local Ray cluster", "",
+             "`bench/bench_ray_scale.py`: `filter --ray local --partitions P` on pools written by `bench/scale_pool.py` "
+             "(no pool of DataComp-large's 1.28B rows fits this machine's free disk: its metadata alone would take about "
+             "48 GB; these pools are a tenth and a hundredth of it), each partition held by one Ray worker process. Wall "
+             "time and the peak resident memory of the command's process (`wait4`; the Ray processes it starts "
+             "are its children, not counted there), and each worker's own peak (`ru_maxrss`, from the sidecar). The "
+             "machine was shared with other work, so times are upper bounds.", "",
+             "| step | pool | partitions | wall | command process peak | worker peaks | same bytes as one machine | code |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"].values():
+        peaks = r.get("worker_peak_rss_gb")
+        worker = ", ".join(f"{p:.2f}" for p in peaks) + " GB" if peaks else "-"
+        wall = f"{r['seconds']:.0f} s"
+        if r.get("stop_seconds") is not None:
+            wall = f"SIGTERM at {r['sigterm_at_s']:.0f} s, stopped {r['stop_seconds']:.1f} s later (exit {r['exit']})"
+        elif r["exit"] != 0:
+            wall += f" (exit {r['exit']})"
+        lines.append(f"| `{r['step']}` | {r['pool_rows']:,} rows ({r['pool']}) | {r['partitions']} | {wall} | "
+                     f"{r['peak_rss_gb']:.2f} GB | {worker} | {r.get('same_as_single', '-')} | "
+                     f"{r['commit']}, {r['machine']['date']}, {r['machine']['cores']} cores |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_results(results: dict, md: Path) -> None:
+    section = render(results)
+    text = md.read_text() if md.is_file() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    md.write_text(text)
+
+
+def pool_rows(metadata: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(metadata.glob("*.parquet")))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pool", type=Path, required=True, help="a folder written by bench/scale_pool.py")
+    ap.add_argument("--work", type=Path, required=True, help="where the subsets go")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--steps", default="clip_score,scs,sigterm", help=f"comma-separated, of {', '.join(STEPS)}")
+    ap.add_argument("--sigterm-after", type=float, default=60.0)
+    ap.add_argument("--cap-gb", type=float, default=12.0, help="stop a step whose command process passes this")
+    ap.add_argument("--single-json", type=Path, default=REPO / "bench" / "scale_results.json",
+                    help="bench_scale.py's results: the single-machine clip_score subset's sha256")
+    ap.add_argument("--json", type=Path, default=REPO / "bench" / "ray_scale_results.json")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = ap.parse_args(argv)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    if any(s not in STEPS for s in steps):
+        ap.error(f"steps are among {', '.join(STEPS)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    results = json.loads(args.json.read_text()) if args.json.is_file() else {"runs": {}}
+    single = {}
+    if args.single_json.is_file():
+        for run in json.loads(args.single_json.read_text())["runs"].values():
+            step = run["steps"].get("clip_score", {})
+            if step.get("sha256") and Path(run["pool"]).resolve() == args.pool.resolve():
+                single["clip_score"] = step["sha256"]
+    rows = pool_rows(args.pool / "metadata")
+    cmds = commands(args.pool, args.work, args.partitions)
+    for step in steps:
+        cmd, output = cmds[step]
+        output.unlink(missing_ok=True)
+        load = os.getloadavg()[0]
+        print(f"[{time.strftime('%H:%M:%S')}] {step} (load {load:.1f}): {' '.join(cmd)}", flush=True)
+        r = run_step([sys.executable, "-m", "flyt_datacomp", *cmd], env, args.work / f"{step}.log", REPO,
+                     cap=args.cap_gb * 1e9, term_after=args.sigterm_after if step == "sigterm" else None)
+        r.update({"step": step, "command": "flyt-datacomp " + " ".join(cmd), "load_before": round(load, 1),
+                  "pool": str(args.pool), "pool_rows": rows, "partitions": args.partitions, "machine": machine(),
+                  "commit": git_commit(REPO)})
+        if r["exit"] == 0:
+            r["sha256"] = sha256(output)
+            sidecar = json.loads(Path(str(output) + ".json").read_text())
+            r["worker_peak_rss_gb"] = [round(b / 1e9, 2) for b in sidecar["cluster"]["worker_peak_rss_bytes"]]
+            r["entries"] = sidecar["total_entries"]
+            if step in single:
+                r["same_as_single"] = "yes" if r["sha256"] == single[step] else "NO"
+        else:
+            r["left_behind"] = sorted(p.name for p in args.work.iterdir() if p.name.startswith(output.stem))
+            r["ray_processes_after"] = int(subprocess.run(["pgrep", "-c", "-f", "raylet"], capture_output=True,
+                                                          text=True).stdout.strip() or 0)
+        results["runs"][f"{args.pool.name}-{step}-{args.partitions}"] = r
+        print(f"    {json.dumps({k: v for k, v in r.items() if k not in ('command', 'machine')})}", flush=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        write_results(results, args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
