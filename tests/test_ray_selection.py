@@ -324,3 +324,29 @@ def test_ray_scs_is_the_driver_run_in_process(ray_cluster, tied_pool, tmp_path):
     assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "inline.npy").read_bytes()
     assert result.stats["total_entries"] == 1500 and result.stats["cluster"]["partitions"] == 3
     assert math.isclose(sum(int(k) * v for k, v in result.stats["repetition_histogram"].items()), 1500)
+
+
+def test_joining_ray_keeps_the_commands_stop_handlers(monkeypatch):
+    """``ray.init`` installs its own SIGTERM handler, which exits at once (code 15, no cleanup, the
+    local Ray's processes left to die alone); the session puts the command's handler back."""
+    import signal
+    import sys
+    import types
+
+    from flyt_datacomp.inputs.executors import ray_session
+
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: False
+    ray.init = lambda **kw: signal.signal(signal.SIGTERM, lambda *a: sys.exit(15))
+    ray.shutdown = lambda: None
+    monkeypatch.setitem(sys.modules, "ray", ray)
+
+    def ours(*args):
+        raise AssertionError("not called")
+
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        with ray_session("local"):
+            assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, before)

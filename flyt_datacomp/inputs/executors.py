@@ -9,6 +9,8 @@ Adding an executor is one more small function here.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -43,12 +45,32 @@ def ray_session(address: str, **init: Any) -> Iterator[Any]:
     try:
         if not ray.is_initialized():
             started = address == "local"
+            handlers = _stop_handlers()
             ray.init(address=None if address == "local" else address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False, **(init if started else {}))
+            _restore(handlers)
         yield ray
     finally:
         if started:
             ray.shutdown()
+
+
+_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+def _stop_handlers() -> dict:
+    """This process's Python handlers of the stop signals (in the main thread; else none)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (getattr(signal, n) for n in _STOP_SIGNALS)
+            if callable(signal.getsignal(sig))}
+
+
+def _restore(handlers: dict) -> None:
+    """Put the stop handlers back: ``ray.init`` installs its own SIGTERM handler, which ends the process at
+    once, without the command's cleanup and prompt stop (:mod:`flyt_datacomp.process`)."""
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: float = 0.0) -> Iterator[tuple[int, Any]]:
