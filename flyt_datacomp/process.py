@@ -32,6 +32,7 @@ import glob
 import os
 import signal
 import threading
+from collections.abc import Iterator
 
 STOP_SECONDS = float(os.environ.get("FLYT_DATACOMP_STOP_SECONDS", "5"))  # cleanup time after a stop signal
 
@@ -125,9 +126,29 @@ def child_pids() -> list[int]:
     return sorted(p.pid for p in multiprocessing.active_children() if p.pid)
 
 
+_STOPPED_BY_CLEANUP: set[int] = set()
+
+
+@contextlib.contextmanager
+def stopped_by_cleanup(pids) -> Iterator[None]:
+    """Child processes that the cleanup stops itself: the first stop signal does not SIGTERM them (the
+    watchdog's SIGKILL still ends them). A local Ray's processes are such: ``ray.shutdown`` stops them
+    and their own children in about a second, while a SIGTERM from here first made it wait 8 s and
+    left Ray's agent processes running, orphaned."""
+    pids = set(pids)
+    _STOPPED_BY_CLEANUP.update(pids)
+    try:
+        yield
+    finally:
+        _STOPPED_BY_CLEANUP.difference_update(pids)
+
+
 def signal_children(sig: int) -> None:
-    """Send ``sig`` to every child process (those already gone are skipped)."""
+    """Send ``sig`` to every child process (those already gone are skipped; SIGTERM spares those the
+    cleanup stops itself)."""
     for pid in child_pids():
+        if sig == signal.SIGTERM and pid in _STOPPED_BY_CLEANUP:
+            continue
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
 

@@ -46,6 +46,7 @@ from .baselines import datacomp as baselines
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
 from .pool import MetadataShard, Pool
+from .process import stopping
 from .progress import progress_bar
 from .scores import SCORE_SOURCES, load_scores
 from .selection import (
@@ -387,8 +388,8 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
             return drive(sel, pool, actors, mode, start,
                          {"address": cluster.address, "partitions": len(plan),
                           "partition_rows": [sum(pool.shards[i].num_rows for i in p) for p in plan]})
-        finally:  # on a cluster the workers end with the run (a local instance is shut down anyway)
-            for h in handles:
+        finally:  # on a cluster the workers end with the run; while stopping, Ray's own shutdown ends them
+            for h in handles if not stopping() else ():
                 with contextlib.suppress(Exception):
                     ray.kill(h)
 

@@ -21,6 +21,7 @@ from scipy import stats
 from flyt_datacomp import ray_selection as rs
 from flyt_datacomp import selection
 from flyt_datacomp.baselines.datacomp import BaselineParams
+from flyt_datacomp.cli.baseline import baseline_command
 from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.errors import FlytInputError, WorkerDied
 from flyt_datacomp.pool import Pool
@@ -268,6 +269,13 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert not (tmp_path / "x.npy").exists()
+    for args, message in [(["flyt_mflyt_scs", "--ray", "local"], "--ray does not run flyt_mflyt_scs"),
+                          (["clip_score", "--arch", "l14", "--fraction", "0.3", "--ray", "local", "--shards-dir",
+                            str(tied_pool.parent)], "--shards-dir is not offered on Ray")]:
+        result = runner.invoke(baseline_command, base[:4] + args)
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert not (tmp_path / "x.npy").exists()
 
 
 # ------------------------------------------------------------------------------ on a local Ray
@@ -309,8 +317,14 @@ def test_ray_workers_capped_below_the_pool_give_the_single_machine_subset(ray_cl
 
 
 def test_ray_clip_score_baseline_is_datacomps_bytes(ray_cluster, tied_pool, tmp_path):
-    one, parts = both(tied_pool, tmp_path, ray_run(3), 3, **CASES["clip_score_fraction"])
-    assert parts == one
+    """The baseline command with --ray (joining the running instance) against the single-machine path."""
+    selection.run(selection.Selection(str(tied_pool), selection.Output(tmp_path / "one.npy"), progress=False,
+                                      **CASES["clip_score_fraction"]))
+    result = CliRunner().invoke(baseline_command, ["clip_score", "--arch", "l14", "--fraction", "0.3", "--metadata-dir",
+                                                   str(tied_pool), "--output", str(tmp_path / "ray.npy"), "--ray", "auto",
+                                                   "--partitions", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
 
 
 def test_ray_scs_is_the_driver_run_in_process(ray_cluster, tied_pool, tmp_path):
@@ -350,3 +364,26 @@ def test_joining_ray_keeps_the_commands_stop_handlers(monkeypatch):
             assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_stop_signal_leaves_a_local_rays_processes_to_its_shutdown():
+    """The first stop signal SIGTERMs the command's children, except those its cleanup stops itself (a
+    local Ray's: a SIGTERM first made ray.shutdown wait 8 s and orphaned Ray's agents); a kill
+    still reaches them all. Run in a process of its own (this one's children include the tests' Ray)."""
+    import subprocess
+    import sys
+
+    script = """
+import signal, subprocess, sys, time
+from flyt_datacomp.process import signal_children, stopped_by_cleanup
+spared, other = (subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2))
+with stopped_by_cleanup({spared.pid}):
+    signal_children(signal.SIGTERM)
+    print(other.wait(timeout=20))
+    time.sleep(0.5)
+    print(spared.poll())
+    signal_children(signal.SIGKILL)
+    print(spared.wait(timeout=20))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["-15", "None", "-9"], out.stdout + out.stderr

@@ -14,7 +14,17 @@ from ..errors import FlytInputError
 from ..recipes import RECIPES
 from . import options as O
 from .base import command, option
-from .filter import baseline_options, mask_option, mixing_options, pop_baseline_options, print_summary, run_recipe
+from .filter import (
+    baseline_options,
+    mask_option,
+    mixing_options,
+    pop_baseline_options,
+    pop_ray_options,
+    print_summary,
+    ray_options,
+    run_recipe,
+    run_selection,
+)
 
 
 def recipe_options(fn):
@@ -42,6 +52,7 @@ def recipe_options(fn):
            help="Worker processes for the caption rules (text_based, basic_filter).")
 @O.io_threads()
 @O.overwrite(help="Replace existing output files.")
+@ray_options
 @O.quiet()
 def baseline_command(name: str, arch, fraction, threshold, device: str, seed: int, quiet: bool, **opts: Any) -> None:
     """Write one of DataComp's baselines (the uids it keeps), or one of the paper's released subsets
@@ -52,6 +63,7 @@ def baseline_command(name: str, arch, fraction, threshold, device: str, seed: in
     --batch_size, --image_based_scale.
     """
     start = time.perf_counter()
+    ray_address, partitions = pop_ray_options(opts, name if name in RECIPES else None)
     if name in RECIPES:
         result = run_recipe(name, {**opts, "arch": arch, "fraction": fraction, "threshold": threshold}, seed=seed,
                             device=device, progress=not quiet)
@@ -71,5 +83,4 @@ def baseline_command(name: str, arch, fraction, threshold, device: str, seed: in
                                  masks=tuple(opts.pop("masks")), **settings),
         score=selection.ScoreStage(None, inputs_dir=opts.pop("inputs_dir")),
         workers=opts.pop("workers"), io_threads=opts.pop("io_threads"), progress=not quiet)
-    result = selection.run(sel)
-    print_summary(result, time.perf_counter() - start)
+    print_summary(run_selection(sel, ray_address, partitions), time.perf_counter() - start)

@@ -130,6 +130,39 @@ def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool)
         overwrite=opts["overwrite"], io_threads=opts["io_threads"], progress=progress, device=device, **kwargs))
 
 
+def ray_options(fn):
+    """Where a selection runs when no machine holds the pool: a Ray cluster, in partitions."""
+    for opt in reversed([
+        option("--ray", "ray_address", metavar="ADDRESS",
+               help="Run on a Ray cluster, the pool cut into partitions of metadata shards, one worker each (auto: "
+                    "the cluster this machine belongs to; local: a new one here; or host:port): for pools no machine "
+                    "holds. Scores from a pool column; threshold or scs; or the no_filter/clip_score baselines."),
+        option("--partitions", type=click.IntRange(min=1),
+               help="With --ray: partitions of the pool [default: one per CPU of the cluster]."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def pop_ray_options(opts: dict[str, Any], refused: str | None = None) -> tuple[str | None, int | None]:
+    """``--ray`` and ``--partitions`` out of a command's options (``refused``: what cannot run on Ray)."""
+    ray_address, partitions = opts.pop("ray_address"), opts.pop("partitions")
+    if partitions is not None and ray_address is None:
+        raise FlytInputError("--partitions applies with --ray")
+    if ray_address is not None and refused:
+        raise FlytInputError(f"--ray does not run {refused}; leave --ray out")
+    return ray_address, partitions
+
+
+def run_selection(sel: selection.Selection, ray_address: str | None, partitions: int | None) -> selection.SelectionResult:
+    """The selection on this machine, or on a Ray cluster with ``--ray``."""
+    if ray_address is None:
+        return selection.run(sel)
+    from ..ray_selection import Cluster, run
+
+    return run(sel, Cluster(ray_address, partitions))
+
+
 def mask_option(fn):
     return option("--mask", "masks", metavar="SPEC", multiple=True,
                   help="Hard filter (repeatable): only examples inside every mask can be selected. Quote a "
@@ -243,12 +276,7 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @O.shards_dir(help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @baseline_options
 @mixing_options
-@option("--ray", "ray_address", metavar="ADDRESS",
-        help="Run on a Ray cluster, the pool cut into partitions of metadata shards, one worker each (auto: the "
-             "cluster this machine belongs to; local: a new one here; or host:port): for pools no machine holds. "
-             "Scores from a pool column; threshold or scs; or --name no_filter/clip_score.")
-@option("--partitions", type=click.IntRange(min=1),
-        help="With --ray: partitions of the pool [default: one per CPU of the cluster].")
+@ray_options
 @option("--demo", is_flag=True, help="Build (once) and filter the built-in digits demo pool.")
 @O.demo_version(help="With --demo: the demo pool's version.")
 @O.quiet()
@@ -260,11 +288,8 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
     """
     start = time.perf_counter()
     progress = not quiet
-    ray_address, partitions = opts.pop("ray_address"), opts.pop("partitions")
-    if partitions is not None and ray_address is None:
-        raise FlytInputError("--partitions applies with --ray")
-    if ray_address is not None and (demo or opts["name"] in RECIPES):
-        raise FlytInputError(f"--ray does not run {'--demo' if demo else opts['name']}; leave --ray out")
+    ray_address, partitions = pop_ray_options(opts, "--demo" if demo else opts["name"] if opts["name"] in RECIPES
+                                              else None)
     if opts["name"] in RECIPES:
         result = run_recipe(opts["name"], {**opts, "arch": arch, "scale": opts["scale"] or "medium"}, seed=opts["seed"],
                             device=opts["device"] or "cpu", progress=progress)
@@ -308,13 +333,7 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
         opts["score"] = trained.path
     if opts["score"] is None:
         opts["device"] = None  # without a score --device only placed the baselines' centroid search
-    sel = selection_from_options(opts, progress=progress)
-    if ray_address is not None:
-        from ..ray_selection import Cluster, run
-
-        result = run(sel, Cluster(ray_address, partitions))
-    else:
-        result = selection.run(sel)
+    result = run_selection(selection_from_options(opts, progress=progress), ray_address, partitions)
     print_summary(result, time.perf_counter() - start)
     if demo_pool is not None:
         from ..demo import domain_breakdown, format_domain_breakdown, format_type_breakdown, type_breakdown

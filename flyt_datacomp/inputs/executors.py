@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import FlytInputError
 from ..parallel import process_map
+from ..process import child_pids, stopped_by_cleanup
 
 
 def run_inline(fn: Callable, tasks: Sequence[Any]) -> Iterator[tuple[int, Any]]:
@@ -42,14 +43,18 @@ def ray_session(address: str, **init: Any) -> Iterator[Any]:
     except ImportError:
         raise FlytInputError("`ray` needs Ray: pip install 'flyt-datacomp[ray]'", params=["ray"]) from None
     started = False
+    own: set[int] = set()
     try:
         if not ray.is_initialized():
             started = address == "local"
             handlers = _stop_handlers()
+            before = set(child_pids())
             ray.init(address=None if address == "local" else address, include_dashboard=False,
                      log_to_driver=False, configure_logging=False, **(init if started else {}))
             _restore(handlers)
-        yield ray
+            own = set(child_pids()) - before if started else set()
+        with stopped_by_cleanup(own):  # a local instance is stopped by its shutdown below
+            yield ray
     finally:
         if started:
             ray.shutdown()
