@@ -22,7 +22,7 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   (:class:`~flyt_datacomp.uids.UidIndex`); the driver fetches bucket ``b`` of every partition,
   merges and writes it, then the next, so the subset ``.npy`` is written by streaming, never held whole.
 
-``--ray-address auto`` joins the cluster this machine belongs to, ``local`` starts one on this
+``--ray auto`` joins the cluster this machine belongs to, ``local`` starts one on this
 machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one. The score
 must be a column of the pool's parquet files (computed there by ``inputs compute --ray`` or by the
 pool's makers); masks and ``shards_dir`` are not offered on this path.
@@ -120,28 +120,30 @@ class Partition:
     ``mode`` is ``score`` (a score source as logits, finite, float64), ``column`` (a pool column as
     stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values: no_filter)."""
 
-    def __init__(self, pool: Pool, shards: Sequence[int], offset: int, mode: str, source: str | None,
+    def __init__(self, pool: Pool, shards: Sequence[int], mode: str, source: str | None,
                  memory_cap: int | None = None):
-        if memory_cap is not None:
-            _cap_address_space(memory_cap)
         self.pool = part_of(pool, shards)
-        self.offset = offset  # the pool position of the partition's first example
         self.size = self.pool.size
+        self.mode, self.source, self.memory_cap = mode, source, memory_cap
         self.stored_dtype = None
         self.values = None
         self.counts = np.zeros(0, dtype=np.int32)
-        if mode == "score":
-            scores = load_scores(self.pool, source)
-            self.values, self.stored_dtype = scores.values, scores.stored_dtype
-        elif mode == "column":
-            self.values = self.pool.column(source)
-            if self.values.dtype.kind not in "fiu":
-                raise FlytInputError(f"column {source!r} of the pool at {pool.url} holds {self.values.dtype} values, "
-                                     "not numbers")
-            self.stored_dtype = self.values.dtype
         self.index = None
 
-    def ping(self) -> int:
+    def load(self) -> int:
+        """Read the partition's values (a task of its own, not the constructor: Ray reports a task's
+        error as the error itself, a constructor's as a dead worker). Returns the number of examples."""
+        if self.memory_cap is not None:
+            _cap_address_space(self.memory_cap)
+        if self.mode == "score":
+            scores = load_scores(self.pool, self.source)
+            self.values, self.stored_dtype = scores.values, scores.stored_dtype
+        elif self.mode == "column":
+            self.values = self.pool.column(self.source)
+            if self.values.dtype.kind not in "fiu":
+                raise FlytInputError(f"column {self.source!r} of the pool at {self.pool.url} holds {self.values.dtype} "
+                                     "values, not numbers")
+            self.stored_dtype = self.values.dtype
         return self.size
 
     # ---------------------------------------------------------------- statistics and transform
@@ -369,8 +371,8 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
     start = time.perf_counter()
     pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.io_threads)
     if sel.score.source is not None:
-        column = _score_kind(sel, pool)
-        mode, source = "score", f"column:{column}"
+        _score_kind(sel, pool)
+        mode, source = "score", sel.score.source
     elif sel.restrict.baseline == "clip_score":
         mode, source = "column", baselines.ARCH_COLUMNS[sel.restrict.params().arch]
     else:
@@ -381,13 +383,13 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
         plan = plan_partitions(pool, cluster.partitions or max(1, int(cpus)))
         # every partition's actor alive at once, spread over the nodes, even with more partitions than CPUs
         actor = ray.remote(num_cpus=min(1.0, cpus / len(plan)), scheduling_strategy="SPREAD")(Partition)
-        handles = [actor.remote(pool, shards, pool.shards[shards[0]].offset, mode, source, cluster.memory_cap)
+        handles = [actor.remote(pool, shards, mode, source, cluster.memory_cap)
                    for shards in plan]
         try:
             actors = _Actors(ray, handles)
             with progress_bar(total=len(plan), desc="reading partitions", unit="partition",
                               disable=not sel.progress) as bar:
-                actors.wait(actors.submit("ping"), bar)
+                actors.wait(actors.submit("load"), bar)
             return drive(sel, pool, actors, mode, start,
                          {"address": cluster.address, "partitions": len(plan),
                           "partition_rows": [sum(pool.shards[i].num_rows for i in p) for p in plan]})

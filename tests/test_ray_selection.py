@@ -62,12 +62,15 @@ def inline_run(sel: selection.Selection, partitions: int) -> selection.Selection
     rs.check_supported(sel)
     pool = Pool(sel.metadata_dir, progress=False)
     if sel.score.source is not None:
-        mode, source = "score", f"column:{rs._score_kind(sel, pool)}"
+        rs._score_kind(sel, pool)
+        mode, source = "score", sel.score.source
     elif sel.restrict.baseline == "clip_score":
         mode, source = "column", rs.baselines.ARCH_COLUMNS[sel.restrict.params().arch]
     else:
         mode, source = "all", None
-    parts = [rs.Partition(pool, p, pool.shards[p[0]].offset, mode, source) for p in rs.plan_partitions(pool, partitions)]
+    parts = [rs.Partition(pool, p, mode, source) for p in rs.plan_partitions(pool, partitions)]
+    for part in parts:
+        part.load()
     return rs.drive(sel, pool, rs.Inline(parts), mode, time.perf_counter())
 
 
@@ -325,6 +328,19 @@ def test_ray_clip_score_baseline_is_datacomps_bytes(ray_cluster, tied_pool, tmp_
                                                    "--partitions", "3", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+
+
+def test_a_partitions_error_is_the_error_itself(ray_cluster, tied_pool, tmp_path):
+    """A bad score read by a worker is the same one-line error as on one machine (the file and row), not
+    a dead worker."""
+    kw = dict(score=selection.ScoreStage("clip_l14_similarity_score"), sample=selection.Sample(options={"fraction": 0.3}))
+    with pytest.raises(FlytInputError) as one:
+        selection.run(selection.Selection(str(tied_pool), selection.Output(tmp_path / "one.npy"), progress=False, **kw))
+    with pytest.raises(FlytInputError) as ray:
+        rs.run(selection.Selection(str(tied_pool), selection.Output(tmp_path / "ray.npy"), progress=False, **kw),
+               rs.Cluster("auto", partitions=1))
+    assert str(ray.value) == str(one.value) and ".parquet row" in str(ray.value)
+    assert not (tmp_path / "ray.npy").exists()
 
 
 def test_ray_scs_is_the_driver_run_in_process(ray_cluster, tied_pool, tmp_path):
