@@ -57,8 +57,12 @@ def render(results: dict) -> str:
              "(no pool of DataComp-large's 1.28B rows fits this machine's free disk: its metadata alone would take about "
              "48 GB; these pools are a tenth and a hundredth of it), each partition held by one Ray worker process. Wall "
              "time and the peak resident memory of the command's process (`wait4`; the Ray processes it starts "
-             "are its children, not counted there), and each worker's own peak (`ru_maxrss`, from the sidecar). The "
-             "machine was shared with other work, so times are upper bounds.", "",
+             "are its children, not counted there), and each worker's own peak (`ru_maxrss`, from the sidecar: a "
+             "Ray worker with the package imported, one metadata shard being read, and its partition). `scs` runs "
+             "with SCS's defaults for the pool: medium's alpha 0.15, G = N / 1280 (the rule `--scale large` and "
+             "`xlarge` apply: 1M and 10M), N = the pool's size. `sigterm` is that run stopped by SIGTERM: the "
+             "exit code, how long it took, and what was left (no subset file, no Ray process). The machine was "
+             "shared with other work (load averages of 5-11 on 2 cores), so times are upper bounds.", "",
              "| step | pool | partitions | wall | command process peak | worker peaks | same bytes as one machine | code |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"].values():
@@ -70,10 +74,17 @@ def render(results: dict) -> str:
         elif r["exit"] != 0:
             wall += f" (exit {r['exit']})"
         lines.append(f"| `{r['step']}` | {r['pool_rows']:,} rows ({r['pool']}) | {r['partitions']} | {wall} | "
-                     f"{r['peak_rss_gb']:.2f} GB | {worker} | {r.get('same_as_single', '-')} | "
+                     f"{r['peak_rss_gb']:.2f} GB | {worker} | {_single(r)} | "
                      f"{r['commit']}, {r['machine']['date']}, {r['machine']['cores']} cores |")
     lines += ["", END]
     return "\n".join(lines)
+
+
+def _single(r: dict) -> str:
+    one = r.get("single")
+    if not one:
+        return r.get("same_as_single", "-")
+    return f"{r['same_as_single']} (one machine: {one['seconds']:.0f} s, peak {one['peak_rss_gb']:.2f} GB)"
 
 
 def write_results(results: dict, md: Path) -> None:
@@ -116,7 +127,7 @@ def main(argv=None) -> int:
         for run in json.loads(args.single_json.read_text())["runs"].values():
             step = run["steps"].get("clip_score", {})
             if step.get("sha256") and Path(run["pool"]).resolve() == args.pool.resolve():
-                single["clip_score"] = step["sha256"]
+                single["clip_score"] = step
     rows = pool_rows(args.pool / "metadata")
     cmds = commands(args.pool, args.work, args.partitions)
     for step in steps:
@@ -135,7 +146,8 @@ def main(argv=None) -> int:
             r["worker_peak_rss_gb"] = [round(b / 1e9, 2) for b in sidecar["cluster"]["worker_peak_rss_bytes"]]
             r["entries"] = sidecar["total_entries"]
             if step in single:
-                r["same_as_single"] = "yes" if r["sha256"] == single[step] else "NO"
+                r["same_as_single"] = "yes" if r["sha256"] == single[step]["sha256"] else "NO"
+                r["single"] = {k: single[step][k] for k in ("seconds", "peak_rss_gb")}
         else:
             r["left_behind"] = sorted(p.name for p in args.work.iterdir() if p.name.startswith(output.stem))
             r["ray_processes_after"] = int(subprocess.run(["pgrep", "-c", "-f", "raylet"], capture_output=True,
