@@ -18,7 +18,8 @@ from typing import Any
 from ..errors import FlytInputError
 from ..process import torch_threads
 
-DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
+DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all", "m-flyt-demo-all-pairwise")
+STORE_PRESETS = ("m-flyt-demo-all", "m-flyt-demo-all-pairwise")  # they mix the inputs of the demo's input store
 DEMO_VERSIONS = ("v3", "v4")
 
 # The mini-benchmark's samples seen on each pool version: the recipe of that version
@@ -121,11 +122,11 @@ class DemoPool:
         }
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None, *, progress: bool = True):
-        """The TrainConfig of ``preset`` on this pool (``m-flyt-demo-all`` reads the demo's input store)."""
+        """The TrainConfig of ``preset`` on this pool (the :data:`STORE_PRESETS` read the demo's input store)."""
         from ..flyt.config import build_config
 
         overrides = dict(overrides or {})
-        if preset == "m-flyt-demo-all" and overrides.get("inputs_dir") is None:
+        if preset in STORE_PRESETS and overrides.get("inputs_dir") is None:
             overrides["inputs_dir"] = str(self.input_store(progress=progress))
         return build_config(preset, self.train_paths(), overrides)
 

@@ -75,6 +75,11 @@ class TrainConfig:
     reference_pretrain_steps: int = _field(0, "plain CLIP steps on the unfiltered pool before FLYT (a stand-in for a "
                                            "reference trained on the pool)")
     reference_pretrain_lr: float = _field(1e-3, "learning rate of those plain CLIP steps")
+    compact_vocabulary: bool = _field(False, "cut the reference model's token table to the tokens that the pool's "
+                                      "captions (its `text` column) and the class prompts use: the same results, "
+                                      "much faster steps for a small model whose table would dominate it (the "
+                                      "demo's captions use 38 of the 49,408 tokens); it reads every caption, so "
+                                      "it is for small pools, not DataComp's")
     adam_warmup_steps: int = _field(5, "plain CLIP-loss AdamW steps that warm the reference optimiser's state "
                                     "(m, v, t) before the first FLYT step")
     # optimisation (paper Table 7)
@@ -85,7 +90,15 @@ class TrainConfig:
     reference_lr: float = _field(5e-5, "reference model learning rate")
     scoring_lr: float = _field(1e-3, "scoring model learning rate")
     weight_decay: float = _field(
-        0.2, "AdamW weight decay (reference model: >= 2-dim weights only; scoring model: every weight but biases)")
+        0.2, "decoupled AdamW weight decay of the reference model (>= 2-dim weights only), and of the scoring model "
+        "unless --scoring-weight-decay is given (every weight but biases); each step shrinks a weight by lr x wd")
+    scoring_weight_decay: float | None = _field(
+        None, "the scoring model's own decoupled weight decay (default: --weight-decay). With AdamW run long "
+        "enough, an M-FLYT weight settles near (mean / RMS of its meta-gradient) / wd, so lr x wd x steps of a "
+        "few units lets the weights settle where the task's signal puts them")
+    mixing: str = _field("linear", "M-FLYT's model: linear (the paper's: a weight per standardised input) or pairwise "
+                         "(also a weight per product of two standardised inputs, which can express 'this AND that')",
+                         choices=("linear", "pairwise"))
     beta1: float = _field(0.9, "AdamW beta1 of both optimisers")
     beta2: float = _field(0.98, "AdamW beta2 of both optimisers")
     eps: float = _field(1e-6, "AdamW epsilon of both optimisers")
@@ -99,10 +112,25 @@ class TrainConfig:
                             choices=("auto", "fp32", "bf16", "tf32"))
     device: str = _field("auto", "auto (CUDA when there is a GPU), cpu or cuda (a config file may name cuda:N)",
                          choices=("auto", "cpu", "cuda"))
+    # validation: FLYT's objective on held-out downstream examples
+    validation_fraction: float = _field(0.0, "share of the downstream examples held out as a validation split "
+                                        "(chosen by a hash of shard name and key; never trained on): at every "
+                                        "checkpoint the scoring model's validation gain is measured on it (how much "
+                                        "more a reference step on its weighting lowers the held-out loss than an "
+                                        "unweighted step, from the reference's state at the start), and the final "
+                                        "scoring model is the checkpoint's with the largest gain (0: no validation, "
+                                        "the last step's model)")
+    validation_size: int = _field(1024, "at most this many held-out examples form the validation set")
+    validation_probes: int = _field(4, "fixed upstream batches the validation gain is measured on")
     # bookkeeping
     seed: int = _field(0, "seed of everything random (data order, initialisations, template draws)")
     checkpoint_every: int = _field(500, "steps between checkpoints")
     tensorboard: bool = _field(False, "also log the metrics to TensorBoard (needs the tensorboard extra)")
+
+    @property
+    def scoring_decay(self) -> float:
+        """The scoring model's weight decay (``scoring_weight_decay``, else ``weight_decay``)."""
+        return self.weight_decay if self.scoring_weight_decay is None else self.scoring_weight_decay
 
     @property
     def reference_source(self) -> str:
@@ -128,7 +156,10 @@ class TrainConfig:
             raise bad("inputs", "M-FLYT needs at least one input score column")
         if self.model == "m-flyt" and len(set(self.inputs)) != len(self.inputs):
             raise bad("inputs", "input columns must be distinct")
-        for name in ("steps", "batch_size", "downstream_batch_size", "checkpoint_every", "shuffle_buffer"):
+        if not 0 <= self.validation_fraction < 1:
+            raise bad("validation_fraction", "must be in [0, 1)")
+        for name in ("steps", "batch_size", "downstream_batch_size", "checkpoint_every", "shuffle_buffer",
+                     "validation_size", "validation_probes"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("warmup_steps", "adam_warmup_steps", "reference_pretrain_steps", "workers"):
@@ -138,8 +169,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise bad(name, "must be a positive number")
-        if not 0 <= self.weight_decay < 1:
-            raise bad("weight_decay", "must be in [0, 1)")
+        for wd, lr in (("weight_decay", "reference_lr"), ("scoring_weight_decay", "scoring_lr")):
+            value = getattr(self, wd)
+            if value is not None and not (value >= 0 and getattr(self, lr) * value < 1):
+                raise bad(wd, f"must be >= 0 with {lr} x {wd} < 1 (a step shrinks a weight by that share)")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad(name, "must be in [0, 1)")
