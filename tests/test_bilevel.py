@@ -8,8 +8,9 @@ except the bfloat16 checks at the end (float32 model, CPU autocast to bfloat16).
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 
-from flyt_datacomp.clip_models import TINY_CLIP_CONFIG, create_clip, tiny_clip_config, tokenizer
+from flyt_datacomp.clip_models import TINY_CLIP_CONFIG, create_clip, named_tiny_configs, tiny_clip_config, tokenizer
 from flyt_datacomp.flyt.adamw import (
     AdamState,
     AdamWConfig,
@@ -20,7 +21,7 @@ from flyt_datacomp.flyt.adamw import (
 )
 from flyt_datacomp.flyt.bilevel import flyt_step
 from flyt_datacomp.flyt.classes import load_classes, sample_class_texts
-from flyt_datacomp.flyt.losses import make_downstream_loss
+from flyt_datacomp.flyt.losses import DownstreamLoss, make_downstream_loss
 
 B, B_DOWN, N_FEATURES = 8, 6, 4
 # A larger lr than the paper's 5e-5 makes the meta-gradient large enough for finite differences.
@@ -94,16 +95,23 @@ def results(setup):
 # ------------------------------------------------------------------------------- functional AdamW
 
 
+def open_clip_exempts(name, param):
+    """open_clip's training rule for weight decay (its ``exclude`` in open_clip_train/main.py of
+    open_clip 3.3, as in the older training/main.py): no decay for a parameter with fewer than 2
+    dimensions or whose name contains "bn", "ln", "bias" or "logit_scale"; every other one is decayed."""
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
 def test_adamw_step_matches_torch_optim(setup):
     params = setup["params"]
     gen = torch.Generator().manual_seed(1)
     grads = [{k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()} for _ in range(3)]
     grads[0]["token_embedding.weight"][5:] = 0  # zero-gradient rows
     leaves = {k: torch.nn.Parameter(v.clone()) for k, v in params.items()}
-    decay = [p for k, p in leaves.items() if decays(k, p)]
-    no_decay = [p for k, p in leaves.items() if not decays(k, p)]
-    assert not decays("logit_scale", leaves["logit_scale"])
-    assert decays("token_embedding.weight", leaves["token_embedding.weight"])
+    # torch's AdamW with open_clip's parameter groups, built by its rule (not by `decays`)
+    decay = [p for k, p in leaves.items() if not open_clip_exempts(k, p)]
+    no_decay = [p for k, p in leaves.items() if open_clip_exempts(k, p)]
+    assert "visual.class_embedding" in leaves and "logit_scale" in leaves
     groups = [{"params": decay, "weight_decay": CFG.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=CFG.lr, betas=CFG.betas, eps=CFG.eps)
     current, state = dict(params), AdamState.zeros(params)
@@ -114,8 +122,35 @@ def test_adamw_step_matches_torch_optim(setup):
         current, state = adamw_step(current, g, state, CFG)
     assert state.step == 3
     for k, p in leaves.items():
-        torch.testing.assert_close(current[k], p.detach(), rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(current[k], p.detach(), rtol=1e-12, atol=1e-15, msg=lambda m, k=k: f"{k}: {m}")
         torch.testing.assert_close(state.exp_avg_sq[k], opt.state[p]["exp_avg_sq"], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["tiny", "tiny-resnet", "ViT-B-32"])
+def test_decays_follows_open_clips_rule_on_its_models(arch):
+    """Every parameter of real open_clip models (the offline ViT and ResNet configs; the paper's
+    ViT-B-32 built without memory on the meta device) is decayed exactly when open_clip decays it."""
+    if arch == "ViT-B-32":
+        model = open_clip.create_model(arch, device="meta")
+    else:
+        model = create_clip(named_tiny_configs()[arch], seed=0)
+    named = dict(model.named_parameters())
+    wrong = [n for n, p in named.items() if decays(n, p) == open_clip_exempts(n, p)]
+    assert not wrong, f"decays() disagrees with open_clip on {wrong}"
+    exempt = {n for n, p in named.items() if open_clip_exempts(n, p)}
+    assert "logit_scale" in exempt and any("bias" in n for n in exempt) and len(exempt) < len(named)
+    # 1-d parameters without a telling name, which only the ndim rule exempts
+    one_d = {"tiny": ["visual.class_embedding"], "ViT-B-32": ["visual.class_embedding"],
+             "tiny-resnet": [f"visual.layer{i}.0.downsample.1.weight" for i in range(1, 5)]}[arch]
+    assert all(named[n].ndim == 1 and n in exempt for n in one_d)
+
+
+def test_decays_exempts_by_name_whatever_the_shape():
+    for name in ("visual.bn1.weight", "text.ln_final.weight", "proj.bias", "logit_scale"):
+        assert open_clip_exempts(name, torch.zeros(3, 3)) and not decays(name, torch.zeros(3, 3))
+    for name, shape in (("visual.conv1.weight", (4, 3, 2, 2)), ("text_projection", (4, 4)), ("blend", (1, 1))):
+        assert not open_clip_exempts(name, torch.zeros(shape)) and decays(name, torch.zeros(shape))
+    assert not decays("visual.class_embedding", torch.zeros(4)) and not decays("scale", torch.zeros(()))
 
 
 def test_adamw_derivative_matches_autograd_and_is_finite_at_zero():
@@ -176,6 +211,65 @@ def test_ce_temp_temperature_gets_a_gradient(results):
     grad = results["ce_temp", "efficient"].grad_downstream["log_temperature"]
     assert torch.isfinite(grad) and float(grad) != 0
     assert results["ce", "efficient"].grad_downstream == {}
+
+
+class _ModelTemperatureCrossEntropy(DownstreamLoss):
+    """A downstream loss at the evaluated model's own temperature (test only): cross entropy of
+    logit_scale * <img, class text>, where ``logit_scale`` is the tau the bilevel step passes, exp of
+    theta_plus's logit_scale. None of the package's losses uses it, so only this one reaches the
+    meta-gradient's logit-scale terms (v_tau, u_tau, G_tau(w) u_tau). It records the tau it was given."""
+
+    name = "ce_model_tau"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, image_features, labels, class_features, logit_scale=None):
+        self.seen.append(float(logit_scale.detach()))
+        logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(class_features, dim=-1).T
+        return F.cross_entropy(logits, labels)
+
+
+@pytest.fixture(scope="module")
+def model_tau_results(setup):
+    loss = _ModelTemperatureCrossEntropy()
+    out = {}
+    for key, method, micro in (("naive", "naive", None), ("efficient", "efficient", None), ("micro", "efficient", 3)):
+        loss.seen.clear()
+        out[key] = _step(setup, loss, method, micro_batch_size=micro)
+        out[key, "seen"] = list(loss.seen)
+    return out
+
+
+def test_a_downstream_loss_of_the_models_logit_scale_efficient_matches_naive(setup, model_tau_results, monkeypatch):
+    naive = model_tau_results["naive"]
+    # the loss is given the updated model's tau, and the step reports that loss (open_clip's own forward)
+    img, txt, tau = torch.func.functional_call(setup["model"], naive.theta_plus,
+                                               (setup["downstream"][0], setup["class_tokens"]))
+    assert model_tau_results["naive", "seen"] == [pytest.approx(float(tau), rel=1e-15)]
+    assert float(tau) != pytest.approx(float(setup["params"]["logit_scale"].exp()), rel=1e-9)  # tau moved
+    assert naive.metrics["down_loss"] == pytest.approx(float(F.cross_entropy(tau * img @ txt.T, setup["downstream"][1])),
+                                                       rel=1e-12)
+    assert torch.isfinite(naive.grad_scores).all() and float(naive.grad_scores.norm()) > 0
+    for key in ("efficient", "micro"):
+        result = model_tau_results[key]
+        assert all(t == pytest.approx(float(tau), rel=1e-12) for t in model_tau_results[key, "seen"])
+        off = _rel(result.grad_scores, naive.grad_scores)
+        assert off < 1e-9, f"{key}: dL/ds differs from the naive step's by {off:.2e} (relative)"
+        off = _rel(result.grad_scoring["weight"], naive.grad_scoring["weight"])
+        assert off < 1e-9, f"{key}: dL/dphi differs from the naive step's by {off:.2e} (relative)"
+        assert result.metrics["down_loss"] == pytest.approx(naive.metrics["down_loss"], rel=1e-12)
+        for k, v in naive.theta_plus.items():
+            torch.testing.assert_close(result.theta_plus[k], v, rtol=1e-9, atol=1e-12)
+    # The logit-scale path carries a part of dL/ds that the tolerance above resolves: without its
+    # term G_tau(w) u_tau the efficient step is off by far more (8e-4 relative on this setup).
+    from flyt_datacomp.flyt import bilevel
+
+    real = bilevel.meta_gradient
+    monkeypatch.setattr(bilevel, "meta_gradient", lambda G, t, s: real(G, (t[0], t[1], torch.zeros_like(t[2])), s))
+    without = _step(setup, _ModelTemperatureCrossEntropy())
+    assert _rel(without.grad_scores, naive.grad_scores) > 1e-4
 
 
 def test_meta_gradient_matches_finite_differences(setup, results):

@@ -139,6 +139,41 @@ def test_shards_dir_restricts_the_pool_to_downloaded_examples(tmp_path):
     assert r.exit_code != 0
 
 
+def test_clip_score_baseline_on_a_partly_downloaded_pool_ranks_the_downloaded_rows(tied_pool, tmp_path):
+    """``baseline clip_score --fraction`` with ``--shards-dir``: DataComp's rule (t = -sort(-s)[int(N f)],
+    keep s >= t) applied to the downloaded rows alone, N their number; the sidecar records that threshold."""
+    from click.testing import CliRunner
+
+    from flyt_datacomp.cli import main as cli_main
+
+    root, _ = tied_pool
+    table = pa.concat_tables([pq.read_table(p, columns=["uid", "clip_l14_similarity_score"])
+                              for p in sorted(root.glob("*.parquet"))])
+    uids, pool_scores = table.column("uid").to_pylist(), table.column("clip_l14_similarity_score").to_numpy()
+    # every other one of the 80 best-scored examples failed to download: the downloaded rows rank lower
+    failed = {uids[i] for i in np.argsort(-pool_scores, kind="stable")[:80:2]}
+    write_image_shards(tmp_path / "shards", [u for u in uids if u not in failed], keep_fraction=1.0)
+    out = tmp_path / "b.npy"
+    r = CliRunner().invoke(cli_main, ["baseline", "clip_score", "--arch", "l14", "--fraction", "0.3", "--metadata-dir",
+                                      str(root), "--shards-dir", str(tmp_path / "shards"), "--output", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    rows = [(u, s) for u, s in zip(uids, pool_scores) if u not in failed]
+    scores = np.array([s for _, s in rows])
+    t = -np.sort(-scores)[int(len(scores) * 0.3)]
+    kept = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u, s in rows if s >= t], np.dtype("u8,u8"))
+    kept.sort()
+    expected = io.BytesIO()
+    np.save(expected, kept)
+    pool_wide = -np.sort(-pool_scores)[int(len(pool_scores) * 0.3)]
+    assert (scores >= pool_wide).sum() < len(kept)  # the threshold over the whole pool would keep fewer rows
+    side = json.loads(out.with_name("b.npy.json").read_text())
+    assert side["inputs"]["pool_size_downloaded"] == len(rows) == 160 and side["inputs"]["pool_size"] == 200
+    (mask,) = side["masks"]
+    assert (mask["threshold"], mask["threshold_over"]) == (float(t), "restricted pool")
+    assert mask["surviving"] == side["distinct_uids"] == len(kept)
+    assert out.read_bytes() == expected.getvalue()
+
+
 def test_same_bytes_on_a_machine_with_a_gpu(tied_pool, tmp_path, monkeypatch):
     import torch
 

@@ -24,7 +24,6 @@ from flyt_datacomp.inputs.providers.neg_clip_loss import (
     _torch_normaliser,
     batch_plan,
     neg_clip_loss,
-    shard_seed,
 )
 from flyt_datacomp.inputs.providers.normsim import _normsim_torch, normsim
 from flyt_datacomp.pool import Pool
@@ -165,7 +164,9 @@ def test_compute_store_layout_and_statistics(pool_dir, tmp_path):
     first = pool.shards[0]
     shard_img = img[: first.num_rows]
     shard_txt = pool.embeddings("b32_txt")[: first.num_rows].astype(np.float32)
-    want = neg_clip_loss(shard_img, shard_txt, seed=shard_seed(0, Path(first.parquet).stem), batch=32, repeats=2)
+    # the shard's seed follows its name, not its place in a listing: sha256("<seed>:<stem>"), first 8 bytes, little-endian
+    seed = int.from_bytes(hashlib.sha256(f"0:{Path(first.parquet).stem}".encode()).digest()[:8], "little")
+    want = neg_clip_loss(shard_img, shard_txt, seed=seed, batch=32, repeats=2)
     np.testing.assert_array_equal(store_column(store, "ncl")[: first.num_rows], want)
     e = manifest["inputs"]["ncl"]
     assert e["spec"] == "neg_clip_loss:batch=32:repeats=2" and e["params"]["batch"] == 32 and e["status"] == "complete"
@@ -259,6 +260,27 @@ def test_file_inputs_and_the_missing_value_policy(pool_dir, tmp_path):
     pq.write_table(pa.table({"uid": [hexes[0], hexes[0]], "score": [1.0, 2.0]}), tmp_path / "dup.parquet")
     with pytest.raises(FlytInputError, match="more than once"):
         compute_inputs(str(pool_dir), str(store), [f"dup=file:{tmp_path / 'dup.parquet'}"], progress=False)
+
+
+def test_the_join_check_refuses_an_anti_correlated_join(pool_dir):
+    """Imported values must follow the check column (correlation >= min_corr, signed): a field that
+    falls as the pool's CLIP score rises was joined to the wrong rows or is another score."""
+    from flyt_datacomp.inputs.providers.imported import check_join
+
+    pool = Pool(str(pool_dir), progress=False)
+    ref = pool.column("clip_b32_similarity_score").astype(np.float64)
+    noise = np.random.default_rng(0).normal(0, 0.1 * ref.std(), ref.shape)
+    follows = ref + noise
+    follows[[3, 77]] = np.nan  # rows the import has no value for are left out of the comparison
+    both = ~np.isnan(follows)
+    r = np.corrcoef(follows[both], ref[both])[0, 1]
+    assert 0.99 < r < 0.999
+    record = check_join(follows, pool, "clip_b32_similarity_score", 0.99, "input 'x'")
+    assert record == {"column": "clip_b32_similarity_score", "correlation": round(r, 6), "rows": 198, "min": 0.99}
+    for values, shown in ((-follows, f"{-r:.4f}"), (-ref, "-1.0000")):
+        with pytest.raises(FlytInputError, match=rf"input 'x' correlates {shown} with the pool's "
+                                                 r"clip_b32_similarity_score over \d+ joined rows, below 0.99"):
+            check_join(values, pool, "clip_b32_similarity_score", 0.99, "input 'x'")
 
 
 def test_classifier_separates_target_like_examples_and_is_reused(pool_dir, tmp_path, monkeypatch):

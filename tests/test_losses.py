@@ -133,7 +133,10 @@ def test_clip_downstream_is_clip_loss_on_class_prompt_pairs_with_its_own_tempera
     loss = ClipPairsLoss().double()
     upstream_tau = torch.tensor(20.0, dtype=torch.float64)
     value = loss(img, labels, cls, upstream_tau)
-    torch.testing.assert_close(value, clip_loss(img, cls[labels], torch.tensor(1 / 0.07, dtype=torch.float64)))
+    # the mean of the two cross entropies over tau_DS <img_i, prompt of c_j>, tau_DS = 1/0.07, normalised features
+    logits = (1 / 0.07) * F.normalize(img, dim=-1) @ F.normalize(cls[labels], dim=-1).T
+    pairs = torch.arange(6)
+    torch.testing.assert_close(value, (F.cross_entropy(logits, pairs) + F.cross_entropy(logits.T, pairs)) / 2)
     torch.testing.assert_close(loss(img, labels, cls, None), value)  # the upstream tau is not used
     value.backward()
     assert loss.log_temperature.grad is not None and loss.log_temperature.grad != 0

@@ -303,7 +303,8 @@ def test_a_model_input_over_a_recomputed_stored_input_is_refused(pool_dir, tmp_p
     with pytest.raises(FlytInputError, match=r"m.*reads input 'a'.*recomputed.*`recompute` m"):
         compute_inputs(str(pool_dir), str(store), [f"m=model:{tmp_path / 's.pt'}"], progress=False)
     compute_inputs(str(pool_dir), str(store), [f"m=model:{tmp_path / 's.pt'}"], recompute=["m"], progress=False)
-    np.testing.assert_allclose(stored(store, "m"), 2 * stored(store, "a"), rtol=1e-6)
+    l14 = Pool(str(pool_dir), progress=False).column("clip_l14_similarity_score").astype(np.float32)
+    np.testing.assert_allclose(stored(store, "m"), 2 * l14, rtol=1e-6)  # the model over the recomputed input
 
 
 # ------------------------------------------------------------------ names and foreign files
@@ -329,7 +330,8 @@ def test_shard_columns_the_manifest_does_not_record_are_not_trusted(pool_dir, tm
     store = tmp_path / "store"
     compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
     pool = Pool(str(pool_dir), progress=False)
-    b32 = InputStore(store).column("x", pool)
+    b32 = pool.column("clip_b32_similarity_score").astype(np.float32)  # what input x holds (stored as float32)
+    np.testing.assert_array_equal(InputStore(store).column("x", pool), b32)
     # inputs.json deleted: the folder holds shard files but is no store any more
     (store / "inputs.json").unlink()
     before = {p.name: p.read_bytes() for p in shard_files(store)}
@@ -481,7 +483,7 @@ def test_compute_repairs_damaged_shards_and_keeps_the_rest(pool_dir, tmp_path, d
     store = tmp_path / "store"
     compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
     pool = Pool(str(pool_dir), progress=False)
-    want = InputStore(store).column("x", pool)
+    want = pool.column("clip_b32_similarity_score").astype(np.float32)
     name = DAMAGE[damage](store)
     kept = {p.name: p.stat().st_mtime_ns for p in shard_files(store) if p.name != name}
     compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
@@ -697,7 +699,8 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_finished(pool_dir, tmp_path,
     store = tmp_path / "store"
     compute_inputs(str(pool_dir), str(store), ["a=column:clip_b32_similarity_score"], progress=False)
     pool = Pool(str(pool_dir), progress=False)
-    a = InputStore(store).column("a", pool)
+    a = pool.column("clip_b32_similarity_score").astype(np.float32)
+    np.testing.assert_array_equal(InputStore(store).column("a", pool), a)
     manifest = (store / "inputs.json").read_bytes()
     calls = []
 

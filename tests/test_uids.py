@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from flyt_datacomp.uids import (
     random_uids,
     read_subset,
     uid_order,
+    uids_digest,
     uids_to_hex,
     write_subset,
 )
@@ -74,6 +76,39 @@ def test_lookup_finds_present_and_rejects_absent():
     assert (pos[len(s[::7]):] == -1).all()
 
 
+def test_lookup_rejects_absent_uids_whose_high_half_is_present():
+    """An absent uid whose f0 equals that of present uids (a run of several, or just one) is absent:
+    the f1 half decides, wherever the query's f1 falls among the run's."""
+    uids = random_uids(300, seed=8)
+    uids["f0"][:6] = 5  # a run of six present uids sharing f0 = 5 ...
+    uids["f1"][:6] = [10, 20, 30, 40, 50, 60]  # ... with these low halves
+    s = uids[np.lexsort((uids["f1"], uids["f0"]))]
+    lone = s[100]  # a present uid whose f0 no other uid has
+    query = np.zeros(8, dtype=UID_DTYPE)
+    query["f0"] = [5, 5, 5, 5, 5, 5, lone["f0"], lone["f0"]]
+    query["f1"] = [9, 25, 55, 61, 30, 60, lone["f1"] ^ np.uint64(1), lone["f1"]]
+    # independent: the position of the equal record in s, by brute force
+    expected = [int(np.flatnonzero((s["f0"] == q["f0"]) & (s["f1"] == q["f1"]))[0])
+                if ((s["f0"] == q["f0"]) & (s["f1"] == q["f1"])).any() else -1 for q in query]
+    assert expected[:4] == [-1, -1, -1, -1] and expected[6] == -1 and min(expected[4], expected[5], expected[7]) >= 0
+    assert lookup(s, query).tolist() == expected
+
+
+def test_uids_digest_is_the_documented_bytes():
+    """Every input store records its pool shards' uid digests and refuses a pool whose digest differs:
+    the bytes hashed (each uid's f0 then f1, little-endian 64-bit) may never change, or every store
+    written before would be refused as made for another pool."""
+    hexes = ["0123456789abcdeffedcba9876543210", "ffffffffffffffff0000000000000001",
+             "00000000000000010000000000000000", "8000000000000000ffffffffffffffff"]
+    uids = hex_to_uids(hexes)
+    by_rule = hashlib.sha256(b"".join(int(h[:16], 16).to_bytes(8, "little") + int(h[16:], 16).to_bytes(8, "little")
+                                      for h in hexes)).hexdigest()
+    assert uids_digest(uids) == by_rule == "e5214461721606e996b93ad51f7656e206793beefdb6456888924953f9db11c4"
+    assert uids_digest(uids[:0]) == hashlib.sha256(b"").hexdigest()
+    assert uids_digest(uids[::-1]) != by_rule  # the order counts
+    assert uids_digest(np.repeat(uids, 2)[::2]) == by_rule  # a strided view hashes its values, not its memory
+
+
 def test_write_and_read_subset_with_repetitions(tmp_path):
     uids = random_uids(300, seed=4)
     counts = np.random.default_rng(0).integers(0, 5, 300)
@@ -96,7 +131,7 @@ def test_write_and_read_subset_with_repetitions(tmp_path):
     assert side["sampler"] == "test" and side["seed"] == 3 and "version" in side
     got_uids, got_counts = read_subset(path)
     keep = counts > 0
-    order = uid_order(uids[keep])
+    order = np.lexsort((uids["f1"][keep], uids["f0"][keep]))  # sorted on (f0, f1), independently of uid_order
     assert (got_uids == uids[keep][order]).all() and (got_counts == counts[keep][order]).all()
     assert not list(tmp_path.glob(".*tmp"))
 
