@@ -5,6 +5,7 @@ Everything runs on a tiny open_clip model in float64 (B = 8 upstream, B' = 6 dow
 except the bfloat16 checks at the end (float32 model, CPU autocast to bfloat16).
 """
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -396,11 +397,14 @@ def test_bf16_autocast_is_exact_around_float32_encoders(one_torch_thread, loss_n
 
 def test_bf16_autocast_meta_gradient_matches_float32(one_torch_thread):
     """The whole step under CPU autocast to bfloat16 (encoders included) against float32, with 1000
-    class prompts as in the paper's setting. The encoders' own bfloat16 rounding is what remains: on
-    this tiny random model the cosine is 0.9993 (seeds 1-3: 0.9992-0.9996); it was 0.9945 (seeds 1-3:
-    0.9959, 0.9986, 0.9992) before the losses were kept out of autocast."""
-    setup = _float32_setup(create_clip(TINY_CLIP_CONFIG, seed=0), 1000)
-    assert _autocast_cosine(setup) >= 0.999
+    class prompts as in the paper's setting. The encoders' own bfloat16 rounding is what remains, and
+    it depends on the CPU's bfloat16 kernels: over seeds 0-3 of this tiny random model the cosine was
+    0.9993, 0.9992-0.9996 on one 2-core machine and 0.9986, 0.9979, 0.9996, 0.9997 (mean 0.9990) on
+    another; before the losses were kept out of autocast it was 0.9945, 0.9959, 0.9986, 0.9992 (mean
+    0.9970, on the first). The threshold lies between; the exact test above pins the losses' precision
+    on any machine."""
+    cosines = [_autocast_cosine(_float32_setup(create_clip(TINY_CLIP_CONFIG, seed=s), 1000, seed=s)) for s in range(4)]
+    assert np.mean(cosines) >= 0.9983, cosines
 
 
 # ------------------------------------------------------------------------------- trimmed texts
