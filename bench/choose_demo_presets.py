@@ -14,8 +14,10 @@ weight and so moves the objective by its scale too): a judge is a reference mode
 FLYT's objective on the held-out digits (its downstream loss after one reference step, ``flyt.validation``),
 16 fixed probe batches; the gain of a score is how much more that step lowers the held-out loss than an
 unweighted step (positive: the score helps), with its standard error over the probes. The judges are
-the starting states of the candidates' own references and losses. Nothing here reads the test digits or
-``truth.parquet``.
+the two starting states the candidates' references use (the demo's b32 scorer, and a CLIP trained on the
+unfiltered pool), and every judge measures the held-out loss of the model's own zero-shot classifier
+(``validation_loss`` zero_shot), whatever loss a candidate trained with. Nothing here reads the test
+digits or ``truth.parquet``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ CANDIDATES: dict[str, dict] = {
     "paper-cetemp-unfiltered-pairwise": {**PAPER, **UNFILTERED, "downstream_loss": "ce_temp", "mixing": "pairwise"},
 }
 JUDGE_PROBES = 16
+# the judges: a reference state each (the two starts the candidates use), all judging by the held-out
+# loss of the model's own zero-shot classifier (validation_loss zero_shot), whatever loss a candidate trained with
+JUDGES = {"from the b32 scorer": {}, "from the unfiltered pool": UNFILTERED}
 
 
 def _train(args: tuple[str, dict, str, str]) -> tuple[str, str, float]:
@@ -111,16 +116,8 @@ def main() -> None:
         with torch.no_grad():
             m.weight.copy_(torch.from_numpy(weights))
         models[label] = m
-    families = {}
-    for n in names:
-        o = CANDIDATES[n]
-        key = (o.get("reference_init"), o.get("downstream_loss", "ce"))
-        families.setdefault(key, o)
     results = {}
-    for (ref, loss), o in families.items():
-        label = f"reference {'unfiltered pool' if ref == 'random' else 'b32 scorer'}, loss {loss}"
-        family = {k: o[k] for k in ("reference_init", "reference_pretrain_steps", "reference_pretrain_lr",
-                                    "downstream_loss") if k in o}
+    for label, family in JUDGES.items():
         results[label] = judge(demo, inputs_dir, family, models, args.runs / f"judge-{os.getpid()}-{len(results)}")
     runs = {n: {"seconds": t, "metrics": [json.loads(x) for x in (args.runs / n / "metrics.jsonl").read_text().splitlines()
                                           if "val_gain" in x]} for n, (_, t) in trained.items()}

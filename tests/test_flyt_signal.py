@@ -255,3 +255,20 @@ def test_batched_image_transform_equals_open_clips(tmp_path):
                         Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))]
         for images in (same, mixed):
             assert torch.equal(t.batch(images), torch.stack([reference(im) for im in images]))
+
+
+def test_zero_shot_loss_is_the_models_own_classifier():
+    """The validation's default held-out loss: cross entropy of logit_scale x cosine, the zero-shot
+    classifier's own logits, written out here with numpy."""
+    from flyt_datacomp.flyt.validation import ZeroShotLoss
+
+    rng = np.random.default_rng(3)
+    img, txt = rng.normal(size=(6, 5)), rng.normal(size=(4, 5))
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    scale = 37.5
+    cos = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ (txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
+    logits = scale * cos
+    logp = logits - logits.max(1, keepdims=True) - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+    expect = -logp[np.arange(6), labels].mean()
+    got = ZeroShotLoss()(torch.from_numpy(img), torch.from_numpy(labels), torch.from_numpy(txt), torch.tensor(scale))
+    assert float(got) == pytest.approx(expect, rel=1e-5)

@@ -120,6 +120,10 @@ class TrainConfig:
                                         "unweighted step, from the reference's state at the start), and the final "
                                         "scoring model is the checkpoint's with the largest gain (0: no validation, "
                                         "the last step's model)")
+    validation_loss: str = _field("zero_shot", "the held-out loss validation judges by: zero_shot (the loss of the "
+                                  "model's own zero-shot classifier: cross entropy at its own temperature; the same "
+                                  "for runs trained with any downstream loss) or train (the run's downstream_loss)",
+                                  choices=("zero_shot", "train"))
     validation_size: int = _field(1024, "at most this many held-out examples form the validation set")
     validation_probes: int = _field(4, "fixed upstream batches the validation gain is measured on")
     # bookkeeping

@@ -48,7 +48,7 @@ from .loader import BatchIterableDataset
 from .losses import make_downstream_loss
 from .models import GLUHead, MixingModel, save_scoring_model, score_features
 from .upstream_stream import UpstreamStream
-from .validation import ValidationSet, load_heldout, validation_gain
+from .validation import ValidationSet, ZeroShotLoss, load_heldout, validation_gain
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -247,7 +247,8 @@ class Trainer:
         else:
             theta, adam = self.theta, self.adam
         with autocast:
-            return validation_gain(self.model, theta, adam, self._ref_cfg(self.cfg.reference_lr), self.loss, data,
+            loss = self.loss if self.cfg.validation_loss == "train" else ZeroShotLoss()
+            return validation_gain(self.model, theta, adam, self._ref_cfg(self.cfg.reference_lr), loss, data,
                                    scores, micro_batch_size=self.cfg.micro_batch_size)
 
     def _validate(self) -> dict[str, float]:

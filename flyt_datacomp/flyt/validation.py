@@ -12,8 +12,10 @@ state) and K fixed upstream probe batches b (drawn once, by their own seed, from
 
     J(w; theta) = mean_b  L_V( AdamW(theta, grad_theta L_up(theta; b, w_b)) )
 
-with L_V the run's downstream loss on V, over R fixed draws of the class prompts, and the step's
-learning rate the base ``reference_lr``. The *validation gain* of a scoring model is
+with L_V a downstream loss on V (``validation_loss``: by default the loss of the model's own zero-shot
+classifier, :class:`ZeroShotLoss`, so that runs with different training losses meet one objective; or
+the run's own), over R fixed draws of the class prompts, and the step's learning rate the base
+``reference_lr``. The *validation gain* of a scoring model is
 ``J(uniform) - J(softmax of its scores)``: how much more one reference step on its weighting lowers
 the held-out loss than a step on the unweighted batch. Positive means the scores help; the per-probe
 differences give its standard error. The trainer judges every checkpoint at one fixed theta, the
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import FlytInputError
@@ -92,6 +95,19 @@ def load_heldout(downstream_dir: str, fraction: float, *, transform: Callable, n
         raise FlytInputError(f"the validation split of {downstream_dir} is empty: no sample falls in its held-out "
                              f"share {fraction:g}; raise `validation_fraction`", params=["validation_fraction"])
     return decode_images(data, transform, wheres), torch.tensor(labels, dtype=torch.long)
+
+
+class ZeroShotLoss(DownstreamLoss):
+    """The loss of the model's own zero-shot classifier: cross entropy of its logits, the model's
+    temperature (``logit_scale``) times the cosine of image and class prompt. What the held-out
+    examples are judged by, whatever loss a run trains with (``validation_loss`` zero_shot): runs that
+    train with different downstream losses then meet one objective."""
+
+    name = "zero_shot"
+
+    def forward(self, image_features, labels, class_features, logit_scale):
+        return F.cross_entropy(logit_scale * F.normalize(image_features.float(), dim=-1)
+                               @ F.normalize(class_features.float(), dim=-1).T, labels)
 
 
 def _chunks(n: int, size: int | None) -> list[slice]:
