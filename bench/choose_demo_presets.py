@@ -15,8 +15,9 @@ FLYT's objective on the held-out digits (its downstream loss after one reference
 16 fixed probe batches; the gain of a score is how much more that step lowers the held-out loss than an
 unweighted step (positive: the score helps), with its standard error over the probes. The judges are
 the two starting states the candidates' references use (the demo's b32 scorer, and a CLIP trained on the
-unfiltered pool), and every judge measures the held-out loss of the model's own zero-shot classifier
-(``validation_loss`` zero_shot), whatever loss a candidate trained with. Nothing here reads the test
+unfiltered pool) and a later stage of the latter (trained three times as long), and every judge
+measures the held-out loss of the model's own zero-shot classifier (``validation_loss`` zero_shot),
+whatever loss a candidate trained with. Nothing here reads the test
 digits or ``truth.parquet``.
 """
 
@@ -55,7 +56,8 @@ CANDIDATES: dict[str, dict] = {
 JUDGE_PROBES = 16
 # the judges: a reference state each (the two starts the candidates use), all judging by the held-out
 # loss of the model's own zero-shot classifier (validation_loss zero_shot), whatever loss a candidate trained with
-JUDGES = {"from the b32 scorer": {}, "from the unfiltered pool": UNFILTERED}
+JUDGES = {"from the b32 scorer": {}, "from the unfiltered pool": UNFILTERED,
+          "from the unfiltered pool, 3x longer": {**UNFILTERED, "reference_pretrain_steps": 600}}
 
 
 def _train(args: tuple[str, dict, str, str]) -> tuple[str, str, float]:
