@@ -26,14 +26,14 @@ from PIL import Image
 
 from .errors import FlytInputError
 from .folders import OutputFolder
-from .io import local_path, provenance, temp_sibling, write_json
+from .io import local_path, temp_sibling, write_json
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 DEFAULT_TEMPLATES = ["a photo of a {}."]
-BUILD_FILE = "build.json"  # provenance; also marks a folder this command wrote (`overwrite` may replace it)
+BUILD_FILE = "build.json"  # provenance naming this command as its writer: `overwrite` may replace that folder
 
 
 def _classname(dirname: str) -> str:
@@ -160,7 +160,7 @@ def build_downstream_shards(
                     bar.update(1)
         bar.close()
         write_json(tmp / "classes.json", class_obj)
-        info = provenance(
+        info = folder.record(
             src=str(src), output=str(out), count=len(items), per_shard=per_shard, seed=seed,
             image_size=image_size, num_shards=num_shards, num_classes=len(class_dirs),
             class_dirs=class_dirs, classes_file=None if classes is None else str(classes),

@@ -10,7 +10,10 @@ A command may write into, empty or replace an output folder (or delete an output
 * it is absent or empty, or, with ``overwrite``, carries a marker file by which the same command
   recognises a folder it wrote before (``eval reshard``: ``flyt_reshard.json`` or its
   ``flyt_reshard_partial.json``; ``eval train``: ``flyt_train_start.json`` or ``flyt_train.json``;
-  ``downstream build``: ``build.json``). Without ``overwrite`` a non-empty folder is refused.
+  ``downstream build``: ``build.json``; ``train``: ``flyt_run.json``). A marker counts only when it is
+  a JSON record naming that command as its writer (:meth:`OutputFolder.record` writes the field), so
+  another program's ``build.json`` (or a demo pool's, or another command's) never makes a folder
+  ours. Without ``overwrite`` a non-empty folder is refused.
 
 :class:`OutputFolder` makes these checks (:meth:`~OutputFolder.check`, before any long work) and
 does the deleting (:meth:`~OutputFolder.empty`, :meth:`~OutputFolder.replace_with`, which check
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -29,9 +33,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import FlytInputError
-from .io import is_url, local_path, os_lock
+from .io import is_url, local_path, os_lock, provenance
 
 Location = str | os.PathLike
+
+WRITER_FIELD = "written_by"  # in a marker: the command that wrote it (and so may empty its folder)
+_MARKER_LIMIT = 1 << 20  # a marker is a small JSON record; a larger file is no marker of ours
 
 _SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -153,9 +160,11 @@ class OutputFolder:
         if not overwrite:
             raise self._error("is not empty; set `overwrite` to replace its contents", "overwrite")
         if not self.is_own():
-            markers = " or ".join(self.markers)
+            found = [m for m in self.markers if os.path.lexists(path / m)]
+            why = (f"its {found[0]} is no record written by {self.command}" if found
+                   else f"it has no {' or '.join(self.markers)}")
             raise self._error(
-                f"holds files that {self.command} did not write (it has no {markers}); `overwrite` only "
+                f"holds files that {self.command} did not write ({why}); `overwrite` only "
                 "empties a folder this command wrote: empty it yourself or choose another folder", "overwrite"
             )
         return real
@@ -184,10 +193,16 @@ class OutputFolder:
         check_apart(path, self.inputs, what=self._label(), params=self.params)
         return real
 
+    def record(self, **fields) -> dict:
+        """A marker's content: provenance, ``fields``, and this command as the writer that
+        :meth:`is_own` looks for."""
+        return provenance(**{WRITER_FIELD: self.command}, **fields)
+
     def is_own(self) -> bool:
-        """True when the folder carries one of this command's markers (as a plain file)."""
+        """True when the folder carries one of this command's markers: a plain file holding a JSON
+        record that names this command as its writer."""
         path = local_path(self.path)
-        return any((path / m).is_file() for m in self.markers)
+        return any(written_by(path / m) == self.command for m in self.markers)
 
     def create(self) -> Path:
         """Create the folder (and its parents) if it is absent; return its path."""
@@ -232,6 +247,19 @@ class OutputFolder:
         system cannot lock (some network file systems), the block runs unlocked."""
         with lock_folder(local_path(self.path), f"{self.what} {self.path}", self.params):
             yield
+
+
+def written_by(marker: Path) -> str | None:
+    """The command a marker file names as its writer (None: not a file, not a small JSON record, or
+    no writer named)."""
+    try:
+        if marker.is_symlink() or not marker.is_file() or marker.stat().st_size > _MARKER_LIMIT:
+            return None
+        record = json.loads(marker.read_bytes())
+    except (OSError, ValueError):
+        return None
+    writer = record.get(WRITER_FIELD) if isinstance(record, dict) else None
+    return writer if isinstance(writer, str) else None
 
 
 @contextlib.contextmanager

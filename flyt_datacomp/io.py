@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import FlytInputError
+from .errors import FlytInputError, quote
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,36 @@ def _host() -> str:
 
 def _token_name(target_name: str, suffix: str) -> str:
     return f".{target_name}.{_host()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
+
+def name_limit(folder: Path) -> int:
+    """The longest file name (in bytes) the file system at ``folder`` (or its nearest existing parent)
+    allows: 255 on the usual Linux and macOS file systems."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return int(os.pathconf(probe, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def check_name_length(target: Path, option: str = "output") -> None:
+    """Refuse, before any work, an output whose name (or the temporary names written beside it while
+    it is committed) is longer than the file system allows."""
+    limit = name_limit(target.parent)
+    extra = len(os.fsencode(_token_name("", JOURNAL_SUFFIX)))
+    for part in target.parts:
+        if len(os.fsencode(part)) > limit:
+            raise FlytInputError(f"`{option}` {quote(str(target), 120)}: the name {quote(part, 60)} is "
+                                 f"{len(os.fsencode(part))} bytes long, more than the {limit} bytes a name may have "
+                                 "here; choose a shorter one", params=[option])
+    size = len(os.fsencode(target.name))
+    if size + extra > limit:
+        raise FlytInputError(f"`{option}` {quote(str(target), 120)}: its name is {size} bytes long, and the temporary "
+                             f"files written beside it while it is committed add {extra} bytes, more than the {limit} "
+                             f"bytes a name may have here; choose a name of at most {limit - extra} bytes",
+                             params=[option])
 
 
 def _create_exclusive(path: Path) -> None:
@@ -285,6 +315,8 @@ class OutputSet:
         if self.remote:
             self._preflight_remote()
             return
+        for target in self.targets:
+            check_name_length(target, self.option)
         for folder in dict.fromkeys(t.parent for t in self.targets):
             ensure_writable_folder(folder, self.option)
         for target in self.targets:
@@ -451,6 +483,29 @@ def ensure_writable_folder(folder: str | os.PathLike, option: str = "output") ->
     except OSError as exc:
         raise FlytInputError(f"output folder {folder} is not writable ({exc.strerror}); choose another `{option}`",
                              params=[option]) from None
+
+
+def check_creatable(path: str | os.PathLike, option: str, *, folder: bool) -> None:
+    """Refuse, without creating anything, a ``path`` a command could not write later: a folder where a
+    file belongs (or the reverse), a file in the way of a folder to create, a folder that cannot be
+    written, or a name longer than the file system allows."""
+    path = local_path(path)
+    what = "folder" if folder else "file"
+    try:
+        if not folder:
+            check_name_length(path, option)
+        if path.exists() and path.is_dir() != folder:
+            kind = "a folder" if path.is_dir() else "a file"
+            raise FlytInputError(f"`{option}` {path} is {kind}, not the {what} this command writes", params=[option])
+        probe = path if folder else path.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise FlytInputError(f"cannot create `{option}` {path}: {probe} is a file, not a folder", params=[option])
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise FlytInputError(f"cannot create `{option}` {path}: {probe} is not writable", params=[option])
+    except OSError as exc:
+        raise FlytInputError(f"`{option}` {path} cannot be used: {exc.strerror or exc}", params=[option]) from None
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

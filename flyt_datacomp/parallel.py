@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .errors import WorkerDied
+from .process import stopping
 
 
 def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
@@ -93,8 +94,16 @@ def _ordered(ex: ProcessPoolExecutor, fn: Callable, items: list, workers: int) -
         while pending:
             yield pending.popleft().result()
     finally:
-        for f in pending:
-            f.cancel()
+        _cancel(pending)
+
+
+def _cancel(futures) -> None:
+    """Cancel the tasks not started yet; not while a stop signal is handled: its workers were told to
+    stop, the pool breaks, and the pool's own thread then fails every task (a cancelled one raising
+    an error of its own, printed as a traceback)."""
+    if not stopping():
+        for future in futures:
+            future.cancel()
 
 
 def _unordered(ex: ProcessPoolExecutor, fn: Callable, items: list) -> Iterator[tuple[int, Any]]:
@@ -105,5 +114,4 @@ def _unordered(ex: ProcessPoolExecutor, fn: Callable, items: list) -> Iterator[t
             for future in done:
                 yield pending.pop(future), future.result()
     finally:
-        for future in pending:
-            future.cancel()
+        _cancel(pending)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
+
+TITLE_WIDTH = 64  # characters per title line at the figure's width
+TITLE_LINES = 3
 
 
 def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, title: str = "") -> None:
@@ -12,6 +16,19 @@ def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, ti
 
     Writes ``path`` directly: callers stage it (see :class:`flyt_datacomp.io.OutputSet`).
     """
+    import matplotlib.pyplot as plt
+
+    fig = repetition_figure(counts, title=title)
+    try:
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def repetition_figure(counts: np.ndarray, *, title: str = ""):
+    """The histogram's matplotlib figure: one bar per repetition count, whole-number ticks (a subset
+    that takes each example once shows one bar at 1, not ticks from 0.6 to 1.4), and the title
+    wrapped to the figure's width (a long score source or path is never clipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,16 +37,40 @@ def save_repetition_histogram(counts: np.ndarray, path: str | os.PathLike, *, ti
     counts = np.asarray(counts)
     values, freq = np.unique(counts[counts > 0], return_counts=True)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    try:
-        ax.bar(values, freq, width=0.9, color="#3b6ea8")
-        ax.set_yscale("log")
-        ax.set_xlabel("repetitions of an example in the subset")
-        ax.set_ylabel("number of examples")
-        ax.set_title(title or "Repetitions per selected example")
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
+    ax.bar(values, freq, width=0.9, color="#3b6ea8")
+    ax.set_yscale("log")
+    top = int(values.max()) if values.size else 1
+    ax.set_xlim(0.4, max(top, 3) + 0.6)
+    step = max(1, int(np.ceil(max(top, 3) / 12)))
+    ax.set_xticks(np.arange(1, max(top, 3) + 1, step))
+    ax.set_xlabel("repetitions of an example in the subset")
+    ax.set_ylabel("number of examples")
+    ax.set_title(wrap_title(title or "Repetitions per selected example"), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def wrap_title(title: str, width: int = TITLE_WIDTH, lines: int = TITLE_LINES) -> str:
+    """``title`` in lines of at most ``width`` characters, breaking at spaces and after the separators
+    of a spec (``,`` ``:`` ``/``); beyond ``lines`` lines it is cut with an ellipsis."""
+    pieces = [p for p in re.split(r"(?<=[,:/ ])", title) if p]
+    out: list[str] = []
+    current = ""
+    for piece in pieces:
+        while len(piece) > width:  # one piece longer than a line: cut it
+            room = width - len(current)
+            out.append(current + piece[:room])
+            current, piece = "", piece[room:]
+        if len(current) + len(piece.rstrip()) > width and current:
+            out.append(current.rstrip())
+            current = piece.lstrip()
+        else:
+            current += piece
+    out.append(current.rstrip())
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: width - 1] + "…"
+    return "\n".join(out)
 
 
 def save_curves(path: str | os.PathLike, panels: list[tuple[str, np.ndarray, np.ndarray]], names: list[str], *,

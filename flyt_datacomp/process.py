@@ -12,31 +12,133 @@ cleanup runs. SIGTERM (what ``kill``, schedulers and torchrun send) and SIGHUP (
 would end Python at once, without cleanup, leaving temporary files behind; the commands turn them
 into a :class:`Terminated` exception instead, so they clean up the same way and exit with the
 conventional code 128 + signal number.
+
+A stop must also be prompt. A signal sent to this process alone does not reach its child
+processes (the workers of a process pool, DataLoader workers, DataComp's scripts, a local Ray), and
+unwinding waits for them: a pool's shutdown for its running tasks, a script's wait for its end
+(hours, for ``train.py``). So the first stop signal (SIGTERM, SIGHUP or Ctrl-C) also sends SIGTERM
+to every child process: they compute for this process, which alone commits outputs (a DataComp
+script's own output is recognised as unfinished by the stage that runs it). Should the cleanup
+still take longer than a few seconds (:data:`STOP_SECONDS`), or a second signal come, the children
+are killed and the process exits at once with 128 + signal number: every output is written to a
+temporary name and renamed, so what was committed stays intact, and a temporary file left behind is
+recognised by its name and removed by the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import signal
 import threading
+
+STOP_SECONDS = float(os.environ.get("FLYT_DATACOMP_STOP_SECONDS", "5"))  # cleanup time after a stop signal
 
 
 class Terminated(SystemExit):
     """The process received SIGTERM or SIGHUP."""
 
 
-def _raise_terminated(signum, frame) -> None:
+class _Stop:
+    """The stop under way: the first signal, and the watchdog that ends a cleanup taking too long."""
+
+    signum: int | None = None
+    cancelled: threading.Event | None = None
+
+
+def _on_stop(signum, frame) -> None:
+    """The first stop signal: stop the children, arm the watchdog, unwind by an exception. A second
+    one: stop now."""
+    if _Stop.signum is not None:
+        _exit_now(signum, "a second stop signal came")
+    _Stop.signum = signum
+    signal_children(signal.SIGTERM)
+    _Stop.cancelled = cancelled = threading.Event()
+    threading.Thread(target=_watchdog, args=(signum, cancelled), name="flyt-stop-watchdog", daemon=True).start()
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(128 + signum)
 
 
+def _watchdog(signum: int, cancelled: threading.Event) -> None:
+    if not cancelled.wait(STOP_SECONDS):
+        _exit_now(signum, f"cleaning up took longer than {STOP_SECONDS:g} s")
+
+
+def _exit_now(signum: int, why: str) -> None:
+    """Kill the children and end the process at once (its outputs are committed by renames only)."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"\nstopped: {why}; outputs already written are intact, and temporary files left behind are "
+                    "removed by the next run\n".encode())
+    signal_children(signal.SIGKILL)
+    os._exit(128 + signum)
+
+
+def stopping() -> bool:
+    """True while a stop signal is being handled (the child processes have been told to stop)."""
+    return _Stop.signum is not None
+
+
+def stop_handled() -> None:
+    """The command has unwound from a stop signal (or finished): disarm the watchdog, so a process that
+    goes on (a test runner that ran the command in-process) is not ended by it."""
+    if _Stop.cancelled is not None:
+        _Stop.cancelled.set()
+    _Stop.signum, _Stop.cancelled = None, None
+
+
 def install_signal_handlers() -> None:
-    """Make SIGTERM and SIGHUP raise :class:`Terminated` (main thread; default handlers only)."""
+    """Make SIGTERM and SIGHUP raise :class:`Terminated` and Ctrl-C ``KeyboardInterrupt`` as before, each
+    first stopping the child processes and arming the watchdog (main thread; handlers left as Python
+    sets them only: a signal the process was told to ignore stays ignored)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, _raise_terminated)
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            signal.signal(sig, _on_stop)
+
+
+def child_pids() -> list[int]:
+    """The process ids of this process's children, however they were started (Linux's /proc; elsewhere
+    the ``multiprocessing`` children)."""
+    me = os.getpid()
+    found = glob.glob(f"/proc/{me}/task/*/children")
+    pids: set[int] = set()
+    if found:
+        for path in found:
+            with contextlib.suppress(OSError, ValueError):
+                with open(path) as fh:
+                    pids.update(int(p) for p in fh.read().split())
+        return sorted(pids)
+    if os.path.isdir("/proc"):  # a kernel without the children files: every process's parent
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(stat) as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == me:
+                    pids.add(int(stat.split("/")[2]))
+        return sorted(pids)
+    import multiprocessing
+
+    return sorted(p.pid for p in multiprocessing.active_children() if p.pid)
+
+
+def signal_children(sig: int) -> None:
+    """Send ``sig`` to every child process (those already gone are skipped)."""
+    for pid in child_pids():
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def quiet_library_warnings() -> None:
+    """Hide warnings the user can do nothing about, which would print in the middle of a progress bar:
+    torch's own use of ``torch.jit.script``, which it deprecates, when it first loads its forward-mode
+    derivative rules (the first FLYT step)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def prefer_passive_threads() -> None:

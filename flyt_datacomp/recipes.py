@@ -47,7 +47,7 @@ RECIPES = {r.name: r for r in (
 
 def recipe_selection(name: str, *, metadata_dir: str, output: str, inputs_dir: str | None, mixing_model: str | None,
                      inputs: Sequence[str] = RELEASED_INPUTS, scale: str = "medium", shards_dir: str | None = None,
-                     seed: int = 0, overwrite: bool = False, workers: int = 4, progress: bool = True,
+                     seed: int = 0, overwrite: bool = False, io_threads: int = 4, progress: bool = True,
                      device: str = "cpu") -> Selection:
     """The :class:`~flyt_datacomp.selection.Selection` that recipe ``name`` makes."""
     if name not in RECIPES:
@@ -71,5 +71,6 @@ def recipe_selection(name: str, *, metadata_dir: str, output: str, inputs_dir: s
     return Selection(
         metadata_dir=metadata_dir, output=Output(output, overwrite=overwrite), restrict=Restrict(shards_dir=shards_dir),
         score=ScoreStage(f"mixing:{mixing_model}:{','.join(names)}", inputs_dir=inputs_dir),
-        sample=Sample(recipe.sampler, options, scale=scale if recipe.sampler == "scs" else None, seed=seed),
-        workers=workers, progress=progress)
+        sample=Sample(recipe.sampler, options, scale=scale if recipe.sampler == "scs" else None, seed=seed,
+                      recipe=name),
+        io_threads=io_threads, progress=progress)

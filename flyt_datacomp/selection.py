@@ -20,6 +20,8 @@ and ``baseline`` commands, the benchmark's table and the demo all call it.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ from .baselines import datacomp as baselines
 from .baselines.assets import AssetPaths
 from .baselines.masks import BaselineMask, MaskContext, apply_masks, resolve_mask
 from .errors import FlytInputError, quote
+from .folders import check_apart
 from .io import OutputSet, check_free_space, format_bytes, is_url, local_path
 from .pool import Pool
 from .scales import SCALES, get_scale
@@ -75,6 +78,8 @@ class ScoreStage:
 
     source: str | None = None  # a registered score source spec (a column, a file, a model, store:NAME, ...)
     inputs_dir: str | None = None  # an input store, for store: sources and masks
+    accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
+    missing: str = "error"  # pool examples a score file has no score for: an error, or its scores' min or mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,7 @@ class Sample:
     scale: str | None = None  # a DataComp scale: default num_samples and SCS settings
     seed: int = 0
     allow_score_independent: bool = False  # accept a draw whose counts do not depend on the scores
+    recipe: str | None = None  # the paper recipe whose fixed settings these are (its commands cannot change them)
 
     @property
     def name(self) -> str:
@@ -126,7 +132,8 @@ class Selection:
     score: ScoreStage = ScoreStage()
     transform: Transform = Transform()
     sample: Sample = Sample()
-    workers: int = 4  # metadata shards read at once (threads), processes for the baselines' caption rules
+    workers: int = 4  # worker processes for the baselines' caption rules
+    io_threads: int = 4  # metadata shards read at once (threads)
     progress: bool = True
 
 
@@ -160,11 +167,37 @@ def preflight(sel: Selection) -> OutputSet:
         get_scale(sel.sample.scale)
     if not str(sel.output.path).endswith(".npy"):
         raise FlytInputError(f"`output` must be a .npy file, got {quote(str(sel.output.path))}", params=["output"])
-    outputs = OutputSet(subset_outputs(sel.output.path), overwrite=sel.output.overwrite)
+    targets = subset_outputs(sel.output.path)
+    if not is_url(sel.output.path):
+        inputs = selection_inputs(sel)
+        for target in targets:
+            check_apart(target, inputs, what=f"`output` {target}", params=["output"])
+    outputs = OutputSet(targets, overwrite=sel.output.overwrite)
     outputs.preflight()
     if sel.sample.num_samples is not None:
         check_subset_size(sel.sample.num_samples, sel.output.path)
     return outputs
+
+
+def selection_inputs(sel: Selection) -> dict[str, str | os.PathLike | None]:
+    """Every local file or folder a selection reads (name -> location), which its outputs must lie
+    apart from: the pool, the shards, the input store, the files its score source and masks name
+    (every piece of a spec that exists on disk), and the baseline's assets."""
+    inputs: dict[str, str | os.PathLike | None] = {"metadata_dir": sel.metadata_dir, "shards_dir": sel.restrict.shards_dir,
+                                                   "inputs_dir": sel.score.inputs_dir}
+    specs = [("score source", sel.score.source)] + [("mask", m) for m in sel.restrict.masks]
+    for what, spec in specs:
+        for piece in re.split(r"[:,=]", spec or ""):
+            if piece and not is_url(piece) and os.path.lexists(os.path.expanduser(piece)):
+                name = f"a file of the {what}"
+                inputs[name if name not in inputs else f"{name} ({len(inputs)})"] = piece
+    assets = sel.restrict.assets
+    for field in dataclasses.fields(assets):
+        value = getattr(assets, field.name)
+        for path in (value if isinstance(value, tuple) else (value,)):
+            if path and field.name != "assets_dir":
+                inputs[f"the baseline asset {path}"] = path
+    return inputs
 
 
 def _check_survivors_only(sel: Selection) -> None:
@@ -353,6 +386,32 @@ def _as_stored(params: dict[str, Any], scores: Scores, cfg: Transform) -> dict[s
     return {**params, "value": float(scores.stored_dtype.type(value))}
 
 
+def _recipe_too_large(sel: Selection, params: dict[str, Any], size: int, why: str) -> str:
+    """A paper recipe's fixed settings would ignore the scores on this pool: say so, and how to sample
+    it with the filter command, whose settings can be fitted to the pool (the recipe's cannot)."""
+    scale = sel.sample.scale
+    shown = ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in params.items()
+                      if k in ("alpha", "group_size", "num_samples") and v is not None)
+    reason = why.split(";")[0].replace("`", "")
+    pool = SCALES[scale].pool_size if scale in SCALES else None
+    made = f", made for its pool of {pool:,} examples" if pool else ""
+    return (f"{sel.sample.recipe} draws with the paper's {scale} settings ({shown}){made}; on these {size:,} examples "
+            f"the draw would not depend on the scores: {reason}. To sample this pool, run flyt-datacomp filter with "
+            f"the same --score {quote(sel.score.source, 200)} and --inputs-dir, and SCS settings for its size "
+            f"(--scs-group-size about {max(1, size // 1280):,}, --num-samples); --allow-score-independent there writes "
+            "such a draw anyway")
+
+
+def _selects_nothing(name: str, params: dict[str, Any], logits: np.ndarray, cfg: Transform) -> str:
+    """Why a draw selected no example, and the way out (an empty subset is never written)."""
+    scored = "scores" if not cfg.standardize and cfg.temperature == 1.0 else "scores after the transform"
+    span = f"the {scored} of the {logits.size:,} examples it may select range from {logits.min():.6g} to {logits.max():.6g}"
+    if params.get("value") is not None:
+        return (f"`value` {params['value']} keeps no example: {span}; choose a value at most {logits.max():.6g}, or "
+                "`fraction`; no subset was written")
+    return f"sampler {name} selected no example ({span}); no subset was written"
+
+
 # ------------------------------------------------------------------------------------- the run
 
 
@@ -364,7 +423,7 @@ def run(sel: Selection) -> SelectionResult:
     """
     preflight(sel)
     start = time.perf_counter()
-    pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.workers)
+    pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.io_threads)
     kept = restrict(sel, pool)
     if sel.score.source is None:
         return _write_survivors(sel, pool, kept, start)
@@ -375,14 +434,19 @@ def run(sel: Selection) -> SelectionResult:
     params = sampler_params(sel.sample, kept.size)
     if "num_samples" in params:
         check_subset_size(params["num_samples"], sel.output.path)
-    scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir)
+    scores = load_scores(pool, sel.score.source, within=kept.keep, inputs_dir=sel.score.inputs_dir,
+                         accept_changed_inputs=sel.score.accept_changed_inputs, missing=sel.score.missing)
     values = scores.values if kept.keep is None else scores.values[kept.keep]
     logits = transform(values, sel.transform)
     degenerate = sampling.score_independence(name, logits, params)
+    if degenerate and not sel.sample.allow_score_independent and sel.sample.recipe is not None:
+        raise FlytInputError(_recipe_too_large(sel, params, logits.size, degenerate))
     if degenerate and not sel.sample.allow_score_independent:
         raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
                              params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
     drawn = spec(logits, _as_stored(params, scores, sel.transform), seed=sel.sample.seed, progress=sel.progress)
+    if not drawn.any():
+        raise FlytInputError(_selects_nothing(name, params, logits, sel.transform), params=["value", "fraction"])
     if kept.keep is None:
         counts = drawn
     else:
@@ -390,6 +454,9 @@ def run(sel: Selection) -> SelectionResult:
         counts[kept.keep] = drawn
     notes = default_notes(sel.sample, params, kept.size) + kept.notes()
     notes += [n for n in (degenerate, sampling.concentration(drawn)) if n]
+    if scores.filled:
+        notes.append(f"the score file {scores.source} has no score for {scores.filled:,} pool examples; they got "
+                     f"the {sel.score.missing} of its scores (`missing` {sel.score.missing})")
     if scores.extra_uids:
         notes.append(f"the score file {scores.source} has {scores.extra_uids:,} uids that are not in the pool; "
                      "they were ignored")
@@ -399,7 +466,9 @@ def run(sel: Selection) -> SelectionResult:
             "score_source": scores.source,
             "score_kind": scores.kind,
             "inputs_dir": sel.score.inputs_dir,
+            "accept_changed_inputs": list(sel.score.accept_changed_inputs),
             "score_file_extra_uids": scores.extra_uids,
+            "missing": {"policy": sel.score.missing, "filled": scores.filled},
         },
         "masks": kept.report,
         "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,

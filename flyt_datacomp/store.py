@@ -18,7 +18,7 @@ Layout of a store folder (format 2)::
                            "token": "<this computation>", "status": "computing" | "complete",
                            "missing": ..., "device": ..., "count": ..., "missing_count": ...,
                            "fill_value": ..., "mean": ..., "std": ..., "min": ..., "max": ...,
-                           "extra_uids": ...}}}
+                           "extra_uids": ..., "seal": "<digest of the entry's other fields>"}}}
 
 What makes the store trustworthy:
 
@@ -33,6 +33,15 @@ What makes the store trustworthy:
 * **An input's identity includes its content**: the size and sha256 of each file it reads
   (``sources``) and the tokens of the stored inputs it reads (``reads``); a run refuses to resume or
   reuse an input whose files or stored inputs changed, unless told to recompute it.
+* **What an input read from the pool is tracked too.** Each shard file records, per input that read
+  pool columns or npz arrays, which ones, the sha256 of their values and the pool files' stamps
+  (size and modification time); when a stamp differs, the values are read again and compared, so
+  metadata regenerated in place (same uids, other values) is refused by readers and by a run, and a
+  copy of the pool with new times is not.
+* **Values and the manifest are sealed.** Each shard file records the sha256 of each column's
+  values, so a column edited with the file's footer kept is refused; each manifest entry carries a
+  seal (a digest of its other fields), so a hand-edited entry (a ``fill_value`` changed, ...) is
+  refused by readers and named by ``inputs show``, until a run with that input restores it.
 
 A shard file is rewritten (temporary file, then rename) when an input is added, so a kill never
 leaves a half-written shard, and a shard that already holds an input's column is never recomputed.
@@ -42,12 +51,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import logging
 import math
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +68,9 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import FlytInputError, quote
-from .io import TEMP_SUFFIX, atomic_path, local_path, os_lock, write_json
+from .io import TEMP_SUFFIX, atomic_path, dumps, local_path, os_lock, write_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "inputs.json"
 FORMAT = 2
@@ -67,6 +80,10 @@ RESERVED_NAMES = frozenset({"uid"})  # columns of the shard files that are not i
 STATUSES = ("computing", "complete")
 UIDS_KEY = b"flyt_datacomp.uid_sha256"  # shard file metadata: the digest of its uid column
 TOKENS_KEY = b"flyt_datacomp.inputs"  # shard file metadata: {column: token of the computation that wrote it}
+DIGESTS_KEY = b"flyt_datacomp.sha256"  # shard file metadata: {column: sha256 of its float32 values}
+POOL_READS_KEY = b"flyt_datacomp.pool_reads"  # shard file metadata: {column: what it read from the pool shard}
+SEAL = "seal"  # a manifest entry's digest of its other fields
+_STAMP_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "ETag", "etag", "md5Hash", "created")
 NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _STATISTICS = ("count", "missing_count", "fill_value", "mean", "std", "min", "max")
@@ -85,6 +102,62 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
+def values_sha256(values: np.ndarray) -> str:
+    """The digest of a column's values as the store keeps them (float32, little-endian)."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f4").tobytes()).hexdigest()
+
+
+def data_sha256(columns: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> str:
+    """The digest of what a computation read from a pool shard: parquet columns and npz arrays, each
+    with its name, dtype and shape."""
+    h = hashlib.sha256()
+    for kind, part in (("column", columns), ("npz", arrays)):
+        for name in sorted(part):
+            a = np.asarray(part[name])
+            h.update(f"{kind}:{name}:{a.dtype.str}:{a.shape}\0".encode())
+            if a.dtype.kind == "O":
+                for v in a.ravel():
+                    h.update(repr(v).encode() + b"\0")
+            else:
+                h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def pool_stamps(pool, shard) -> dict[str, str]:
+    """The size and modification time (or what the file system offers instead) of a pool shard's
+    files, as ``{"parquet": ..., "npz": ...}``; a file that cannot be looked at has none."""
+    out = {}
+    for which, path in (("parquet", shard.parquet), ("npz", shard.npz)):
+        if path is None:
+            continue
+        try:
+            info = pool.fs.info(path)
+        except (OSError, ValueError):
+            continue
+        when = next((info[k] for k in _STAMP_FIELDS if info.get(k) is not None), None)
+        out[which] = f"{info.get('size')}:{when}"
+    return out
+
+
+def pool_read(stamps: Mapping[str, str], columns: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> dict:
+    """The record of what one input's computation read from a pool shard (``stamps`` taken before)."""
+    files = (["parquet"] if columns else []) + (["npz"] if arrays else [])
+    return {"columns": sorted(columns), "npz_keys": sorted(arrays), "sha256": data_sha256(columns, arrays),
+            "stamps": {f: stamps.get(f) for f in files}}
+
+
+def entry_seal(entry: Mapping[str, Any]) -> str:
+    """The seal of a manifest entry: a digest of its fields other than the seal, as JSON."""
+    fields = json.loads(dumps({k: v for k, v in entry.items() if k != SEAL}))
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def hand_edited(entry: Mapping[str, Any]) -> bool:
+    """True when a manifest entry's fields no longer match its seal (an entry without a seal, written
+    by an older version, cannot be checked)."""
+    return SEAL in entry and entry[SEAL] != entry_seal(entry)
+
+
 @dataclasses.dataclass(frozen=True)
 class ShardFile:
     """What a store shard file says about itself (its footer only)."""
@@ -94,6 +167,8 @@ class ShardFile:
     uid_sha256: str | None
     tokens: dict[str, str]  # column -> token of the computation that wrote it
     types: dict[str, pa.DataType]  # column -> type
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> sha256 of its values
+    pool_reads: dict[str, dict] = dataclasses.field(default_factory=dict)  # column -> what it read from the pool
 
     def holds(self, name: str, token: str) -> bool:
         return self.tokens.get(name) == token and pa.types.is_floating(self.types.get(name, pa.null()))
@@ -224,7 +299,12 @@ class InputStore:
             if e.get("fill_value") is not None and not _is_number(e["fill_value"]):
                 raise bad(f"{where}: 'fill_value' is {_shown(e, 'fill_value')}, not a finite number or null")
 
-    def write_manifest(self, data: dict[str, Any]) -> None:
+    def write_manifest(self, data: dict[str, Any], *, keep_seals: set[str] | frozenset[str] = frozenset()) -> None:
+        """Write the manifest, sealing each entry (those named in ``keep_seals`` keep the seal they have:
+        a hand-edited entry stays recognisable until a run restores it)."""
+        for name, entry in data["inputs"].items():
+            if name not in keep_seals:
+                entry[SEAL] = entry_seal(entry)
         with _writing(self.manifest_path):
             write_json(self.manifest_path, data)
 
@@ -302,14 +382,12 @@ class InputStore:
         except Exception as exc:  # pyarrow raises several types for a damaged file
             raise self._damaged_shard(path, f"is unreadable ({exc})", reader=False) from None
         meta = schema.metadata or {}
-        try:
-            tokens = json.loads(meta.get(TOKENS_KEY, b"{}"))
-            tokens = {str(k): str(v) for k, v in tokens.items()} if isinstance(tokens, dict) else {}
-        except ValueError:
-            tokens = {}
+        tokens = {str(k): str(v) for k, v in _footer_dict(meta, TOKENS_KEY).items()}
+        digests = {str(k): v for k, v in _footer_dict(meta, DIGESTS_KEY).items() if isinstance(v, str)}
+        reads = {str(k): v for k, v in _footer_dict(meta, POOL_READS_KEY).items() if _is_pool_read(v)}
         digest = meta.get(UIDS_KEY)
         types = {f.name: f.type for f in schema if f.name != "uid"}
-        return ShardFile(path, rows, digest.decode() if digest else None, tokens, types)
+        return ShardFile(path, rows, digest.decode() if digest else None, tokens, types, digests, reads)
 
     def _damaged_shard(self, path: Path, why: str, *, reader: bool = True) -> DamagedShard:
         if reader and self.writer_active():
@@ -355,15 +433,23 @@ class InputStore:
         return info
 
     def held_inputs(self, stem: str, rows: int, uid_sha256: str, tokens: dict[str, str]) -> set[str]:
-        """The inputs (of ``tokens``: name -> token) that the shard file holds; none when it is missing,
-        unreadable or of other uids (a run then rewrites it)."""
+        """The inputs (of ``tokens``: name -> token) that the shard file holds with the values written
+        with them; none when it is missing, unreadable or of other uids (a run then rewrites it)."""
         try:
             info = self.shard_file(stem)
         except DamagedShard:
             return set()
         if info is None or info.rows != rows or info.uid_sha256 != uid_sha256:
             return set()
-        return {n for n, t in tokens.items() if info.holds(n, t)}
+        held = {n for n, t in tokens.items() if info.holds(n, t)}
+        sealed = sorted(n for n in held if n in info.digests)
+        if sealed:
+            try:
+                table = pq.ParquetFile(info.path).read(columns=sealed)
+            except Exception:  # pyarrow raises several types for a damaged file
+                return set()
+            held -= {n for n in sealed if values_sha256(table.column(n).to_numpy()) != info.digests[n]}
+        return held
 
     def read_inputs(self, shard: dict[str, Any], names: list[str], entries: dict[str, Any], *,
                     reader: bool = True) -> dict[str, np.ndarray]:
@@ -375,18 +461,24 @@ class InputStore:
             table = pq.ParquetFile(info.path).read(columns=list(names))
         except Exception as exc:
             raise self._damaged_shard(info.path, f"is unreadable ({exc})", reader=reader) from None
-        return {n: np.array(table.column(n).to_numpy(), dtype=np.float32) for n in names}
+        out = {n: np.array(table.column(n).to_numpy(), dtype=np.float32) for n in names}
+        for n in names:
+            if n in info.digests and values_sha256(out[n]) != info.digests[n]:
+                raise self._damaged_shard(info.path, f"holds other values in input {n!r} than were written with it "
+                                          "(edited after the store wrote it?)", reader=reader)
+        return out
 
     def write_shard(self, stem: str, uids: pa.Array, columns: dict[str, np.ndarray], rows: int, uid_sha256: str,
-                    tokens: dict[str, str]) -> None:
+                    tokens: dict[str, str], pool_reads: Mapping[str, dict] | None = None) -> None:
         """Add (or replace) ``columns`` in the shard file, atomically. ``tokens`` (name -> token) are every
         input of the manifest: a column of the file that none of them accounts for is dropped, and a file
-        of other uids (or a damaged one) is started afresh."""
+        of other uids (or a damaged one) is started afresh. ``pool_reads``: for each new column that read
+        the pool shard, what it read (:func:`pool_read`)."""
         from .pool import uid_column
         from .uids import uids_digest
 
         path = self.shard_path(stem)
-        table, held = None, {}
+        table, held, info = None, {}, None
         try:
             info = self.shard_file(stem)
             if info is not None and info.rows == rows and info.uid_sha256 == uid_sha256:
@@ -413,7 +505,14 @@ class InputStore:
             else:
                 table = table.append_column(name, column)
             held[name] = tokens[name]
-        table = table.replace_schema_metadata({UIDS_KEY: uid_sha256.encode(), TOKENS_KEY: json.dumps(held).encode()})
+        kept = info.digests if info is not None else {}
+        digests = {n: kept[n] for n in held if n not in columns and n in kept}
+        digests.update({n: values_sha256(np.asarray(v, dtype=np.float32)) for n, v in columns.items()})
+        reads = {n: r for n, r in (info.pool_reads if info is not None else {}).items() if n in held and n not in columns}
+        reads.update({n: r for n, r in (pool_reads or {}).items() if n in columns})
+        table = table.replace_schema_metadata({UIDS_KEY: uid_sha256.encode(), TOKENS_KEY: json.dumps(held).encode(),
+                                               DIGESTS_KEY: json.dumps(digests).encode(),
+                                               POOL_READS_KEY: json.dumps(reads).encode()})
         with _writing(path), atomic_path(path) as tmp:
             pq.write_table(table, tmp)
 
@@ -429,6 +528,10 @@ class InputStore:
             raise FlytInputError(f"the input store {self.root} has no input {quote(name)} "
                                  f"(inputs: {', '.join(inputs) or 'none'})")
         entry = inputs[name]
+        if hand_edited(entry):
+            raise FlytInputError(f"input {quote(name)} of the store {self.root} was changed after the store wrote it "
+                                 f"(its entry in {MANIFEST} no longer matches its seal: edited by hand?); run "
+                                 "`flyt-datacomp inputs compute` with this input again to restore it")
         if entry["status"] != "complete":
             raise FlytInputError(f"input {quote(name)} of the store {self.root} is not complete "
                                  f"({entry['status']}); run `flyt-datacomp inputs compute` again")
@@ -445,8 +548,9 @@ class InputStore:
         data = self.manifest()
         entries = {n: self.entry(n, data) for n in names}
         self.check_pool(pool, data)
-        for shard in data["shards"]:
+        for shard, pool_shard in zip(data["shards"], pool.shards):
             values = self.read_inputs(shard, list(names), data["inputs"])
+            self.check_pool_reads(pool, pool_shard, {n: entries[n]["token"] for n in names})
             out = {}
             for n in names:
                 v = values[n].astype(np.float64)
@@ -459,6 +563,61 @@ class InputStore:
                     v[absent] = entries[n]["fill_value"]
                 out[n] = v
             yield out
+
+    def changed_pool_reads(self, pool, pool_shard, tokens: Mapping[str, str]) -> tuple[dict[str, str], dict[str, dict]]:
+        """Which inputs of ``tokens`` (name -> token) that the shard file holds read the pool shard's
+        files as they no longer are: ``({name: what changed}, {name: its record with the files'
+        current stamps})``, the second for inputs whose files were rewritten with the same values. A
+        missing or damaged shard file holds nothing to compare (a run rewrites it, a reader refuses it)."""
+        try:
+            info = self.shard_file(shard_stem(pool_shard.parquet))
+        except DamagedShard:
+            return {}, {}
+        if info is None:
+            return {}, {}
+        changed, restamped = {}, {}
+        stamps = None
+        for name, token in tokens.items():
+            record = info.pool_reads.get(name)
+            if record is None or not info.holds(name, token):
+                continue
+            stamps = stamps if stamps is not None else pool_stamps(pool, pool_shard)
+            now = {f: stamps.get(f) for f in record["stamps"]}
+            if now == record["stamps"]:
+                continue
+            data = pool.read_shard(pool_shard, record["columns"], record["npz_keys"])
+            if data_sha256(data.columns, data.arrays) == record["sha256"]:
+                restamped[name] = {**record, "stamps": now}
+                continue
+            files = {"parquet": pool_shard.parquet, "npz": pool_shard.npz}
+            what = ", ".join(record["columns"] + record["npz_keys"])
+            changed[name] = (f"the pool's {' and '.join(str(files[f]) for f in record['stamps'])} holds other values "
+                             f"({what}) than when it was computed")
+        return changed, restamped
+
+    def check_pool_reads(self, pool, pool_shard, tokens: Mapping[str, str]) -> None:
+        """Refuse inputs (of ``tokens``: name -> token) computed from what the pool shard no longer
+        holds (metadata regenerated in place with the same uids but other values)."""
+        changed, restamped = self.changed_pool_reads(pool, pool_shard, tokens)
+        if changed:
+            name, why = next(iter(changed.items()))
+            raise FlytInputError(f"input {quote(name)} of the store {self.root} was computed from the pool, but {why}; "
+                                 f"recompute it (`flyt-datacomp inputs compute ... --recompute {name}`)")
+        if restamped:
+            log.info("the pool's files of shard %s were rewritten with the same values; `flyt-datacomp inputs compute` "
+                     "with the same inputs records their new times, so this check reads them no more",
+                     shard_stem(pool_shard.parquet))
+
+    def restamp(self, stem: str, records: Mapping[str, dict]) -> None:
+        """Record new pool file stamps for inputs whose pool files were rewritten with the same values
+        (the writer's lock held), so later reads need not compare the values again."""
+        path = self.shard_path(stem)
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata or {})
+        reads = {**_footer_dict(meta, POOL_READS_KEY), **records}
+        meta[POOL_READS_KEY] = json.dumps(reads).encode()
+        with _writing(path), atomic_path(path) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
 
     def columns(self, names: list[str], pool, *, fill: bool = True) -> dict[str, np.ndarray]:
         """Several inputs over the whole pool (float64, pool order), read in one pass."""
@@ -482,15 +641,29 @@ class InputStore:
             try:
                 self._checked_shard(shard, [], inputs, reader=False)
             except DamagedShard as exc:
-                if inputs:
-                    out.append((list(inputs), f"shard file {exc.path.name} {exc.why}"))
+                if complete or (inputs and exc.why != "is missing"):  # a first run cut short wrote no file yet
+                    out.append((complete or list(inputs), f"shard file {exc.path.name} {exc.why}"))
                 continue
             info = self.shard_file(shard["stem"])
             for n in complete:
                 if not info.holds(n, inputs[n]["token"]):
                     out.append(([n], f"shard file {info.path.name} does not hold input {n!r}: "
                                      f"{info.why_not(n, inputs[n]['token'])}"))
+            sealed = [n for n in complete if n in info.digests and info.holds(n, inputs[n]["token"])]
+            if sealed:
+                try:
+                    table = pq.ParquetFile(info.path).read(columns=sealed)
+                except Exception as exc:  # pyarrow raises several types for a damaged file
+                    out.append((sealed, f"shard file {info.path.name} is unreadable ({exc})"))
+                    continue
+                for n in sealed:
+                    if values_sha256(table.column(n).to_numpy()) != info.digests[n]:
+                        out.append(([n], f"shard file {info.path.name} holds other values in input {n!r} than were "
+                                         "written with it (edited after the store wrote it?)"))
         for n, e in inputs.items():
+            if hand_edited(e):
+                out.append(([n], f"input {n!r} was changed after the store wrote it: its entry in {MANIFEST} no "
+                                 "longer matches its seal (edited by hand?)"))
             stale = _stale_read(e, inputs) if e["status"] == "complete" else None
             if stale is not None:
                 out.append(([n], f"input {n!r} was computed from input {stale!r}, which has been recomputed (or "
@@ -512,6 +685,20 @@ class InputStore:
         with os_lock(self.root / LOCK, f"another run is writing the input store {self.root}; wait for it to finish",
                      retries=4):
             yield
+
+
+def _footer_dict(meta: Mapping[bytes, bytes], key: bytes) -> dict:
+    """A JSON object a shard file's footer holds under ``key`` (empty when absent or unreadable)."""
+    try:
+        value = json.loads(meta.get(key, b"{}"))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _is_pool_read(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("sha256"), str) and isinstance(record.get("stamps"), dict)
+            and all(isinstance(record.get(k), list) for k in ("columns", "npz_keys")))
 
 
 def _stale_read(entry: dict[str, Any], inputs: dict[str, Any]) -> str | None:

@@ -68,6 +68,22 @@ def load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
         raise UnusableCheckpoint(f"{what} {path} is truncated or corrupt ({_first_line(exc)})") from None
 
 
+def real_tensor(value: Any, where: str) -> torch.Tensor:
+    """``value`` if it is a dense tensor of real numbers (floating point or integer) with its values
+    in memory, else one error naming ``where`` and what it is instead (not a tensor, a sparse or
+    meta-device tensor, complex or boolean values): ``weights_only`` loads all of these, and torch
+    would turn complex numbers into real ones with only a warning."""
+    if not isinstance(value, torch.Tensor):
+        raise FlytInputError(f"{where} is a {type(value).__name__} ({quote(value, 40)}), not a tensor")
+    if value.layout != torch.strided:
+        raise FlytInputError(f"{where} is a {str(value.layout).removeprefix('torch.')} tensor, not a dense one")
+    if value.device.type == "meta":
+        raise FlytInputError(f"{where} is a meta-device tensor, which holds no values")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise FlytInputError(f"{where} holds {str(value.dtype).removeprefix('torch.')} values, not real numbers")
+    return value
+
+
 def _unsafe_globals(path: str) -> list[str]:
     """Names of the non-allow-listed Python objects a zip-format torch file would unpickle
     (found without unpickling anything); empty when unknown (an old torch, a damaged file)."""

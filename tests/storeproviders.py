@@ -2,6 +2,8 @@
 
 * ``sleepy:SECONDS`` -- the pool's clip_b32_similarity_score, after sleeping SECONDS in ``fit`` (a
   writer that holds the store's lock for a while);
+* ``slow:READY`` -- the pool's clip_b32_similarity_score, after touching READY and sleeping 60 s in
+  ``compute`` (a long shard task, in a worker process with ``--workers`` 2 or more);
 * ``killer:TRIGGER`` -- the pool's clip_l14_similarity_score; logs every shard it computes to
   ``TRIGGER.log`` and, while the file TRIGGER exists, the task of the pool's last shard waits until
   the other shards are in the store and then kills its own worker process with SIGKILL.
@@ -34,6 +36,18 @@ class SleepyInput(Provider):
         return data.columns["clip_b32_similarity_score"].astype(np.float32)
 
 
+class SlowInput(Provider):
+    kind = "slow"
+    help = "test only: a pool column, after a long sleep in each shard task"
+    positional = ("ready",)
+    columns = ("clip_b32_similarity_score",)
+
+    def compute(self, data, state, shard_name):
+        Path(self.args["ready"]).touch()
+        time.sleep(60)
+        return data.columns["clip_b32_similarity_score"].astype(np.float32)
+
+
 class KillerInput(Provider):
     kind = "killer"
     help = "test only: kills its worker on the last shard while a trigger file exists"
@@ -57,7 +71,7 @@ class KillerInput(Provider):
         return data.columns["clip_l14_similarity_score"].astype(np.float32)
 
 
-TEST_PROVIDERS = (SleepyInput, KillerInput)
+TEST_PROVIDERS = (SleepyInput, SlowInput, KillerInput)
 
 
 def register() -> None:

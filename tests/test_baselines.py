@@ -426,3 +426,25 @@ def test_recipes_run_and_write_what_the_commands_write(kit, tmp_path):
     from test_dropin import datacomp_clip_score_file
 
     assert (tmp_path / "clip_score.sh.npy").read_bytes() == datacomp_clip_score_file(kit["pool"], "b32", fraction=0.25)
+
+
+def test_text_based_lists_every_missing_asset_at_once(tmp_path, monkeypatch):
+    """A first run of text_based on a machine without its assets names all three things to fetch in one
+    message, instead of one per run."""
+    from poolgen import write_metadata
+
+    nltk = pytest.importorskip("nltk")
+    monkeypatch.setattr(nltk.data, "path", [])  # no WordNet another test put on NLTK's path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FLYT_DATACOMP_ASSETS", raising=False)
+    root, _ = write_metadata(tmp_path / "metadata")
+    empty = tmp_path / "assets"
+    empty.mkdir()
+    r = CliRunner().invoke(cli_main, ["baseline", "text_based", "--metadata-dir", str(root), "--output",
+                                      str(tmp_path / "t.npy"), "--assets-dir", str(empty), "--wordnet-data", str(empty)])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), r.output
+    (error,) = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert "text_based lacks 3 things it needs" in error
+    for needed in ("lid.176.bin", "imagenet21k_wordnet_ids", "WordNet corpus"):
+        assert needed in error, needed
+    assert not (tmp_path / "t.npy").exists()

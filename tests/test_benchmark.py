@@ -465,3 +465,110 @@ def test_demo_version_selects_the_pool_each_command_builds(tiny_demo_pool, monke
     assert not (tmp_path / "s.npy").exists() and not (tmp_path / "r").exists()
     res = runner.invoke(main, ["filter", "--demo", "--demo-version", "v5"])
     assert res.exit_code == 2 and "v5" in res.output
+
+
+def test_outputs_and_seeds_are_checked_before_any_training(tiny_demo_pool, tmp_path, monkeypatch):
+    """--output a folder, a --cache-dir or --output-dir that cannot be made, an absurd --num-seeds: one
+    line, exit 2, before any run trains."""
+    import flyt_datacomp.benchmark.evaluate as ev
+
+    monkeypatch.setattr(ev, "train_and_evaluate", lambda *a, **k: pytest.fail("a run was trained"))
+    oracle, _ = _oracle_and_random(tiny_demo_pool, tmp_path)
+    (tmp_path / "a-file").write_text("keep")
+    (tmp_path / "a-folder").mkdir()
+    base = ["benchmark", "--quick", "--quiet", "--pool-dir", str(tiny_demo_pool.root), "--jobs", "1"]
+    cases = [
+        (["--subset", str(oracle), "--output", str(tmp_path / "a-folder"), "--cache-dir", str(tmp_path / "c")],
+         "--output", "is a folder"),
+        (["--subset", str(oracle), "--cache-dir", str(tmp_path / "a-file" / "cache")], "--cache-dir", "cannot create"),
+        (["--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "a-file" / "table")], "--output-dir",
+         "cannot create"),
+        (["--subset", str(oracle), "--num-seeds", str(10**20)], "--num-seeds", "not in the range"),
+    ]
+    for extra, flag, why in cases:
+        res = CliRunner().invoke(main, [*base, *extra])
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (extra, res.output, res.exception)
+        errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and flag in errors[0] and why in errors[0], res.output
+    assert (tmp_path / "a-file").read_text() == "keep" and not any((tmp_path / "a-folder").iterdir())
+    assert not (tmp_path / "c").exists()  # nothing created by a refused run
+
+
+def test_one_seed_shows_no_spread():
+    """With --num-seeds 1 a spread of "± 0.0" would claim what one run cannot show."""
+    from flyt_datacomp.benchmark.evaluate import format_markdown, spread
+
+    assert spread([0.5]) is None and spread([0.5, 0.7]) == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    row = {"name": "oracle", "mean": 0.723, "std": spread([0.723]), "seeds": [0.723], "distinct_with_image": 5,
+           "entries_with_image": 6}
+    line = format_markdown([row]).splitlines()[-1]
+    assert "72.3 (one seed)" in line and "±" not in line
+    two = {**row, "mean": 0.7, "std": spread([0.6, 0.8]), "seeds": [0.6, 0.8]}
+    assert "70.0 ± 14.1" in format_markdown([two])
+
+
+def test_the_progress_bar_of_parallel_runs_counts_their_steps(tiny_demo_pool, tmp_path, monkeypatch):
+    """Runs in worker processes report their steps as they go: the bar moves while they train
+    (in steps, all runs together), not only when a whole run has finished."""
+    import threading
+
+    import flyt_datacomp.benchmark.evaluate as ev
+    import flyt_datacomp.progress as progress_module
+    from flyt_datacomp.benchmark.recipe import get_recipe
+
+    class Bar:
+        def __init__(self, **kw):
+            self.total, self.unit, self.n, self.updates = kw["total"], kw.get("unit"), 0, []
+
+        def update(self, n=1):
+            self.n += n
+            self.updates.append(n)
+
+        def set_postfix_str(self, text):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    bars = []
+    monkeypatch.setattr(progress_module, "progress_bar", lambda **kw: bars.append(Bar(**kw)) or bars[-1])
+    started = threading.Event()
+
+    def fake_training(data, index, recipe, seed, progress=False, on_steps=None):  # a run reporting as it trains
+        for _ in range(recipe.steps // 10):
+            on_steps(10)
+        assert started.wait(5)  # the parent's bar has moved while this run is still training
+        return {"accuracy": 0.5, "steps": recipe.steps, "final_loss": 1.0, "loss_curve": [1.0], "seconds": 0.0,
+                "data_seconds": 0.0, "model_seconds": 0.0, "eval_seconds": 0.0}
+
+    def in_process(fn, items, workers, *, ordered, what, initializer, initargs):  # the pool, in this process
+        initializer(*initargs)
+        for i, item in enumerate(items):
+            yield i, fn(item)
+
+    monkeypatch.setattr(ev, "train_and_evaluate", fake_training)
+    monkeypatch.setattr(ev, "process_map", in_process)
+    real_count = ev._count_steps
+
+    def counting(steps, bar):
+        threading.Thread(target=lambda: (_wait_for(lambda: bar.n > 0), started.set()), daemon=True).start()
+        real_count(steps, bar)
+
+    monkeypatch.setattr(ev, "_count_steps", counting)
+    recipe = get_recipe("quick")
+    bench = ev.Benchmark(tiny_demo_pool, recipe, tmp_path / "cache", progress=True, jobs=2)
+    oracle, random = _oracle_and_random(tiny_demo_pool, tmp_path)
+    bench.evaluate_many([(oracle, None), (random, None)], [0])
+    (bar,) = [b for b in bars if b.unit == "step"]
+    assert bar.total == 2 * recipe.steps and bar.n == 2 * (recipe.steps // 10) * 10 and len(bar.updates) >= 2
+
+
+def _wait_for(condition, seconds=5.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)

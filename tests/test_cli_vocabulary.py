@@ -16,6 +16,7 @@ CANONICAL = {
     "inputs_dir": "--inputs-dir",
     "shards_dir": "--shards-dir",
     "workers": "--workers",
+    "io_threads": "--io-threads",
     "device": "--device",
     "seed": "--seed",
     "overwrite": "--overwrite",
@@ -24,7 +25,7 @@ CANONICAL = {
 # spellings that shipped before, or DataComp's: they must still parse, but never show in --help
 HIDDEN = {"--num-workers", "--num_workers", "--jobs", "--out", "--json", "--seeds", "--scs-batch", "--work-dir",
           "--evalsets", "--data-dir", "--save_path", "--metadata_dir", "--batch_size", "--num_gpus",
-          "--image_based_scale", "--shuffle-buffer", "--datacomp-compatible"}
+          "--image_based_scale", "--shuffle-buffer", "--datacomp-compatible", "--inputs"}
 
 
 def _commands(group: click.Group, prefix: str = ""):
@@ -98,6 +99,7 @@ def test_help_runs_and_shows_no_old_spelling(path):
     (["eval", "evaluate", "--data-dir", "d"], "evalsets_dir", "d"),
     (["train", "--metadata_dir", "m"], "metadata_dir", "m"),
     (["train", "--shuffle-buffer", "5"], "shuffle_buffer", 5),
+    (["train", "--inputs", "a,b"], "inputs", ["a", "b"]),
 ])
 def test_old_spellings_still_parse(argv, dest, value):
     *names, flag, arg = argv
@@ -107,3 +109,41 @@ def test_old_spellings_still_parse(argv, dest, value):
     cmd = group.commands[names[-1]]
     ctx = cmd.make_context(names[-1], [flag, arg], resilient_parsing=True)
     assert ctx.params[dest] == value or str(ctx.params[dest]) == value
+
+
+# what each of these flags means in every command that has it: a word its help must hold, and words it must not
+MEANINGS = {
+    "--workers": ("process", ("thread",)),
+    "--io-threads": ("thread", ("process",)),
+    "--mixing-inputs": ("input", ()),
+}
+SUBSET_WRITERS = {"filter", "baseline"}  # --device cpu by default: a seed gives the same bytes on every machine
+
+
+def _option(cmd, flag):
+    return next((p for p in cmd.params if isinstance(p, click.Option) and flag in _shown(p)), None)
+
+
+@pytest.mark.parametrize("flag", sorted(MEANINGS))
+def test_one_meaning_per_flag_name(flag):
+    """--workers is worker processes everywhere (threads are --io-threads), --mixing-inputs the inputs a
+    mixing model mixes as a comma list; train's old --inputs is a hidden spelling of it."""
+    word, never = MEANINGS[flag]
+    having = {path: _option(cmd, flag) for path, cmd in COMMANDS.items() if _option(cmd, flag) is not None}
+    assert len(having) >= 2 or flag == "--io-threads", (flag, sorted(having))
+    for path, opt in having.items():
+        text = (opt.help or "").lower()
+        assert word in text and not any(w in text for w in never), (path, flag, opt.help)
+        if flag == "--mixing-inputs":
+            assert opt.metavar == "A,B,..." and not opt.multiple, path
+    assert {p for p, cmd in COMMANDS.items() if _option(cmd, "--mixing-inputs")} >= {"train", "filter", "baseline"}
+    assert not [p for p, cmd in COMMANDS.items() if _option(cmd, "--inputs")]  # shown nowhere
+
+
+def test_device_defaults_follow_one_rule():
+    for path, cmd in COMMANDS.items():
+        opt = _option(cmd, "--device")
+        if opt is None:
+            continue
+        default = opt.default if opt.default in ("auto", "cpu", "cuda") else (opt.help or "").split("[default: ")[-1][:4]
+        assert default.rstrip("]") == ("cpu" if path in SUBSET_WRITERS else "auto"), (path, default)

@@ -467,3 +467,44 @@ def test_default_pool_scores_measure_alignment_not_the_task(tmp_path):
         assert roc_auc_score(correct, score) > 0.9, c
         assert roc_auc_score(correct & (domain == "digits"), score) < 0.6, c
     assert abs(roc_auc_score(correct, table["noise_score"].to_numpy()) - 0.5) < 0.03
+
+
+def test_a_warm_demo_says_it_reuses_its_model(tiny_demo_pool, monkeypatch, tmp_path):
+    """`filter --demo` announces training M-FLYT only when it trains; a warm run says it reuses the model."""
+    import shutil
+
+    import torch
+    from click.testing import CliRunner
+
+    import flyt_datacomp.demo as demo_module
+    from flyt_datacomp.cli import main
+    from flyt_datacomp.demo.pool import DemoPool, TrainedModel
+    from flyt_datacomp.flyt.models import MixingModel, save_scoring_model
+    from flyt_datacomp.flyt.trainer import SCORING_MODEL_FILE
+    from flyt_datacomp.pool import Pool
+
+    pool = DemoPool.open(shutil.copytree(tiny_demo_pool.root, tmp_path / "pool"))
+    monkeypatch.setattr(demo_module, "build_demo_pool", lambda **kw: pool)
+    trained = []
+
+    def fake_train(self, preset, *, overrides=None, runs_dir=None, threads=None, progress=True):
+        run_dir = self._run_dir(preset, self.train_config(preset, overrides, progress=False), runs_dir)
+        names = ["clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score"]
+        if not (run_dir / SCORING_MODEL_FILE).is_file():
+            trained.append(preset)
+            p = Pool(str(self.metadata_dir), progress=False)
+            x = np.stack([p.column(n).astype(np.float64) for n in names], 1)
+            run_dir.mkdir(parents=True)
+            model = MixingModel(names, x.mean(0), x.std(0))
+            model.weight.data[:] = torch.tensor([1.0, 1.0, 0.0])
+            save_scoring_model(run_dir / SCORING_MODEL_FILE, model)
+        return TrainedModel(str(run_dir / SCORING_MODEL_FILE), run_dir, {n: 1.0 for n in names})
+
+    monkeypatch.setattr(DemoPool, "train", fake_train)
+    first = CliRunner().invoke(main, ["filter", "--demo", "--quiet"])
+    assert first.exit_code == 0, first.output
+    assert "demo: training M-FLYT" in first.output and "reusing" not in first.output and trained == ["m-flyt-demo"]
+    warm = CliRunner().invoke(main, ["filter", "--demo", "--quiet"])
+    assert warm.exit_code == 0, warm.output
+    assert "training M-FLYT" not in warm.output and "demo: reusing the M-FLYT model" in warm.output
+    assert trained == ["m-flyt-demo"]

@@ -279,7 +279,7 @@ def test_reshard_prerequisite_errors(dc, pool, tmp_path):
     r = invoke([*base, *dc["args"]], code=2)
     assert "is not empty" in r.output and "--overwrite" in r.output
     (pool["shards"] / "00000001_stats.json").unlink()
-    (out / "flyt_reshard.json").write_text("{}")  # as if an earlier reshard wrote it
+    (out / "flyt_reshard.json").write_text('{"written_by": "eval reshard"}')  # as if an earlier reshard wrote it
     r = invoke([*base, *dc["args"], "--overwrite"], code=2)
     assert "00000001.tar" in r.output and "_stats.json" in r.output
     assert not calls(dc, "resharder")
@@ -703,7 +703,7 @@ def test_reshard_overwrite_refuses_a_folder_it_did_not_write(dc, pool, tmp_path,
     assert (out / "00000000.tar").read_bytes() == b"someone else's shard"
     home = tmp_path / "home"
     home.mkdir()
-    (home / "flyt_reshard.json").write_text("{}")
+    (home / "flyt_reshard.json").write_text('{"written_by": "eval reshard"}')
     (home / "thesis.tex").write_text("keep")
     monkeypatch.setenv("HOME", str(home))
     r = invoke(reshard_args(dc, pool, "~", "--overwrite"), code=2)
@@ -789,6 +789,28 @@ def test_reshard_log_may_not_be_an_input(dc, pool, tmp_path):
 def test_reshard_refuses_pass_through_flags_it_sets_itself(dc, pool, tmp_path, flag):
     r = invoke(reshard_args(dc, pool, tmp_path / "out", "--", flag, str(tmp_path)), code=2)
     assert flag.split("=")[0] in r.output and not calls(dc, "resharder")
+
+
+@pytest.mark.parametrize("args", [["-vo{other}"], ["-vo", "{other}"], ["-qvo={other}"], ["-vvi", "{other}"],
+                                  ["-qs{other}/s.npy"]])
+def test_reshard_refuses_its_flags_inside_a_cluster_of_short_flags(dc, pool, tmp_path, args):
+    """argparse reads `-vo DIR` as `-v -o DIR` (the resharder's -v and -q take no value): a managed
+    flag hidden in a cluster would send the resharder's output elsewhere."""
+    other = tmp_path / "copy-of-the-shards"
+    shutil.copytree(pool["shards"], other)
+    before = {p.name: p.read_bytes() for p in other.iterdir()}
+    extra = [a.format(other=other) for a in args]
+    r = invoke(reshard_args(dc, pool, tmp_path / "out", "--overwrite", "--", *extra, "--overwrite"), code=2)
+    assert "pass-through argument" in r.output and "would override" in r.output and not calls(dc, "resharder")
+    assert {p.name: p.read_bytes() for p in other.iterdir()} == before
+    (tmp_path / "evalsets").mkdir()
+    r = invoke(run_args(dc, pool, tmp_path / "work", tmp_path / "evalsets", "--reshard-args", " ".join(extra)), code=2)
+    assert "would override" in r.output and not calls(dc)
+
+
+def test_reshard_passes_harmless_short_flags_through(dc, pool, tmp_path):
+    invoke(reshard_args(dc, pool, tmp_path / "out", "--", "-vv", "-j2"))
+    assert len(calls(dc, "resharder")) == 1 and copies_in(tmp_path / "out") == pool["expected"]
 
 
 @pytest.mark.parametrize("flag", ["--output_dir", "--exp_name", "--data_dir", "--scale", "--output"])
@@ -988,14 +1010,51 @@ def test_evaluate_refuses_pass_through_flags_it_sets_or_reads(dc, trained, tmp_p
 
 @pytest.mark.parametrize("damage", ["[]", '{"inputs": {}}', '{"written": 5}', "{cut", ""])
 def test_run_redoes_a_stage_whose_record_is_damaged(dc, pool, tmp_path, damage):
+    """A damaged training record is redone (its start marker still says the folder is ours); a damaged
+    reshard record is the folder's only marker, so the folder is no longer provably ours: refused
+    in one line, its files kept."""
     work, evalsets = tmp_path / "work", tmp_path / "evalsets"
     evalsets.mkdir()
     invoke(run_args(dc, pool, work, evalsets))
-    for record in (work / "reshard" / "flyt_reshard.json", work / "train" / "flyt" / "flyt_train.json"):
-        record.write_text(damage)
+    (work / "train" / "flyt" / "flyt_train.json").write_text(damage)
+    record = work / "reshard" / "flyt_reshard.json"
+    good = record.read_text()
+    record.write_text(damage)
+    kept = sorted(p.name for p in (work / "reshard").iterdir())
+    r = invoke(run_args(dc, pool, work, evalsets), code=2)
+    assert "flyt_reshard.json is no record written by eval reshard" in r.output and "Traceback" not in r.output
+    assert sorted(p.name for p in (work / "reshard").iterdir()) == kept
+    record.write_text(good)
     r = invoke(run_args(dc, pool, work, evalsets))
-    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "resharder", "train"]
-    assert "Traceback" not in r.output and json.loads((work / "reshard" / "flyt_reshard.json").read_text())["written"]
+    assert [c["script"] for c in calls(dc)] == ["resharder", "train", "evaluate", "train"]
+    assert "Traceback" not in r.output and json.loads((work / "train" / "flyt" / "flyt_train.json").read_text())
+
+
+def test_run_checks_its_work_folder_itself(dc, pool, tmp_path, monkeypatch):
+    """The work folder is checked as each stage's folder is: the subset's own folder (which holds the
+    subset file), a folder inside the shards, the home folder and the root folder are refused before
+    anything is created in them."""
+    evalsets = tmp_path / "evalsets"
+    evalsets.mkdir()
+    own = tmp_path / "subsets"
+    own.mkdir()
+    subset = own / "mine.npy"
+    shutil.copyfile(pool["subset"], subset)
+    before = sorted(p.name for p in own.iterdir())
+    r = invoke(run_args(dc, {**pool, "subset": subset}, own, evalsets), code=2)
+    assert "--output-dir" in r.output and "contains the subset file" in r.output, r.output
+    assert sorted(p.name for p in own.iterdir()) == before and not calls(dc)
+    r = invoke(run_args(dc, pool, pool["shards"] / "work", evalsets), code=2)
+    assert "lies inside the --shards-dir" in r.output, r.output
+    assert not (pool["shards"] / "work").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    r = invoke(run_args(dc, pool, "~", evalsets), code=2)
+    assert "home folder" in r.output and not any(home.iterdir())
+    root_before = sorted(os.listdir("/"))
+    r = invoke(run_args(dc, pool, "/", evalsets), code=2)
+    assert "root folder" in r.output and sorted(os.listdir("/")) == root_before and not calls(dc)
 
 
 def test_a_name_too_long_is_one_line(dc, pool, tmp_path):

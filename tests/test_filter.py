@@ -156,8 +156,9 @@ def test_bad_inputs_clear_errors_no_output(pool_dir, tmp_path):
     vals = np.zeros(pool.size)
     vals[17] = np.nan
     pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids)), "score": vals}), tmp_path / "nan.parquet")
-    _bad(tmp_path, [*base, "--score", str(tmp_path / "nan.parquet")], "non-finite")
-    pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids))[1:], "score": vals[1:]}), tmp_path / "short.parquet")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "nan.parquet")], "missing score(s) (empty, NaN or n/a); the first at row 17")
+    pq.write_table(pa.table({"uid": list(uids_to_hex(pool.uids))[1:], "score": np.zeros(pool.size - 1)}),
+                   tmp_path / "short.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "short.parquet")], "no score for 1 of the pool's 200 uids")
     pq.write_table(pa.table({"id": ["a"], "score": [1.0]}), tmp_path / "nouid.parquet")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "nouid.parquet")], "needs columns 'uid' and 'score'")
@@ -239,8 +240,121 @@ def test_non_numeric_scores_and_empty_files(pool_dir, tmp_path):
     base = ["--metadata-dir", str(root)]
     _bad(tmp_path, [*base, "--score", "text"], "not numbers")
     pq.write_table(pa.table({"uid": list(hexes), "score": ["high"] * len(hexes)}), tmp_path / "str.parquet")
-    _bad(tmp_path, [*base, "--score", str(tmp_path / "str.parquet")], "'score' of score file")
+    _bad(tmp_path, [*base, "--score", str(tmp_path / "str.parquet")], "the score 'high' at row 0")
     (tmp_path / "empty.parquet").write_bytes(b"")
     _bad(tmp_path, [*base, "--score", str(tmp_path / "empty.parquet")], "cannot read score file")
     (root / "0000.parquet").write_bytes(b"")
     _bad(tmp_path, [*base, "--score", "clip_l14_similarity_score"], "0000.parquet")
+
+
+def _uid_score_records(pool, dtype):
+    arr = np.zeros(pool.size, dtype=dtype)
+    names = arr.dtype.names
+    if "uid" in names:
+        arr["uid"] = pool.uids
+    else:
+        arr["f0"], arr["f1"] = pool.uids["f0"], pool.uids["f1"]
+    arr["score"] = pool.column("clip_l14_similarity_score")
+    return arr
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_with_overwrite(pool_dir, tmp_path):
+    """--output equal to the score file (an .npy score file is a natural name clash), to a file of an
+    aggregation, or inside the metadata folder: refused before any work, every input byte kept."""
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    scores = tmp_path / "scores.npy"
+    np.save(scores, _uid_score_records(pool, [("uid", UID_DTYPE), ("score", "f8")]))
+    before = scores.read_bytes()
+    metadata = {p.name: p.read_bytes() for p in root.iterdir()}
+    for spec, out in ((str(scores), scores), (f"file:{scores}", scores),
+                      (f"sum:{scores},clip_b32_similarity_score", scores),
+                      ("clip_l14_similarity_score", root / "subset.npy")):
+        r = run(["--metadata-dir", str(root), "--score", spec, "--num-samples", "50", "--output", str(out),
+                 "--overwrite"], expect_ok=False)
+        assert r.exit_code == 2 and "an output must be apart from the command's inputs" in r.output, r.output
+        assert scores.read_bytes() == before and {p.name: p.read_bytes() for p in root.iterdir()} == metadata
+    sidecar = tmp_path / "s.npy.json"  # the subset's sidecar may not be an input either
+    np.save(tmp_path / "x.npy", _uid_score_records(pool, [("uid", UID_DTYPE), ("score", "f8")]))
+    (tmp_path / "x.npy").rename(sidecar)
+    r = run(["--metadata-dir", str(root), "--score", f"file:{sidecar}", "--num-samples", "50", "--output",
+             str(tmp_path / "s.npy"), "--overwrite"], expect_ok=False)
+    assert r.exit_code == 2 and "s.npy.json" in r.output
+
+
+def test_a_threshold_that_keeps_nothing_writes_nothing(pool_dir, tmp_path):
+    root, _ = pool_dir
+    out = tmp_path / "t.npy"
+    for extra in (["--threshold", "5"], ["--threshold", "50", "--standardize"]):
+        r = run(["--metadata-dir", str(root), "--score", "clip_l14_similarity_score", "--output", str(out), *extra],
+                expect_ok=False)
+        assert r.exit_code == 2 and "--threshold" in r.output and "keeps no example" in r.output, r.output
+        assert "range from" in r.output and not out.exists()
+    run(["--metadata-dir", str(root), "--score", "clip_l14_similarity_score", "--output", str(out), "--threshold",
+         "0.3"])
+    assert read_subset(out)[1].sum() > 0
+
+
+@pytest.mark.parametrize("layout", ["uid u8,u8 records", "f0 f1 fields", "parquet struct"])
+def test_a_score_file_in_the_packages_own_uid_form_is_read(pool_dir, tmp_path, layout):
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    args = ["--metadata-dir", str(root), "--sampler", "threshold", "--fraction", "0.2"]
+    run([*args, "--score", "clip_l14_similarity_score", "--output", str(tmp_path / "a.npy")])
+    if layout == "parquet struct":
+        path = tmp_path / "scores.parquet"
+        uid = pa.StructArray.from_arrays([pa.array(pool.uids["f0"]), pa.array(pool.uids["f1"])], names=["f0", "f1"])
+        pq.write_table(pa.table({"uid": uid, "score": pool.column("clip_l14_similarity_score")}), path)
+    else:
+        path = tmp_path / "scores.npy"
+        dtype = ([("uid", UID_DTYPE), ("score", "f4")] if layout.startswith("uid")
+                 else [("f0", "u8"), ("f1", "u8"), ("score", "f4")])
+        np.save(path, _uid_score_records(pool, dtype))
+    run([*args, "--score", str(path), "--output", str(tmp_path / "b.npy")])
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+def _csv(path, rows):
+    path.write_text("uid,score\n" + "".join(f"{u},{s}\n" for u, s in rows))
+
+
+def test_a_score_file_for_part_of_the_pool_is_filled_with_missing(pool_dir, tmp_path):
+    """5 of 20 uids scored: refused, naming --missing; with --missing min or mean the rest get the
+    file's min or mean, the sidecar says how many."""
+    root, _ = pool_dir
+    pool = Pool(str(root), progress=False)
+    from flyt_datacomp.uids import uids_to_hex
+
+    hexes = uids_to_hex(pool.uids)
+    part = tmp_path / "part.csv"
+    _csv(part, [(u, float(i)) for i, u in enumerate(hexes[:50])])
+    out = tmp_path / "s.npy"
+    args = ["--metadata-dir", str(root), "--score", str(part), "--sampler", "threshold", "--output", str(out)]
+    r = run([*args, "--fraction", "0.1"], expect_ok=False)
+    assert r.exit_code == 2 and "no score for 150 of the pool's 200 uids" in r.output and "--missing" in r.output
+    from flyt_datacomp.scores import load_scores
+
+    for policy, fill in (("min", 0.0), ("mean", 24.5)):
+        values = load_scores(pool, str(part), missing=policy).values
+        position = {u: i for i, u in enumerate(hexes)}
+        assert values[[position[u] for u in hexes[:50]]].tolist() == [float(i) for i in range(50)]
+        assert np.all(values[[position[u] for u in hexes[50:]]] == fill)
+        run([*args, "--threshold", "40", "--missing", policy, "--overwrite"])
+        side = json.loads(out.with_name("s.npy.json").read_text())
+        assert side["inputs"]["missing"] == {"policy": policy, "filled": 150}
+        assert read_subset(out)[1].sum() == 10  # scores 40..49
+
+
+@pytest.mark.parametrize("bad, message", [("NaN", "missing score(s)"), ("n/a", "missing score(s)"),
+                                          ("", "missing score(s)"), ("abc", "'abc'"), ("inf", "infinite")])
+def test_a_bad_score_row_is_named_by_row_line_and_uid(pool_dir, tmp_path, bad, message):
+    root, hexes = pool_dir
+    path = tmp_path / "s.csv"
+    _csv(path, [(u, bad if i == 7 else i) for i, u in enumerate(hexes)])
+    r = run(["--metadata-dir", str(root), "--score", str(path), "--num-samples", "10", "--output",
+             str(tmp_path / "o.npy")], expect_ok=False)
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert "row 7 (line 9)" in r.output and hexes[7] in r.output, r.output
+    if message == "missing score(s)":  # a row without a score is an example without one: --missing fills it
+        run(["--metadata-dir", str(root), "--score", str(path), "--num-samples", "10", "--missing", "mean",
+             "--output", str(tmp_path / "o.npy")])

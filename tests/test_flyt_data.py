@@ -517,6 +517,32 @@ def test_downstream_build_overwrite_replaces_only_its_own_output(tmp_path):
     assert link.is_symlink() and len(list(out.glob("*.tar"))) == 5 and not classes.exists()
 
 
+def test_downstream_build_overwrite_leaves_a_folder_whose_build_json_it_did_not_write(tmp_path):
+    """A demo pool's root (its build.json marks the pool, written by the demo's builder), another
+    program's build.json and an empty one: `--overwrite` refuses each, leaving every byte in place."""
+    from flyt_datacomp.io import provenance
+
+    src = image_folder(tmp_path / "src")
+    runner = CliRunner()
+    for name, marker in (("demo-pool", provenance(kind="demo-pool", version_tag="demo-v4", parameters={})),
+                         ("webapp", {"name": "my-app", "version": "1.0"}), ("empty", {})):
+        pool = tmp_path / name
+        (pool / "metadata").mkdir(parents=True)
+        (pool / "metadata" / "00000000.parquet").write_bytes(b"PAR1 pool metadata")
+        (pool / "build.json").write_text(json.dumps(marker))
+        before = _files(pool)
+        res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(pool), "--overwrite", "--quiet"])
+        assert res.exit_code == 2, res.output
+        assert "did not write (its build.json is no record written by downstream build)" in res.output
+        assert _files(pool) == before and len(res.output.strip().splitlines()) == 1
+    out = tmp_path / "out"  # its own earlier output is still replaced
+    assert runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(out), "--quiet"]).exit_code == 0
+    assert json.loads((out / "build.json").read_text())["written_by"] == "downstream build"
+    res = runner.invoke(downstream_group, ["build", str(src), "--output-dir", str(out), "--overwrite", "--quiet",
+                                           "--per-shard", "2"])
+    assert res.exit_code == 0, res.output and len(list(out.glob("*.tar"))) == 5
+
+
 def test_downstream_build_into_an_impossible_folder_is_one_line(tmp_path):
     src = image_folder(tmp_path / "src")
     (tmp_path / "a-file").write_text("x")

@@ -1,5 +1,6 @@
 """What `overwrite` may remove: the one check every command that empties or replaces a folder makes."""
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from flyt_datacomp.folders import OutputFolder, check_apart, check_output_file, 
 
 def folder(path, **kw):
     return OutputFolder(Path(path), "the command", ("mine.json",), **kw)
+
+
+def mark(path, command="the command"):
+    """Write the marker ``mine.json`` as ``command`` writes it."""
+    Path(path).write_text(json.dumps({"written_by": command}))
 
 
 def test_relation_and_real_paths(tmp_path, monkeypatch):
@@ -55,7 +61,7 @@ def test_output_folder_refuses_what_it_may_not_empty(tmp_path, monkeypatch):
     with pytest.raises(FlytInputError, match="did not write"):
         f.empty()
     assert (tmp_path / "absent" / "x").exists()
-    (tmp_path / "absent" / "mine.json").write_text("{}")
+    mark(tmp_path / "absent" / "mine.json")
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_text("keep")
@@ -72,7 +78,7 @@ def test_output_folder_refuses_what_it_may_not_empty(tmp_path, monkeypatch):
         folder("/").check(overwrite=True)
     home = tmp_path / "home" / "me"
     home.mkdir(parents=True)
-    (home / "mine.json").write_text("{}")
+    mark(home / "mine.json")
     monkeypatch.setenv("HOME", str(home))
     for path in ("~", home, tmp_path / "home"):
         with pytest.raises(FlytInputError, match="home folder"):
@@ -94,7 +100,7 @@ def test_output_folder_through_a_symlink_checks_its_target(tmp_path):
 def test_replace_with_keeps_the_link(tmp_path):
     real = tmp_path / "real"
     real.mkdir()
-    (real / "mine.json").write_text("{}")
+    mark(real / "mine.json")
     (tmp_path / "out").symlink_to(real)
     new = tmp_path / ".new"
     new.mkdir()
@@ -129,10 +135,39 @@ def test_emptying_deletes_the_markers_last(tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     for name in ["z.tar", "flyt_reshard.json", "a.tar", "sub", "m.json", "flyt_reshard_partial.json"]:
-        (out / name).mkdir() if name == "sub" else (out / name).write_text("x")
+        (out / name).mkdir() if name == "sub" else mark(out / name)
     order = []
     real_unlink = Path.unlink
     monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: (order.append(self.name), real_unlink(self, *a, **k)))
     OutputFolder(out, "the command", ("flyt_reshard.json", "flyt_reshard_partial.json")).empty()
     assert not any(out.iterdir()) and len(order) == 5
     assert sorted(order[-2:]) == ["flyt_reshard.json", "flyt_reshard_partial.json"]  # a cut-short emptying leaves one
+
+
+def test_only_a_marker_naming_the_command_as_its_writer_counts(tmp_path):
+    """A file of the marker's name is not enough: a demo pool's build.json, another program's, an
+    empty record, a link to a real marker, or another command's marker leave the folder untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data.bin").write_bytes(b"precious")
+    real = tmp_path / "real-marker.json"
+    mark(real)
+    for content in ('{"kind": "demo-pool", "package": "flyt-datacomp"}', "{}", "not json", "[1]",
+                    '{"written_by": "another command"}', '{"written_by": ["the command"]}', None):
+        marker = out / "mine.json"
+        marker.unlink(missing_ok=True)
+        if content is None:
+            marker.symlink_to(real)
+        else:
+            marker.write_text(content)
+        assert not folder(out).is_own()
+        with pytest.raises(FlytInputError, match="its mine.json is no record written by the command"):
+            folder(out).empty()
+        assert (out / "data.bin").read_bytes() == b"precious" and os.path.lexists(marker)
+    marker.unlink()
+    mark(marker)
+    record = folder(out).record(extra=1)
+    assert record["written_by"] == "the command" and record["extra"] == 1 and "version" in record
+    assert folder(out).is_own()
+    folder(out).empty()
+    assert not any(out.iterdir())

@@ -136,7 +136,7 @@ def test_config_values_of_the_wrong_type_are_one_line(tiny_demo_pool, tmp_path):
     for bad, message in (({"steps": "abc"}, "--steps must be a whole number, got 'abc'"),
                          ({"scoring_lr": [1]}, "--scoring-lr must be a finite number"),
                          ({"tensorboard": "yes"}, "--tensorboard must be true or false"),
-                         ({"inputs": 3}, "--inputs must be a list of names")):
+                         ({"inputs": 3}, "--mixing-inputs must be a list of names")):
         config.write_text(json.dumps(bad))
         r = CliRunner().invoke(cli, ["train", "--preset", "m-flyt-demo", "--config", str(config),
                                      "--output-dir", str(tmp_path / "run"), "--metadata-dir",
@@ -152,6 +152,7 @@ def test_config_values_of_the_wrong_type_are_one_line(tiny_demo_pool, tmp_path):
 def test_a_run_folder_with_a_folder_where_a_file_belongs(tiny_demo_pool, tmp_path):
     run = tmp_path / "run"
     (run / "metrics.jsonl").mkdir(parents=True)
+    (run / "flyt_run.json").write_text(json.dumps({"written_by": "train"}))  # a run of train's, damaged
     r = CliRunner().invoke(cli, ["train", "--preset", "m-flyt-demo", "--output-dir", str(run), "--steps", "2",
                                  "--metadata-dir", str(tiny_demo_pool.metadata_dir), "--quiet"])
     assert r.exit_code == 2 and "metrics.jsonl is not a file" in r.output and "--output-dir" in r.output, r.output
@@ -192,3 +193,27 @@ def test_a_misspelled_column_gets_a_short_line_and_a_suggestion(pool_dir, tmp_pa
                         str(tmp_path / "s.npy")], expect_ok=False)
     line = r.output.strip().splitlines()[-1]
     assert r.exit_code == 2 and "did you mean 'clip_l14_similarity_score'?" in line and len(line) < 600, line
+
+
+# --------------------------------------------------------------------------- names too long
+
+
+@pytest.mark.parametrize("length", [300, 250, 235])
+def test_an_output_name_longer_than_the_file_system_allows_is_one_line(pool_dir, tmp_path, length):
+    """Longer than 255 bytes; or short enough itself, but not with its sidecar's `.json` or the
+    temporary names written beside it while it is committed: refused before any work."""
+    out = tmp_path / "out" / ("a" * (length - 4) + ".npy")
+    for command in (["filter", "--score", "clip_l14_similarity_score", "--num-samples", "100"], ["baseline", "no_filter"]):
+        r = CliRunner().invoke(cli, [*command, "--metadata-dir", str(pool_dir), "--output", str(out), "--quiet"])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+        errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "--output" in errors[0] and "bytes" in errors[0], r.output
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_folder_name_too_long_is_one_line_in_any_command(pool_dir, tmp_path):
+    long = tmp_path / ("c" * 300)
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir", str(long),
+                                 "--input", "column:clip_b32_similarity_score", "--quiet"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "longer than the file system allows" in r.output and "Traceback" not in r.output

@@ -501,3 +501,99 @@ def test_a_stored_input_as_a_hard_filter(pool_dir, tmp_path):
     r = CliRunner().invoke(filter_command, ["--metadata-dir", str(pool_dir), "--mask", "store:width>=500", "--score",
                                             "clip_l14_similarity_score", "--output", str(tmp_path / "n.npy"), "--quiet"])
     assert r.exit_code == 2 and "--inputs-dir" in r.output
+
+
+def test_a_model_refuses_a_stored_input_recomputed_since_its_training(tiny_demo_pool, tmp_path, one_torch_thread):
+    """A trained M-FLYT model records each stored input's identity (the computation's token and the
+    fill value); filtering with it after the input was recomputed with other values, or filled
+    otherwise, is refused naming the input, unless the change is accepted by name."""
+    from test_train import small_config
+
+    from flyt_datacomp.flyt.models import load_scoring_model
+    from flyt_datacomp.flyt.trainer import Trainer
+
+    p = tiny_demo_pool
+    pool = Pool(str(p.metadata_dir), progress=False)
+    hexes = uids_to_hex(pool.uids)
+    scores = tmp_path / "noise.parquet"
+    rng = np.random.default_rng(0)
+
+    def write_noise(drop=0):
+        pq.write_table(pa.table({"uid": hexes[drop:], "score": rng.normal(size=len(hexes) - drop)}), scores)
+
+    def compute(*extra):
+        return CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(p.metadata_dir), "--inputs-dir",
+                                        str(store), "--input", f"noise=file:{scores}", "--missing", "min", "--quiet",
+                                        *extra])
+
+    write_noise(drop=5)
+    store = tmp_path / "store"
+    assert compute().exit_code == 0
+    cfg = small_config(p, inputs=["clip_b32_similarity_score", "noise"], inputs_dir=str(store), steps=1)
+    model_path = Trainer(cfg, tmp_path / "run", progress=False).run()["scoring_model"]
+    _, meta = load_scoring_model(model_path)
+    entry = InputStore(store).manifest()["inputs"]["noise"]
+    assert meta["input_identity"] == {"noise": {"store": str(store), "token": entry["token"],
+                                                "fill_value": entry["fill_value"]}}
+
+    def filter_with_model(*extra):
+        return CliRunner().invoke(cli, ["filter", "--metadata-dir", str(p.metadata_dir), "--score", model_path,
+                                        "--num-samples", "100", "--output", str(tmp_path / "s.npy"), "--overwrite",
+                                        "--quiet", *extra])
+
+    assert filter_with_model().exit_code == 0
+    write_noise(drop=5)  # other values under the same name
+    assert compute("--recompute", "noise").exit_code == 0
+    before = (tmp_path / "s.npy").read_bytes()
+    r = filter_with_model()
+    assert r.exit_code == 2 and "input 'noise'" in r.output and "recomputed since" in r.output, r.output
+    assert "--accept-changed-inputs noise" in r.output and (tmp_path / "s.npy").read_bytes() == before
+    r = filter_with_model("--accept-changed-inputs", "noise")
+    assert r.exit_code == 0, r.output
+    # the same computation, filled otherwise (a rerun with another missing-value policy)
+    model_path = Trainer(cfg, tmp_path / "run2", progress=False).run()["scoring_model"]
+    assert filter_with_model().exit_code == 0
+    assert compute("--missing", "mean").exit_code == 0
+    r = filter_with_model()
+    assert r.exit_code == 2 and "fills its missing examples with" in r.output, r.output
+    assert filter_with_model("--accept-changed-inputs", "*").exit_code == 0
+
+
+def _bad_targets(tmp_path, case):
+    """A target file that cannot be a matrix of embeddings."""
+    good = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    path = tmp_path / f"targets-{case.replace(' ', '-')}.{'npz' if case.startswith('npz') else 'npy'}"
+    if case == "empty":
+        np.save(path, np.zeros((0, 8), np.float32))
+    elif case == "objects":
+        np.save(path, np.array([[1.0, "a"]], dtype=object), allow_pickle=True)
+    elif case == "text":
+        np.save(path, np.array([["a"] * 8, ["b"] * 8]))
+    elif case == "truncated":
+        np.save(path, good)
+        path.write_bytes(path.read_bytes()[:100])
+    elif case == "complex":
+        np.save(path, good.astype(np.complex64))
+    elif case == "nan":
+        np.save(path, np.where(np.eye(5, 8) > 0, np.nan, good).astype(np.float32))
+    elif case == "npz empty":
+        np.savez(path, img=np.zeros((0, 8), np.float32))
+    elif case == "npz text":
+        np.savez(path, img=np.array([["a"] * 8]))
+    elif case == "npz truncated":
+        path.write_bytes(b"PK\x03\x04not a zip")
+    return path
+
+
+NPY_CASES = ["empty", "objects", "text", "truncated", "complex", "nan"]
+
+
+@pytest.mark.parametrize("kind,case", [(k, c) for k in ("normsim", "classifier") for c in NPY_CASES]
+                         + [("classifier", c) for c in ("npz empty", "npz text", "npz truncated")])
+def test_target_files_that_hold_no_embeddings_are_one_line(pool_dir, tmp_path, kind, case):
+    target = _bad_targets(tmp_path, case)
+    r = CliRunner().invoke(cli, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir",
+                                 str(tmp_path / "store"), "--input", f"x={kind}:{target}", "--device", "cpu", "--quiet"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and str(target) in errors[0] and "Traceback" not in r.output, r.output

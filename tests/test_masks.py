@@ -228,3 +228,18 @@ def test_the_basic_filters_caption_rule_alone(tmp_path):
     r = run(["--metadata-dir", str(root), "--mask", "caption:long", "--output", str(tmp_path / "d.npy")],
             expect_ok=False)
     assert r.exit_code == 2 and "caption:basic" in r.output
+
+
+@pytest.mark.parametrize("spec, hint", [("clip_b32_similarity_score", "--mask 'clip_b32_similarity_score>=VALUE'"),
+                                        ("column:original_width", "--mask 'column:original_width>=VALUE'"),
+                                        ("store:lang_en", "--mask 'store:lang_en>=VALUE'"),
+                                        ("basic_filterr", None)])
+def test_a_condition_without_an_operator_names_the_unquoted_shell_redirection(tmp_path, spec, hint):
+    root, _ = write_metadata(tmp_path / "metadata")
+    r = CliRunner().invoke(filter_command, ["--metadata-dir", str(root), "--mask", spec, "--output",
+                                            str(tmp_path / "m.npy"), "--quiet"])
+    assert r.exit_code == 2, r.output
+    if hint is None:  # not a column or a condition: no talk of quoting
+        assert "redirection" not in r.output
+    else:
+        assert "the shell takes > as a redirection" in r.output and hint in r.output, r.output

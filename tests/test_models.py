@@ -80,3 +80,16 @@ def test_reference_model_errors_name_the_culprit(tmp_path, monkeypatch):
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(FlytInputError, match="weights 'openai' for ViT-B-32: Failed to download.*`reference_checkpoint`"):
         create_clip("ViT-B-32", pretrained="openai")
+
+
+@pytest.mark.parametrize("change", ["complex", "bool", "sparse", "meta", "a list"])
+def test_a_scoring_model_with_weights_that_are_not_real_numbers_is_refused(tmp_path, change):
+    """torch would load complex weights into the model's real ones with only a warning."""
+    save_scoring_model(tmp_path / "m.pt", MixingModel(["a", "b"], [0.0, 1.0], [1.0, 2.0]))
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    w = payload["state_dict"]["weight"]
+    payload["state_dict"]["weight"] = {"complex": w.to(torch.complex64), "bool": w > 0, "sparse": w.to_sparse(),
+                                       "meta": w.to("meta"), "a list": w.tolist()}[change]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(FlytInputError, match=r"bad\.pt: weight (holds|is)"):
+        load_scoring_model(tmp_path / "bad.pt")

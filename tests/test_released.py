@@ -328,3 +328,67 @@ def test_import_from_an_fsspec_url(native, tiny_demo_pool, tmp_path):
     entry = json.loads((store / "inputs.json").read_text())["inputs"]["vit-b-32"]
     assert entry["source_files"] == len(list(local.glob("*_scores.parquet")))
     assert all(v["sha256"] for v in entry["sources"].values()) and entry["join_check"]["correlation"] > 0.999
+
+
+MALFORMED = {
+    "bias a float": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": 0.5},
+    "bias a list": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": [0.5]},
+    "bias a string": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": "0.5"},
+    "weight a list": {"layers.0.weight": [[1.0, 2.0, 3.0]], "layers.0.bias": torch.zeros(1)},
+    "sparse weight": {"layers.0.weight": torch.ones(1, 3).to_sparse(), "layers.0.bias": torch.zeros(1)},
+    "meta-device weight": {"layers.0.weight": torch.empty(1, 3, device="meta"), "layers.0.bias": torch.zeros(1)},
+    "complex weight": {"layers.0.weight": torch.ones(1, 3, dtype=torch.complex64), "layers.0.bias": torch.zeros(1)},
+    "complex bias": {"layers.0.weight": torch.ones(1, 3), "layers.0.bias": torch.zeros(1, dtype=torch.complex64)},
+    "bool weight": {"layers.0.weight": torch.ones(1, 3, dtype=torch.bool)},
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_mixing_model_is_one_line(case, tmp_path):
+    from poolgen import write_metadata
+
+    pool_dir, _ = write_metadata(tmp_path / "metadata")
+    model = tmp_path / "m.pt"
+    torch.save(MALFORMED[case], model)
+    out = tmp_path / "s.npy"
+    r = invoke(["filter", "--metadata-dir", pool_dir, "--score",
+                f"mixing:{model}:clip_b32_similarity_score,clip_l14_similarity_score,original_width",
+                "--output", out, "--quiet"], code=2)
+    assert "Traceback" not in r.output and not isinstance(r.exception, (AttributeError, TypeError, NotImplementedError))
+    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"mixing model {model}" in errors[0], r.output
+    assert not out.exists()
+
+
+def test_a_recipe_too_large_for_the_pool_names_the_command_that_can_sample_it(tmp_path):
+    """The recipe's settings are the paper's; on a small pool its draw would ignore the scores: the
+    message says so and points at `filter` (whose flags it names), not at flags `baseline` lacks;
+    an empty --mixing-inputs is refused, not read as the default names."""
+    import re
+
+    from poolgen import write_metadata
+
+    from flyt_datacomp.cli.filter import filter_command
+
+    pool_dir, _ = write_metadata(tmp_path / "metadata", sizes=(60, 50, 90))
+    store = tmp_path / "store"
+    invoke(["inputs", "compute", "--metadata-dir", pool_dir, "--inputs-dir", store, "--input",
+            "a=column:clip_b32_similarity_score", "--input", "b=column:clip_l14_similarity_score", "--quiet"])
+    torch.save(MixingModel(2).state_dict(), tmp_path / "mflyt.pt")
+    base = ["--metadata-dir", pool_dir, "--inputs-dir", store, "--mixing-model", tmp_path / "mflyt.pt",
+            "--output", tmp_path / "s.npy", "--quiet"]
+    filter_flags = {o for p in filter_command.params for o in p.opts}
+    for command in (["baseline", "flyt_mflyt_scs", "--scale", "small"], ["filter", "--name", "flyt_mflyt_scs",
+                                                                        "--scale", "small"]):
+        r = invoke([*command, *base, "--mixing-inputs", "a,b"], code=2)
+        (error,) = [line for line in r.output.splitlines() if line.startswith("Error:")]
+        assert "flyt_mflyt_scs draws with the paper's small settings" in error and "flyt-datacomp filter" in error
+        flags = set(re.findall(r"--[a-z][a-z-]*", error))
+        assert flags and flags <= filter_flags, flags - filter_flags
+        for empty in ("", " , "):
+            r = invoke([*command, *base, "--mixing-inputs", empty], code=2)
+            assert "--mixing-inputs" in r.output and "names nothing" in r.output, r.output
+    # what the message advises works
+    invoke(["filter", "--score", f"mixing:{tmp_path / 'mflyt.pt'}:a,b", "--metadata-dir", pool_dir, "--inputs-dir",
+            store, "--scs-group-size", "2", "--num-samples", "200", "--output", tmp_path / "f.npy", "--quiet"])
+    assert read_subset(tmp_path / "f.npy")[1].sum() == 200

@@ -22,6 +22,7 @@ from poolgen import run_filter_cli, write_metadata
 
 import flyt_datacomp.io as io_module
 import flyt_datacomp.selection as filter_module
+from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.process import Terminated
@@ -134,6 +135,7 @@ def place(tmp, target, *, replace):
     real(tmp, target, replace=replace)
     os.kill(os.getpid(), signal.SIGKILL)  # kill -9 right after the first file moved into place
 io._place = place
+from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[1:])
 """
@@ -170,6 +172,7 @@ else:  # kill -9 while the journal is being written, before it is renamed into p
             os.kill(os.getpid(), signal.SIGKILL)
         real(src, dst)
     os.replace = hook
+from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[1:])
 """
@@ -297,6 +300,7 @@ def slow(counts, path, **kw):
     Path(sys.argv[1]).touch()  # tell the test we are inside the write
     time.sleep(60)
 plots.save_repetition_histogram = slow
+from flyt_datacomp.cli import main as cli_main
 from flyt_datacomp.cli.filter import filter_command
 filter_command(sys.argv[2:])
 """
@@ -522,3 +526,195 @@ def test_error_raised_while_stopping_is_reported_as_the_stop(stop, code):
 
     r = CliRunner().invoke(broken, [])
     assert isinstance(r.exception, RuntimeError)
+
+
+# ------------------------------------------------------------------ 7. a stop is prompt
+
+
+def _children(pid):
+    """The child processes of ``pid`` still running (zombies not counted)."""
+    out = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        out += [int(p) for p in path.read_text().split()]
+    return [p for p in out if not _gone(p)]
+
+
+def _gone(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _stop(cmd, ready, sig, *, env=ENV, timeout=60):
+    """Start ``cmd``, wait for ``ready`` (a file, or a function of the process), send ``sig``; return the
+    process, the seconds it took to end, and its child processes at the signal."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    check = ready if callable(ready) else (lambda p: Path(ready).exists())
+    while not check(proc) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None and check(proc), proc.stderr.read()
+    time.sleep(0.3)
+    children = _children(proc.pid)
+    start = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    return proc, time.monotonic() - start, children
+
+
+STORE_RUN = """
+import sys
+import storeproviders
+storeproviders.register()
+from flyt_datacomp.cli import main
+sys.argv = ["flyt-datacomp", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 1)])
+def test_a_command_with_worker_processes_stops_within_seconds(pool_dir, tmp_path, sig, code):
+    """SIGTERM sent to the command alone (as `kill PID` or a scheduler does): its worker processes,
+    each in the middle of a minute-long shard task, are stopped too, and the store stays usable."""
+    store, ready = tmp_path / "store", tmp_path / "ready"
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), ENV["PYTHONPATH"]])}
+    cmd = [sys.executable, "-c", STORE_RUN, "inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir",
+           str(store), "--input", f"x=slow:{ready}", "--input", "y=column:clip_l14_similarity_score",
+           "--workers", "2", "--quiet"]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started with &
+    try:
+        proc, seconds, children = _stop(cmd, ready, sig, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert proc.returncode == code and seconds < 10, (proc.returncode, seconds, proc.stderr.read())
+    deadline = time.monotonic() + 5  # multiprocessing's resource tracker leaves once its parent has gone
+    while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(children) >= 2 and all(_gone(c) for c in children)  # the workers were stopped too
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and "InvalidStateError" not in stderr, stderr
+    r = CliRunner().invoke(cli_main, ["inputs", "show", "--inputs-dir", str(store)])
+    assert r.exit_code == 0, r.output  # what was committed is intact: the manifest, no damaged shard
+    r = CliRunner().invoke(cli_main, ["inputs", "compute", "--metadata-dir", str(pool_dir), "--inputs-dir", str(store),
+                                      "--input", "y=column:clip_l14_similarity_score", "--quiet"])
+    assert r.exit_code == 0, r.output
+
+
+SCRIPT_RUN = """
+import sys
+from flyt_datacomp.process import install_signal_handlers
+from flyt_datacomp.evaluation.datacomp import run_script
+install_signal_handlers()
+run_script([sys.executable, "-c", "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(120)", sys.argv[1]],
+           name="a DataComp script")
+"""
+
+
+def test_a_command_running_a_datacomp_script_stops_it_with_itself(tmp_path):
+    """eval reshard / train / evaluate wait for DataComp's script; a SIGTERM to the command alone ends the
+    script too, instead of waiting for it (train.py runs for hours)."""
+    ready = tmp_path / "ready"
+    proc, seconds, children = _stop([sys.executable, "-c", SCRIPT_RUN, str(ready)], ready, signal.SIGTERM)
+    assert proc.returncode == 143 and seconds < 10, (seconds, proc.stderr.read())
+    deadline = time.monotonic() + 5
+    while not _gone(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(children) == 1 and _gone(children[0])
+
+
+HANGING_CLEANUP = """
+import os, subprocess, sys, time
+from flyt_datacomp.cli.base import command
+
+@command()
+def job():
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                              "time.sleep(300)"])
+    open(sys.argv[1], "w").write(str(child.pid))
+    try:
+        time.sleep(300)
+    finally:
+        time.sleep(300)  # a cleanup that never ends
+
+job(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_a_cleanup_that_hangs_is_cut_short_and_its_children_killed(tmp_path, second):
+    """The watchdog: a cleanup still running FLYT_DATACOMP_STOP_SECONDS after the signal (or a second
+    signal) ends the process with 128 + signal, killing children that ignored SIGTERM."""
+    ready = tmp_path / "ready"
+    env = {**ENV, "FLYT_DATACOMP_STOP_SECONDS": "2"}
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_CLEANUP, str(ready)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(ready.read_text())
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    if second:
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    seconds = time.monotonic() - start
+    assert proc.returncode == 143, proc.stderr.read()
+    assert (seconds < 1.5) if second else (1.5 < seconds < 10), seconds
+    why = "a second stop signal" if second else "cleaning up took longer than 2 s"
+    assert f"stopped: {why}" in proc.stderr.read()
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child)
+
+
+def test_the_watchdog_is_disarmed_once_the_command_has_unwound(monkeypatch):
+    """A command run in-process (a test runner) and stopped: the process goes on afterwards."""
+    import flyt_datacomp.process as process
+    from flyt_datacomp.cli.base import command
+
+    monkeypatch.setattr(process, "STOP_SECONDS", 0.3)
+
+    @command()
+    def job():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        r = CliRunner().invoke(job, [])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert r.exit_code == 143 and not process.stopping()
+    time.sleep(0.6)  # past the watchdog's time: this process is still here
+
+
+FORWARD_AD = """
+import sys
+if sys.argv[1] == "quiet":
+    from flyt_datacomp.process import quiet_library_warnings
+    quiet_library_warnings()
+import torch
+import torch.autograd.forward_ad as fwAD
+with fwAD.dual_level():
+    fwAD.make_dual(torch.zeros(2), torch.ones(2))  # the first forward-mode derivative, as a FLYT step takes
+"""
+
+
+def test_torch_s_own_deprecation_warning_does_not_print_mid_bar():
+    """torch warns that `torch.jit.script` is deprecated when it first loads its forward-mode rules
+    (its own use, not ours); the commands keep it out of their progress bars."""
+    loud = subprocess.run([sys.executable, "-c", FORWARD_AD, "loud"], env=ENV, capture_output=True, text=True)
+    quiet = subprocess.run([sys.executable, "-c", FORWARD_AD, "quiet"], env=ENV, capture_output=True, text=True)
+    assert loud.returncode == quiet.returncode == 0, (loud.stderr, quiet.stderr)
+    if "torch.jit.script" not in loud.stderr:
+        pytest.skip("this torch version does not warn")
+    assert "Warning" not in quiet.stderr, quiet.stderr

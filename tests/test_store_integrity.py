@@ -739,3 +739,136 @@ def test_cuda_without_cuda_is_refused_before_any_work(pool_dir, tmp_path, monkey
                 "--input", "neg_clip_loss:batch=16:repeats=1", "--quiet"])
     one_line_error(r, "--device", "CUDA")
     assert not store.exists()
+
+
+# ------------------------------------------------------------------ what an input read from the pool
+
+
+def regenerate_in_place(pool_dir: Path, seed: int) -> None:
+    """Write the pool's metadata again with the same uids (same shards, same order) but other scores
+    and embeddings, as a regenerated download would."""
+    rng = np.random.default_rng(seed)
+    for parquet in sorted(pool_dir.glob("*.parquet")):
+        table = pq.read_table(parquet)
+        for name in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
+            values = rng.normal(0.3, 0.05, table.num_rows).astype(np.float32)
+            table = table.set_column(table.column_names.index(name), name, pa.array(values))
+        pq.write_table(table, parquet)
+        npz = parquet.with_suffix(".npz")
+        with np.load(npz) as old:
+            arrays = {k: old[k] for k in old.files}
+        for key in ("b32_img", "b32_txt", "l14_img", "l14_txt"):
+            e = rng.normal(size=arrays[key].shape)
+            arrays[key] = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16)
+        np.savez(npz, **arrays)
+
+
+@pytest.mark.parametrize("spec", ["x=column:clip_b32_similarity_score", "x=neg_clip_loss:batch=16:repeats=1"])
+def test_an_input_read_from_the_pool_is_refused_after_the_metadata_is_regenerated(pool_dir, tmp_path, spec):
+    store = tmp_path / "store"
+    compute = ["inputs", "compute", "--metadata-dir", pool_dir, "--inputs-dir", store, "--input", spec, "--quiet"]
+    assert invoke(compute).exit_code == 0
+    assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")).exit_code == 0
+    # the files rewritten with the same values (a copy that did not keep their times): still read
+    for path in pool_dir.iterdir():
+        os.utime(path, (time.time() + 100, time.time() + 100))
+    assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")).exit_code == 0
+    assert invoke(compute).exit_code == 0  # records the new times
+    pool = Pool(str(pool_dir), progress=False)
+    calls = []
+    real = Pool.read_shard
+
+
+    def recorded(self, shard, columns=(), npz_keys=(), **kw):
+        calls.append((list(columns), list(npz_keys)))
+        return real(self, shard, columns, npz_keys, **kw)
+
+    Pool.read_shard = recorded
+    try:
+        InputStore(store).column("x", pool)
+    finally:
+        Pool.read_shard = real
+    assert calls and all(c == (["uid"], []) for c in calls)  # the stamps match again: only the uids are read
+    before = {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()}
+
+    regenerate_in_place(pool_dir, seed=7)
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")),
+                   "input 'x'", "computed from the pool", "holds other values", "--recompute x")
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "clip_l14_similarity_score",
+                                      "--mask", "store:x>0")), "input 'x'", "computed from the pool")
+    with pytest.raises(FlytInputError, match="computed from the pool"):
+        read_features(Pool(str(pool_dir), progress=False), FeatureSpec("m-flyt", ("x",), inputs_dir=str(store)))
+    one_line_error(invoke(compute), "input 'x'", "computed from the pool", "--recompute x")
+    assert {p.name: p.read_bytes() for p in store.iterdir() if p.is_file()} == before
+    assert invoke([*compute, "--recompute", "x"]).exit_code == 0
+    assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")).exit_code == 0
+    fresh = tmp_path / "fresh"
+    compute_inputs(str(pool_dir), str(fresh), [spec], progress=False)
+    pool = Pool(str(pool_dir), progress=False)
+    np.testing.assert_array_equal(InputStore(store).column("x", pool), InputStore(fresh).column("x", pool))
+
+
+def test_a_store_column_edited_with_its_footer_kept_is_refused_and_repaired(pool_dir, tmp_path):
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
+    pool = Pool(str(pool_dir), progress=False)
+    want = InputStore(store).column("x", pool)
+    path = shard_files(store)[1]
+    table = pq.read_table(path)
+    x = table.column("x").to_numpy().copy()
+    x[[2, 5]] = x[[5, 2]]  # two values swapped: the same count, mean and range
+    pq.write_table(table.set_column(table.column_names.index("x"), "x", pa.array(x)), path)
+    assert pq.read_schema(path).metadata == table.schema.metadata  # the footer kept
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")), path.name,
+                   "other values in input 'x'")
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 2 and f"damaged: shard file {path.name} holds other values in input 'x'" in r.output
+    compute_inputs(str(pool_dir), str(store), ["x=column:clip_b32_similarity_score"], progress=False)
+    np.testing.assert_array_equal(InputStore(store).column("x", pool), want)
+    assert invoke(["inputs", "show", "--inputs-dir", store]).exit_code == 0
+
+
+def test_a_hand_edited_manifest_entry_is_refused_and_named_by_show(pool_dir, tmp_path):
+    pool = Pool(str(pool_dir), progress=False)
+    hexes = uids_to_hex(pool.uids)
+    scores = tmp_path / "s.parquet"
+    write_scores(scores, hexes[10:], np.linspace(0, 1, len(hexes) - 10))
+    store = tmp_path / "store"
+    compute_inputs(str(pool_dir), str(store), [f"x=file:{scores}"], missing="min", progress=False)
+    manifest = store / "inputs.json"
+    good = json.loads(manifest.read_text())
+    assert good["inputs"]["x"]["fill_value"] == 0.0
+    edited = json.loads(manifest.read_text())
+    edited["inputs"]["x"]["fill_value"] = 0.75
+    manifest.write_text(json.dumps(edited, indent=1))
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")), "input 'x'",
+                   "changed after the store wrote it")
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 2 and "damaged: input 'x' was changed after the store wrote it" in r.output, r.output
+    # computing another input does not make the edit the store's own
+    compute_inputs(str(pool_dir), str(store), ["y=column:clip_l14_similarity_score"], progress=False)
+    one_line_error(invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")), "input 'x'",
+                   "changed after the store wrote it")
+    assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:y")).exit_code == 0
+    # a run with the input restores it
+    compute_inputs(str(pool_dir), str(store), [f"x=file:{scores}"], missing="min", progress=False)
+    assert json.loads(manifest.read_text())["inputs"]["x"]["fill_value"] == 0.0
+    assert invoke(["inputs", "show", "--inputs-dir", store]).exit_code == 0
+    assert invoke(filter_args(pool_dir, store, tmp_path, "--score", "store:x")).exit_code == 0
+
+
+def test_a_failed_first_run_leaves_a_store_show_does_not_call_damaged(pool_dir, tmp_path):
+    """A first run that failed before writing any shard file leaves inputs still computing and no shard
+    files: nothing is damaged (a missing file of a complete input still is)."""
+    store = tmp_path / "store"
+    (tmp_path / "bad.parquet").write_text("x")
+    r = invoke(["inputs", "compute", "--metadata-dir", pool_dir, "--inputs-dir", store, "--input",
+                f"x=file:{tmp_path / 'bad.parquet'}", "--quiet"])
+    assert r.exit_code == 2 and not shard_files(store)
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 0 and "damaged" not in r.output, r.output
+    assert any(line.startswith("x ") and "computing" in line for line in r.output.splitlines()), r.output
+    compute_inputs(str(pool_dir), str(store), ["y=column:clip_b32_similarity_score"], progress=False)
+    shard_files(store)[0].unlink()
+    r = invoke(["inputs", "show", "--inputs-dir", store])
+    assert r.exit_code == 2 and "is missing" in r.output

@@ -233,3 +233,46 @@ def test_dataloader_workers_run_is_deterministic_and_resumes_exactly(tiny_demo_p
     Trainer(small_config(tiny_demo_pool, steps=1), tmp_path / "w0", progress=False).run()
     meta = json.loads((tmp_path / "w0" / "scoring_model.pt.json").read_text())
     assert meta["upstream_join"]["joined"] > 0
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_refuses_a_folder_that_is_not_its_run_and_overwrite_empties_only_its_own(tiny_demo_pool, tmp_path):
+    """A non-empty folder that is no training run keeps every byte, with or without --overwrite; a run
+    of this command resumes, and --overwrite starts it over; a run written before the marker existed
+    (its config.json is the package's record) is still resumed."""
+    p = tiny_demo_pool
+    base = ["--preset", "m-flyt-demo", "--metadata-dir", str(p.metadata_dir), "--shards-dir", str(p.shards_dir),
+            "--downstream-dir", str(p.downstream_dir), "--classes", str(p.classes_path),
+            "--reference-checkpoint", str(p.reference_checkpoint), "--batch-size", "16",
+            "--downstream-batch-size", "10", "--shuffle-bufsize", "40", "--reference-pretrain-steps", "0"]
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"lr": 0.1}')
+    (mine / "metrics.jsonl").write_text('{"step": 1, "mine": true}\n{"step": 9, "mine": true}\n')
+    before = _files(mine)
+    for extra in ([], ["--overwrite"]):
+        r = _cli([*base, "--steps", "1", "--output-dir", str(mine), *extra])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert ("holds no training run" if not extra else "flyt_run.json") in r.output
+        assert _files(mine) == before
+    r = _cli([*base, "--steps", "1", "--output-dir", str(p.metadata_dir)])
+    assert r.exit_code == 2 and "metadata-dir" in r.output
+
+    run = tmp_path / "run"
+    assert _cli([*base, "--steps", "2", "--output-dir", str(run)]).exit_code == 0
+    assert json.loads((run / "flyt_run.json").read_text())["written_by"] == "train"
+    r = _cli([*base, "--steps", "2", "--output-dir", str(run)])  # resumes its own (finished) run
+    assert r.exit_code == 0 and len((run / "metrics.jsonl").read_text().splitlines()) == 2, r.output
+    r = _cli([*base, "--steps", "1", "--output-dir", str(run)])
+    assert r.exit_code == 2 and "configuration changed" in r.output
+    r = _cli([*base, "--steps", "1", "--output-dir", str(run), "--overwrite"])  # from scratch
+    assert r.exit_code == 0, r.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert not (run / "checkpoints" / "step_0000002.pt").exists()
+    (run / "flyt_run.json").unlink()  # as a version before the marker left it
+    r = _cli([*base, "--steps", "1", "--output-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "flyt_run.json").is_file()

@@ -63,7 +63,8 @@ def test_flags_round_trip_into_the_config(tmp_path):
         else:
             args += [field_flag(f.name), *text]
     ctx = train_command.make_context("train", [*args, "--output-dir", str(tmp_path)])
-    options = {k: v for k, v in ctx.params.items() if k not in ("preset", "config_file", "output_dir", "demo_version", "quiet")}
+    shell = ("preset", "config_file", "output_dir", "overwrite", "demo_version", "quiet")
+    options = {k: v for k, v in ctx.params.items() if k not in shell}
     assert set(options) == {f.name for f in FIELDS}
     cfg = config_from_options(None, None, options)
     assert dataclasses.asdict(cfg) == expected
@@ -75,7 +76,7 @@ def test_flags_not_given_keep_the_preset_and_file_values(tmp_path):
                                                "--steps", "3", "--no-tensorboard", "--output-dir", str(tmp_path)])
     p = dict(ctx.params)
     cfg = config_from_options(p.pop("preset"), p.pop("config_file"), {k: v for k, v in p.items()
-                                                                      if k not in ("output_dir", "quiet")})
+                                                                      if k not in ("output_dir", "overwrite", "quiet")})
     assert (cfg.steps, cfg.beta2, cfg.tensorboard, cfg.batch_size) == (3, 0.95, False, 4096)
     assert cfg.inputs == PRESETS["m-flyt-base"]["inputs"] and cfg.reference_init == "checkpoint"
 
@@ -140,3 +141,22 @@ def test_many_input_demo_preset_gets_the_demo_paths_and_its_input_store(tiny_dem
     # a store given on the command line is used as is, and no demo store is made
     cfg = config_from_options("m-flyt-demo-all", None, {"inputs_dir": "/data/store"}, progress=False)
     assert cfg.inputs_dir == "/data/store" and len(made) == 1
+
+
+@pytest.mark.parametrize("given", [["--seed", str(10**20)], ["--seed", "-1"], ["--config", "seed.yaml"]])
+def test_a_seed_torch_cannot_take_is_one_line(tmp_path, monkeypatch, given):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seed.yaml").write_text("seed: 1.0e+20\n")
+    r = CliRunner().invoke(train_command, [*given, "--output-dir", str(tmp_path / "run"), "--inputs", "a",
+                                           "--metadata-dir", "m", "--shards-dir", "s", "--downstream-dir", "d"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (r.output, r.exception)
+    assert "seed" in r.output and "2**63 - 1" in r.output and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name,text,where", [("c.yaml", "steps: 3\nbeta2: 0.9\nsteps: 5\n", "again on line 3"),
+                                             ("c.json", '{"steps": 3, "steps": 5}', "given twice")])
+def test_a_config_file_giving_an_option_twice_is_refused(tmp_path, name, text, where):
+    (tmp_path / name).write_text(text)
+    r = CliRunner().invoke(train_command, ["--config", str(tmp_path / name), "--output-dir", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "option 'steps' is given twice" in r.output and where in r.output, r.output
+    assert not (tmp_path / "run").exists()

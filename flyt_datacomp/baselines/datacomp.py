@@ -126,23 +126,42 @@ def evaluate(pool: Pool, name: str, params: BaselineParams, settings: RunSetting
 
 
 def locate_assets(name: str, params: BaselineParams, settings: RunSettings) -> None:
-    """Find every file and package baseline ``name`` needs, or raise the error that names it."""
+    """Find every file and package baseline ``name`` needs, or raise one error that names all that are
+    missing (so a first run lists everything to fetch at once, not one thing per run)."""
     check_params(name, params)
     check_settings(settings)
     needs = {"basic_filter": ("fasttext",), "text_based": ("fasttext", "nltk"), "laion2b": ("gcld3",),
              "image_based": ("fasttext",), "image_based_intersect_clip_score": ("fasttext",)}.get(name, ())
+    checks = []
     if "fasttext" in needs:
-        assets.fasttext_model(settings.assets)
+        checks.append(lambda: assets.fasttext_model(settings.assets))
     if name == "text_based":
-        from .wordnet import use_wordnet
-
-        assets.read_wordnet_ids(assets.wordnet_ids_file(settings.assets))
+        checks.append(lambda: assets.read_wordnet_ids(assets.wordnet_ids_file(settings.assets)))
     if "image_based" in name:
-        assets.centroids_file(settings.assets, params.image_based_scale)
-        assets.in1k_files(settings.assets)
-    _require_language_packages(*needs)
+        checks += [lambda: assets.centroids_file(settings.assets, params.image_based_scale),
+                   lambda: assets.in1k_files(settings.assets)]
+    checks += [functools.partial(_require_language_packages, module) for module in needs]
     if name == "text_based":
-        use_wordnet(settings.assets.wordnet_data)
+        checks.append(functools.partial(_use_wordnet, settings.assets.wordnet_data))
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except FlytInputError as exc:
+            if all(p.message != exc.message for p in problems):  # a missing package stops two checks
+                problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        listed = "; ".join(f"({i}) {p.message}" for i, p in enumerate(problems, 1))
+        raise FlytInputError(f"{name} lacks {len(problems)} things it needs: {listed}",
+                             params=sorted({q for p in problems for q in p.params}))
+
+
+def _use_wordnet(data_dir: str | None) -> None:
+    from .wordnet import use_wordnet
+
+    use_wordnet(data_dir)
 
 
 # --------------------------------------------------------------------------- the baselines

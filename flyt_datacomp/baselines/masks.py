@@ -219,7 +219,7 @@ class ColumnMask(MaskKind):
     def check(self) -> None:
         if self.condition is None:
             raise FlytInputError(f"mask column:{self.spec} is not a condition like original_width>=200 "
-                                 f"(NAME OP VALUE with OP one of {' '.join(_OPS)})")
+                                 f"(NAME OP VALUE with OP one of {' '.join(_OPS)}){shell_hint(f'column:{self.spec}')}")
 
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         name = self.condition.name
@@ -242,7 +242,7 @@ class StoredInputMask(ColumnMask):
     def check(self) -> None:
         if self.condition is None or isinstance(self.condition.value, str):
             raise FlytInputError(f"mask store:{self.spec} is not a numeric condition like lang_en==1 "
-                                 f"(NAME OP NUMBER with OP one of {' '.join(_OPS)})")
+                                 f"(NAME OP NUMBER with OP one of {' '.join(_OPS)}){shell_hint(f'store:{self.spec}')}")
 
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         if not ctx.inputs_dir:
@@ -313,12 +313,24 @@ class TopMask(MaskKind):
 # --------------------------------------------------------------------------- applying masks
 
 
+def shell_hint(spec: str) -> str:
+    """For a spec that names something but compares with nothing: the likely cause, a condition typed
+    without quotes (the shell takes ``>`` and ``<`` as redirections), and the way to type it."""
+    name = spec.rsplit(":", 1)[-1]
+    if not re.fullmatch(r"[A-Za-z_][\w.-]*", name):
+        return ""
+    return (f"; it compares with nothing: typed as {name}>=VALUE without quotes, the shell takes > as a redirection "
+            f"(writing a file named '=VALUE') and passes only {name!r}: quote the whole spec, "
+            f"--mask '{spec}>=VALUE'")
+
+
 def resolve_mask(spec: str, pool: Pool) -> MaskKind:
     """The mask ``spec`` names (``KIND:SPEC``) or the first kind that claims it (a bare spec)."""
     found = MASK_KINDS.find(spec, pool)
     if found is None:
         raise FlytInputError(f"mask {quote(spec)} is not a baseline name, an existing .npy subset file or a "
-                             f"condition on a pool column. Masks are {MASK_KINDS.describe()}")
+                             f"condition on a pool column{shell_hint(spec) if spec in pool.column_names else ''}. "
+                             f"Masks are {MASK_KINDS.describe()}")
     cls, rest = found
     mask = cls(rest)
     mask.check()

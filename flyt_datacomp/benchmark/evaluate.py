@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,9 +32,9 @@ from .recipe import Recipe
 from .train import TrainingData, train_and_evaluate
 
 
-def spread(values: Sequence[float]) -> float:
-    """Sample standard deviation (ddof 1); 0 for a single value."""
-    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def spread(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (ddof 1); None for a single value, whose spread is unknown."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 @dataclass
@@ -168,16 +170,27 @@ class Benchmark:
                                                desc=f"benchmark: {desc}"))
             return
         _ = self.images  # decode (or read) the image cache before the workers read it
-        bar = progress_bar(total=len(todo), desc=f"benchmark: training runs ({self.jobs} jobs)", unit="run",
-                           disable=not self.progress)
+        # the bar counts training steps, which the workers report as they go (a run takes a minute)
+        bar = progress_bar(total=len(todo) * self.recipe.steps, desc=f"benchmark: {len(todo)} training runs "
+                           f"({self.jobs} jobs)", unit="step", disable=not self.progress)
+        steps = multiprocessing.get_context("spawn").Queue() if self.progress else None
+        watcher = threading.Thread(target=_count_steps, args=(steps, bar), daemon=True) if steps is not None else None
         runs = process_map(_run_in_worker, [(item[1].index, item[2]) for item in todo], self.jobs, ordered=False,
                            what="the benchmark's training runs", initializer=_init_worker,
-                           initargs=(self.pool, self.recipe, self.cache_dir))
+                           initargs=(self.pool, self.recipe, self.cache_dir, steps))
         with bar:
-            for i, result in runs:
-                store(todo[i], result)
-                bar.set_postfix_str(f"{todo[i][3]}: {100 * result['accuracy']:.1f}%")
-                bar.update(1)
+            if watcher is not None:
+                watcher.start()
+            done = 0
+            try:
+                for i, result in runs:
+                    store(todo[i], result)
+                    done += 1
+                    bar.set_postfix_str(f"{done}/{len(todo)} runs; {todo[i][3]}: {100 * result['accuracy']:.1f}%")
+            finally:
+                if watcher is not None:
+                    steps.put(None)
+                    watcher.join(timeout=5)
 
     def data_loading_share(self) -> float | None:
         """Share of training time (data + model) spent assembling batches, over runs trained here."""
@@ -191,17 +204,26 @@ class Benchmark:
 
 
 _WORKER: Benchmark | None = None
+_STEPS = None  # the queue a worker reports its training steps to (None: no progress shown)
 
 
-def _init_worker(pool: DemoPool, recipe: Recipe, cache_dir: Path) -> None:
-    global _WORKER
+def _init_worker(pool: DemoPool, recipe: Recipe, cache_dir: Path, steps=None) -> None:
+    global _WORKER, _STEPS
     _WORKER = Benchmark(pool, recipe, cache_dir, progress=False)
+    _STEPS = steps
 
 
 def _run_in_worker(task: tuple[np.ndarray, int]) -> dict[str, Any]:
     assert _WORKER is not None
     index, seed = task
-    return train_and_evaluate(_WORKER.data, index, _WORKER.recipe, seed, progress=False)
+    return train_and_evaluate(_WORKER.data, index, _WORKER.recipe, seed, progress=False,
+                              on_steps=_STEPS.put if _STEPS is not None else None)
+
+
+def _count_steps(steps, bar) -> None:
+    """Move the parent's bar by the steps the workers report, until told to stop (None)."""
+    while (n := steps.get()) is not None:
+        bar.update(n)
 
 
 def outside_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -218,6 +240,11 @@ def format_markdown(rows: Sequence[dict[str, Any]]) -> str:
              "|---|---|---|---:|---:|"]
     for r in rows:
         per_seed = ", ".join(f"{100 * a:.1f}" for a in r["seeds"])
-        acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}" if math.isfinite(r["mean"]) else "n/a"
+        if not math.isfinite(r["mean"]):
+            acc = "n/a"
+        elif r["std"] is None:  # one seed: a spread of 0.0 would claim what one run cannot show
+            acc = f"{100 * r['mean']:.1f} (one seed)"
+        else:
+            acc = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
         lines.append(f"| {r['name']} | {acc} | {per_seed} | {r['distinct_with_image']:,} | {r['entries_with_image']:,} |")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ def save_bar_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
 
     names = [r["name"] for r in rows]
     means = np.array([100 * r["mean"] for r in rows])
-    stds = np.array([100 * r["std"] for r in rows])
+    stds = np.array([100 * r["std"] if r["std"] is not None else 0.0 for r in rows])  # one seed: no error bar
     y = np.arange(len(rows))[::-1]
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.4), dpi=120)
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +98,8 @@ def build_model(data: TrainingData, recipe: Recipe, seed: int):
 
 
 def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, seed: int, *,
-                       progress: bool = True, desc: str = "benchmark: train", device: str = "cpu") -> dict:
+                       progress: bool = True, desc: str = "benchmark: train", device: str = "cpu",
+                       on_steps: Callable[[int], None] | None = None) -> dict:
     """Train a fresh CLIP on ``index`` (rows of ``data``) and return its zero-shot accuracy.
 
     ``device`` is where the model runs (the benchmark itself always uses the CPU, whose runs are
@@ -108,6 +109,7 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
     Returns ``{"accuracy", "steps", "final_loss", "seconds", "data_seconds", "model_seconds",
     "eval_seconds"}``; ``data_seconds`` is the time spent assembling batches (gathering images and
     tokens, converting pixels), ``model_seconds`` forward, backward and the optimiser step.
+    ``on_steps(n)`` is told every few steps how many more are done (a parent's progress bar).
     """
     from ..progress import progress_bar
 
@@ -126,6 +128,7 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
             lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6,
         )
         warmup = max(1, int(round(recipe.steps * recipe.warmup_fraction)))
+        reported = 0
         bar = progress_bar(total=recipe.steps, desc=desc, unit="step", disable=not progress, leave=False)
         for step, rows in enumerate(batch_positions(index, recipe.batch_size, recipe.steps, seed)):
             t0 = time.perf_counter()
@@ -151,6 +154,9 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
             if step % 20 == 0 or step == recipe.steps - 1:
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if on_steps is not None:
+                    on_steps(step + 1 - reported)
+                    reported = step + 1
             bar.update(1)
         bar.close()
         if not math.isfinite(losses[-1]):

@@ -10,10 +10,12 @@ their Python names; here each becomes the flag that sets it in this command (``n
 
 from __future__ import annotations
 
+import errno
+
 import click
 
-from ..errors import FlytError
-from ..process import Terminated, install_signal_handlers
+from ..errors import FlytError, quote
+from ..process import Terminated, install_signal_handlers, quiet_library_warnings, stop_handled
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
@@ -64,10 +66,26 @@ class FlytCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         install_signal_handlers()
+        quiet_library_warnings()
+        try:
+            return self._invoke(ctx)
+        finally:
+            stop_handled()  # the command has unwound: a stop signal's watchdog is no longer needed
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except FlytError as exc:
             raise Reported(exc.render(flag_names(self)), exc.exit_code) from None
+        except OSError as exc:
+            stop = _signal_behind(exc.__context__)
+            if stop is not None:
+                raise stop from None
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            where = quote(str(exc.filename), 120) if exc.filename else "a path given"
+            raise Reported(f"{where}: a name in this path is longer than the file system allows (usually 255 bytes "
+                           "per name); choose a shorter one", 2) from None
         except Exception as exc:
             stop = _signal_behind(exc.__context__)
             if stop is None:
@@ -118,6 +136,17 @@ class Option(click.Option):
 def option(*param_decls: str, **kwargs):
     """``click.option`` with the package's :class:`Option` (``aliases=`` for hidden old spellings)."""
     return click.option(*param_decls, cls=Option, **kwargs)
+
+
+def comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """A click callback: ``A, B,C`` -> ``["A", "B", "C"]`` (None when the option is not given); a value
+    that names nothing (``''``, ``,``) is refused rather than read as "not given"."""
+    if value is None:
+        return None
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    if not items:
+        raise click.BadParameter(f"{value!r} names nothing; give A,B,... or leave the option out", ctx, param)
+    return items
 
 
 class HiddenArgument(click.Argument):

@@ -39,7 +39,8 @@ def recipe_options(fn):
 @recipe_options
 @O.seed()
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
-           help="Metadata shards read at once (threads), and processes for the caption rules.")
+           help="Worker processes for the caption rules (text_based, basic_filter).")
+@O.io_threads()
 @O.overwrite(help="Replace existing output files.")
 @O.quiet()
 def baseline_command(name: str, arch, fraction, threshold, device: str, seed: int, quiet: bool, **opts: Any) -> None:
@@ -69,6 +70,6 @@ def baseline_command(name: str, arch, fraction, threshold, device: str, seed: in
         restrict=selection.Restrict(shards_dir=opts.pop("shards_dir"), baseline=name, baseline_params=params,
                                  masks=tuple(opts.pop("masks")), **settings),
         score=selection.ScoreStage(None, inputs_dir=opts.pop("inputs_dir")),
-        workers=opts.pop("workers"), progress=not quiet)
+        workers=opts.pop("workers"), io_threads=opts.pop("io_threads"), progress=not quiet)
     result = selection.run(sel)
     print_summary(result, time.perf_counter() - start)

@@ -15,18 +15,20 @@ import click
 from ..benchmark.recipe import RECIPES, get_recipe, pool_recipe
 from ..benchmark.table import TableSettings, rows_for
 from ..errors import FlytInputError
-from ..io import atomic_path, local_path, provenance, write_json
+from ..io import atomic_path, check_creatable, local_path, provenance, write_json
 from . import options as O
 from .base import command, option
 
 DEFAULT_OUTPUT_DIR = Path("benchmark-results")
+MAX_SEEDS = 1000  # each seed is a training run per subset: more would run for weeks
 
 
 @command("benchmark")
 @option("--subset", "subsets", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
         help="A subset .npy of the demo pool to score (repeatable); without it, the standard table.")
-@option("--num-seeds", "num_seeds", aliases=("--seeds",), type=click.IntRange(min=1), default=3, show_default=True,
-        help="Training runs per subset (seeds 0..N-1); the table shows mean ± std.")
+@option("--num-seeds", "num_seeds", aliases=("--seeds",), type=click.IntRange(1, MAX_SEEDS), default=3,
+        show_default=True, help=f"Training runs per subset (seeds 0..N-1, N at most {MAX_SEEDS}); the table shows "
+                                "mean ± std.")
 @O.output(aliases=("--json",), help="Write the rows and the recipe as JSON here [standard table: "
                                      "<output-dir>/table.json].")
 @O.output_dir(help=f"Standard table: where table.md, table.json and table.png go [default: ./{DEFAULT_OUTPUT_DIR}].")
@@ -73,12 +75,14 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
             raise FlytInputError(f"{', '.join(given)} apply only to the standard table (without --subset)")
     if pool_dir is not None and demo_version is not None:
         raise FlytInputError("give --pool-dir or --demo-version, not both (a built pool knows its version)")
+    check_outputs(output, None if subsets else (output_dir or DEFAULT_OUTPUT_DIR), cache_dir)
     pool = DemoPool.open(pool_dir) if pool_dir is not None else build_demo_pool(version=demo_version,
                                                                                 progress=progress)
     recipe = get_recipe(recipe_name or ("quick" if quick else pool_recipe(pool.version)),
                         samples_seen=samples_seen, batch_size=batch_size, lr=lr)
     jobs = workers or max(1, min(8, os.cpu_count() or 1))
     bench = Benchmark(pool, recipe, cache_dir, progress=progress, jobs=jobs)
+    check_outputs(None, None, bench.cache_dir)  # the pool's own cache folder, now that the pool is known
     seed_ids = list(range(num_seeds))
     json_path = local_path(output, "--output") if output is not None else None
 
@@ -120,6 +124,21 @@ def benchmark_command(subsets: tuple[Path, ...], num_seeds: int, output: str | N
         click.echo(f"json: {json_path}")
     if not subsets:
         click.echo(f"table: {out / 'table.md'}\nchart: {out / 'table.png'}")
+
+
+def check_outputs(output: str | None, table_dir: str | os.PathLike | None, cache_dir: Path | None) -> None:
+    """Refuse, before the pool is built and any run is trained, outputs that could not be written at the
+    end: ``--output`` a folder (or in one that cannot be written), the table's folder, the cache folder.
+    Nothing is created here: a command refused later leaves no folder behind."""
+    if output is not None:
+        check_creatable(local_path(output, "--output"), "output", folder=False)
+    if table_dir is not None:
+        table = local_path(table_dir, "--output-dir")
+        check_creatable(table, "output_dir", folder=True)
+        for name in ("table.md", "table.json", "table.png"):
+            check_creatable(table / name, "output_dir", folder=False)
+    if cache_dir is not None:
+        check_creatable(cache_dir, "cache_dir", folder=True)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -25,8 +25,9 @@ from ..errors import FlytInputError, render_settings
 from ..recipes import RECIPES, recipe_selection
 from ..scales import SCALES
 from ..scores import SCORE_SOURCES
+from ..scores.files import MISSING_POLICIES
 from . import options as O
-from .base import command, flag_names, option
+from .base import comma_list, command, flag_names, option
 
 _ASSET_OPTIONS = ("fasttext_model", "imagenet21k_wordnet_ids", "centroids", "in1k_embeddings", "wordnet_data", "assets_dir")
 
@@ -107,7 +108,8 @@ def mixing_options(fn):
     for opt in reversed([
         option("--mixing-model", metavar="PATH", help="flyt_* recipes: the authors' released M-FLYT model "
                "(scoring_models/mflyt.pt, a state dict; loaded without unpickling objects)."),
-        option("--mixing-inputs", metavar="A,B,...", help="flyt_* recipes: the store's names of the model's inputs, "
+        option("--mixing-inputs", metavar="A,B,...", callback=comma_list,
+               help="flyt_* recipes: the store's names of the model's inputs, "
                "in the model's order [default: the 12 names of the authors' notebook]."),
     ]):
         fn = opt(fn)
@@ -120,17 +122,19 @@ def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool)
                                     ("--mask", "masks")) if opts.get(key)]
     if given:
         raise FlytInputError(f"{name} takes none of {', '.join(given)} (they are DataComp's baselines' options)")
-    inputs = opts["mixing_inputs"].split(",") if opts.get("mixing_inputs") else None
-    kwargs = {"inputs": inputs} if inputs else {}
+    inputs = opts.get("mixing_inputs")  # None: the default names; an empty value is refused by its option
+    kwargs = {"inputs": inputs} if inputs is not None else {}
     return selection.run(recipe_selection(
         name, metadata_dir=opts["metadata_dir"], output=opts["output"], inputs_dir=opts["inputs_dir"],
         mixing_model=opts["mixing_model"], scale=opts["scale"], shards_dir=opts["shards_dir"], seed=seed,
-        overwrite=opts["overwrite"], workers=opts["workers"], progress=progress, device=device, **kwargs))
+        overwrite=opts["overwrite"], io_threads=opts["io_threads"], progress=progress, device=device, **kwargs))
 
 
 def mask_option(fn):
     return option("--mask", "masks", metavar="SPEC", multiple=True,
-                  help="Hard filter (repeatable): only examples inside every mask can be selected. "
+                  help="Hard filter (repeatable): only examples inside every mask can be selected. Quote a "
+                       "condition (--mask 'original_width>=200'): unquoted, the shell takes > and < as "
+                       "redirections. "
                        + MASK_KINDS.describe() + ".")(fn)
 
 
@@ -164,12 +168,15 @@ def selection_from_options(opts: dict[str, Any], *, progress: bool) -> selection
         metadata_dir=opts.pop("metadata_dir"),
         output=selection.Output(opts.pop("output"), overwrite=opts.pop("overwrite")),
         restrict=restrict,
-        score=selection.ScoreStage(opts.pop("score"), inputs_dir=opts.pop("inputs_dir")),
+        score=selection.ScoreStage(opts.pop("score"), inputs_dir=opts.pop("inputs_dir"),
+                                   accept_changed_inputs=tuple(opts.pop("accept_changed_inputs") or ()),
+                                   missing=opts.pop("missing")),
         transform=selection.Transform(standardize=opts.pop("standardize"), temperature=opts.pop("temperature")),
         sample=selection.Sample(opts.pop("sampler"), sampler_opts, num_samples=opts.pop("num_samples"),
                              scale=opts.pop("scale"), seed=opts.pop("seed"),
                              allow_score_independent=opts.pop("allow_score_independent")),
         workers=opts.pop("workers"),
+        io_threads=opts.pop("io_threads"),
         progress=progress,
     )
     if opts:
@@ -225,8 +232,14 @@ def _demo_defaults(opts: dict[str, Any], progress: bool, version: str | None = N
 @option("--allow-score-independent", is_flag=True,
         help="Write a subset even when the sampler's counts would not depend on the scores.")
 @O.workers(default=4, aliases=("--num-workers", "--num_workers"),
-           help="Metadata shards read at once (threads), and processes for the baselines' caption rules.")
+           help="Worker processes for the baselines' caption rules (text_based, basic_filter).")
+@O.io_threads()
 @O.inputs_dir(help="An input store (flyt-datacomp inputs compute), for --score store:NAME and --mask store:...")
+@option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
+        help="Pool examples a score file has no score for: an error, or the min or the mean of the file's scores.")
+@option("--accept-changed-inputs", "accept_changed_inputs", metavar="A,B,...", callback=comma_list, default=None,
+        help="A trained M-FLYT model's stored inputs to apply it to although they changed since it was trained "
+             "(recomputed, or filled differently); * for all. Without it such a model is refused.")
 @O.shards_dir(help="Downloaded image shards (img2dataset): keep only pool examples with an image there.")
 @baseline_options
 @mixing_options
@@ -272,7 +285,10 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
             raise FlytInputError(f"missing option {flag} (or use --demo)")
     if demo_pool is not None and opts["score"] is None:
         selection.preflight(selection_from_options({**opts, "score": "column:uid"}, progress=progress))  # before training
-        click.echo("demo: training M-FLYT on the pool (preset m-flyt-demo; once, then reused)")
+        if demo_pool.is_trained("m-flyt-demo"):
+            click.echo("demo: reusing the M-FLYT model trained on the pool before (preset m-flyt-demo)")
+        else:
+            click.echo("demo: training M-FLYT on the pool (preset m-flyt-demo; once, then reused)")
         trained = demo_pool.train("m-flyt-demo", progress=progress)
         click.echo(f"demo: scoring model {trained.path}")
         from ..flyt.trainer import format_mixing_weights

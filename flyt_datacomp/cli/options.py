@@ -6,17 +6,23 @@
 ``--output-dir``    a folder the command writes
 ``--inputs-dir``    an input store
 ``--shards-dir``    a pool's downloaded img2dataset image shards
-``--workers``       how many things run at once (threads or processes: the help says which)
-``--device``        ``auto``, ``cpu`` or ``cuda``
+``--workers``       how many worker processes the command's work runs in (the help says what each runs)
+``--io-threads``    how many metadata shards are read at once (threads)
+``--device``        where torch work runs: ``auto``, ``cpu`` or ``cuda``; ``cpu`` by default in the
+                    commands that write a subset (``filter``, ``baseline``: a seed gives the same
+                    bytes on every machine), ``auto`` in those that compute scores or train
+``--mixing-inputs`` the inputs an M-FLYT mixing model mixes, in its order (comma separated)
+``--input``         one input of the store to compute (repeatable: a spec per flag)
 ``--seed``          the value every random choice starts from
 ``--overwrite``     replace what a previous run wrote
 ``--quiet``         no progress bars
 ``--demo-version``  which built-in demo pool: ``v4`` (the default) or ``v3``
 ==================  ==========================================================================
 
-Spellings that shipped before stay as hidden aliases (``--num-workers``, ``--out``, ``--jobs``,
-``--json``, ...), and DataComp's own spellings (``--metadata_dir``, ``--save_path``,
-``--num_workers``, ``--num_gpus``, ``--batch_size``, ``--image_based_scale``) keep working.
+Spellings that shipped before stay as hidden aliases where they keep their one meaning
+(``--num-workers``, ``--out``, ``--jobs``, ``--json``, train's ``--inputs``, ...), and DataComp's own
+spellings (``--metadata_dir``, ``--save_path``, ``--num_workers``, ``--num_gpus``, ``--batch_size``,
+``--image_based_scale``) keep working.
 ``tests/test_cli_vocabulary.py`` checks every command against this list.
 """
 
@@ -27,6 +33,7 @@ from collections.abc import Callable
 import click
 
 from ..demo.pool import DEMO_VERSIONS
+from ..flyt.config import MAX_SEED
 from .base import option
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -59,12 +66,17 @@ def workers(*, default: int | None, help: str, aliases: tuple[str, ...] = ("--nu
                   show_default=default is not None, help=help)
 
 
+def io_threads(*, default: int = 4) -> Callable:
+    return option("--io-threads", "io_threads", type=click.IntRange(min=1), default=default, show_default=True,
+                  help="Metadata shards read at once (threads; more help with remote pools).")
+
+
 def device(*, default: str = "auto", help: str) -> Callable:
     return option("--device", "device", type=click.Choice(DEVICES), default=default, show_default=True, help=help)
 
 
 def seed(*, help: str = "Seed of every random choice: same inputs and seed, same bytes out.") -> Callable:
-    return option("--seed", "seed", type=int, default=0, show_default=True, help=help)
+    return option("--seed", "seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help=help)
 
 
 def overwrite(*, help: str = "Replace existing outputs.") -> Callable:

@@ -85,14 +85,17 @@ def _preset_help() -> str:
 @command("train")
 @option("--preset", type=click.Choice(list(PRESETS)), help=_preset_help())
 @option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON or YAML file of options.")
-@O.output_dir(required=True, help="Checkpoints, metrics.jsonl, the final scoring model (rerun to resume).")
+@O.output_dir(required=True, help="Checkpoints, metrics.jsonl, the final scoring model (rerun to resume). A new "
+              "or empty folder, or one of this command's runs (it holds flyt_run.json).")
+@O.overwrite(help="Empty --output-dir first (only a run of this command) and train from scratch.")
 @O.demo_version(help="With a demo preset: the demo pool's version.")
 @O.quiet()
 @config_options
-def train_command(preset: str | None, config_file: str | None, output_dir: str, demo_version: str | None, quiet: bool,
-                  **opts: Any) -> None:
+def train_command(preset: str | None, config_file: str | None, output_dir: str, overwrite: bool,
+                  demo_version: str | None, quiet: bool, **opts: Any) -> None:
     """Train a FLYT scoring model (M-FLYT or E-FLYT) by the paper's bilevel method."""
     from ..flyt import distributed as D
+    from ..flyt.run_folder import check_run_folder, run_folder, take_run_folder
     from ..flyt.signal import format_signal_table
     from ..flyt.trainer import Trainer, format_mixing_weights
     from ..process import install_signal_handlers
@@ -103,8 +106,14 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
     cfg = config_from_options(preset, config_file, opts, progress=not quiet, demo_version=demo_version)
     if preset in PRESET_DESCRIPTIONS:
         logging.getLogger(__name__).info("preset %s: %s", preset, PRESET_DESCRIPTIONS[preset])
+    cfg.validate()
+    folder = run_folder(cfg, output_dir)
+    check_run_folder(folder, overwrite=overwrite)
     D.init_from_env()
     try:
+        if D.rank(D.default_group()) == 0:
+            take_run_folder(folder, overwrite=overwrite)
+        D.barrier()
         result = Trainer(cfg, output_dir, progress=not quiet).run()
         is_main = D.rank(D.default_group()) == 0
     finally:

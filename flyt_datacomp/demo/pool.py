@@ -138,8 +138,7 @@ class DemoPool:
         from ..flyt.trainer import MIXING_WEIGHTS_FILE, SCORING_MODEL_FILE, Trainer
 
         cfg = self.train_config(preset, overrides, progress=progress)
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
-        run_dir = Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
+        run_dir = self._run_dir(preset, cfg, runs_dir)
         model = run_dir / SCORING_MODEL_FILE
         if not model.is_file():
             with torch_threads(threads):
@@ -147,6 +146,18 @@ class DemoPool:
         weights_file = run_dir / MIXING_WEIGHTS_FILE
         weights = json.loads(weights_file.read_text()) if weights_file.is_file() else None
         return TrainedModel(str(model), run_dir, weights)
+
+    def is_trained(self, preset: str, *, overrides: dict[str, Any] | None = None,
+                   runs_dir: str | os.PathLike | None = None) -> bool:
+        """True when :meth:`train` would reuse a finished run of ``preset`` rather than train."""
+        from ..flyt.trainer import SCORING_MODEL_FILE
+
+        cfg = self.train_config(preset, overrides, progress=False)
+        return (self._run_dir(preset, cfg, runs_dir) / SCORING_MODEL_FILE).is_file()
+
+    def _run_dir(self, preset: str, cfg, runs_dir: str | os.PathLike | None) -> Path:
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        return Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
 
     # ------------------------------------------------------------------ the input store
 

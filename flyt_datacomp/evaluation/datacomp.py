@@ -195,12 +195,26 @@ def has_fields(record: Any, fields: dict[str, type | tuple[type, ...]]) -> bool:
 # --------------------------------------------------------------------------- pass-through arguments
 
 
+def _short_cluster(arg: str) -> str:
+    """The flag letters of a single-dash argument as argparse may read them: ``-vo/x`` is ``-v -o /x``
+    when ``-v`` takes no value, so every letter before the first other character may be a flag."""
+    letters = ""
+    for char in arg[1:]:
+        if not char.isalpha():
+            break
+        letters += char
+    return letters
+
+
 def refuse_managed_flags(args: Sequence[str], managed: dict[str, str], script: str) -> None:
     """Refuse pass-through arguments that would override a flag this command sets itself.
 
     ``managed`` maps each such flag of the script (``--output-dir``, ``-o``) to the setting of ours
     that gives it. A long flag is caught in every spelling argparse accepts (``--flag=value`` and any
-    abbreviation, i.e. a prefix), a short one also with its value attached (``-oVALUE``).
+    abbreviation, i.e. a prefix), a short one also with its value attached (``-oVALUE``) and within a
+    cluster of short flags (``-vo VALUE``, ``-voVALUE``: argparse reads each letter as a flag until
+    one takes a value). The script's other flags are unknown here, so a cluster is refused when any
+    of its leading letters is a managed flag.
     """
     longs = {f: s for f, s in managed.items() if f.startswith("--")}
     shorts = {f: s for f, s in managed.items() if not f.startswith("--")}
@@ -210,7 +224,8 @@ def refuse_managed_flags(args: Sequence[str], managed: dict[str, str], script: s
             hits = [f for f in longs if f.startswith(name)]
         elif arg.startswith("-") and len(arg) > 1 and not arg[1].isdigit():
             name = arg
-            hits = [f for f in shorts if arg.startswith(f)]
+            letters = _short_cluster(arg)
+            hits = [f for f in shorts if arg.startswith(f) or (len(f) == 2 and f[1] in letters)]
         else:
             continue
         if hits:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..console import say
 from ..errors import FlytInputError
+from ..folders import OutputFolder
 from ..io import atomic_path, provenance, read_json_or_none, sidecar_path, write_json
 from ..uids import read_subset
 from . import evaluate as evaluate_stage
@@ -67,6 +68,15 @@ class Layout:
 
 def _stage(title: str) -> None:
     say(f"== {title}")
+
+
+def work_folder(checkout: Checkout, subset: Path, shards_dir: str, work_dir: Path, evalsets: Path) -> OutputFolder:
+    """The work folder itself, which (like each stage's folder inside it) must be neither the root nor
+    the home folder and must lie apart from every input: the subset file, the shards, the evaluation
+    sets and the DataComp checkout. ``eval run`` never empties it, so it carries no marker."""
+    return OutputFolder(work_dir, "eval run", (), inputs={"the subset file": subset, "shards_dir": shards_dir,
+                                                          "evalsets_dir": evalsets,
+                                                          "the DataComp checkout": checkout.root})
 
 
 def finished_reshard(layout: Layout, subset: Path, subset_sha: str) -> dict[str, Any] | None:
@@ -138,10 +148,7 @@ def run_pipeline(
     """Run the missing stages in order; return the submission record."""
     train_stage.check_exp_name(exp_name)
     check_pass_through(reshard_args, train_args, evaluate_args)
-    try:
-        work_dir.is_dir()
-    except OSError as exc:  # a name too long, ...
-        raise FlytInputError(f"`output_dir` {work_dir} cannot be used: {exc}", params=["output_dir"]) from None
+    work_folder(checkout, subset, shards_dir, work_dir, evalsets).check_place()
     read_subset(subset)
     layout = Layout(work_dir, exp_name)
     resharded = finished_reshard(layout, subset, reshard_stage.file_sha256(subset))

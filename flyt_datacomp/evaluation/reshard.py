@@ -39,7 +39,7 @@ import numpy as np
 from ..console import say
 from ..errors import FlytInputError, OutputCheckError
 from ..folders import Location, OutputFolder
-from ..io import provenance, read_json_or_none, temp_folder, write_json
+from ..io import read_json_or_none, temp_folder, write_json
 from ..shards import index_shards, list_tars, open_folder
 from ..tars import iter_tar
 from ..uids import read_subset, uids_to_hex
@@ -313,8 +313,8 @@ def reshard(
     folder.create()
     with folder.lock():
         folder.empty()
-        with _marked_if_failed(output_dir, subset, shards_dir):
-            write_json(output_dir / PARTIAL_FILE, provenance(
+        with _marked_if_failed(folder, subset, shards_dir):
+            write_json(output_dir / PARTIAL_FILE, folder.record(
                 output=str(output_dir), inputs={"subset": str(subset), "shards_dir": shards_dir}, state="resharding"))
             work = temp_folder(output_dir / WORK_NAME)  # empty, as the resharder needs; same file system
             cmd = [checkout.python, script, "-i", shards_dir, "-o", work.resolve(), "-s", subset.resolve(),
@@ -342,7 +342,7 @@ def reshard(
                     raise OutputCheckError(f"copies per uid in {output_dir} differ from the subset: " + "; ".join(bad))
                 verified = True
                 say("copies per uid:           all match the subset")
-            record = provenance(
+            record = folder.record(
                 output=str(output_dir),
                 inputs={"subset": str(subset.resolve()), "subset_sha256": file_sha256(subset),
                         "shards_dir": shards_dir, "datacomp_dir": str(checkout.root)},
@@ -394,7 +394,7 @@ def check_has_images(cov: Coverage, subset: Path, shards_dir: str) -> None:
 
 
 @contextlib.contextmanager
-def _marked_if_failed(output_dir: Path, subset: Path, shards_dir: str) -> Iterator[None]:
+def _marked_if_failed(folder: OutputFolder, subset: Path, shards_dir: str) -> Iterator[None]:
     """On any failure (Ctrl-C included) leave ``PARTIAL_FILE`` in the output folder, saying why: it holds
     what this command wrote, so a later ``overwrite`` may empty it. (A run killed outright leaves the
     marker written at its start.)"""
@@ -402,8 +402,8 @@ def _marked_if_failed(output_dir: Path, subset: Path, shards_dir: str) -> Iterat
         yield
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            write_json(output_dir / PARTIAL_FILE, provenance(
-                output=str(output_dir), inputs={"subset": str(subset), "shards_dir": shards_dir},
+            write_json(folder.path / PARTIAL_FILE, folder.record(
+                output=str(folder.path), inputs={"subset": str(subset), "shards_dir": shards_dir},
                 failed=f"{type(exc).__name__}: {exc}"))
         raise
 

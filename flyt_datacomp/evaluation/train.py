@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import FlytInputError, OutputCheckError, quote
 from ..folders import OutputFolder
-from ..io import provenance, read_json_or_none, write_json
+from ..io import read_json_or_none, write_json
 from .datacomp import Checkout, check_log, has_fields, refuse_managed_flags, run_script
 
 RECORD_FILE = "flyt_train.json"
@@ -91,7 +91,7 @@ def train(
     with folder.lock():
         if overwrite:
             folder.empty()
-        write_json(exp_dir / START_FILE, provenance(**started))
+        write_json(exp_dir / START_FILE, folder.record(**started))
         args = ["--scale", scale, "--data_dir", data_dir, "--output_dir", str(output_dir.resolve()),
                 "--exp_name", exp_name, *extra_args]
         run = run_script(train_command(checkout, script, args, num_gpus), name="DataComp's train.py",
@@ -100,7 +100,7 @@ def train(
         for needed in (exp_dir / "info.pkl", checkpoint):
             if not needed.is_file():
                 raise OutputCheckError(f"train.py finished but wrote no {needed}")
-        record = provenance(
+        record = folder.record(
             output=str(exp_dir),
             inputs={"data_dir": data_dir, "datacomp_dir": str(checkout.root)},
             parameters={"scale": scale, "exp_name": exp_name, "num_gpus": num_gpus, "extra_args": list(extra_args)},

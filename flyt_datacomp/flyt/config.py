@@ -33,6 +33,7 @@ def _field(default: Any, doc: str, *, choices: tuple[str, ...] | None = None, fl
 
 
 REFERENCE_INITS = ("checkpoint", "pretrained", "random")
+MAX_SEED = 2**63 - 1  # the largest seed every generator (torch's too) takes
 
 
 @dataclasses.dataclass
@@ -43,7 +44,8 @@ class TrainConfig:
     model: str = _field("m-flyt", "m-flyt (a linear mix of standardised input scores) or e-flyt (an FFN-GLU head "
                         "on the pool's CLIP embeddings)", choices=("m-flyt", "e-flyt"))
     inputs: list[str] = _field([], "M-FLYT input scores, comma separated: columns of the pool's parquet files, or "
-                               "inputs of the store given by --inputs-dir")
+                               "inputs of the store given by --inputs-dir", flag="--mixing-inputs",
+                               aliases=("--inputs",))
     inputs_dir: str | None = _field(None, "an input store (flyt-datacomp inputs compute) whose inputs M-FLYT may mix, "
                                     "standardised with their pool statistics", metavar="STORE")
     embedding_prefix: str = _field("b32", "E-FLYT features: the npz keys <prefix>_img and <prefix>_txt (b32: the "
@@ -183,10 +185,16 @@ class TrainConfig:
         for name in ("micro_batch_size", "glu_hidden"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
+        self._validate_seed(bad)
         self._validate_reference_init()
         for name in ("metadata_dir", "shards_dir", "downstream_dir"):
             if not getattr(self, name):
                 raise FlytInputError(f"missing training option `{name}`", params=[name])
+
+    def _validate_seed(self, bad) -> None:
+        """torch seeds its generators with a 64-bit number."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be a whole number from 0 to {MAX_SEED:,} (2**63 - 1)")
 
     def _validate_reference_init(self) -> None:
         if self.reference_init == "checkpoint" and not self.reference_checkpoint:
@@ -299,17 +307,39 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise FlytInputError(f"config file {path} does not exist")
     text = p.read_text()
     try:
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = _parse_unique(text, yaml_file=p.suffix in (".yaml", ".yml"))
+    except FlytInputError as exc:
+        raise FlytInputError(f"config file {path}: {exc}") from None
     except Exception as exc:
         raise FlytInputError(f"cannot parse config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise FlytInputError(f"config file {path} must hold a mapping of option names to values")
     return data
+
+
+def _parse_unique(text: str, *, yaml_file: bool) -> Any:
+    """JSON or YAML whose mappings name each key once (both formats would keep the last value of a
+    key given twice, silently)."""
+    def unique(pairs) -> dict:
+        out = {}
+        for key, value, where in pairs:
+            if key in out:
+                raise FlytInputError(f"option {key!r} is given twice{where}; give it once")
+            out[key] = value
+        return out
+
+    if not yaml_file:
+        return json.loads(text, object_pairs_hook=lambda pairs: unique((k, v, "") for k, v in pairs))
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            self.flatten_mapping(node)
+            return unique((self.construct_object(k, deep=deep), self.construct_object(v, deep=deep),
+                           f" (again on line {k.start_mark.line + 1})") for k, v in node.value)
+
+    UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeys.construct_mapping)
+    return yaml.load(text, Loader=UniqueKeys)  # noqa: S506 - a SafeLoader subclass
 
 
 def build_config(preset: str | None, file_values: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:

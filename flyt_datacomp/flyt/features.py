@@ -23,7 +23,8 @@ Dtype policy:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,10 @@ import torch
 
 from flyt_datacomp.errors import FlytInputError
 
+log = logging.getLogger(__name__)
+
 MODEL_KINDS = ("m-flyt", "e-flyt")
+IDENTITY_KEY = "input_identity"  # in a scoring model's meta: {stored input: its identity when training read it}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +51,11 @@ class FeatureSpec:
     embedding_prefix: str = "b32"
     origin: str = "the training options"
     inputs_dir: str | None = None  # an input store holding inputs that are not pool columns
+    # a trained model's stored inputs are checked against its record of them (``trained_on``; None when
+    # it has none), except the names whose change a user accepts knowingly (``"*"``: every one)
+    trained_model: bool = False
+    trained_on: Mapping[str, Any] | None = None
+    accept_changed: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -69,14 +78,18 @@ class FeatureSpec:
 
     @classmethod
     def of_scoring_model(cls, model: Any, meta: dict[str, Any], source: str,
-                         inputs_dir: str | None = None) -> FeatureSpec:
+                         inputs_dir: str | None = None, accept_changed: tuple[str, ...] = ()) -> FeatureSpec:
         """The features a trained scoring model (and its checkpoint's ``meta``) was trained on;
-        stored inputs come from ``inputs_dir``, else from the store the model was trained with."""
+        stored inputs come from ``inputs_dir``, else from the store the model was trained with, and
+        must be the ones it was trained on unless named in ``accept_changed``."""
         origin = f"scoring model {source}"
         config = meta.get("config")
         if model.kind == "m-flyt":
             trained_with = config.get("inputs_dir") if isinstance(config, dict) else None
-            return cls("m-flyt", tuple(model.input_names), origin=origin, inputs_dir=inputs_dir or trained_with)
+            recorded = meta.get(IDENTITY_KEY)
+            return cls("m-flyt", tuple(model.input_names), origin=origin, inputs_dir=inputs_dir or trained_with,
+                       trained_model=True, trained_on=recorded if isinstance(recorded, dict) else None,
+                       accept_changed=tuple(accept_changed))
         prefix = config.get("embedding_prefix", "b32") if isinstance(config, dict) else "b32"
         return cls("e-flyt", embedding_prefix=str(prefix), origin=origin)
 
@@ -104,6 +117,7 @@ class FeatureTable:
                 )
             self.arrays = (table, txt)
         self.size = len(self.arrays[0])
+        self.identity: dict[str, dict[str, Any]] = {}  # of the stored inputs read (see read_features)
 
     @property
     def is_embeddings(self) -> bool:
@@ -130,6 +144,8 @@ def iter_features(pool, spec: FeatureSpec, *, desc: str = "reading features") ->
     from_pool = [c for c in spec.columns if c in pool.column_names]
     from_store = [c for c in spec.columns if c not in pool.column_names]
     stored = _stored_inputs(pool, spec, from_store)
+    if from_store:
+        check_trained_on(pool, spec)
     for data in pool.iter_shards(from_pool, spec.npz_keys, desc=desc, no_missing=from_pool):
         columns = {**data.columns, **(next(stored) if from_store else {})}
         yield data.shard, shard_features(spec, columns, data.arrays, str(data.shard.parquet))
@@ -137,9 +153,68 @@ def iter_features(pool, spec: FeatureSpec, *, desc: str = "reading features") ->
 
 def read_features(pool, spec: FeatureSpec, *, desc: str = "reading features") -> FeatureTable:
     """The whole pool's features as one table indexed by pool position (:func:`iter_features`
-    concatenated, so the arrays are exactly the ones a scorer reads shard by shard)."""
+    concatenated, so the arrays are exactly the ones a scorer reads shard by shard). Its
+    ``identity`` is :func:`stored_identity` of what was read, which a trained model records."""
+    before = stored_identity(pool, spec)
     tables = [table for _, table in iter_features(pool, spec, desc=desc)]
-    return FeatureTable(*(np.concatenate([t.arrays[i] for t in tables]) for i in range(len(tables[0].arrays))))
+    table = FeatureTable(*(np.concatenate([t.arrays[i] for t in tables]) for i in range(len(tables[0].arrays))))
+    table.identity = stored_identity(pool, spec)
+    if table.identity != before:
+        changed = next(n for n in table.identity if table.identity[n] != before.get(n))
+        raise FlytInputError(f"input {changed!r} of the input store {spec.inputs_dir} changed while it was read "
+                             "(recomputed by another run?); run again when that run has finished")
+    return table
+
+
+def stored_identity(pool, spec: FeatureSpec) -> dict[str, dict[str, Any]]:
+    """The identity of each input ``spec`` reads from its input store: the store, the token of the
+    computation that wrote the input's values, and the fill value its missing examples get (the
+    values a reader sees). Inputs that are pool columns have none here."""
+    names = [c for c in spec.columns if c not in pool.column_names]
+    if not names or not spec.inputs_dir:
+        return {}
+    from ..store import InputStore
+
+    entries = InputStore(spec.inputs_dir).manifest()["inputs"]
+    return {n: {"store": str(spec.inputs_dir), "token": entries[n]["token"], "fill_value": entries[n].get("fill_value")}
+            for n in names if n in entries}
+
+
+def check_trained_on(pool, spec: FeatureSpec) -> None:
+    """Refuse stored inputs whose values are no longer the ones ``spec``'s model was trained on (the
+    input was recomputed, or its fill value changed), unless the user accepts that input's change."""
+    if not spec.trained_model:
+        return
+    if spec.trained_on is None:
+        if any(c not in pool.column_names for c in spec.columns):
+            log.warning("%s records no identity of the stored inputs it was trained on (trained by an older "
+                        "version): whether they changed since cannot be checked", spec.origin)
+        return
+    now = stored_identity(pool, spec)
+    for name, current in now.items():
+        then = spec.trained_on.get(name)
+        if not isinstance(then, dict):
+            continue  # an input that was a pool column in training is read from the pool
+        why = _identity_change(then, current)
+        if why is None:
+            continue
+        if name in spec.accept_changed or "*" in spec.accept_changed:
+            log.warning("%s: input %r %s; applied anyway, as asked", spec.origin, name, why)
+            continue
+        raise FlytInputError(
+            f"{spec.origin} was trained on input {name!r} of the input store {then.get('store')}, which {why}: its "
+            "weights and standardisation were fitted to other values. Train the model again, or set "
+            f"`accept_changed_inputs` {name} to apply it anyway", params=["accept_changed_inputs"])
+
+
+def _identity_change(then: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """How a stored input differs from the one a model was trained on (None: the same values)."""
+    if then.get("token") != now.get("token"):
+        where = "" if then.get("store") == now.get("store") else f" (the store is now {now.get('store')})"
+        return f"has been recomputed since{where}"
+    if then.get("fill_value") != now.get("fill_value"):
+        return f"fills its missing examples with {now.get('fill_value')} now, {then.get('fill_value')} then"
+    return None
 
 
 def shard_features(spec: FeatureSpec, columns: dict[str, np.ndarray], arrays: dict[str, np.ndarray],

@@ -207,6 +207,13 @@ def save_scoring_model(path: str | os.PathLike, model: nn.Module, meta: dict[str
     torch_io.save(payload, path)
 
 
+def _check_tensors(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Every entry of a checkpoint's state dict is a dense tensor of real numbers (torch would load
+    complex ones into the model's real weights with only a warning)."""
+    for key, value in state.items():
+        torch_io.real_tensor(value, f"scoring model checkpoint {path}: {key}")
+
+
 def load_scoring_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a scoring model from :func:`save_scoring_model`'s file; returns (model, meta)."""
     payload = torch_io.load(path, "scoring model checkpoint")
@@ -226,6 +233,7 @@ def load_scoring_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, An
             f"scoring model checkpoint {path} ({kind}) lacks config field(s) {', '.join(missing)}; "
             f"a {kind} model needs {', '.join(_CONFIG_FIELDS[kind])}"
         )
+    _check_tensors(path, state)
     if kind == MixingModel.kind:
         model = MixingModel(config["input_names"], config["mean"], config["std"], pair_mean=config.get("pair_mean"),
                             pair_std=config.get("pair_std"))

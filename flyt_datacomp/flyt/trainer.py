@@ -42,7 +42,7 @@ from .classes import all_class_texts, load_classes, sample_class_texts
 from .config import TrainConfig
 from .decode import default_image_transform
 from .downstream_stream import DownstreamStream
-from .features import FeatureSpec, read_features
+from .features import IDENTITY_KEY, FeatureSpec, read_features
 from .join import UidIndex
 from .loader import BatchIterableDataset
 from .losses import make_downstream_loss
@@ -505,6 +505,7 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Write the final scoring model (and the mixing weights for M-FLYT)."""
         meta = {"config": dataclasses.asdict(self.cfg), "steps": self.step, "pool_size": self.pool_size,
+                IDENTITY_KEY: self.features.identity,
                 "warnings": [self.collapse.message] if self.collapse.message else []}
         if self.cfg.workers == 0:  # with workers the join counters live in the worker processes
             meta["upstream_join"] = self.upstream.counters()

@@ -32,12 +32,12 @@ from ..errors import FlytInputError, quote
 from ..io import dumps
 from ..pool import MetadataShard, Pool
 from ..progress import progress_bar
-from ..store import InputStore, new_token, shard_stem
+from ..scores.files import MISSING_POLICIES
+from ..store import InputStore, hand_edited, new_token, pool_read, pool_stamps, shard_stem
 from . import executors
 from .providers import FitContext, Provider, parse_spec
 from .providers.base import source_identities
 
-MISSING_POLICIES = ("error", "min", "mean")
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
@@ -64,10 +64,12 @@ class TaskData:
     inputs: dict[str, np.ndarray]
 
 
-def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
-    """The per-shard computation: (shard stem, {input name: float32 values}, the shard's uid column)."""
+def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any, dict[str, dict]]:
+    """The per-shard computation: (shard stem, {input name: float32 values}, the shard's uid column,
+    {input name: what it read from the pool shard, for the inputs that read its columns or arrays})."""
     columns = sorted({c for _, p, _ in task.inputs for c in p.columns} - {"uid"})
     keys = sorted({k for _, p, _ in task.inputs for k in p.npz_keys})
+    stamps = pool_stamps(task.pool, task.shard)  # before reading: a file changed meanwhile shows a new stamp
     read = task.pool.read_shard(task.shard, ["uid", *columns], keys)
     with task.pool.fs.open(task.shard.parquet, "rb") as fh:
         uid_hex = read_parquet(fh, ["uid"]).column("uid").combine_chunks()
@@ -79,14 +81,18 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any]:
         if fill is not None and task.stored_entries[name]["status"] == "complete":
             values[np.isnan(values)] = fill
     data = TaskData(task.shard, read.columns, read.arrays, stored)
-    out = {}
+    out, reads = {}, {}
     for name, provider, state in task.inputs:
+        used = {c: read.columns[c] for c in provider.columns if c != "uid"}
+        arrays = {k: read.arrays[k] for k in provider.npz_keys}
+        if used or arrays:
+            reads[name] = pool_read(stamps, used, arrays)
         values = np.asarray(provider.compute(data, state, stem), dtype=np.float32)
         if values.shape != (task.shard.num_rows,):
             raise FlytInputError(f"input {name} gave {values.shape} values for {task.shard.parquet} "
                                  f"({task.shard.num_rows} rows)")
         out[name] = data.inputs[name] = values
-    return stem, out, uid_hex
+    return stem, out, uid_hex, reads
 
 
 def resolve_device(device: str) -> str:
@@ -155,6 +161,10 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
     manifest = store.attach(pool)
     entries = manifest["inputs"]
     order = [n for n, _ in parsed]
+    edited = {n for n, e in entries.items() if hand_edited(e)}
+    for name in edited & set(order):
+        entries[name]["status"] = "computing"  # its statistics are restored when this run finalises it
+    keep_seals = edited - set(order)  # other hand-edited entries stay recognisable
     for i, (name, provider) in enumerate(parsed):
         record = _identity(provider)
         old = entries.get(name)
@@ -176,7 +186,8 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
                                  "it from the new values", params=["recompute"])
         entries[name]["reads"] = reads
         entries[name]["missing"] = missing
-    store.write_manifest(manifest)
+    _check_pool_reads(store, pool, {n: entries[n]["token"] for n in order if n not in recompute})
+    store.write_manifest(manifest, keep_seals=keep_seals)
     try:
         store.work_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -188,15 +199,30 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
                          progress=progress, shards_dir=shards_dir, sources=entries[name]["sources"], record=record)
         fitted.append((name, provider, provider.fit(ctx)))
         entries[name].update(record)
-    store.write_manifest(manifest)
+    store.write_manifest(manifest, keep_seals=keep_seals)
     started = time.perf_counter()
     _run(pool, store, manifest, fitted, workers, ray_address, progress)
     for name, _, _ in fitted:
         entries[name].update(_finalise(store, pool, manifest, name, missing))
         entries[name]["seconds"] = round(time.perf_counter() - started, 1)
         entries[name]["package_version"] = __version__
-        store.write_manifest(manifest)
+        store.write_manifest(manifest, keep_seals=keep_seals)
     return {name: entries[name] for name in order}
+
+
+def _check_pool_reads(store: InputStore, pool: Pool, tokens: dict[str, str]) -> None:
+    """Refuse to resume or reuse an input (of ``tokens``: name -> token) computed from pool values that
+    have changed since (metadata regenerated in place with the same uids); record new stamps where
+    only the files' times changed."""
+    for shard in pool.shards:
+        changed, restamped = store.changed_pool_reads(pool, shard, tokens)
+        if changed:
+            name, why = next(iter(changed.items()))
+            raise FlytInputError(f"input {quote(name)} was computed from the pool, but {why}. Nothing was recomputed: "
+                                 f"set `recompute` {name} to recompute it from the pool as it is now",
+                                 params=["recompute"])
+        if restamped:
+            store.restamp(shard_stem(shard.parquet), restamped)
 
 
 def _identity(provider: Provider) -> dict[str, Any]:
@@ -267,9 +293,10 @@ def _run(pool: Pool, store: InputStore, manifest: dict[str, Any], fitted, worker
     runner = (executors.run_ray(run_shard_task, tasks, ray_address, gpus_per_task=gpus) if ray_address
               else executors.run_processes(run_shard_task, tasks, workers))
     try:
-        for i, (stem, columns, uids) in runner:
+        for i, (stem, columns, uids, reads) in runner:
             task = tasks[i]
-            store.write_shard(stem, uids, columns, task.shard.num_rows, task.manifest_shard["uid_sha256"], tokens)
+            store.write_shard(stem, uids, columns, task.shard.num_rows, task.manifest_shard["uid_sha256"], tokens,
+                              reads)
             for name in columns:
                 bars[name].update(1)
     finally:

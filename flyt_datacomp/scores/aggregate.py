@@ -55,7 +55,8 @@ class _Aggregate(ScoreSource):
         return _split_inputs(self.spec, self.spec, self.kind)
 
     def input_scores(self, pool: Pool, spec: str) -> np.ndarray:
-        return load_scores(pool, spec, within=self.within, inputs_dir=self.inputs_dir).values
+        return load_scores(pool, spec, within=self.within, inputs_dir=self.inputs_dir,
+                           accept_changed_inputs=self.accept_changed_inputs, missing=self.missing).values
 
 
 @register_score_source

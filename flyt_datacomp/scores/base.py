@@ -25,6 +25,7 @@ class Scores:
     source: str  # what produced them, for sidecars
     kind: str  # the registered kind of the source: "column", "file", "model", ...
     extra_uids: int = 0  # a score file's uids that are not in the pool (ignored)
+    filled: int = 0  # pool examples a score file had no score for, given the `missing` fill
     stored_dtype: np.dtype | None = None  # a pool column's own dtype (float32 for DataComp's CLIP scores)
 
 
@@ -34,11 +35,15 @@ class ScoreSource:
     kind: ClassVar[str]
     description: ClassVar[str]
 
-    def __init__(self, spec: str, within: np.ndarray | None = None, *, inputs_dir: str | None = None):
+    def __init__(self, spec: str, within: np.ndarray | None = None, *, inputs_dir: str | None = None,
+                 accept_changed_inputs: tuple[str, ...] = (), missing: str = "error"):
         self.spec = spec
         # pool positions whose statistics a source that standardises uses (None: the whole pool)
         self.within = within
         self.inputs_dir = inputs_dir  # an input store, for sources that read one
+        # stored inputs a trained model may read although they changed since its training ("*": any)
+        self.accept_changed_inputs = tuple(accept_changed_inputs)
+        self.missing = missing  # what a score file's missing pool examples get: error, min or mean (of its scores)
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -57,10 +62,13 @@ register_score_source = SCORE_SOURCES.register  # bare specs are tried in regist
 
 
 def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None, *,
-                         inputs_dir: str | None = None) -> ScoreSource:
+                         inputs_dir: str | None = None, accept_changed_inputs: tuple[str, ...] = (),
+                         missing: str = "error") -> ScoreSource:
     """The registered source ``spec`` names (``KIND:SPEC``) or that claims it (a bare spec).
     ``within``: the pool positions a restricted run keeps (for sources that standardise);
-    ``inputs_dir``: an input store, for ``store:`` sources."""
+    ``inputs_dir``: an input store, for ``store:`` sources; ``accept_changed_inputs``: stored inputs a
+    trained model may read although they changed since it was trained; ``missing``: what the pool
+    examples a score file has no score for get (error, or the min or mean of its scores)."""
     found = SCORE_SOURCES.find(spec, pool)
     if found is None:
         hint = did_you_mean(spec, pool.column_names)
@@ -70,14 +78,16 @@ def resolve_score_source(spec: str, pool: Pool, within: np.ndarray | None = None
             + f"; KIND:SPEC names a kind: {', '.join(SCORE_SOURCES)}"
         )
     cls, rest = found
-    return cls(rest, within, inputs_dir=inputs_dir)
+    return cls(rest, within, inputs_dir=inputs_dir, accept_changed_inputs=accept_changed_inputs, missing=missing)
 
 
 def load_scores(pool: Pool, source: str, *, within: np.ndarray | None = None,
-                inputs_dir: str | None = None) -> Scores:
+                inputs_dir: str | None = None, accept_changed_inputs: tuple[str, ...] = (),
+                missing: str = "error") -> Scores:
     """Resolve ``source`` against ``pool`` (and an input store) and return finite float64 scores in pool order.
     ``within``: the pool positions a restricted run keeps; sources that standardise use their statistics."""
-    resolved = resolve_score_source(source, pool, within, inputs_dir=inputs_dir)
+    resolved = resolve_score_source(source, pool, within, inputs_dir=inputs_dir,
+                                    accept_changed_inputs=accept_changed_inputs, missing=missing)
     scores = resolved.load(pool)
     scores.source = source
     bad = ~np.isfinite(scores.values)

@@ -23,6 +23,15 @@ from ..pool import Pool
 from .base import Scores, ScoreSource, load_scores, register_score_source
 
 
+def _values(path: str, key: str, value: Any) -> np.ndarray:
+    """A weight or bias of a mixing model as float64 numbers (a dense tensor of real numbers)."""
+    import torch
+
+    from ..torch_io import real_tensor
+
+    return real_tensor(value, f"mixing model {path}: {key}").detach().to("cpu", torch.float64).numpy()
+
+
 def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
     """(weights ``(k,)`` float32, bias) of a released mixing-model file."""
     from .. import torch_io
@@ -39,16 +48,17 @@ def read_mixing_model(path: str) -> tuple[np.ndarray, float]:
         raise FlytInputError(f"mixing model {path} is not a single linear layer (keys: {', '.join(sorted(state))}); "
                              "expected layers.0.weight [1, k] and layers.0.bias [1]")
     (wkey, w), = weights.items()
-    shape = tuple(getattr(w, "shape", ()))
-    if len(shape) != 2 or shape[0] != 1 or shape[1] < 1:
-        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(shape)}; a mixing model's is [1, k]")
+    w = _values(path, wkey, w)
+    if w.ndim != 2 or w.shape[0] != 1 or w.shape[1] < 1:
+        raise FlytInputError(f"mixing model {path}: {wkey} has shape {list(w.shape)}; a mixing model's is [1, k]")
     b = 0.0
     if biases:
         (bkey, bias), = biases.items()
-        if tuple(getattr(bias, "shape", ())) not in ((1,), ()):
+        bias = _values(path, bkey, bias)
+        if bias.shape not in ((1,), ()):
             raise FlytInputError(f"mixing model {path}: {bkey} has shape {list(bias.shape)}, not [1]")
         b = float(bias.reshape(-1)[0])
-    w = np.asarray(w.detach().float().cpu().numpy()[0], dtype=np.float32)
+    w = np.asarray(w[0], dtype=np.float32)
     if not np.isfinite(w).all() or not np.isfinite(b):
         raise FlytInputError(f"mixing model {path} holds non-finite weights")
     return w, b
@@ -102,7 +112,9 @@ class MixingScore(ScoreSource):
             raise FlytInputError(f"mixing model {path} mixes {weights.size} inputs but {len(names)} were named "
                                  f"({', '.join(names)}); name them all, in the model's order")
         columns = [np.asarray(load_scores(pool, self.input_spec(pool, n), within=self.within,
-                                          inputs_dir=self.inputs_dir).values, dtype=np.float32) for n in names]
+                                          inputs_dir=self.inputs_dir, missing=self.missing,
+                                          accept_changed_inputs=self.accept_changed_inputs).values, dtype=np.float32)
+                   for n in names]
         out = np.empty(pool.size, dtype=np.float64)
         for shard in pool.shards:  # one shard at a time, as a native model scores the pool
             rows = slice(shard.offset, shard.offset + shard.num_rows)

@@ -50,7 +50,8 @@ class ScoringModel(ScoreSource):
 
     def load(self, pool: Pool) -> Scores:
         _require_file(self.spec, "scoring model")
-        return Scores(_scores_from_model(pool, self.spec, self.inputs_dir), self.spec, self.kind)
+        return Scores(_scores_from_model(pool, self.spec, self.inputs_dir, self.accept_changed_inputs), self.spec,
+                      self.kind)
 
 
 @register_score_source
@@ -64,8 +65,8 @@ class ScoreFile(ScoreSource):
 
     def load(self, pool: Pool) -> Scores:
         _require_file(self.spec, "score file")
-        values, extra = scores_from_file(pool, self.spec)
-        return Scores(values, self.spec, self.kind, extra_uids=extra)
+        values, extra, filled = scores_from_file(pool, self.spec, self.missing)
+        return Scores(values, self.spec, self.kind, extra_uids=extra, filled=filled)
 
     def where(self, pool: Pool, i: int) -> str:
         return f"pool {pool.locate(i)} (uid {uids_to_hex(pool.uids[i:i + 1])[0]})"
@@ -104,11 +105,14 @@ def _is_file(source: str) -> bool:
         return False
 
 
-def _scores_from_model(pool: Pool, source: str, inputs_dir: str | None = None) -> np.ndarray:
+def _scores_from_model(pool: Pool, source: str, inputs_dir: str | None = None,
+                       accept_changed_inputs: tuple[str, ...] = ()) -> np.ndarray:
     """Apply a trained scoring model to the whole pool (its inputs read shard by shard, stored
-    inputs from ``inputs_dir`` or else the store the model was trained with)."""
+    inputs from ``inputs_dir`` or else the store the model was trained with, refused when they
+    changed since it was trained unless named in ``accept_changed_inputs``)."""
     from ..flyt.features import FeatureSpec
     from ..flyt.models import load_scoring_model, score_pool
 
     model, meta = load_scoring_model(source)
-    return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source, inputs_dir))
+    return score_pool(pool, model, FeatureSpec.of_scoring_model(model, meta, source, inputs_dir,
+                                                                accept_changed_inputs))

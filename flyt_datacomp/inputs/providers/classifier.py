@@ -31,25 +31,22 @@ import numpy as np
 from ...errors import FlytInputError, quote
 from ...io import write_json
 from .base import FitContext, Option, Provider, register_provider
-from .normsim import load_target_embeddings
+from .normsim import embedding_matrix, load_target_embeddings, read_npy
 
 
 def load_targets(path: str, features: str) -> np.ndarray:
+    """The positive class's features: ``img`` (and ``txt`` for image+text) of a .npz, a .npy, or the
+    targets NormSim reads; checked to be non-empty finite real matrices."""
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "img" not in z.files:
-                raise FlytInputError(f"classifier targets {path} need key 'img' (and 'txt' for image+text)")
-            img = np.asarray(z["img"], dtype=np.float32)
-            if features == "image":
-                return img
-            if "txt" not in z.files:
-                raise FlytInputError(f"classifier targets {path} have no 'txt' key, needed for features=image+text")
-            return np.concatenate([img, np.asarray(z["txt"], dtype=np.float32)], axis=1)
+        keys = ("img",) if features == "image" else ("img", "txt")
+        parts = [embedding_matrix(read_npy(path, "classifier targets", k), f"classifier targets {path} ({k})")
+                 for k in keys]
+        if len({len(p) for p in parts}) != 1:
+            raise FlytInputError(f"classifier targets {path}: 'img' and 'txt' have {len(parts[0])} and {len(parts[1])} "
+                                 "rows; they must pair up")
+        return np.concatenate(parts, axis=1)
     if path.endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-        if arr.ndim != 2:
-            raise FlytInputError(f"classifier targets {path} must be 2-D, got shape {arr.shape}")
-        return np.asarray(arr, dtype=np.float32)
+        return embedding_matrix(read_npy(path, "classifier targets"), f"classifier targets {path}")
     return load_target_embeddings(path)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,51 @@ from .base import FitContext, Option, Provider, register_provider
 
 ROW_CHUNK = 4096
 TARGET_CHUNK = 16384
+
+
+def embedding_matrix(arr: Any, where: str) -> np.ndarray:
+    """``arr`` as a float32 ``(T, d)`` matrix of finite real numbers with at least one row and column,
+    else one error naming ``where`` (an empty file, text, objects, complex numbers, NaN)."""
+    arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
+    if arr.dtype.kind not in "iuf":
+        what = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers", "b": "booleans"}.get(
+            arr.dtype.kind, f"{arr.dtype} values")
+        raise FlytInputError(f"{where} holds {what}, not embeddings (real numbers)")
+    if arr.ndim != 2:
+        raise FlytInputError(f"{where} must be 2-D (T, d), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise FlytInputError(f"{where} is empty (shape {arr.shape}): it needs at least one embedding")
+    out = np.asarray(arr, dtype=np.float32)
+    bad = ~np.isfinite(out)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise FlytInputError(f"{where} holds {int(bad.sum())} non-finite values (the first in row {row})")
+    return out
+
+
+def read_npy(path: str, what: str, key: str | None = None) -> np.ndarray:
+    """An array of a .npy file (or key ``key`` of a .npz), read without unpickling; a truncated or
+    damaged file, or one holding objects, is one error naming it."""
+    try:
+        if key is None:
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files:
+                raise FlytInputError(f"{what} {path} has no key {key!r} (keys: {', '.join(z.files) or 'none'})")
+            return z[key]
+    except FlytInputError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise FlytInputError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _tensor_values(obj: Any, where: str) -> np.ndarray:
+    """A loaded tensor of real numbers as a float32 numpy array (else one error naming ``where``)."""
+    import torch
+
+    from ...torch_io import real_tensor
+
+    return real_tensor(obj, where).detach().to("cpu", torch.float32).numpy()
 
 
 def load_target_embeddings(pattern: str) -> np.ndarray:
@@ -41,15 +87,10 @@ def load_target_embeddings(pattern: str) -> np.ndarray:
                 if "image_features" not in obj:
                     raise FlytInputError(f"target embeddings file {path} has no 'image_features' (keys: {list(obj)})")
                 obj = obj["image_features"]
-            arr = obj.float().numpy() if hasattr(obj, "numpy") else np.asarray(obj)
+            arr = _tensor_values(obj, f"target embeddings {path}")
         else:
-            try:
-                arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise FlytInputError(f"cannot read target embeddings {path}: {exc}") from None
-        if arr.ndim != 2:
-            raise FlytInputError(f"target embeddings {path} must be 2-D (T, d), got shape {arr.shape}")
-        parts.append(np.asarray(arr, dtype=np.float32))
+            arr = read_npy(path, "target embeddings")
+        parts.append(embedding_matrix(arr, f"target embeddings {path}"))
     if len({p.shape[1] for p in parts}) != 1:
         raise FlytInputError(f"target embeddings {quote(pattern)} mix dimensions {sorted({p.shape[1] for p in parts})}")
     g = np.concatenate(parts)

@@ -58,7 +58,8 @@ class UidFileInput(Provider):
     def fit(self, ctx: FitContext) -> Any:
         from ...scores import read_uid_scores
 
-        uids, values = read_uid_scores(self.args["path"])  # sorted, duplicates refused
+        # sorted, duplicates refused; a row without a score leaves its uid without a value (`missing` decides)
+        uids, values = read_uid_scores(self.args["path"], drop_missing=True)
         ctx.record["source_uids"] = len(uids)  # those that match no pool example are counted in the manifest
         out = ctx.work_dir / f"{ctx.name}.scores.npz"
         with atomic_path(out) as tmp, open(tmp, "wb") as fh:
