@@ -135,6 +135,28 @@ def test_scoring_weight_decay_is_its_own_and_checked(tiny_demo_pool, tmp_path):
         small_config(tiny_demo_pool, weight_decay=-0.1).validate()
 
 
+def test_a_run_keeps_its_name_when_an_option_is_added_at_its_neutral_default(tiny_demo_pool):
+    """A cached run is named by its configuration's identity: the options added later with a default
+    that trains as before are left out where they hold it (the run trained before them stays valid),
+    and count as soon as they are set."""
+    import dataclasses
+    import hashlib
+
+    from flyt_datacomp.flyt.config import NEUTRAL_AT_DEFAULT
+
+    cfg = small_config(tiny_demo_pool)
+    before = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NEUTRAL_AT_DEFAULT}
+    assert cfg.identity() == before
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:12]
+    run = tiny_demo_pool._run_dir("m-flyt-demo", cfg, "runs")
+    assert run.name == f"m-flyt-demo-{digest}"
+    for change in ({"mixing": "pairwise"}, {"validation_fraction": 0.2}, {"scoring_weight_decay": 0.5},
+                   {"compact_vocabulary": True}):
+        other = dataclasses.replace(cfg, **change)
+        assert other.identity() == {**before, **change}
+        assert tiny_demo_pool._run_dir("m-flyt-demo", other, "runs") != run
+
+
 # ---------------------------------------------------------------------------- the validation split and gain
 
 

@@ -156,7 +156,7 @@ class DemoPool:
         return (self._run_dir(preset, cfg, runs_dir) / SCORING_MODEL_FILE).is_file()
 
     def _run_dir(self, preset: str, cfg, runs_dir: str | os.PathLike | None) -> Path:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:12]
         return Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
 
     # ------------------------------------------------------------------ the input store

@@ -133,6 +133,14 @@ class TrainConfig:
     checkpoint_every: int = _field(500, "steps between checkpoints")
     tensorboard: bool = _field(False, "also log the metrics to TensorBoard (needs the tensorboard extra)")
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that identify a training configuration (for the names of cached runs): all of them,
+        except the options of :data:`NEUTRAL_AT_DEFAULT` where they hold their default, so adding such an
+        option keeps the runs trained before it was there."""
+        values = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in values.items() if not (k in NEUTRAL_AT_DEFAULT and v == defaults[k])}
+
     @property
     def scoring_decay(self) -> float:
         """The scoring model's weight decay (``scoring_weight_decay``, else ``weight_decay``)."""
@@ -210,6 +218,11 @@ class TrainConfig:
             raise FlytInputError("`reference_init` pretrained needs `reference_pretrained` TAG (an open_clip tag)",
                                  params=["reference_init", "reference_pretrained"])
 
+
+# options whose default trains as the package did before they existed (a run's identity leaves them out
+# where they hold it): the compact vocabulary, the scoring model's own decay, the mixing model, validation
+NEUTRAL_AT_DEFAULT = frozenset({"compact_vocabulary", "scoring_weight_decay", "mixing", "validation_fraction",
+                                "validation_loss", "validation_size", "validation_probes"})
 
 # what the two demo presets share: the digits pool on a CPU, the reference initialised from the
 # demo's b32 scorer CLIP (the data and checkpoint paths come from the built pool)
