@@ -294,3 +294,35 @@ def test_zero_shot_loss_is_the_models_own_classifier():
     expect = -logp[np.arange(6), labels].mean()
     got = ZeroShotLoss()(torch.from_numpy(img), torch.from_numpy(labels), torch.from_numpy(txt), torch.tensor(scale))
     assert float(got) == pytest.approx(expect, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- what the signal asks for, by kind
+
+def _signal_by_kind(demo, tmp_path, **overrides):
+    from flyt_datacomp.demo.signal import Recorder, kind_signal, kinds_in_pool_order
+    from flyt_datacomp.pool import Pool
+
+    cfg = demo.train_config("m-flyt-demo", {"steps": 60, "checkpoint_every": 10**9, **overrides}, progress=False)
+    rec = Recorder()
+    Trainer(cfg, tmp_path / overrides.get("downstream_loss", "ce"), progress=False, observer=rec).run()
+    kind = kinds_in_pool_order(demo, Pool(str(demo.metadata_dir), progress=False))
+    kinds = kind_signal(rec.arrays(), kind, {}, [("run", 0, cfg.steps)])["run"]["kinds"]
+    return {name: v["help"] for name, v in kinds.items()}
+
+
+@pytest.mark.slow
+def test_on_the_default_pool_the_flat_downstream_loss_does_not_ask_for_the_task_most(tmp_path):
+    """The per-kind measurement on the default demo pool, from the demo's b32 scorer: with CE at
+    temperature 1 (the loss stays near ln 10) the examples that help the downstream loss most are not
+    the task's (a wrong caption on another domain helps more), and a digit with a wrong caption hurts
+    most; with a learned downstream temperature the task's examples help more than the aligned ones
+    of other domains, and clutter hurts."""
+    from flyt_datacomp.demo import build_demo_pool
+
+    demo = build_demo_pool(tmp_path / "pool", progress=False)
+    ce = _signal_by_kind(demo, tmp_path, downstream_loss="ce")
+    assert min(ce, key=ce.get) == "digit, wrong caption", ce
+    assert ce["the task"] < ce["other, wrong caption"], ce
+    temp = _signal_by_kind(demo, tmp_path, downstream_loss="ce_temp")
+    assert temp["the task"] > temp["aligned, not the task"], temp
+    assert temp["clutter"] < 0, temp
