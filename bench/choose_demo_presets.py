@@ -71,7 +71,8 @@ def _train(args: tuple[str, dict, str, str]) -> tuple[str, str, float]:
     return name, str(out / "scoring_model.pt"), time.perf_counter() - t0 if result else 0.0
 
 
-def judge(demo, inputs_dir: str, overrides: dict, models: dict[str, torch.nn.Module], run_dir: Path) -> dict:
+def judge(demo, inputs_dir: str, overrides: dict, models: dict[str, torch.nn.Module], run_dir: Path,
+          unit: bool = True) -> dict:
     """Every model's validation gain at the starting reference state of a configuration."""
     cfg = demo.train_config("m-flyt-demo-all", {**VALIDATION, **overrides, "inputs_dir": inputs_dir,
                                                 "validation_probes": JUDGE_PROBES})
@@ -83,10 +84,14 @@ def judge(demo, inputs_dir: str, overrides: dict, models: dict[str, torch.nn.Mod
         out = {}
         for name, m in models.items():
             out[name] = trainer.validation_gain(m)
+            print(f"  {name:<36} {out[name]['val_gain'] * 1e4:+8.3f} ± {out[name]['val_gain_se'] * 1e4:6.3f}", flush=True)
+            if not unit:
+                continue
             unit = copy.deepcopy(m)  # the same ranking at unit std over the pool: what the ranking alone is worth
             with torch.no_grad():
                 unit.weight.div_(m(features).std())
             out[f"{name} (unit std)"] = trainer.validation_gain(unit)
+            print(f"  {name + ' (unit std)':<36} {out[name + ' (unit std)']['val_gain'] * 1e4:+8.3f}", flush=True)
         return out
 
 
@@ -96,6 +101,9 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("choose-runs"), help="where the candidates train [./choose-runs]")
     ap.add_argument("--inputs-dir", help="the 7-input store [the benchmark table's]")
     ap.add_argument("--in-weights", help="the ImageNet-weighted sum's weights per input, name=w,... (judged too)")
+    ap.add_argument("--judges", help="comma-separated judge numbers, 1-based [all]: " + "; ".join(
+        f"{i + 1}: {j}" for i, j in enumerate(JUDGES)))
+    ap.add_argument("--no-unit", action="store_true", help="judge each model at the scale it writes only")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--output", type=Path)
     args = ap.parse_args()
@@ -119,8 +127,12 @@ def main() -> None:
             m.weight.copy_(torch.from_numpy(weights))
         models[label] = m
     results = {}
-    for label, family in JUDGES.items():
-        results[label] = judge(demo, inputs_dir, family, models, args.runs / f"judge-{os.getpid()}-{len(results)}")
+    chosen = [int(j) - 1 for j in args.judges.split(",")] if args.judges else range(len(JUDGES))
+    for i in chosen:
+        label, family = list(JUDGES.items())[i]
+        print(f"\njudge: {label} (gain x1e4 ± s.e.)", flush=True)
+        results[label] = judge(demo, inputs_dir, family, models, args.runs / f"judge-{os.getpid()}-{len(results)}",
+                               unit=not args.no_unit)
     runs = {n: {"seconds": t, "metrics": [json.loads(x) for x in (args.runs / n / "metrics.jsonl").read_text().splitlines()
                                           if "val_gain" in x]} for n, (_, t) in trained.items()}
     for label, res in results.items():

@@ -253,8 +253,6 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
      lambda w: w.scs("inweighted_all_scs", w.relevance_weighted(STORE_INPUTS))),
     ("mflyt_all_scs", "M-FLYT (7 store inputs) + SCS",
      lambda w: w.scs("mflyt_all_scs", w.scoring_model("m-flyt-demo-all"))),
-    ("mflyt_all_pairwise_scs", "M-FLYT (7 store inputs, pairwise) + SCS",
-     lambda w: w.scs("mflyt_all_pairwise_scs", w.scoring_model("m-flyt-demo-all-pairwise"))),
     ("oracle", "oracle (correct captions only)", lambda w: w.oracle("oracle")),
     ("task_oracle", "task oracle (correct digit captions only)", lambda w: w.oracle("task_oracle", "task")),
     ("alignment_oracle", "alignment oracle (every correct caption, any domain)",
@@ -262,8 +260,7 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
 ]
 ROW_IDS = [r[0] for r in STANDARD_ROWS]
 # the rows of each pool version's table (a v3 pool holds digits only: its two oracles would be one)
-_V4_ONLY = ("task_oracle", "alignment_oracle", *(r for r, _ in SINGLE_INPUT_ROWS[2:]), "inweighted_all_scs",
-            "mflyt_all_pairwise_scs")
+_V4_ONLY = ("task_oracle", "alignment_oracle", *(r for r, _ in SINGLE_INPUT_ROWS[2:]), "inweighted_all_scs")
 VERSION_ROWS = {
     "v3": [r for r in ROW_IDS if r not in _V4_ONLY],
     "v4": [r for r in ROW_IDS if r != "oracle"],

@@ -18,8 +18,8 @@ from typing import Any
 from ..errors import FlytInputError
 from ..process import torch_threads
 
-DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all", "m-flyt-demo-all-pairwise")
-STORE_PRESETS = ("m-flyt-demo-all", "m-flyt-demo-all-pairwise")  # they mix the inputs of the demo's input store
+DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
+STORE_PRESETS = ("m-flyt-demo-all",)  # they mix the inputs of the demo's input store
 DEMO_VERSIONS = ("v3", "v4")
 
 # The mini-benchmark's samples seen on each pool version: the recipe of that version
