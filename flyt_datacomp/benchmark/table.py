@@ -199,7 +199,10 @@ class Workspace:
 
 
 def flyt_summary(run_dir: Path) -> dict[str, Any]:
-    """What a scoring-model run learned: first/last weight entropy and downstream loss, weights."""
+    """What a scoring-model run learned: first/last weight entropy and downstream loss, and the mixing
+    weights of the model it wrote (the checkpoint validation chose, where it chose one)."""
+    from ..flyt.trainer import MIXING_WEIGHTS_FILE, SCORING_MODEL_FILE
+
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": len(lines)}
     if lines:
@@ -208,6 +211,12 @@ def flyt_summary(run_dir: Path) -> dict[str, Any]:
                 summary[key] = {"first": lines[0][key], "min": min(m[key] for m in lines), "last": lines[-1][key]}
         if "mixing_weights" in lines[-1]:
             summary["mixing_weights"] = lines[-1]["mixing_weights"]
+        if (run_dir / MIXING_WEIGHTS_FILE).is_file():
+            summary["mixing_weights"] = json.loads((run_dir / MIXING_WEIGHTS_FILE).read_text())
+        sidecar = run_dir / f"{SCORING_MODEL_FILE}.json"
+        selected = json.loads(sidecar.read_text()).get("validation") if sidecar.is_file() else None
+        if selected:
+            summary["selected_step"] = selected["selected_step"]
         if "downstream_temperature" in lines[-1]:
             summary["downstream_temperature"] = lines[-1]["downstream_temperature"]
     return summary
