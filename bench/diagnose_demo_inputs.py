@@ -70,7 +70,10 @@ def main() -> None:
     names = list(CLIP_COLUMNS) + [n for n in json.loads(manifest.read_text())["inputs"] if n not in CLIP_COLUMNS]
     scores = {n: load_scores(pool, n if n in CLIP_COLUMNS else f"store:{n}", inputs_dir=str(store)).values
               for n in names}
-    runs = sorted((demo.root / "benchmark" / "table" / "runs").glob("m-flyt-demo-all-*/mixing_weights.json"))
+    # the run the table trains with the preset as it is now (older runs of the preset stay beside it)
+    run_dir = demo._run_dir("m-flyt-demo-all", demo.train_config("m-flyt-demo-all", {"inputs_dir": str(store)},
+                                                                  progress=False), store.parent / "runs")
+    runs = [run_dir / "mixing_weights.json"] if (run_dir / "mixing_weights.json").is_file() else []
     weights = json.loads(runs[-1].read_text()) if runs else {}
 
     print("| input | correct vs other captions | the task vs the rest | digit image vs the rest "

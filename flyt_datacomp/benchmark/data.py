@@ -15,10 +15,8 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -181,36 +179,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 # ---------------------------------------------------------------------------------- text
-
-
-class Vocabulary:
-    """The BPE tokens a set of texts uses, renumbered 0..V-1 in id order.
-
-    The demo's captions and prompts use a few dozen of the tokenizer's 49,408 tokens; a model
-    whose token table holds only those trains much faster on a CPU (a dense AdamW update over the
-    full table would dominate each step). Keeping the ids' order keeps the end-of-text token the
-    largest id, which open_clip's argmax pooling relies on.
-    """
-
-    def __init__(self, tokenizer: Any, texts: Sequence[str]):
-        self._tokenizer = tokenizer
-        tokens = tokenizer(list(texts))
-        self.token_ids = np.unique(tokens.numpy())  # sorted, includes padding 0 and start/end
-        self._remap = {int(t): i for i, t in enumerate(self.token_ids)}
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Token matrix (n, context) in the compact numbering; unknown tokens are an error."""
-        tokens = self._tokenizer(list(texts)).numpy()
-        pos = np.searchsorted(self.token_ids, tokens)
-        pos = np.clip(pos, 0, len(self.token_ids) - 1)
-        bad = self.token_ids[pos] != tokens
-        if bad.any():
-            row = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise FlytInputError(f"text {list(texts)[row]!r} uses tokens outside the benchmark's vocabulary")
-        return pos.astype(np.int64)
 
 
 def load_labelled_images(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ class Recipe:
 
     ``arch`` names an offline tiny open_clip config (``flyt_datacomp.clip_models``); its token
     table is cut to the few dozen tokens the demo's captions and prompts use (see
-    ``benchmark.data.Vocabulary``). Training: AdamW (betas 0.9/0.98, eps 1e-6, weight decay on
+    ``clip_models.Vocabulary``). Training: AdamW (betas 0.9/0.98, eps 1e-6, weight decay on
     >=2-dim weights), linear warmup over ``warmup_fraction`` of the steps then cosine decay,
     ``samples_seen // batch_size`` steps over the subset's entries reshuffled every epoch.
     ``threads`` is the torch CPU thread count inside a run (results are reproducible for a fixed

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from .. import selection
 from ..demo.domains import TARGET_DOMAIN
-from ..demo.pool import DEMO_SCS_ALPHA, demo_scs_group_size
+from ..demo.pool import DEMO_SCS_ALPHA, STORE_PRESETS, demo_scs_group_size
 from ..errors import FlytInputError
 from ..pool import Pool
 from ..uids import hex_to_uids, lookup, uid_order, write_subset
@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # evaluate imports torch; the CLI imports this module for its
 INFORMATIVE_INPUTS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
 # the ImageNet-weighted sum's ratio of largest to smallest weight (paper C.5 tries 2, 4, 8, 16)
 RELEVANCE_RATIO = 4
+# an input's relevance is the mean accuracy of its own top-30% row over at most this many of the table's
+# seeds (a property of the input, not of the mix; seven inputs at every seed of a 5-seed table would
+# cost as much as the rest of it)
+RELEVANCE_SEEDS = 3
 RANDOM_COLUMN = "noise_score"  # i.i.d. normal, independent of everything: its top 30% is a random 30%
 
 # a few FLYT steps on small batches, for smoke runs (--quick)
@@ -116,22 +120,24 @@ class Workspace:
 
     def all_inputs(self) -> str:
         """The many-input M-FLYT preset's inputs as score sources (store inputs as store:NAME)."""
-        from ..flyt.config import PRESETS
+        return ",".join(self.source(c) for c in STORE_INPUTS)
 
-        pool = self.pool()
-        return ",".join(c if c in pool.column_names else f"store:{c}" for c in PRESETS["m-flyt-demo-all"]["inputs"])
-
-    def accuracy(self, row_id: str) -> float:
-        """A standard row's mean accuracy (evaluated now; the table's later evaluation is a cache hit)."""
+    def accuracy(self, row_id: str, at_most: int | None = None) -> float:
+        """A standard row's mean accuracy over the table's seeds, or its first ``at_most`` (evaluated now;
+        the table's later evaluation is a cache hit)."""
         label, make = next((label, make) for rid, label, make in STANDARD_ROWS if rid == row_id)
-        return float(self.bench.evaluate_many([(make(self), label)], self.seeds)[0]["mean"])
+        return float(self.bench.evaluate_many([(make(self), label)], self.seeds[:at_most])[0]["mean"])
 
-    def relevance_weighted(self) -> str:
-        """The paper's ImageNet-weighted standardised sum (C.5) of the two CLIP scores, each input's
-        relevance being the accuracy of its own top-30% row (as the paper's IN_k is the ImageNet
-        accuracy of filtering by input k alone)."""
-        rows = {"clip_b32_similarity_score": "b32_top30", "clip_l14_similarity_score": "l14_top30"}
-        relevance = ",".join(f"{c}={self.accuracy(r):.6f}" for c, r in rows.items())
+    def source(self, name: str) -> str:
+        """A pool column or an input of the demo's store, as a score source."""
+        return name if name in self.pool().column_names else f"store:{name}"
+
+    def relevance_weighted(self, inputs: Sequence[str] = INFORMATIVE_INPUTS) -> str:
+        """The paper's ImageNet-weighted standardised sum (C.5) of ``inputs``, each input's relevance
+        being the accuracy of its own top-30% row (as the paper's IN_k is the ImageNet accuracy of
+        filtering by input k alone)."""
+        rows = {name: row for row, name in SINGLE_INPUT_ROWS}
+        relevance = ",".join(f"{self.source(c)}={self.accuracy(rows[c], RELEVANCE_SEEDS):.6f}" for c in inputs)
         return f"in_weighted:r={RELEVANCE_RATIO}:{relevance}"
 
     def top(self, name: str, score: str) -> Path:
@@ -148,7 +154,7 @@ class Workspace:
         """Train (once) a FLYT scoring model with ``preset`` on the demo pool; its checkpoint path
         (a changed configuration trains anew, an unchanged one is reused)."""
         overrides = dict(QUICK_FLYT) if self.settings["quick_flyt"] else {}
-        if preset == "m-flyt-demo-all":
+        if preset in STORE_PRESETS:
             overrides["inputs_dir"] = str(self.input_store())
         trained = self.demo.train(preset, overrides=overrides, runs_dir=self.work / "runs",
                                   threads=self.bench.recipe.threads, progress=self.progress)
@@ -193,7 +199,10 @@ class Workspace:
 
 
 def flyt_summary(run_dir: Path) -> dict[str, Any]:
-    """What a scoring-model run learned: first/last weight entropy and downstream loss, weights."""
+    """What a scoring-model run learned: first/last weight entropy and downstream loss, and the mixing
+    weights of the model it wrote (the checkpoint validation chose, where it chose one)."""
+    from ..flyt.trainer import MIXING_WEIGHTS_FILE, SCORING_MODEL_FILE
+
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
     summary: dict[str, Any] = {"run_dir": str(run_dir), "steps": len(lines)}
     if lines:
@@ -202,6 +211,12 @@ def flyt_summary(run_dir: Path) -> dict[str, Any]:
                 summary[key] = {"first": lines[0][key], "min": min(m[key] for m in lines), "last": lines[-1][key]}
         if "mixing_weights" in lines[-1]:
             summary["mixing_weights"] = lines[-1]["mixing_weights"]
+        if (run_dir / MIXING_WEIGHTS_FILE).is_file():
+            summary["mixing_weights"] = json.loads((run_dir / MIXING_WEIGHTS_FILE).read_text())
+        sidecar = run_dir / f"{SCORING_MODEL_FILE}.json"
+        selected = json.loads(sidecar.read_text()).get("validation") if sidecar.is_file() else None
+        if selected:
+            summary["selected_step"] = selected["selected_step"]
         if "downstream_temperature" in lines[-1]:
             summary["downstream_temperature"] = lines[-1]["downstream_temperature"]
     return summary
@@ -209,12 +224,25 @@ def flyt_summary(run_dir: Path) -> dict[str, Any]:
 
 RowMaker = Callable[[Workspace], Path]
 STDSUM = "standardized_sum:" + ",".join(INFORMATIVE_INPUTS)  # the registered aggregation score source
+# the inputs of the demo's input store that the many-input M-FLYT presets mix
+STORE_INPUTS = ("clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
+                "normsim_digits", "classifier_digits", "eflyt")
+# each input alone, top 30%: a row each, whose accuracies are the ImageNet-weighted sums' relevances
+SINGLE_INPUT_ROWS = (("b32_top30", "clip_b32_similarity_score"), ("l14_top30", "clip_l14_similarity_score"),
+                     ("nclb32_top30", "neg_clip_loss_b32"), ("ncll14_top30", "neg_clip_loss_l14"),
+                     ("normsim_top30", "normsim_digits"), ("classifier_top30", "classifier_digits"),
+                     ("eflyt_top30", "eflyt"))
+_SINGLE_LABELS = {"b32_top30": "clip_b32 top 30%", "l14_top30": "clip_l14 top 30%"}
+
+
+def _single(row: str, name: str) -> tuple[str, str, RowMaker]:
+    return row, _SINGLE_LABELS.get(row, f"{name} top 30%"), lambda w: w.top(row, w.source(name))
+
 
 STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
     ("no_filter", "no filter", lambda w: w.whole_pool("no_filter")),
     ("random_30", "random 30%", lambda w: w.top("random_30", RANDOM_COLUMN)),
-    ("b32_top30", "clip_b32 top 30%", lambda w: w.top("b32_top30", "clip_b32_similarity_score")),
-    ("l14_top30", "clip_l14 top 30%", lambda w: w.top("l14_top30", "clip_l14_similarity_score")),
+    *(_single(row, name) for row, name in SINGLE_INPUT_ROWS[:2]),
     ("mflyt_top30", "M-FLYT top 30%", lambda w: w.top("mflyt_top30", w.scoring_model("m-flyt-demo"))),
     ("b32_scs", "clip_b32 (standardised) + SCS",
      lambda w: w.scs("b32_scs", "clip_b32_similarity_score", standardize=True)),
@@ -227,8 +255,11 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
     ("eflyt_scs", "E-FLYT + SCS", lambda w: w.scs("eflyt_scs", w.scoring_model("e-flyt-demo"))),
     ("caption_mflyt_scs", "basic-filter caption rule + M-FLYT + SCS",
      lambda w: w.scs("caption_mflyt_scs", w.scoring_model("m-flyt-demo"), masks=("caption:basic",))),
+    *(_single(row, name) for row, name in SINGLE_INPUT_ROWS[2:]),
     ("stdsum_all_scs", "standardised sum of the 7 store inputs + SCS",
      lambda w: w.scs("stdsum_all_scs", f"standardized_sum:{w.all_inputs()}")),
+    ("inweighted_all_scs", f"ImageNet-weighted sum of the 7 store inputs (r = {RELEVANCE_RATIO}) + SCS",
+     lambda w: w.scs("inweighted_all_scs", w.relevance_weighted(STORE_INPUTS))),
     ("mflyt_all_scs", "M-FLYT (7 store inputs) + SCS",
      lambda w: w.scs("mflyt_all_scs", w.scoring_model("m-flyt-demo-all"))),
     ("oracle", "oracle (correct captions only)", lambda w: w.oracle("oracle")),
@@ -238,8 +269,9 @@ STANDARD_ROWS: list[tuple[str, str, RowMaker]] = [
 ]
 ROW_IDS = [r[0] for r in STANDARD_ROWS]
 # the rows of each pool version's table (a v3 pool holds digits only: its two oracles would be one)
+_V4_ONLY = ("task_oracle", "alignment_oracle", *(r for r, _ in SINGLE_INPUT_ROWS[2:]), "inweighted_all_scs")
 VERSION_ROWS = {
-    "v3": [r for r in ROW_IDS if r not in ("task_oracle", "alignment_oracle")],
+    "v3": [r for r in ROW_IDS if r not in _V4_ONLY],
     "v4": [r for r in ROW_IDS if r != "oracle"],
 }
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..clip_models import create_clip
+from ..clip_models import Vocabulary, create_clip
 from ..clip_models import tokenizer as make_tokenizer
 from ..errors import FlytInputError
 from ..flyt.losses import clip_loss
 from ..flyt.trainer import cosine_lr
 from ..process import torch_threads
-from .data import PoolImages, Vocabulary
+from .data import PoolImages
 from .recipe import Recipe
 from .zeroshot import prompts, zero_shot_accuracy
 

@@ -96,6 +96,7 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
     """Train a FLYT scoring model (M-FLYT or E-FLYT) by the paper's bilevel method."""
     from ..flyt import distributed as D
     from ..flyt.run_folder import check_run_folder, run_folder, take_run_folder
+    from ..flyt.signal import format_signal_table
     from ..flyt.trainer import Trainer, format_mixing_weights
     from ..process import install_signal_handlers
 
@@ -119,7 +120,14 @@ def train_command(preset: str | None, config_file: str | None, output_dir: str, 
         D.shutdown()
     if is_main:
         click.echo(f"scoring model: {result['scoring_model']}")
-        if "mixing_weights" in result:
+        if "selected_step" in result:
+            click.echo(f"(the checkpoint of step {result['selected_step']}: the largest validation gain)")
+        if result.get("signal"):
+            click.echo(format_signal_table(result["signal"], title="what the meta-gradient asked of each input, "
+                                                                    "over the run:"))
+            if "signal_plot" in result:
+                click.echo(f"plot of the weights and pulls over the steps: {result['signal_plot']}")
+        elif "mixing_weights" in result:
             click.echo(format_mixing_weights(result["mixing_weights"]))
 
 
@@ -127,7 +135,7 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
                         progress: bool = True, demo_version: str | None = None) -> TrainConfig:
     """The TrainConfig of a command line: the preset, then the config file, then the flags given
     (``options``: the flags' values by field name, None where a flag was not given)."""
-    from ..demo import DEMO_PRESETS, build_demo_pool
+    from ..demo import DEMO_PRESETS, STORE_PRESETS, build_demo_pool
 
     if demo_version is not None and preset not in DEMO_PRESETS:
         raise FlytInputError(f"--demo-version applies with a demo preset ({', '.join(DEMO_PRESETS)})")
@@ -135,7 +143,7 @@ def config_from_options(preset: str | None, config_file: str | None, options: di
     if preset in DEMO_PRESETS:
         demo = build_demo_pool(version=demo_version, progress=progress)
         file_values = {**demo.train_paths(), **file_values}
-        if preset == "m-flyt-demo-all" and "inputs_dir" not in file_values and options.get("inputs_dir") is None:
+        if preset in STORE_PRESETS and "inputs_dir" not in file_values and options.get("inputs_dir") is None:
             file_values["inputs_dir"] = str(demo.input_store(progress=progress))
     return build_config(preset, file_values, options)
 

@@ -14,6 +14,7 @@ from .pool import (
     DEMO_SCS_ALPHA,
     DEMO_SCS_NUM_SAMPLES,
     DEMO_VERSIONS,
+    STORE_PRESETS,
     DemoPool,
     TrainedModel,
     demo_scs_group_size,
@@ -21,6 +22,6 @@ from .pool import (
 )
 from .report import domain_breakdown, format_domain_breakdown, format_type_breakdown, type_breakdown
 
-__all__ = ["DEMO_PRESETS", "DEMO_SCS_ALPHA", "DEMO_SCS_NUM_SAMPLES", "DEMO_VERSIONS", "DemoPool", "TrainedModel",
+__all__ = ["DEMO_PRESETS", "DEMO_SCS_ALPHA", "DEMO_SCS_NUM_SAMPLES", "DEMO_VERSIONS", "STORE_PRESETS", "DemoPool", "TrainedModel",
            "build_demo_pool", "default_cache_dir", "demo_scs_group_size", "demo_scs_num_samples", "domain_breakdown",
            "format_domain_breakdown", "format_type_breakdown", "type_breakdown"]

@@ -19,6 +19,7 @@ from ..errors import FlytInputError
 from ..process import torch_threads
 
 DEMO_PRESETS = ("m-flyt-demo", "e-flyt-demo", "m-flyt-demo-all")
+STORE_PRESETS = ("m-flyt-demo-all",)  # they mix the inputs of the demo's input store
 DEMO_VERSIONS = ("v3", "v4")
 
 # The mini-benchmark's samples seen on each pool version: the recipe of that version
@@ -121,11 +122,11 @@ class DemoPool:
         }
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None, *, progress: bool = True):
-        """The TrainConfig of ``preset`` on this pool (``m-flyt-demo-all`` reads the demo's input store)."""
+        """The TrainConfig of ``preset`` on this pool (the :data:`STORE_PRESETS` read the demo's input store)."""
         from ..flyt.config import build_config
 
         overrides = dict(overrides or {})
-        if preset == "m-flyt-demo-all" and overrides.get("inputs_dir") is None:
+        if preset in STORE_PRESETS and overrides.get("inputs_dir") is None:
             overrides["inputs_dir"] = str(self.input_store(progress=progress))
         return build_config(preset, self.train_paths(), overrides)
 
@@ -155,7 +156,7 @@ class DemoPool:
         return (self._run_dir(preset, cfg, runs_dir) / SCORING_MODEL_FILE).is_file()
 
     def _run_dir(self, preset: str, cfg, runs_dir: str | os.PathLike | None) -> Path:
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode()).hexdigest()[:12]
         return Path(runs_dir if runs_dir is not None else self.root / "runs") / f"{preset}-{digest}"
 
     # ------------------------------------------------------------------ the input store

@@ -19,7 +19,8 @@ second term is exactly 0: both the closed form and the differentiable step guard
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +136,7 @@ def warmup_adam_state(
     *,
     params: Mapping[str, Tensor] | None = None,
     cfg: AdamWConfig = AdamWConfig(),
+    lr_schedule: Callable[[int], float] | None = None,
 ) -> tuple[Params, AdamState]:
     """Warm-start Adam's (m, v, t) with a few plain CLIP-loss AdamW steps on ``batches``.
 
@@ -144,17 +146,19 @@ def warmup_adam_state(
 
     Returns ``(params, state)``: the parameters after these steps and the warmed state. Using the
     moved parameters is the natural choice (they are ordinary reference-model steps); keeping the
-    original parameters with the warmed state is also fine at lr 5e-5.
+    original parameters with the warmed state is also fine at lr 5e-5. ``lr_schedule(i)``, if given,
+    is the learning rate of step i (0-based) in place of ``cfg.lr``.
     """
     from flyt_datacomp.flyt.losses import clip_loss
 
     current = {k: v.detach().clone() for k, v in (params or dict(model.named_parameters())).items()}
     state = AdamState.zeros(current)
-    for images, texts in batches:
+    for i, (images, texts) in enumerate(batches):
+        step_cfg = cfg if lr_schedule is None else dataclasses.replace(cfg, lr=lr_schedule(i))
         leaves = {k: v.detach().requires_grad_(True) for k, v in current.items()}
         img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
         grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
         grads = {k: (torch.zeros_like(v) if gr is None else gr) for (k, v), gr in zip(leaves.items(), grads)}
         with torch.no_grad():
-            current, state = adamw_step(current, grads, state, cfg)
+            current, state = adamw_step(current, grads, state, step_cfg)
     return current, state

@@ -84,3 +84,8 @@ def sample_class_texts(classes: ClassSet, generator: torch.Generator | None = No
     """
     idx = torch.randint(len(classes.templates), (classes.num_classes,), generator=generator)
     return [classes.templates[i].replace("{}", c) for i, c in zip(idx.tolist(), classes.classnames)]
+
+
+def all_class_texts(classes: ClassSet) -> list[str]:
+    """Every prompt a step can draw: each template with each class name."""
+    return [t.replace("{}", c) for c in classes.classnames for t in classes.templates]

@@ -77,6 +77,11 @@ class TrainConfig:
     reference_pretrain_steps: int = _field(0, "plain CLIP steps on the unfiltered pool before FLYT (a stand-in for a "
                                            "reference trained on the pool)")
     reference_pretrain_lr: float = _field(1e-3, "learning rate of those plain CLIP steps")
+    compact_vocabulary: bool = _field(False, "cut the reference model's token table to the tokens that the pool's "
+                                      "captions (its `text` column) and the class prompts use: the same results, "
+                                      "much faster steps for a small model whose table would dominate it (the "
+                                      "demo's captions use 38 of the 49,408 tokens); it reads every caption, so "
+                                      "it is for small pools, not DataComp's")
     adam_warmup_steps: int = _field(5, "plain CLIP-loss AdamW steps that warm the reference optimiser's state "
                                     "(m, v, t) before the first FLYT step")
     # optimisation (paper Table 7)
@@ -87,7 +92,15 @@ class TrainConfig:
     reference_lr: float = _field(5e-5, "reference model learning rate")
     scoring_lr: float = _field(1e-3, "scoring model learning rate")
     weight_decay: float = _field(
-        0.2, "AdamW weight decay (reference model: >= 2-dim weights only; scoring model: every weight but biases)")
+        0.2, "decoupled AdamW weight decay of the reference model (>= 2-dim weights only), and of the scoring model "
+        "unless --scoring-weight-decay is given (every weight but biases); each step shrinks a weight by lr x wd")
+    scoring_weight_decay: float | None = _field(
+        None, "the scoring model's own decoupled weight decay (default: --weight-decay). With AdamW run long "
+        "enough, an M-FLYT weight settles near (mean / RMS of its meta-gradient) / wd, so lr x wd x steps of a "
+        "few units lets the weights settle where the task's signal puts them")
+    mixing: str = _field("linear", "M-FLYT's model: linear (the paper's: a weight per standardised input) or pairwise "
+                         "(also a weight per product of two standardised inputs, which can express 'this AND that')",
+                         choices=("linear", "pairwise"))
     beta1: float = _field(0.9, "AdamW beta1 of both optimisers")
     beta2: float = _field(0.98, "AdamW beta2 of both optimisers")
     eps: float = _field(1e-6, "AdamW epsilon of both optimisers")
@@ -101,10 +114,37 @@ class TrainConfig:
                             choices=("auto", "fp32", "bf16", "tf32"))
     device: str = _field("auto", "auto (CUDA when there is a GPU), cpu or cuda (a config file may name cuda:N)",
                          choices=("auto", "cpu", "cuda"))
+    # validation: FLYT's objective on held-out downstream examples
+    validation_fraction: float = _field(0.0, "share of the downstream examples held out as a validation split "
+                                        "(chosen by a hash of shard name and key; never trained on): at every "
+                                        "checkpoint the scoring model's validation gain is measured on it (how much "
+                                        "more a reference step on its weighting lowers the held-out loss than an "
+                                        "unweighted step, from the reference's state at the start), and the final "
+                                        "scoring model is the checkpoint's with the largest gain (0: no validation, "
+                                        "the last step's model)")
+    validation_loss: str = _field("zero_shot", "the held-out loss validation judges by: zero_shot (the loss of the "
+                                  "model's own zero-shot classifier: cross entropy at its own temperature; the same "
+                                  "for runs trained with any downstream loss) or train (the run's downstream_loss)",
+                                  choices=("zero_shot", "train"))
+    validation_size: int = _field(1024, "at most this many held-out examples form the validation set")
+    validation_probes: int = _field(4, "fixed upstream batches the validation gain is measured on")
     # bookkeeping
     seed: int = _field(0, "seed of everything random (data order, initialisations, template draws)")
     checkpoint_every: int = _field(500, "steps between checkpoints")
     tensorboard: bool = _field(False, "also log the metrics to TensorBoard (needs the tensorboard extra)")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that identify a training configuration (for the names of cached runs): all of them,
+        except the options of :data:`NEUTRAL_AT_DEFAULT` where they hold their default, so adding such an
+        option keeps the runs trained before it was there."""
+        values = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return {k: v for k, v in values.items() if not (k in NEUTRAL_AT_DEFAULT and v == defaults[k])}
+
+    @property
+    def scoring_decay(self) -> float:
+        """The scoring model's weight decay (``scoring_weight_decay``, else ``weight_decay``)."""
+        return self.weight_decay if self.scoring_weight_decay is None else self.scoring_weight_decay
 
     @property
     def reference_source(self) -> str:
@@ -130,7 +170,10 @@ class TrainConfig:
             raise bad("inputs", "M-FLYT needs at least one input score column")
         if self.model == "m-flyt" and len(set(self.inputs)) != len(self.inputs):
             raise bad("inputs", "input columns must be distinct")
-        for name in ("steps", "batch_size", "downstream_batch_size", "checkpoint_every", "shuffle_buffer"):
+        if not 0 <= self.validation_fraction < 1:
+            raise bad("validation_fraction", "must be in [0, 1)")
+        for name in ("steps", "batch_size", "downstream_batch_size", "checkpoint_every", "shuffle_buffer",
+                     "validation_size", "validation_probes"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("warmup_steps", "adam_warmup_steps", "reference_pretrain_steps", "workers"):
@@ -140,8 +183,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise bad(name, "must be a positive number")
-        if not 0 <= self.weight_decay < 1:
-            raise bad("weight_decay", "must be in [0, 1)")
+        for wd, lr in (("weight_decay", "reference_lr"), ("scoring_weight_decay", "scoring_lr")):
+            value = getattr(self, wd)
+            if value is not None and not (value >= 0 and getattr(self, lr) * value < 1):
+                raise bad(wd, f"must be >= 0 with {lr} x {wd} < 1 (a step shrinks a weight by that share)")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad(name, "must be in [0, 1)")
@@ -173,6 +218,11 @@ class TrainConfig:
             raise FlytInputError("`reference_init` pretrained needs `reference_pretrained` TAG (an open_clip tag)",
                                  params=["reference_init", "reference_pretrained"])
 
+
+# options whose default trains as the package did before they existed (a run's identity leaves them out
+# where they hold it): the compact vocabulary, the scoring model's own decay, the mixing model, validation
+NEUTRAL_AT_DEFAULT = frozenset({"compact_vocabulary", "scoring_weight_decay", "mixing", "validation_fraction",
+                                "validation_loss", "validation_size", "validation_probes"})
 
 # what the two demo presets share: the digits pool on a CPU, the reference initialised from the
 # demo's b32 scorer CLIP (the data and checkpoint paths come from the built pool)
@@ -217,17 +267,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "inputs": ["clip_b32_similarity_score", "clip_l14_similarity_score", "noise_score"],
         "downstream_loss": "ce",
         "scoring_lr": 2e-2,
+        "compact_vocabulary": True,  # the same meta-gradients, a fifth less time per step (bench/bench_demo_step.py)
     },
     # M-FLYT over every input the demo's input store holds (the paper's many-input M-FLYT in small):
     # both CLIP scores, s-CLIPLoss of each CLIP, NormSim-inf and a classifier against the target
     # digits, and E-FLYT's score; the store (--inputs-dir) is made by flyt_datacomp.demo.inputs
+    # In the paper's regime, scaled to the demo: decoupled weight decay on the mixing weights long enough
+    # for them to settle (lr x decay x steps = 6), cosine after a warm-up, the best checkpoint by the
+    # validation gain on a held-out fifth of the downstream digits. Chosen on that validation objective
+    # over the 150-step preset, a learned downstream temperature, a reference started from the unfiltered
+    # pool and pairwise mixing (docs/benchmark.md, "Choosing the FLYT settings on validation").
     "m-flyt-demo-all": {
         **_DEMO,
         "model": "m-flyt",
         "inputs": ["clip_b32_similarity_score", "clip_l14_similarity_score", "neg_clip_loss_b32", "neg_clip_loss_l14",
                    "normsim_digits", "classifier_digits", "eflyt"],
         "downstream_loss": "ce",
-        "scoring_lr": 2e-2,
+        "steps": 600, "warmup_steps": 60, "checkpoint_every": 50,
+        "scoring_lr": 2e-2, "scoring_weight_decay": 0.5,
+        "validation_fraction": 0.2, "compact_vocabulary": True,
     },
     # E-FLYT on the digits demo pool: a GLU head on the pool's b32 npz embeddings. As in the
     # paper's E-FLYT-Base, CE with a learned downstream temperature and scoring lr 1e-3: with the
@@ -257,7 +315,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
                    "CPU in a few minutes",
     "m-flyt-demo-all": "M-FLYT on the digits demo pool over the 7 inputs of its input store (both CLIP scores, "
                        "s-CLIPLoss of each CLIP, NormSim-inf and a classifier against the target digits, E-FLYT's "
-                       "score); the store is computed once",
+                       "score; the store is computed once), 600 steps with the mixing weights' own weight decay and "
+                       "the checkpoint chosen on a validation split of the downstream digits",
     "e-flyt-demo": "E-FLYT on the digits demo pool: a GLU head on the pool's b32 embeddings, CE with a learned "
                    "downstream temperature",
 }

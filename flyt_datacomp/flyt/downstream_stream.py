@@ -11,8 +11,9 @@ import torch
 from flyt_datacomp.errors import FlytInputError
 
 from ..tars import EmptyShardFolder, where
-from .decode import decode_image
+from .decode import decode_images
 from .stream import ShardStream
+from .validation import is_validation
 
 
 class DownstreamStream(ShardStream):
@@ -21,7 +22,9 @@ class DownstreamStream(ShardStream):
     Batches are dicts: ``images`` (B, 3, H, W) float, ``labels`` (B,) long, ``keys`` (list of
     ``"<shard url>:<key>"``). Samples lacking jpg or cls count as ``bad`` and are skipped; a label
     that is not an integer, negative, or (when ``num_classes`` is given) out of range is an error
-    naming its shard and key, raised when its batch is built.
+    naming its shard and key, raised when its batch is built. With ``holdout_fraction`` > 0 the
+    samples of the validation split (:func:`~flyt_datacomp.flyt.validation.is_validation`) are
+    skipped before decoding and counted as ``held_out``.
     """
 
     kind = "downstream"
@@ -33,8 +36,10 @@ class DownstreamStream(ShardStream):
         image_transform: Callable,
         batch_size: int,
         num_classes: int | None = None,
+        holdout_fraction: float = 0.0,
         **kwargs: Any,
     ):
+        self.holdout_fraction = float(holdout_fraction)
         try:
             super().__init__(shards, batch_size=batch_size, **kwargs)
         except EmptyShardFolder as exc:
@@ -47,9 +52,10 @@ class DownstreamStream(ShardStream):
     def reset_counters(self) -> None:
         super().reset_counters()
         self.bad = 0  # samples lacking a jpg or a cls
+        self.held_out = 0  # samples of the validation split
 
     def counters(self) -> dict[str, int]:
-        return {**super().counters(), "bad": self.bad}
+        return {**super().counters(), "bad": self.bad, "held_out": self.held_out}
 
     def _empty_message(self, epoch: int) -> str:
         return f"empty downstream set: {super()._empty_message(epoch)} (each sample needs a .jpg and a .cls)"
@@ -59,6 +65,9 @@ class DownstreamStream(ShardStream):
         for s in chunk:
             if "jpg" not in s or "cls" not in s:
                 self.bad += 1
+                continue
+            if is_validation(s["__url__"], s["__key__"], self.holdout_fraction):
+                self.held_out += 1
                 continue
             out.append(s)
         return out
@@ -78,5 +87,5 @@ class DownstreamStream(ShardStream):
 
     def decode(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
         labels = torch.tensor([self._label(s) for s in raw], dtype=torch.long)
-        images = torch.stack([decode_image(s["jpg"], self.image_transform, where(s)) for s in raw])
+        images = decode_images([s["jpg"] for s in raw], self.image_transform, [where(s) for s in raw])
         return {"images": images, "labels": labels, "keys": [f"{s['__url__']}:{s['__key__']}" for s in raw]}

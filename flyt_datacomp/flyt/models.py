@@ -28,50 +28,99 @@ from .features import FeatureSpec, iter_features
 
 
 class MixingModel(nn.Module):
-    """s = sum_k phi_k * (x_k - mean_k) / std_k  (a bias would cancel in the batch softmax)."""
+    """s = sum_k phi_k z_k with z_k = (x_k - mean_k) / std_k (a bias would cancel in the batch softmax).
+
+    ``pairwise``: also a weight per product of two inputs, each product standardised over the pool
+    too, s = sum_k phi_k z_k + sum_{k<l} phi_kl (z_k z_l - m_kl) / s_kl: a term can then say "this AND
+    that" (a product is large only where both inputs are), which no weighting of the inputs alone can.
+    The model stores every statistic, so scoring the pool later applies exactly training's transform.
+    """
 
     kind = "m-flyt"
 
-    def __init__(self, input_names: Sequence[str], mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, input_names: Sequence[str], mean: Sequence[float], std: Sequence[float], *,
+                 pair_mean: Sequence[float] | None = None, pair_std: Sequence[float] | None = None):
         super().__init__()
         if not input_names:
             raise FlytInputError("an M-FLYT mixing model needs at least one input score")
         if len(set(input_names)) != len(input_names):
             raise FlytInputError(f"M-FLYT input names must be distinct, got {list(input_names)}")
-        mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float64))
-        std_t = torch.as_tensor(np.asarray(std, dtype=np.float64))
-        if mean_t.shape != (len(input_names),) or std_t.shape != (len(input_names),):
-            raise FlytInputError("M-FLYT mean/std must have one value per input")
-        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
-            bad = [n for n, s in zip(input_names, std_t.tolist()) if not (s > 0 and math.isfinite(s))]
-            raise FlytInputError(f"M-FLYT inputs need a finite, positive std over the pool; bad: {bad}")
         self.input_names = list(input_names)
-        self.register_buffer("mean", mean_t.float())
-        self.register_buffer("std", std_t.float())
-        self.weight = nn.Parameter(torch.zeros(len(input_names)))
+        k = len(self.input_names)
+        self.pairs = [(i, j) for i in range(k) for j in range(i + 1, k)] if pair_mean is not None else []
+        self.register_buffer("mean", _statistic(mean, k, "mean", self.input_names, positive=False))
+        self.register_buffer("std", _statistic(std, k, "std", self.input_names, positive=True))
+        if pair_mean is not None:
+            names = self.term_names[k:]
+            self.register_buffer("pair_mean", _statistic(pair_mean, len(names), "pair mean", names, positive=False))
+            self.register_buffer("pair_std", _statistic(pair_std, len(names), "pair std", names, positive=True))
+        self.weight = nn.Parameter(torch.zeros(k + len(self.pairs)))
+
+    @property
+    def pairwise(self) -> bool:
+        return hasattr(self, "pair_mean")
+
+    @property
+    def term_names(self) -> list[str]:
+        """The name of each weight's term: the inputs, then ``a*b`` for each product."""
+        names = self.input_names
+        return names + [f"{names[i]}*{names[j]}" for i, j in self.pairs]
 
     @classmethod
-    def from_pool_features(cls, input_names: Sequence[str], features: np.ndarray) -> MixingModel:
-        """Standardisation statistics computed over the whole pool's feature table (N x k)."""
+    def from_pool_features(cls, input_names: Sequence[str], features: np.ndarray, *,
+                           pairwise: bool = False) -> MixingModel:
+        """Standardisation statistics computed over the whole pool's feature table (N x k), and over
+        the products of the standardised inputs when ``pairwise``."""
         features = np.asarray(features, dtype=np.float64)
-        return cls(input_names, features.mean(axis=0), features.std(axis=0))
+        mean, std = features.mean(axis=0), features.std(axis=0)
+        if not pairwise:
+            return cls(input_names, mean, std)
+        z = (features - mean) / np.where(std > 0, std, 1.0)
+        k = features.shape[1]
+        products = np.stack([z[:, i] * z[:, j] for i in range(k) for j in range(i + 1, k)], axis=1) if k > 1 \
+            else np.zeros((len(z), 0))
+        return cls(input_names, mean, std, pair_mean=products.mean(axis=0), pair_std=products.std(axis=0))
 
     def config(self) -> dict[str, Any]:
-        return {"input_names": self.input_names, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        out = {"input_names": self.input_names, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        if self.pairwise:
+            out.update(pair_mean=self.pair_mean.tolist(), pair_std=self.pair_std.tolist())
+        return out
 
     def standardize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def terms(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's terms for inputs ``x`` (n, k): the standardised inputs, then the standardised products."""
         if x.shape[-1] != len(self.input_names):
             raise FlytInputError(
                 f"M-FLYT model expects {len(self.input_names)} input scores {self.input_names}, got {x.shape[-1]}"
             )
-        return self.standardize(x) @ self.weight.to(x.dtype)
+        z = self.standardize(x)
+        if not self.pairs:
+            return z
+        i, j = (torch.tensor(idx, device=x.device) for idx in zip(*self.pairs))
+        products = (z[..., i] * z[..., j] - self.pair_mean.to(x.dtype)) / self.pair_std.to(x.dtype)
+        return torch.cat([z, products], dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.terms(x) @ self.weight.to(x.dtype)
 
     def mixing_weights(self) -> dict[str, float]:
-        """``{input name: weight on the standardised input}`` (the paper's Table 2, left)."""
-        return {n: float(w) for n, w in zip(self.input_names, self.weight.detach().cpu().tolist())}
+        """``{term: weight on the standardised term}`` (the paper's Table 2, left; products as ``a*b``)."""
+        return {n: float(w) for n, w in zip(self.term_names, self.weight.detach().cpu().tolist())}
+
+
+def _statistic(values: Sequence[float] | None, k: int, what: str, names: Sequence[str], *, positive: bool) -> torch.Tensor:
+    """One standardisation statistic per term, checked: finite, and positive for a std."""
+    t = torch.as_tensor(np.asarray(values if values is not None else [], dtype=np.float64))
+    if t.shape != (k,):
+        raise FlytInputError(f"M-FLYT {what} must have one value per term ({k}), got shape {tuple(t.shape)}")
+    bad = [n for n, v in zip(names, t.tolist()) if not math.isfinite(v) or (positive and v <= 0)]
+    if bad:
+        raise FlytInputError(f"M-FLYT terms need a finite{', positive' if positive else ''} {what} over the pool; "
+                             f"bad: {bad}")
+    return t.float()
 
 
 class GLUHead(nn.Module):
@@ -186,7 +235,8 @@ def load_scoring_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, An
         )
     _check_tensors(path, state)
     if kind == MixingModel.kind:
-        model = MixingModel(config["input_names"], config["mean"], config["std"])
+        model = MixingModel(config["input_names"], config["mean"], config["std"], pair_mean=config.get("pair_mean"),
+                            pair_std=config.get("pair_std"))
     else:
         model = GLUHead(config["embed_dim"], config["hidden_dim"], cosine_init=False)
     try:

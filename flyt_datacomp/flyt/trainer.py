@@ -20,24 +20,25 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
-from ..clip_models import create_clip, image_normalization, resolve_arch
+from ..clip_models import Vocabulary, compact_clip, create_clip, image_normalization, resolve_arch
 from ..clip_models import tokenizer as make_tokenizer
 from ..errors import FlytInputError, TrainingDiverged
 from ..io import atomic_path, ensure_writable_folder, local_path, provenance, sidecar_path, write_json
 from ..pool import Pool
 from ..progress import progress_bar
 from . import distributed as D
+from . import signal
 from .adamw import AdamState, AdamWConfig, warmup_adam_state
 from .bilevel import LOGIT_SCALE, flyt_step, tf32_matmuls
 from .checkpoints import checkpoint_path, find_resume_point, save_checkpoint, verify_checkpoint
-from .classes import load_classes, sample_class_texts
+from .classes import all_class_texts, load_classes, sample_class_texts
 from .config import TrainConfig
 from .decode import default_image_transform
 from .downstream_stream import DownstreamStream
@@ -47,11 +48,14 @@ from .loader import BatchIterableDataset
 from .losses import make_downstream_loss
 from .models import GLUHead, MixingModel, save_scoring_model, score_features
 from .upstream_stream import UpstreamStream
+from .validation import ValidationSet, ZeroShotLoss, load_heldout, validation_gain
 
 log = logging.getLogger(__name__)
 MAX_LOGIT_SCALE = math.log(100.0)
 SCORING_MODEL_FILE = "scoring_model.pt"
 MIXING_WEIGHTS_FILE = "mixing_weights.json"
+PROBE_SEED = 7919  # the validation probes' stream and prompt draws: seed + this
+PROMPT_DRAWS = 4  # fixed draws of the class prompts the held-out loss averages over
 
 
 def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
@@ -101,9 +105,13 @@ def upgrade_scoring_opt_state(saved: dict, scoring: torch.nn.Module, loss: torch
 class Trainer:
     """Set up from a :class:`TrainConfig` and an output folder; :meth:`run` trains (or resumes)."""
 
-    def __init__(self, cfg: TrainConfig, output_dir: str | os.PathLike, *, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, output_dir: str | os.PathLike, *, progress: bool = True,
+                 observer: Callable[..., None] | None = None):
+        """``observer(step, upstream batch, scores, StepResult)``, if given, is called after every step
+        (on every rank): a way to look at the per-example meta-gradients (``bench/diagnose_signal.py``)."""
         cfg.validate()
         self.cfg = cfg
+        self.observer = observer
         self.out = local_path(output_dir, "the output folder")
         ensure_writable_folder(self.out, "output_dir")
         self._check_outputs()
@@ -156,7 +164,6 @@ class Trainer:
         self.model = create_clip(arch, seed=cfg.seed,
                                  checkpoint=cfg.reference_checkpoint if source == "checkpoint" else None,
                                  pretrained=cfg.reference_pretrained if source == "pretrained" else None).to(self.device)
-        self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
         image_size = self.model.visual.image_size
         transform = default_image_transform(image_size if isinstance(image_size, int) else image_size[0],
                                             *image_normalization(arch))
@@ -164,6 +171,10 @@ class Trainer:
         self.classes = load_classes(cfg.classes)
 
         pool = Pool(cfg.metadata_dir, progress=self.progress)
+        if cfg.compact_vocabulary:
+            vocabulary = Vocabulary(self.tokenizer, [str(t) for t in pool.column("text")] + all_class_texts(self.classes))
+            self.model, self.tokenizer = compact_clip(self.model, vocabulary).to(self.device), vocabulary
+        self.model.eval()  # no dropout: the step must be a deterministic function of its inputs
         self.features = read_features(pool, FeatureSpec.of_config(cfg))  # what scoring the pool reads too
         self.pool_size = pool.size
         common = {"seed": cfg.seed, "shuffle_buffer": cfg.shuffle_buffer, "rank": self.rank, "world_size": self.world}
@@ -173,16 +184,20 @@ class Trainer:
         )
         self.downstream = DownstreamStream(
             cfg.downstream_dir, image_transform=transform, num_classes=self.classes.num_classes,
-            batch_size=cfg.downstream_batch_size // self.world, **common,
+            batch_size=cfg.downstream_batch_size // self.world, holdout_fraction=cfg.validation_fraction, **common,
         )
+        self.validation = self._validation_set(transform) if cfg.validation_fraction > 0 and self.rank == 0 else None
+        self.best: dict[str, Any] | None = None  # the checkpoint with the largest validation gain so far
+        self.judge: dict[str, Any] | None = None  # the reference's state at the start of FLYT (validation)
         if cfg.model == "m-flyt":
-            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, self.features.arrays[0])
+            self.scoring: torch.nn.Module = MixingModel.from_pool_features(cfg.inputs, self.features.arrays[0],
+                                                                           pairwise=cfg.mixing == "pairwise")
         else:
             self.scoring = GLUHead(self.features.dim, cfg.glu_hidden, cosine_init=cfg.glu_cosine_init, seed=cfg.seed)
         self.scoring.to(self.device)
         self.loss = make_downstream_loss(cfg.downstream_loss).to(self.device)
         self.scoring_opt = torch.optim.AdamW(  # both scoring models always have parameters
-            scoring_param_groups(self.scoring, self.loss, cfg.weight_decay),
+            scoring_param_groups(self.scoring, self.loss, cfg.scoring_decay),
             lr=cfg.scoring_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
         )
         self.class_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -193,6 +208,56 @@ class Trainer:
         self.up_batches = 0
         self.down_batches = 0
         self.warmed = False
+
+    def _validation_set(self, transform) -> ValidationSet:
+        """The held-out downstream examples, the fixed probe batches (the pool's stream under a seed of
+        their own) and the fixed prompt draws (see :mod:`~flyt_datacomp.flyt.validation`)."""
+        cfg = self.cfg
+        images, labels = load_heldout(cfg.downstream_dir, cfg.validation_fraction, transform=transform,
+                                      num_classes=self.classes.num_classes, limit=cfg.validation_size)
+        probe_stream = UpstreamStream(cfg.shards_dir, self.upstream.index, self.features, image_transform=transform,
+                                      tokenizer=self.tokenizer, batch_size=cfg.batch_size, seed=cfg.seed + PROBE_SEED,
+                                      shuffle_buffer=cfg.shuffle_buffer)
+        batches = probe_stream.batches()
+        probes = [{k: b[k] for k in ("images", "texts", "features")}  # on the CPU; moved one at a time
+                  for b in (next(batches) for _ in range(cfg.validation_probes))]
+        gen = torch.Generator().manual_seed(cfg.seed + PROBE_SEED)
+        prompts = [self._to_device(self.tokenizer(sample_class_texts(self.classes, gen))) for _ in range(PROMPT_DRAWS)]
+        log.info("validation: %d held-out downstream examples, %d probe batches", len(labels), len(probes))
+        return ValidationSet(self._to_device(images), self._to_device(labels), prompts, probes)
+
+    def validation_gain(self, scoring: torch.nn.Module | None = None, *, at_start: bool = True) -> dict[str, float]:
+        """The validation gain of ``scoring`` (default: the run's scoring model; any model reading the
+        run's features; see :mod:`~flyt_datacomp.flyt.validation`), judged by one reference step of the
+        base ``reference_lr`` from the reference's state at the start of FLYT (``at_start``, kept for
+        this: the same judge at every checkpoint, so their gains compare), or from its current state."""
+        if self.validation is None:
+            raise FlytInputError("validation needs `validation_fraction` > 0", params=["validation_fraction"])
+        scoring = self.scoring if scoring is None else scoring.to(self.device)
+        data = self.validation
+        with torch.no_grad():
+            scores = [score_features(scoring, self._to_device(p["features"])) for p in data.probes]
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        if at_start:
+            judge = self.judge
+            theta = {k: v.to(self.device) for k, v in judge["theta"].items()}
+            adam = AdamState({k: v.to(self.device) for k, v in judge["exp_avg"].items()},
+                             {k: v.to(self.device) for k, v in judge["exp_avg_sq"].items()}, judge["step"])
+        else:
+            theta, adam = self.theta, self.adam
+        with autocast:
+            loss = self.loss if self.cfg.validation_loss == "train" else ZeroShotLoss()
+            return validation_gain(self.model, theta, adam, self._ref_cfg(self.cfg.reference_lr), loss, data,
+                                   scores, micro_batch_size=self.cfg.micro_batch_size)
+
+    def _validate(self) -> dict[str, float]:
+        """The current scoring model's validation gain; remembers the best checkpoint's scoring model."""
+        result = self.validation_gain()
+        if self.best is None or result["val_gain"] > self.best["val_gain"]:
+            self.best = {"step": self.step, "val_gain": result["val_gain"],
+                         "scoring": {k: v.detach().cpu().clone() for k, v in self.scoring.state_dict().items()}}
+        return result
 
     def _ref_cfg(self, lr: float) -> AdamWConfig:
         c = self.cfg
@@ -244,6 +309,8 @@ class Trainer:
             "class_gen": self.class_gen.get_state(),
             "torch_rng": torch.get_rng_state(),
             "data": {"upstream_batches": self.up_batches, "downstream_batches": self.down_batches},
+            "best": self.best,
+            "judge": self.judge,
             "config": dataclasses.asdict(self.cfg),
             "version": __version__,
         }
@@ -287,6 +354,8 @@ class Trainer:
                                  f"({exc}); start a new `output_dir`", params=["output_dir"]) from None
         self.class_gen.set_state(state["class_gen"])
         torch.set_rng_state(state["torch_rng"])
+        self.best = state.get("best")
+        self.judge = state.get("judge")
         self.up_batches = state["data"]["upstream_batches"]
         self.down_batches = state["data"]["downstream_batches"]
 
@@ -297,19 +366,31 @@ class Trainer:
         cfg = self.cfg
         up = self._upstream_iter()
 
-        def batches(n: int):
-            for _ in range(n):
+        def batches(n: int, desc: str):
+            for _ in progress_bar(range(n), desc=desc, unit="step", disable=not self.progress or n < 20, leave=False):
                 b = next(up)
                 yield self._to_device(b["images"]), self._to_device(b["texts"])
 
         if cfg.reference_pretrain_steps:
-            self.theta, _ = warmup_adam_state(self.model, batches(cfg.reference_pretrain_steps),
-                                              params=self.theta, cfg=self._ref_cfg(cfg.reference_pretrain_lr))
+            n = cfg.reference_pretrain_steps
+            self.theta, _ = warmup_adam_state(  # DataComp's schedule: a tenth of linear warm-up, then cosine
+                self.model, batches(n, "reference on the unfiltered pool"), params=self.theta,
+                cfg=self._ref_cfg(cfg.reference_pretrain_lr),
+                lr_schedule=lambda i: cosine_lr(i, cfg.reference_pretrain_lr, max(1, n // 10), n))
         if cfg.adam_warmup_steps:
-            self.theta, self.adam = warmup_adam_state(self.model, batches(cfg.adam_warmup_steps),
+            self.theta, self.adam = warmup_adam_state(self.model, batches(cfg.adam_warmup_steps, "Adam warm-up"),
                                                       params=self.theta, cfg=self._ref_cfg(cfg.reference_lr))
         self._clamp_logit_scale()
         self.warmed = True
+        if self.validation is not None:
+            self._keep_judge()
+
+    def _keep_judge(self) -> None:
+        """The reference's state at the start of FLYT, on the CPU: validation's fixed judge."""
+        self.judge = {"theta": {k: v.detach().cpu().clone() for k, v in self.theta.items()},
+                      "exp_avg": {k: v.detach().cpu().clone() for k, v in self.adam.exp_avg.items()},
+                      "exp_avg_sq": {k: v.detach().cpu().clone() for k, v in self.adam.exp_avg_sq.items()},
+                      "step": self.adam.step}
 
     def _clamp_logit_scale(self) -> None:
         if LOGIT_SCALE in self.theta:
@@ -349,6 +430,9 @@ class Trainer:
                    "reference_lr": ref_lr, "scoring_lr": scoring_lr}
         if isinstance(self.scoring, MixingModel):
             metrics["mixing_weights"] = self.scoring.mixing_weights()
+            metrics[signal.KEY] = dict(zip(self.scoring.term_names, res.grad_scoring["weight"].double().cpu().tolist()))
+        if self.observer is not None:
+            self.observer(self.step + 1, up, scores.detach(), res)
         if hasattr(self.loss, "temperature") and isinstance(self.loss.temperature, torch.Tensor):
             metrics["downstream_temperature"] = float(self.loss.temperature.detach())
         return metrics
@@ -395,6 +479,9 @@ class Trainer:
                 metrics = self._one_step(next(up), next(down))
                 self.step += 1
                 metrics["step_time"] = time.perf_counter() - t0
+                checkpoint = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                if checkpoint and self.validation is not None:
+                    metrics.update(self._validate())
                 if self.rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(json.dumps(metrics) + "\n")
@@ -405,7 +492,7 @@ class Trainer:
                 self.collapse.update(metrics["weight_entropy"], self.step)
                 bar.set_postfix(down=f"{metrics['down_loss']:.3f}", H=f"{metrics['weight_entropy']:.2f}")
                 bar.update(1)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                if checkpoint:
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -427,6 +514,11 @@ class Trainer:
                                   "scoring_model": str(self.out / SCORING_MODEL_FILE)}
         if self.rank != 0:
             return result
+        if self.best is not None:  # the checkpoint with the largest validation gain
+            self.scoring.load_state_dict(self.best["scoring"])
+            meta["validation"] = {"selected_step": self.best["step"], "val_gain": self.best["val_gain"],
+                                  "fraction": self.cfg.validation_fraction}
+            result["selected_step"] = self.best["step"]
         model_path = self.out / SCORING_MODEL_FILE
         save_scoring_model(model_path, self.scoring, meta)
         write_json(sidecar_path(model_path), provenance(output=str(model_path), kind=self.scoring.kind, **meta))
@@ -434,6 +526,11 @@ class Trainer:
             weights = self.scoring.mixing_weights()
             write_json(self.out / MIXING_WEIGHTS_FILE, weights)
             result["mixing_weights"] = weights
+            records = signal.read_records(self.out / "metrics.jsonl")
+            result["signal"] = {k: {**v, "weight": weights[k]} for k, v in signal.summarize(records).items()
+                                if k in weights}  # the weights of the model written
+            if signal.plot_signal(records, self.out / signal.SIGNAL_PLOT):
+                result["signal_plot"] = str(self.out / signal.SIGNAL_PLOT)
         return result
 
 

@@ -18,7 +18,7 @@ import torch
 from flyt_datacomp.errors import FlytInputError
 
 from ..tars import where
-from .decode import decode_image, decode_text
+from .decode import decode_images, decode_text
 from .features import FeatureTable
 from .join import UidIndex, UidJoin
 from .stream import ShardStream
@@ -106,7 +106,7 @@ class UpstreamStream(ShardStream):
             )
 
     def decode(self, raw: list[dict[str, Any]]) -> dict[str, Any]:
-        images = torch.stack([decode_image(s["jpg"], self.image_transform, where(s)) for s in raw])
+        images = decode_images([s["jpg"] for s in raw], self.image_transform, [where(s) for s in raw])
         texts = torch.as_tensor(self.tokenizer([decode_text(s["txt"], where(s)) for s in raw]), dtype=torch.long)
         positions = np.array([s["__pos__"] for s in raw], dtype=np.int64)
         return {
