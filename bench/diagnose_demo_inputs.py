@@ -24,24 +24,16 @@ from sklearn.metrics import roc_auc_score
 
 from flyt_datacomp.demo import DemoPool, build_demo_pool
 from flyt_datacomp.demo.domains import TARGET_DOMAIN
-from flyt_datacomp.demo.report import read_truth
+from flyt_datacomp.demo.signal import truth_in_pool_order
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.scores import load_scores, standardize
-from flyt_datacomp.uids import hex_to_uids, lookup, uid_order
 
 CLIP_COLUMNS = ("clip_b32_similarity_score", "clip_l14_similarity_score")
 
 
 def _truth_in_pool_order(demo: DemoPool, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
-    truth = read_truth(demo.truth_path)
-    uids = hex_to_uids(np.asarray(truth["uid"]), source=str(demo.truth_path))
-    order = uid_order(uids)
-    pos = lookup(uids[order], pool.uids)
-    if (pos < 0).any():
-        raise SystemExit(f"{demo.truth_path} lacks {int((pos < 0).sum())} of the pool's uids")
-    domain = np.asarray(truth["domain"], dtype=object)[order][pos]
-    types = np.asarray(truth["type"], dtype=object)[order][pos]
-    return domain, types
+    truth, rows = truth_in_pool_order(demo, pool)
+    return np.asarray(truth["domain"], dtype=object)[rows], np.asarray(truth["type"], dtype=object)[rows]
 
 
 def auc_row(score: np.ndarray, domain: np.ndarray, types: np.ndarray) -> list[float]:

@@ -10,30 +10,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_train import one_thread  # noqa: F401 - fixture
+from test_train import small_config as train_config
 
 from flyt_datacomp.flyt import signal
-from flyt_datacomp.flyt.config import build_config
 from flyt_datacomp.flyt.models import MixingModel, load_scoring_model, save_scoring_model
 from flyt_datacomp.flyt.trainer import Trainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_config(pool, **overrides):
-    values = dict(
-        metadata_dir=str(pool.metadata_dir), shards_dir=str(pool.shards_dir),
-        downstream_dir=str(pool.downstream_dir), classes=str(pool.classes_path),
-        steps=4, warmup_steps=1, batch_size=16, downstream_batch_size=10, reference_pretrain_steps=0,
-        adam_warmup_steps=1, checkpoint_every=2, shuffle_buffer=40,
-    )
-    values.update(overrides)
-    return build_config("m-flyt-demo", {}, values)
+    """test_train's tiny demo configuration, without the reference's pretraining steps."""
+    return train_config(pool, **{"reference_pretrain_steps": 0, **overrides})
 
 
 # ---------------------------------------------------------------------------- the per-input signal

@@ -31,15 +31,21 @@ from .report import read_truth, truth_categories
 KINDS = ("the task", "aligned, not the task", "digit, wrong caption", "other, wrong caption", "clutter")
 
 
-def kinds_in_pool_order(demo, pool: Pool) -> np.ndarray:
-    """Each pool example's kind (an index into :data:`KINDS`), from truth.parquet."""
+def truth_in_pool_order(demo, pool: Pool) -> tuple[dict, np.ndarray]:
+    """The demo's truth.parquet (its columns) and, per pool example, its row there."""
     truth = read_truth(demo.truth_path)
     uids = hex_to_uids(np.asarray(truth["uid"]), source=str(demo.truth_path))
     order = uid_order(uids)
     pos = lookup(uids[order], pool.uids)
     if (pos < 0).any():
         raise FlytInputError(f"{demo.truth_path} lacks {int((pos < 0).sum())} of the pool's uids")
-    cat = truth_categories(truth).astype(str)[order][pos]
+    return truth, order[pos]
+
+
+def kinds_in_pool_order(demo, pool: Pool) -> np.ndarray:
+    """Each pool example's kind (an index into :data:`KINDS`), from truth.parquet."""
+    truth, rows = truth_in_pool_order(demo, pool)
+    cat = truth_categories(truth).astype(str)[rows]
     domain = np.char.partition(cat, "/")[:, 0]
     kind = np.full(len(cat), -1)
     kind[np.isin(cat, [f"{TARGET_DOMAIN}/correct", f"{TARGET_DOMAIN}/near_duplicate"])] = 0
