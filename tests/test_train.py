@@ -182,6 +182,7 @@ def default_demo_pool(tmp_path_factory):
     return build_demo_pool(tmp_path_factory.mktemp("default-demo"), progress=False)
 
 
+@pytest.mark.slow  # the default pool's build and a full demo run: 2.5 of CI's minutes
 def test_demo_preset_learns_informative_weights_and_ignores_noise(default_demo_pool, tmp_path):
     """The README's claim: on the built-in pool, M-FLYT puts clearly positive weight on the two
     CLIP scores and about none on the pure-noise column (one full m-flyt-demo run)."""

@@ -48,7 +48,7 @@ def _non_default(f):
         return ["col_a", "col_b"], ["col_a, col_b"]
     if hint in (int, int | None):
         return 7, ["7"]
-    if hint is float:
+    if hint in (float, float | None):
         return 0.125, ["0.125"]
     return f"value-of-{f.name}", [f"value-of-{f.name}"]
 
