@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import git_commit, machine, run_step, sha256  # noqa: E402
+from bench_scale import git_commit, machine, replace_section, run_step, sha256  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ("clip_score", "scs", "sigterm")
@@ -88,13 +88,7 @@ def _single(r: dict) -> str:
 
 
 def write_results(results: dict, md: Path) -> None:
-    section = render(results)
-    text = md.read_text() if md.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    md.write_text(text)
+    replace_section(md, render(results), BEGIN, END)
 
 
 def pool_rows(metadata: Path) -> int:

@@ -245,14 +245,19 @@ def _same_outputs(results: dict) -> str:
     return ("Output subsets (sha256): " + "; ".join(notes) + ".") if notes else ""
 
 
-def write_results(results: dict, md: Path) -> None:
-    section = render(results)
+def replace_section(md: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) in place of the one between
+    those markers in ``md``, or after its text when it has none."""
     text = md.read_text() if md.is_file() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     md.write_text(text)
+
+
+def write_results(results: dict, md: Path) -> None:
+    replace_section(md, render(results))
 
 
 def main(argv=None) -> int:

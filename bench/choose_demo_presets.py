@@ -87,10 +87,10 @@ def judge(demo, inputs_dir: str, overrides: dict, models: dict[str, torch.nn.Mod
             print(f"  {name:<36} {out[name]['val_gain'] * 1e4:+8.3f} ± {out[name]['val_gain_se'] * 1e4:6.3f}", flush=True)
             if not unit:
                 continue
-            unit = copy.deepcopy(m)  # the same ranking at unit std over the pool: what the ranking alone is worth
+            scaled = copy.deepcopy(m)  # the same ranking at unit std over the pool: what the ranking alone is worth
             with torch.no_grad():
-                unit.weight.div_(m(features).std())
-            out[f"{name} (unit std)"] = trainer.validation_gain(unit)
+                scaled.weight.div_(m(features).std())
+            out[f"{name} (unit std)"] = trainer.validation_gain(scaled)
             print(f"  {name + ' (unit std)':<36} {out[name + ' (unit std)']['val_gain'] * 1e4:+8.3f}", flush=True)
         return out
 
@@ -135,10 +135,6 @@ def main() -> None:
                                unit=not args.no_unit)
     runs = {n: {"seconds": t, "metrics": [json.loads(x) for x in (args.runs / n / "metrics.jsonl").read_text().splitlines()
                                           if "val_gain" in x]} for n, (_, t) in trained.items()}
-    for label, res in results.items():
-        print(f"\njudge: {label} (gain x1e4 ± s.e.)")
-        for name, r in res.items():
-            print(f"  {name:<36} {r['val_gain'] * 1e4:+8.3f} ± {r['val_gain_se'] * 1e4:6.3f}")
     print("\nown validation gain per run (x1e4): selected checkpoint, last checkpoint")
     for n, r in runs.items():
         gains = [(m["step"], m["val_gain"]) for m in r["metrics"]]

@@ -171,6 +171,13 @@ def test_validation_split_is_held_out_by_key(tiny_demo_pool):
     images, labels = load_heldout(str(tiny_demo_pool.downstream_dir), 0.3, transform=transform, num_classes=10,
                                   limit=10_000)
     assert len(labels) == len(held) and images.shape[0] == len(held)
+    # a split that holds out every sample says so, not that the shards have no usable sample
+    from flyt_datacomp.errors import FlytInputError
+
+    everything = DownstreamStream(str(tiny_demo_pool.downstream_dir), image_transform=transform, batch_size=7,
+                                  holdout_fraction=0.9999999, shuffle_buffer=1)
+    with pytest.raises(FlytInputError, match=r"all [\d,]+ usable samples are held out for validation"):
+        next(everything.batches())
 
 
 def test_validation_gain_against_torch_adamw(tiny_demo_pool, tmp_path):

@@ -58,6 +58,9 @@ class DownstreamStream(ShardStream):
         return {**super().counters(), "bad": self.bad, "held_out": self.held_out}
 
     def _empty_message(self, epoch: int) -> str:
+        if self.held_out:  # every usable sample fell in the validation split
+            return (f"empty downstream set: all {self.held_out:,} usable samples are held out for validation "
+                    f"(validation_fraction {self.holdout_fraction}); lower --validation-fraction")
         return f"empty downstream set: {super()._empty_message(epoch)} (each sample needs a .jpg and a .cls)"
 
     def _prepare(self, chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
