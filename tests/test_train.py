@@ -194,8 +194,13 @@ def test_demo_preset_learns_informative_weights_and_ignores_noise(default_demo_p
                                                    weights["clip_l14_similarity_score"])
 
 
-def test_torchrun_two_processes_on_cpu(tiny_demo_pool, tmp_path):
-    """`torchrun --nproc_per_node 2 -m flyt_datacomp.train` (gloo) trains and writes one model."""
+@pytest.mark.parametrize("start", [[], ["--reference-init", "random", "--reference-pretrain-steps", "2"]],
+                         ids=["from-checkpoint", "pretrained-from-random"])
+def test_torchrun_two_processes_on_cpu(tiny_demo_pool, tmp_path, start):
+    """`torchrun --nproc_per_node 2 -m flyt_datacomp.train` (gloo) trains and writes one model. Each
+    rank warms the reference on its own share of the batches; the trainer refuses to go on unless
+    both ranks then hold the same reference (parameters and BatchNorm statistics), so a warm start
+    that let them drift apart would fail here."""
     import os
     import socket
     import subprocess
@@ -213,7 +218,7 @@ def test_torchrun_two_processes_on_cpu(tiny_demo_pool, tmp_path):
            "--downstream-dir", str(p.downstream_dir), "--classes", str(p.classes_path),
            "--reference-checkpoint", str(p.reference_checkpoint), "--steps", "2", "--warmup-steps", "1",
            "--batch-size", "16", "--downstream-batch-size", "10", "--shuffle-buffer", "20",
-           "--output-dir", str(out)]
+           "--output-dir", str(out), *start]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -277,3 +282,20 @@ def test_cli_refuses_a_folder_that_is_not_its_run_and_overwrite_empties_only_its
     r = _cli([*base, "--steps", "1", "--output-dir", str(run)])
     assert r.exit_code == 0, r.output
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "flyt_run.json").is_file()
+
+
+def test_reference_pretraining_learns_batchnorm_statistics_and_a_resume_keeps_them(tiny_demo_pool, tmp_path):
+    """The plain CLIP steps on the unfiltered pool train as any CLIP does: BatchNorm's running
+    statistics move from their initial 0 and 1 (in eval mode they would not), the FLYT steps then
+    run in eval mode, and a run resumed from a checkpoint uses the same statistics (they are saved)."""
+    cfg = lambda: small_config(tiny_demo_pool, reference_init="random", reference_pretrain_steps=3,  # noqa: E731
+                               reference_arch="tiny-resnet")
+    t = Trainer(cfg(), tmp_path / "probe", progress=False)
+    t._warm_start()
+    means = {k: b for k, b in t.model.named_buffers() if k.endswith("running_mean")}
+    assert means and all(float(b.abs().max()) > 0 for b in means.values())
+    assert not t.model.training
+    a = Trainer(cfg(), tmp_path / "a", progress=False).run()
+    Trainer(cfg(), tmp_path / "b", progress=False).run(stop_after=2)
+    b = Trainer(cfg(), tmp_path / "b", progress=False).run()
+    assert a["mixing_weights"] == b["mixing_weights"]

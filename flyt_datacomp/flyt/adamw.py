@@ -137,6 +137,7 @@ def warmup_adam_state(
     params: Mapping[str, Tensor] | None = None,
     cfg: AdamWConfig = AdamWConfig(),
     lr_schedule: Callable[[int], float] | None = None,
+    reduce_grads: Callable[[Params], Params] | None = None,
 ) -> tuple[Params, AdamState]:
     """Warm-start Adam's (m, v, t) with a few plain CLIP-loss AdamW steps on ``batches``.
 
@@ -147,7 +148,9 @@ def warmup_adam_state(
     Returns ``(params, state)``: the parameters after these steps and the warmed state. Using the
     moved parameters is the natural choice (they are ordinary reference-model steps); keeping the
     original parameters with the warmed state is also fine at lr 5e-5. ``lr_schedule(i)``, if given,
-    is the learning rate of step i (0-based) in place of ``cfg.lr``.
+    is the learning rate of step i (0-based) in place of ``cfg.lr``. ``reduce_grads``, if given, turns
+    each step's gradients into the ones to apply (data parallel: their mean over the ranks, so that every
+    rank takes the same step).
     """
     from flyt_datacomp.flyt.losses import clip_loss
 
@@ -159,6 +162,8 @@ def warmup_adam_state(
         img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
         grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
         grads = {k: (torch.zeros_like(v) if gr is None else gr) for (k, v), gr in zip(leaves.items(), grads)}
+        if reduce_grads is not None:
+            grads = reduce_grads(grads)
         with torch.no_grad():
             current, state = adamw_step(current, grads, state, step_cfg)
     return current, state

@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from ..clip_models import Vocabulary, compact_clip, create_clip, image_normalization, resolve_arch
 from ..clip_models import tokenizer as make_tokenizer
-from ..errors import FlytInputError, TrainingDiverged
+from ..errors import FlytError, FlytInputError, TrainingDiverged
 from ..io import atomic_path, ensure_writable_folder, local_path, provenance, sidecar_path, write_json
 from ..pool import Pool
 from ..progress import progress_bar
@@ -300,6 +300,7 @@ class Trainer:
             "step": self.step,
             "warmed": self.warmed,
             "theta": {k: v.cpu() for k, v in self.theta.items()},
+            "buffers": {k: v.cpu() for k, v in self.model.named_buffers()},  # e.g. BatchNorm's statistics
             "adam": {"exp_avg": {k: v.cpu() for k, v in self.adam.exp_avg.items()},
                      "exp_avg_sq": {k: v.cpu() for k, v in self.adam.exp_avg_sq.items()},
                      "step": self.adam.step},
@@ -342,6 +343,10 @@ class Trainer:
         dev = self.device
         self.step, self.warmed = state["step"], state["warmed"]
         self.theta = {k: v.to(dev) for k, v in state["theta"].items()}
+        buffers = dict(self.model.named_buffers())
+        with torch.no_grad():
+            for k, v in state.get("buffers", {}).items():  # absent in older checkpoints: never changed then
+                buffers[k].copy_(v)
         a = state["adam"]
         self.adam = AdamState({k: v.to(dev) for k, v in a["exp_avg"].items()},
                               {k: v.to(dev) for k, v in a["exp_avg_sq"].items()}, a["step"])
@@ -373,17 +378,54 @@ class Trainer:
 
         if cfg.reference_pretrain_steps:
             n = cfg.reference_pretrain_steps
-            self.theta, _ = warmup_adam_state(  # DataComp's schedule: a tenth of linear warm-up, then cosine
-                self.model, batches(n, "reference on the unfiltered pool"), params=self.theta,
-                cfg=self._ref_cfg(cfg.reference_pretrain_lr),
-                lr_schedule=lambda i: cosine_lr(i, cfg.reference_pretrain_lr, max(1, n // 10), n))
+            # ordinary CLIP training, as the benchmark's recipe trains: normalisation layers learn their
+            # running statistics (BatchNorm's; in eval mode they would stay at their initial 0 and 1)
+            self.model.train()
+            try:
+                self.theta, _ = warmup_adam_state(  # DataComp's schedule: a tenth of linear warm-up, then cosine
+                    self.model, batches(n, "reference on the unfiltered pool"), params=self.theta,
+                    cfg=self._ref_cfg(cfg.reference_pretrain_lr), reduce_grads=self._mean_over_ranks,
+                    lr_schedule=lambda i: cosine_lr(i, cfg.reference_pretrain_lr, max(1, n // 10), n))
+            finally:
+                self.model.eval()
+            self._average_buffers()
         if cfg.adam_warmup_steps:
             self.theta, self.adam = warmup_adam_state(self.model, batches(cfg.adam_warmup_steps, "Adam warm-up"),
-                                                      params=self.theta, cfg=self._ref_cfg(cfg.reference_lr))
+                                                      params=self.theta, cfg=self._ref_cfg(cfg.reference_lr),
+                                                      reduce_grads=self._mean_over_ranks)
         self._clamp_logit_scale()
+        self._check_ranks_agree()
         self.warmed = True
         if self.validation is not None:
             self._keep_judge()
+
+    def _mean_over_ranks(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean of each tensor over the ranks (itself on one rank): every rank then takes the same step."""
+        if self.world == 1:
+            return tensors
+        return {k: v / self.world for k, v in D.all_reduce_sum(tensors, self.group).items()}
+
+    def _average_buffers(self) -> None:
+        """The model's floating-point buffers (BatchNorm's running statistics) averaged over the ranks,
+        each of which saw its own share of the batches."""
+        floats = {k: b for k, b in self.model.named_buffers() if b.is_floating_point()}
+        if self.world == 1 or not floats:
+            return
+        with torch.no_grad():
+            for k, v in self._mean_over_ranks(floats).items():
+                floats[k].copy_(v)
+
+    def _check_ranks_agree(self) -> None:
+        """Every rank must hold the same reference model before FLYT starts; a difference is a defect."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            mine = torch.stack([torch.stack([v.double().sum(), v.double().square().sum()])
+                                for v in [*self.theta.values(), *self.model.buffers()]]).reshape(-1)
+            every = D.all_gather_cat(mine.unsqueeze(0), self.group)
+        differ = [r for r in range(self.world) if not torch.equal(every[r], every[0])]
+        if differ:
+            raise FlytError(f"the reference model of rank(s) {differ} differs from rank 0's after the warm start")
 
     def _keep_judge(self) -> None:
         """The reference's state at the start of FLYT, on the CPU: validation's fixed judge."""
