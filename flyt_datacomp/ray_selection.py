@@ -18,14 +18,31 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   number), the distribution is the same; the same seed and partitions give the same bytes.
 * **DataComp's baselines** ``no_filter`` and ``clip_score`` (a threshold over a CLIP score column,
   NaN last as in DataComp), byte for byte as on one machine.
+* **scores** -- a column of the pool's parquet files; a trained scoring model (``model:PATH``, M-FLYT
+  over pool columns or E-FLYT over the npz embeddings) or a released mixing model (``mixing:``) over
+  such inputs, which each partition applies to its own shards as one machine does, shard by shard;
+  and the aggregates ``sum``, ``standardized_sum`` and ``in_weighted`` over such inputs: each input's
+  mean and standard deviation (ddof 0) are the pool's (or the surviving examples'), from the
+  partitions' counts and sums, then their squared deviations about the pool's mean, combined by the
+  driver; each partition then sums the inputs' terms with them (:func:`~flyt_datacomp.scores.aggregate.term`).
+* **masks** -- those that keep or drop an example by its own row: ``column:``, ``caption:``, ``subset:``
+  and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
+  ``laion2b``, ``clip_score`` with ``threshold=``); each partition applies them to its examples, and
+  the sampler, its fraction and N, and the standardisations then see the survivors only, as on one
+  machine. Without a score the survivors are written once each.
 * **write** -- each partition sorts its selected uids into buckets by their leading bits
   (:class:`~flyt_datacomp.uids.UidIndex`); the driver fetches bucket ``b`` of every partition,
   merges and writes it, then the next, so the subset ``.npy`` is written by streaming, never held whole.
 
 ``--ray auto`` joins the cluster this machine belongs to, ``local`` starts one on this
-machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one. The score
-must be a column of the pool's parquet files (computed there by ``inputs compute --ray`` or by the
-pool's makers); masks and ``shards_dir`` are not offered on this path.
+machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one.
+
+Refused before any work, with the option named: scores read from an input store (``store:``, an
+M-FLYT model or mixing input that is a stored input) or joined by uid (``file:``), aggregates of
+aggregates; masks that need the whole pool (``top:``, ``clip_score`` with a ``fraction``, the
+``image_based`` baselines' centroid search) or an input store (``store:``); a baseline together with
+masks; ``shards_dir``; the baselines other than ``no_filter`` and ``clip_score``, and the samplers
+other than threshold and SCS. Each of those runs on one machine.
 """
 
 from __future__ import annotations
@@ -43,19 +60,25 @@ import numpy as np
 
 from . import sampling
 from .baselines import datacomp as baselines
+from .baselines.masks import MaskContext, MaskKind, apply_masks, resolve_mask
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
 from .pool import MetadataShard, Pool
 from .process import stopping
 from .progress import progress_bar
-from .scores import SCORE_SOURCES, load_scores
+from .scores import ScoreSource, load_scores, resolve_score_source
+from .scores.aggregate import Aggregate, input_what, term
+from .scores.base import check_spread
+from .scores.mixing import MixingScore
 from .selection import (
+    Restriction,
     Selection,
     SelectionResult,
     Transform,
     check_subset_size,
     count_dtype,
     default_notes,
+    positions,
     preflight,
     sampler_params,
 )
@@ -63,6 +86,7 @@ from .uids import UID_DTYPE, histogram_stats, repetition_counts, selected_index,
 
 SAMPLERS = ("threshold", "scs")  # the samplers this path runs
 BASELINES = ("no_filter", "clip_score")  # DataComp's baselines this path runs
+ROW_MASKS = ("column", "caption", "subset", "baseline")  # mask kinds that judge each example by its own row
 _SUMMARY_POINTS = 1024  # SCS: keys per partition and round that place the cut (the excess is G / this per partition)
 _BUCKET_ROWS = 1 << 22  # the writer's buckets hold about this many selected uids
 
@@ -75,6 +99,22 @@ class Cluster:
     partitions: int | None = None  # None: one per CPU of the cluster, at most one per metadata shard
     memory_cap: int | None = None  # bytes a partition's process may add to its address space (RLIMIT_AS)
     num_cpus: int | None = None  # with address local: the CPUs the local instance offers
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What every partition reads. ``mode``: ``score`` (a score source as logits, finite, float64),
+    ``aggregate`` (an aggregate's inputs, summed once the pool's statistics are known), ``column`` (a
+    pool column as stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values); and the
+    masks an example must be inside to be selected, with what they run with."""
+
+    mode: str
+    source: str | None = None
+    kind: str | None = None  # the score source's registered kind
+    terms: tuple[tuple[str, float | None], ...] = ()  # an aggregate's inputs and their weights
+    masks: tuple[MaskKind, ...] = ()
+    mask_settings: baselines.RunSettings = baselines.RunSettings(progress=False)
+    mask_defaults: baselines.BaselineParams = baselines.BaselineParams()
 
 
 # ------------------------------------------------------------------------------------- partitions
@@ -116,35 +156,55 @@ def part_of(pool: Pool, shards: Sequence[int]) -> Pool:
 
 class Partition:
     """One partition's scores, counts and selected uids; a Ray actor's body (and usable in-process).
+    Its values, counts and ``size`` are those of the examples that survive the masks (``keep``, local
+    positions; None: every example of its shards)."""
 
-    ``mode`` is ``score`` (a score source as logits, finite, float64), ``column`` (a pool column as
-    stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values: no_filter)."""
-
-    def __init__(self, pool: Pool, shards: Sequence[int], mode: str, source: str | None,
-                 memory_cap: int | None = None):
+    def __init__(self, pool: Pool, shards: Sequence[int], job: Job, memory_cap: int | None = None):
         self.pool = part_of(pool, shards)
         self.size = self.pool.size
-        self.mode, self.source, self.memory_cap = mode, source, memory_cap
+        self.job, self.memory_cap = job, memory_cap
+        self.keep = None
+        self.report: list[dict[str, Any]] = []
         self.stored_dtype = None
         self.values = None
+        self.inputs: list[np.ndarray] = []
         self.counts = np.zeros(0, dtype=np.int32)
         self.index = None
 
     def load(self) -> int:
-        """Read the partition's values (a task of its own, not the constructor: Ray reports a task's
-        error as the error itself, a constructor's as a dead worker). Returns the number of examples."""
+        """Apply the masks and read the partition's values (a task of its own, not the constructor: Ray
+        reports a task's error as the error itself, a constructor's as a dead worker). Returns the
+        number of examples that may be selected."""
         if self.memory_cap is not None:
             _cap_address_space(self.memory_cap)
-        if self.mode == "score":
-            scores = load_scores(self.pool, self.source)
-            self.values, self.stored_dtype = scores.values, scores.stored_dtype
-        elif self.mode == "column":
-            self.values = self.pool.column(self.source)
+        if self.job.masks:
+            self.restrict()
+        mode, source = self.job.mode, self.job.source
+        if mode == "score":
+            scores = load_scores(self.pool, source)
+            self.values, self.stored_dtype = self.kept(scores.values), scores.stored_dtype
+        elif mode == "aggregate":
+            self.inputs = [self.kept(load_scores(self.pool, spec).values) for spec, _ in self.job.terms]
+        elif mode == "column":
+            self.values = self.pool.column(source)
             if self.values.dtype.kind not in "fiu":
-                raise FlytInputError(f"column {self.source!r} of the pool at {self.pool.url} holds {self.values.dtype} "
+                raise FlytInputError(f"column {source!r} of the pool at {self.pool.url} holds {self.values.dtype} "
                                      "values, not numbers")
             self.stored_dtype = self.values.dtype
         return self.size
+
+    def restrict(self) -> None:
+        """Keep the examples inside every mask (each judges an example by its own row)."""
+        ctx = MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults)
+        survivors, self.report = apply_masks(ctx, list(self.job.masks))
+        self.keep = positions(survivors)
+        self.size = int(self.keep.size)
+
+    def kept(self, values: np.ndarray) -> np.ndarray:
+        return values if self.keep is None else values[self.keep]
+
+    def mask_report(self) -> list[dict[str, Any]]:
+        return self.report
 
     # ---------------------------------------------------------------- statistics and transform
 
@@ -156,8 +216,21 @@ class Partition:
                 "min": float(finite.min()) if finite.size else math.nan,
                 "max": float(finite.max()) if finite.size else math.nan, "stored_dtype": self.stored_dtype}
 
-    def squared_deviations(self, mean: float) -> float:
-        return float(np.square(self.values - mean).sum())
+    def _arrays(self, which: str) -> list[np.ndarray]:
+        return [self.values] if which == "values" else self.inputs
+
+    def sums(self, which: str) -> list[tuple[int, float]]:
+        """Count and sum of each array ``which`` (``values``, or an aggregate's ``inputs``)."""
+        return [(int(a.size), float(a.sum(dtype=np.float64))) for a in self._arrays(which)]
+
+    def squared_deviations(self, which: str, means: Sequence[float]) -> list[float]:
+        """Each array's sum of squared deviations about its pool-wide mean."""
+        return [float(np.square(a - mean).sum()) for a, mean in zip(self._arrays(which), means)]
+
+    def aggregate(self, stats: Sequence[tuple[float, float] | None]) -> None:
+        """The aggregate's scores: its inputs' terms with the pool's statistics, summed as on one machine."""
+        self.values = sum(term(a, weight, st) for a, (_, weight), st in zip(self.inputs, self.job.terms, stats))
+        self.inputs = []
 
     def transform(self, cfg: Transform, mean: float | None, std: float | None) -> None:
         """The single-machine transform with the pool's mean and std: ``(x - mean) / std / temperature``."""
@@ -206,6 +279,8 @@ class Partition:
         round's keys; return the ranks and values of the keys that place the cut: every
         ``stride``-th of the partition's ``min(g, size)`` largest keys, and the last of them."""
         self.scs_accept(accepted)
+        if self.size == 0:  # every example of the partition was masked out
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         keys = self.keys
         self.rng.standard_exponential(out=keys)
         np.maximum(keys, np.finfo(np.float64).tiny, out=keys)
@@ -233,9 +308,14 @@ class Partition:
     # ---------------------------------------------------------------- writing
 
     def select(self, bits: int) -> np.ndarray:
-        """Sort the selected uids into ``2**bits`` buckets; return the histogram of the counts."""
-        self.index = selected_index(self.pool.uid_chunks(), self.counts, bits=bits)
-        hist = repetition_counts(self.counts)
+        """Sort the selected uids into ``2**bits`` buckets; return the histogram of the counts (of
+        every example of the partition's shards, masked out ones at 0)."""
+        counts = self.counts
+        if self.keep is not None:
+            counts = np.zeros(self.pool.size, dtype=self.counts.dtype)
+            counts[self.keep] = self.counts
+        self.index = selected_index(self.pool.uid_chunks(), counts, bits=bits)
+        hist = repetition_counts(counts)
         self.counts = None
         return hist
 
@@ -335,15 +415,19 @@ class Inline(_Actors):
 
 
 def check_supported(sel: Selection) -> None:
-    """Refuse, before any work, what the Ray path does not run (with the way to run it)."""
+    """Refuse, before any work, what the Ray path does not run (with the way to run it); the score
+    and the masks are checked against the pool by :func:`job_of`."""
     r = sel.restrict
-    if r.masks or r.shards_dir:
-        what = "masks" if r.masks else "shards_dir"
-        raise FlytInputError(f"`{what}` is not offered on Ray (`ray_address`); run without it, or on one machine",
-                             params=[what, "ray_address"])
+    if r.shards_dir:
+        raise FlytInputError("`shards_dir` is not offered on Ray (`ray_address`); run without it, or on one machine",
+                             params=["shards_dir", "ray_address"])
     if r.baseline is not None and r.baseline not in BASELINES:
         raise FlytInputError(f"baseline {r.baseline} does not run on Ray (`ray_address`): only "
                              f"{', '.join(BASELINES)} do; run it on one machine", params=["baseline", "ray_address"])
+    if r.baseline is not None and r.masks:
+        raise FlytInputError(f"baseline {r.baseline} with `masks` does not run on Ray (`ray_address`): give the masks "
+                             "alone (a baseline can be one of them), or run on one machine",
+                             params=["baseline", "masks", "ray_address"])
     if sel.score.source is not None:
         if sel.sample.name not in SAMPLERS:
             raise FlytInputError(f"sampler {sel.sample.name} does not run on Ray (`ray_address`): {', '.join(SAMPLERS)} "
@@ -353,14 +437,92 @@ def check_supported(sel: Selection) -> None:
                                  params=["device", "ray_address"])
 
 
-def _score_kind(sel: Selection, pool: Pool) -> str:
-    found = SCORE_SOURCES.find(sel.score.source, pool)
-    kind = found[0].kind if found else None
-    if kind != "column":
-        raise FlytInputError(f"on Ray (`ray_address`) the score must be a column of the pool's parquet files; "
-                             f"{quote(sel.score.source)} is {'not a score source' if kind is None else f'a {kind}'}"
-                             "; compute it into the pool, or run on one machine", params=["score", "ray_address"])
-    return found[1]
+def job_of(sel: Selection, pool: Pool) -> Job:
+    """What the partitions read, once the score and the masks are known to run on Ray (and the
+    masks' assets are found)."""
+    r = sel.restrict
+    masks = tuple(ray_mask(spec, pool) for spec in r.masks)
+    settings = baselines.RunSettings(r.assets, 1, 0, r.centroid_batch_size, progress=False)
+    defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
+    for mask in masks:
+        mask.prepare(MaskContext(pool, None, settings, defaults))
+    masked = {"masks": masks, "mask_settings": settings, "mask_defaults": defaults}
+    if sel.score.source is not None:
+        source = ray_score(sel.score.source, pool, sel.score.inputs_dir)
+        if isinstance(source, Aggregate):
+            return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **masked)
+        return Job("score", sel.score.source, source.kind, **masked)
+    if r.baseline == "clip_score":
+        return Job("column", baselines.ARCH_COLUMNS[r.params().arch])
+    return Job("all", **masked)
+
+
+def ray_score(spec: str, pool: Pool, inputs_dir: str | None = None) -> ScoreSource:
+    """The score source ``spec`` names, refused unless each partition can compute it for its own rows
+    (with the pool's statistics where it standardises): a pool column, a scoring model over pool
+    columns or embeddings, or an aggregate or mixing model of those."""
+    source = resolve_score_source(spec, pool, inputs_dir=inputs_dir)
+    if isinstance(source, Aggregate):
+        inputs = [s for s, _ in source.terms()]
+    elif isinstance(source, MixingScore):
+        inputs = [source.input_spec(pool, name) for name in source.parse()[1]]
+    else:
+        _check_row_score(source, spec, pool)
+        return source
+    for s in inputs:
+        _check_row_score(resolve_score_source(s, pool), s, pool, of=spec)
+    return source
+
+
+def _check_row_score(source: ScoreSource, spec: str, pool: Pool, of: str | None = None) -> None:
+    """Refuse a score (``of``: the aggregate or mixing model it is an input of) that is neither a pool
+    column nor a scoring model reading only pool columns and embeddings."""
+    if source.kind == "model":
+        _check_model(source.spec, pool)
+    elif source.kind != "column":
+        where = "" if of is None else f" (an input of {quote(of)})"
+        raise FlytInputError(f"on Ray (`ray_address`) the `score` must be a column of the pool's parquet files, a scoring "
+                             f"model (model:PATH), or sum, standardized_sum, in_weighted or mixing over those; "
+                             f"{quote(spec)}{where} is a {source.kind}; compute it into the pool, or run on one machine",
+                             params=["score", "ray_address"])
+
+
+def _check_model(path: str, pool: Pool) -> None:
+    """Refuse a scoring model that reads an input store (it is kept for the whole pool, not by partition)."""
+    from .flyt.features import FeatureSpec
+    from .flyt.models import load_scoring_model
+
+    model, meta = load_scoring_model(path)
+    stored = [c for c in FeatureSpec.of_scoring_model(model, meta, path).columns if c not in pool.column_names]
+    if stored:
+        raise FlytInputError(f"on Ray (`ray_address`) a scoring model as `score` must read columns of the pool's parquet "
+                             f"files or its embeddings; {path} reads {stored[0]!r}, an input of an input store; compute it into "
+                             "the pool, or run on one machine", params=["score", "ray_address"])
+
+
+def ray_mask(spec: str, pool: Pool) -> MaskKind:
+    """The mask ``spec`` names, refused unless it keeps or drops each example by its own row."""
+    mask = resolve_mask(spec, pool)
+    why = _pool_wide(mask)
+    if why:
+        raise FlytInputError(f"`masks` {quote(spec)} does not run on Ray (`ray_address`): {why}; run it on one machine",
+                             params=["masks", "ray_address"])
+    return mask
+
+
+def _pool_wide(mask: MaskKind) -> str | None:
+    """Why a mask needs more than each example's own row (None: it needs only that)."""
+    if mask.kind == "top":
+        return "it ranks the examples of the whole pool"
+    if mask.kind == "store":
+        return "it reads an input store, which is read for the whole pool at once"
+    if mask.kind not in ROW_MASKS:
+        return f"{mask.kind} masks are not among those it runs ({', '.join(ROW_MASKS)})"
+    if mask.kind == "baseline" and "image_based" in mask.name:
+        return "its nearest-centroid search runs once for the whole pool"
+    if mask.kind == "baseline" and mask.name == "clip_score" and mask.params.threshold is None:
+        return "its fraction is a rank over the whole pool; give threshold=VALUE instead"
+    return None
 
 
 def run(sel: Selection, cluster: Cluster) -> SelectionResult:
@@ -370,27 +532,20 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
     check_supported(sel)
     start = time.perf_counter()
     pool = Pool(sel.metadata_dir, progress=sel.progress, workers=sel.io_threads)
-    if sel.score.source is not None:
-        _score_kind(sel, pool)
-        mode, source = "score", sel.score.source
-    elif sel.restrict.baseline == "clip_score":
-        mode, source = "column", baselines.ARCH_COLUMNS[sel.restrict.params().arch]
-    else:
-        mode, source = "all", None
+    job = job_of(sel, pool)
     init = {"num_cpus": cluster.num_cpus} if cluster.num_cpus else {}
     with ray_session(cluster.address, **init) as ray:
         cpus = float(ray.cluster_resources().get("CPU", 1))
         plan = plan_partitions(pool, cluster.partitions or max(1, int(cpus)))
         # every partition's actor alive at once, spread over the nodes, even with more partitions than CPUs
         actor = ray.remote(num_cpus=min(1.0, cpus / len(plan)), scheduling_strategy="SPREAD")(Partition)
-        handles = [actor.remote(pool, shards, mode, source, cluster.memory_cap)
-                   for shards in plan]
+        handles = [actor.remote(pool, shards, job, cluster.memory_cap) for shards in plan]
         try:
             actors = _Actors(ray, handles)
             with progress_bar(total=len(plan), desc="reading partitions", unit="partition",
                               disable=not sel.progress) as bar:
                 actors.wait(actors.submit("load"), bar)
-            return drive(sel, pool, actors, mode, start,
+            return drive(sel, pool, actors, job, start,
                          {"address": cluster.address, "partitions": len(plan),
                           "partition_rows": [sum(pool.shards[i].num_rows for i in p) for p in plan]})
         finally:  # on a cluster the workers end with the run; while stopping, Ray's own shutdown ends them
@@ -399,77 +554,125 @@ def run(sel: Selection, cluster: Cluster) -> SelectionResult:
                     ray.kill(h)
 
 
-def drive(sel: Selection, pool: Pool, actors, mode: str, start: float,
+def drive(sel: Selection, pool: Pool, actors, job: Job, start: float,
           cluster: dict[str, Any] | None = None) -> SelectionResult:
     """Everything after the partitions hold their values: select, then write (``actors``: Ray actors
     or in-process partitions, called the same way); ``cluster`` goes to the sidecar, with each worker's
     peak resident memory."""
+    kept = Restriction(pool.size, None, None, merge_reports(actors.call("mask_report")) if job.masks else [], None)
+    m = sum(s["size"] for s in actors.call("summary"))
+    if job.masks and m == 0:  # the single-machine path's words
+        raise FlytInputError(f"no example of the pool survives the masks ({kept.describe()}): nothing to sample"
+                             if sel.score.source else f"no example of the pool survives ({kept.describe()}): an empty "
+                             "subset would be written; nothing was written")
+    inputs = {"metadata_dir": sel.metadata_dir, "pool_size": pool.size, "metadata_shards": len(pool.shards),
+              "shards_dir": None, "pool_size_downloaded": None, "pool_size_surviving": m if job.masks else None}
+    select = _keep_survivors if job.mode in ("column", "all") else _sample
+    info, notes, title = select(sel, actors, job, kept, m)
+    info = {**info, "inputs": {**inputs, **info.get("inputs", {})}, "cluster": cluster}
+    return _write(sel, pool, actors, info, notes, title, m, start)
+
+
+def _keep_survivors(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tuple[dict, list[str], str]:
+    """DataComp's baseline, or the survivors of the masks once each: the sidecar's record, notes and title."""
+    details = _baseline(sel, actors, actors.call("summary"), m)
+    baseline = sel.restrict.baseline
+    info = {"baseline": None if baseline is None else {"name": baseline, "params": sel.restrict.params().given(),
+                                                       **details},
+            "masks": kept.report, "sampler": None, "selection": "every example that survives the masks, once",
+            "sampler_params": {}, "seed": None}
+    return info, kept.notes(), f"baseline {baseline}" if baseline else f"{len(job.masks)} mask(s)"
+
+
+def _sample(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tuple[dict, list[str], str]:
+    """The scores (an aggregate's summed, then transformed) drawn by the sampler: the sidecar's record,
+    notes and title."""
+    name = sel.sample.name
+    params = sampler_params(sel.sample, m)
+    if "num_samples" in params:
+        check_subset_size(params["num_samples"], sel.output.path)
+    if job.mode == "aggregate":
+        _aggregate(job, actors, restricted=bool(job.masks))
+    _transform(sel.transform, actors)
     summaries = actors.call("summary")
-    m = sum(s["size"] for s in summaries)
-    notes: list[str] = []
-    if mode != "score":
-        details = _baseline(sel, actors, summaries, m)
-        info = {"inputs": _inputs(sel, pool), "baseline": {"name": sel.restrict.baseline,
-                                                           "params": sel.restrict.params().given(), **details},
-                "masks": [], "sampler": None, "selection": "every example that survives the masks, once",
-                "sampler_params": {}, "seed": None}
-        title = f"baseline {sel.restrict.baseline}"
+    lowest, highest = value_range(summaries)
+    degenerate = sampling.scs_independence(m, lowest, highest, params) if name == "scs" else None
+    if degenerate and not sel.sample.allow_score_independent:
+        raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
+                             params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
+    if name == "scs":
+        _scs(actors, params, sel.sample.seed, sel.progress)
     else:
-        name = sel.sample.name
-        params = sampler_params(sel.sample, m)
-        if "num_samples" in params:
-            check_subset_size(params["num_samples"], sel.output.path)
-        lowest, highest = _transform(sel.transform, actors, summaries, m)
-        degenerate = sampling.scs_independence(m, lowest, highest, params) if name == "scs" else None
-        if degenerate and not sel.sample.allow_score_independent:
-            raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
-                                 params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
-        if name == "scs":
-            _scs(actors, params, sel.sample.seed, sel.progress)
-        else:
-            stored = summaries[0]["stored_dtype"]
-            plain = not sel.transform.standardize and sel.transform.temperature == 1.0
-            if params.get("value") is not None and plain and stored is not None and stored.kind == "f":
-                params = {**params, "value": float(stored.type(params["value"]))}  # as the single-machine path
-            kept = _threshold(actors, params, m)
-            if kept == 0:
-                scored = "scores" if plain else "scores after the transform"
-                raise FlytInputError(f"`value` {params['value']} keeps no example: the {scored} of the {m:,} examples "
-                                     f"it may select range from {lowest:.6g} to {highest:.6g}; choose a value at most "
-                                     f"{highest:.6g}, or `fraction`; no subset was written", params=["value", "fraction"])
-        notes += default_notes(sel.sample, params, m) + ([degenerate] if degenerate else [])
-        info = {"inputs": {**_inputs(sel, pool), "score_source": sel.score.source, "score_kind": "column"},
-                "masks": [],
-                "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,
-                                    "statistics_over": "pool"},
-                "sampler": name, "sampler_params": {k: v for k, v in params.items() if k != "device"},
-                "sampler_defaults": sorted(k for k in params if sel.sample.options.get(k) is None
-                                           and k not in ("num_samples", "device") and params[k] is not None),
-                "device": "cpu", "scale": sel.sample.scale, "seed": sel.sample.seed}
-        title = f"{name} on {sel.score.source}"
-    return _write(sel, pool, actors, {**info, "cluster": cluster}, notes, title, m, start)
+        stored = summaries[0]["stored_dtype"]
+        plain = not sel.transform.standardize and sel.transform.temperature == 1.0
+        if params.get("value") is not None and plain and stored is not None and stored.kind == "f":
+            params = {**params, "value": float(stored.type(params["value"]))}  # as the single-machine path
+        if _threshold(actors, params, m) == 0:
+            scored = "scores" if plain else "scores after the transform"
+            raise FlytInputError(f"`value` {params['value']} keeps no example: the {scored} of the {m:,} examples "
+                                 f"it may select range from {lowest:.6g} to {highest:.6g}; choose a value at most "
+                                 f"{highest:.6g}, or `fraction`; no subset was written", params=["value", "fraction"])
+    info = {"inputs": {"score_source": sel.score.source, "score_kind": job.kind},
+            "masks": kept.report,
+            "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,
+                                "statistics_over": kept.statistics_over()},
+            "sampler": name, "sampler_params": {k: v for k, v in params.items() if k != "device"},
+            "sampler_defaults": sorted(k for k in params if sel.sample.options.get(k) is None
+                                       and k not in ("num_samples", "device") and params[k] is not None),
+            "device": "cpu", "scale": sel.sample.scale, "seed": sel.sample.seed}
+    notes = default_notes(sel.sample, params, m) + kept.notes() + ([degenerate] if degenerate else [])
+    return info, notes, f"{name} on {sel.score.source}"
 
 
-def _inputs(sel: Selection, pool: Pool) -> dict[str, Any]:
-    return {"metadata_dir": sel.metadata_dir, "pool_size": pool.size, "metadata_shards": len(pool.shards),
-            "shards_dir": None, "pool_size_downloaded": None, "pool_size_surviving": None}
+def merge_reports(reports: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The masks' report lines over the pool from every partition's: the survivors summed, and a subset
+    file's uids not in the pool those that no partition holds; the rest is the same in every partition."""
+    merged = []
+    for lines in zip(*reports):
+        line = {**lines[0], "surviving": sum(x["surviving"] for x in lines)}
+        if "subset_uids_not_in_pool" in line:
+            found = sum(x["subset_uids"] - x["subset_uids_not_in_pool"] for x in lines)
+            line["subset_uids_not_in_pool"] = line["subset_uids"] - found
+        merged.append(line)
+    return merged
 
 
-def _transform(cfg: Transform, actors, summaries: list[dict], m: int) -> tuple[float, float]:
-    """Standardise with the pool's mean and std and divide by the temperature, on every partition;
-    returns the range of the transformed scores."""
+def pool_moments(actors, which: str) -> list[tuple[float, float]]:
+    """The mean and standard deviation (ddof 0) of each of the partitions' arrays ``which`` over every
+    partition: counts and sums first, then the squared deviations about the pool's means."""
+    sums = actors.call("sums", which)
+    counts = [sum(part[i][0] for part in sums) for i in range(len(sums[0]))]
+    means = [math.fsum(part[i][1] for part in sums) / n for i, n in enumerate(counts)]
+    deviations = actors.call("squared_deviations", which, means)
+    return [(mean, math.sqrt(math.fsum(part[i] for part in deviations) / n))
+            for i, (mean, n) in enumerate(zip(means, counts))]
+
+
+def _aggregate(job: Job, actors, restricted: bool) -> None:
+    """An aggregate's scores on every partition: each input standardised (where it is) with its
+    statistics over the examples of every partition (``restricted``: those the masks kept)."""
+    stats = []
+    for (spec, weight), (mean, std) in zip(job.terms, pool_moments(actors, "inputs")):
+        if weight is not None:
+            check_spread(std, input_what(spec), restricted=restricted)
+        stats.append(None if weight is None else (mean, std))
+    actors.call("aggregate", stats)
+
+
+def _transform(cfg: Transform, actors) -> None:
+    """Standardise with the pool's mean and std and divide by the temperature, on every partition."""
     mean = std = None
     if cfg.standardize:
-        mean = sum(s["sum"] for s in summaries) / m
-        std = math.sqrt(sum(actors.call("squared_deviations", mean)) / m)
-        if not std > 0:
-            raise FlytInputError("cannot standardise the scores: they are all equal")
-    lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
+        (mean, std), = pool_moments(actors, "values")
+        check_spread(std, "the scores")
     if cfg.standardize or cfg.temperature != 1.0:
         actors.call("transform", cfg, mean, std)
-        summaries[:] = actors.call("summary")
-        lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
-    return lowest, highest
+
+
+def value_range(summaries: list[dict]) -> tuple[float, float]:
+    """The smallest and the largest value of the partitions that hold one."""
+    held = [s for s in summaries if s["finite"]]
+    return min(s["min"] for s in held), max(s["max"] for s in held)
 
 
 def _key(x: float) -> int:
@@ -500,8 +703,7 @@ def rank_value(actors, rank: int, lowest: float, highest: float) -> float:
 def _threshold(actors, params: dict[str, Any], m: int) -> int:
     """The threshold sampler over the partitions (as :func:`flyt_datacomp.sampling.threshold`); returns
     the number kept."""
-    summaries = actors.call("summary")
-    lowest, highest = min(s["min"] for s in summaries), max(s["max"] for s in summaries)
+    lowest, highest = value_range(actors.call("summary"))
     if params.get("value") is not None:
         return sum(actors.call("keep_at_least", params["value"]))
     f = float(params["fraction"])
@@ -522,8 +724,9 @@ def _threshold(actors, params: dict[str, Any], m: int) -> int:
 
 
 def _baseline(sel: Selection, actors, summaries: list[dict], m: int) -> dict[str, Any]:
-    """DataComp's no_filter and clip_score baselines (the threshold over the whole pool, NaN last)."""
-    if sel.restrict.baseline == "no_filter":
+    """DataComp's clip_score baseline (the threshold over the whole pool, NaN last); otherwise every
+    example that survives the masks (no_filter, or masks without a score)."""
+    if sel.restrict.baseline != "clip_score":
         actors.call("keep_at_least", None)
         return {}
     params = sel.restrict.params()
@@ -531,13 +734,12 @@ def _baseline(sel: Selection, actors, summaries: list[dict], m: int) -> dict[str
         t = params.threshold
     else:
         n = int(m * params.fraction)
-        finite = [s for s in summaries if s["finite"]]
         if n >= m:
             t = None
-        elif n >= sum(s["finite"] for s in finite):
+        elif n >= sum(s["finite"] for s in summaries):
             t = math.nan  # DataComp's value at that rank is a missing score: nothing passes
         else:
-            t = rank_value(actors, n, min(s["min"] for s in finite), max(s["max"] for s in finite))
+            t = rank_value(actors, n, *value_range(summaries))
     actors.call("keep_at_least", t, as_stored=True)
     return {"column": baselines.ARCH_COLUMNS[params.arch], "threshold": None if t is None else float(t),
             "threshold_over": "pool"}

@@ -7,6 +7,7 @@ one of them with each worker's address space capped below what the whole pool ne
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from pathlib import Path
@@ -25,13 +26,16 @@ from flyt_datacomp.cli.baseline import baseline_command
 from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.errors import FlytInputError, WorkerDied
 from flyt_datacomp.pool import Pool
-from flyt_datacomp.uids import random_uids, uids_to_hex
+from flyt_datacomp.scores import load_scores
+from flyt_datacomp.uids import random_uids, read_subset, uids_to_hex
 
 COLUMN = "clip_b32_similarity_score"
 
 
-def write_pool(root: Path, columns: dict[str, np.ndarray], sizes: list[int], seed: int = 0) -> Path:
-    """Parquet files of the given sizes (names in pool order) holding ``uid`` and the given columns."""
+def write_pool(root: Path, columns: dict[str, np.ndarray], sizes: list[int], seed: int = 0,
+               arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """Parquet files of the given sizes (names in pool order) holding ``uid`` and the given columns
+    (and npz files beside them holding ``arrays``)."""
     root.mkdir(parents=True)
     uids = uids_to_hex(random_uids(sum(sizes), seed))
     start = 0
@@ -39,6 +43,8 @@ def write_pool(root: Path, columns: dict[str, np.ndarray], sizes: list[int], see
         table = {"uid": pa.array(uids[start:start + n], pa.string())}
         table.update({k: v[start:start + n] for k, v in columns.items()})
         pq.write_table(pa.table(table), root / f"{i:04d}.parquet")
+        if arrays:
+            np.savez(root / f"{i:04d}.npz", **{k: v[start:start + n] for k, v in arrays.items()})
         start += n
     return root
 
@@ -61,17 +67,11 @@ def inline_run(sel: selection.Selection, partitions: int) -> selection.Selection
     selection.preflight(sel)
     rs.check_supported(sel)
     pool = Pool(sel.metadata_dir, progress=False)
-    if sel.score.source is not None:
-        rs._score_kind(sel, pool)
-        mode, source = "score", sel.score.source
-    elif sel.restrict.baseline == "clip_score":
-        mode, source = "column", rs.baselines.ARCH_COLUMNS[sel.restrict.params().arch]
-    else:
-        mode, source = "all", None
-    parts = [rs.Partition(pool, p, mode, source) for p in rs.plan_partitions(pool, partitions)]
+    job = rs.job_of(sel, pool)
+    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, partitions)]
     for part in parts:
         part.load()
-    return rs.drive(sel, pool, rs.Inline(parts), mode, time.perf_counter())
+    return rs.drive(sel, pool, rs.Inline(parts), job, time.perf_counter())
 
 
 def both(root: Path, tmp_path: Path, run, partitions: int, **kw) -> tuple[bytes, bytes]:
@@ -260,13 +260,14 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
     base = ["--metadata-dir", str(tied_pool), "--output", str(tmp_path / "x.npy"), "--quiet"]
     cases = [
         (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
-        (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", "original_width>=2"], "--mask"),
+        (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", f"top:0.5:{COLUMN}"],
+         "--mask 'top:0.5:clip_b32_similarity_score' does not run on Ray"),
         (["--name", "basic_filter", "--ray", "local"], "basic_filter does not run on Ray"),
         (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
     ]
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
-    cases.append((["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "must be a column"))
+    cases.append((["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "the --score must be a column"))
     for args, message in cases:
         result = runner.invoke(filter_command, base + args)
         assert result.exit_code == 2, result.output
@@ -279,6 +280,220 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert not (tmp_path / "x.npy").exists()
+
+
+# ------------------------------------------------------------------------------ scores and masks
+
+
+SHARDS = [200, 150, 1, 250, 120, 180]
+
+
+@pytest.fixture(scope="module")
+def scored_pool(tmp_path_factory) -> Path:
+    """Inputs ``a`` and ``b`` whose mean and spread change from shard to shard (so partitions' statistics
+    differ from the pool's), a float32 ``c``, image widths, captions of 1 to 6 words, CLIP scores, and
+    npz embeddings."""
+    rng = np.random.default_rng(11)
+    shard = np.repeat(np.arange(len(SHARDS)), SHARDS)
+    m = shard.size
+    words = rng.integers(1, 7, m)
+    columns = {
+        "a": rng.normal(shard * 0.5, 1.0 + shard),
+        "b": rng.normal(-0.4 * shard, 1.0 / (1 + shard)),
+        "c": rng.normal(0.2, 0.05, m).astype(np.float32),
+        "original_width": rng.integers(64, 1024, m),
+        "text": np.array([" ".join(["word"] * k) for k in words], dtype=object),
+        COLUMN: rng.normal(0.3, 0.05, m).astype(np.float32),
+    }
+    embeddings = {}
+    for key in ("b32_img", "b32_txt"):
+        e = rng.normal(size=(m, 8))
+        embeddings[key] = (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float16)
+    return write_pool(tmp_path_factory.mktemp("scored") / "metadata", columns, SHARDS, seed=11, arrays=embeddings)
+
+
+@pytest.fixture(scope="module")
+def models(scored_pool, tmp_path_factory) -> dict[str, str]:
+    """An M-FLYT model over the pool columns a and b, an E-FLYT model over the b32 embeddings and a
+    released mixing model (a bare linear layer) over a, b and c."""
+    import torch
+
+    from flyt_datacomp.flyt.models import GLUHead, MixingModel, save_scoring_model
+
+    root = tmp_path_factory.mktemp("models")
+    pool = Pool(str(scored_pool), progress=False)
+    x = np.stack([pool.column(c) for c in ("a", "b")], axis=1)
+    mflyt = MixingModel(["a", "b"], x.mean(0), x.std(0))
+    with torch.no_grad():
+        mflyt.weight.copy_(torch.tensor([0.7, -1.3]))
+    save_scoring_model(root / "m.pt", mflyt)
+    save_scoring_model(root / "e.pt", GLUHead(8, 16, seed=3), {"config": {"embedding_prefix": "b32"}})
+    torch.save({"layers.0.weight": torch.tensor([[0.5, -2.0, 3.0]]), "layers.0.bias": torch.tensor([0.1])},
+               root / "mix.pt")
+    return {"m-flyt": str(root / "m.pt"), "e-flyt": str(root / "e.pt"), "mixing": f"mixing:{root / 'mix.pt'}:a,b,c"}
+
+
+def score_sources(models: dict[str, str]) -> dict[str, str]:
+    return {
+        "m-flyt": models["m-flyt"],
+        "e-flyt": f"model:{models['e-flyt']}",
+        "mixing": models["mixing"],
+        "sum": "sum:a,b,c",
+        "standardized_sum": "standardized_sum:a,b,c",
+        "in_weighted": "in_weighted:r=4:a=0.31,b=0.28,c=0.2",
+        "standardized_sum_of_models": f"standardized_sum:{models['m-flyt']},model:{models['e-flyt']},b",
+    }
+
+
+@pytest.mark.parametrize("partitions", [2, 6])
+@pytest.mark.parametrize("source", ["m-flyt", "e-flyt", "mixing", "sum", "standardized_sum", "in_weighted",
+                                    "standardized_sum_of_models"])
+def test_model_mixing_and_aggregate_scores_write_the_single_machine_bytes(scored_pool, models, tmp_path, source,
+                                                                          partitions):
+    kw = dict(score=selection.ScoreStage(score_sources(models)[source]), sample=selection.Sample(options={"fraction": 0.3}))
+    one, parts = both(scored_pool, tmp_path, inline_run, partitions, **kw)
+    assert len(one) > 128 and parts == one
+
+
+def test_partitions_statistics_would_change_the_standardized_sum_subset(scored_pool):
+    """The byte test above tests the pool-wide statistics only if standardising each partition with its
+    own statistics selected another subset: it does, here, for each partition plan used (the single-row
+    partition of six has no spread: NaN)."""
+    pool = Pool(str(scored_pool), progress=False)
+    x = [pool.column(c).astype(np.float64) for c in ("a", "b", "c")]
+    n = int(pool.size * 0.3)
+
+    def top(s):
+        return set(np.argsort(-s, kind="stable")[:n])
+
+    pool_wide = top(sum((v - v.mean()) / v.std() for v in x))
+    for count in (2, 6):
+        ends = np.cumsum([sum(SHARDS[i] for i in p) for p in rs.plan_partitions(pool, count)])[:-1]
+        with np.errstate(invalid="ignore"):
+            per_part = np.concatenate([sum((v - v.mean()) / v.std() for v in pieces)
+                                       for pieces in zip(*(np.split(v, ends) for v in x))])
+        assert len(top(per_part) ^ pool_wide) > 10
+
+
+MASKS = {
+    "column": ("original_width>=300",),
+    "caption": ("caption:basic",),
+    "baseline_clip_score_threshold": ("clip_score:arch=b32,threshold=0.29",),
+    "no_filter": ("no_filter",),
+    "several": ("column:original_width<900", "caption:basic", "SUBSET"),
+}
+
+
+def subset_mask(pool_dir: Path, tmp_path: Path) -> str:
+    """A subset file of about half the pool's uids, and 5 uids of no pool."""
+    pool = Pool(str(pool_dir), progress=False)
+    rng = np.random.default_rng(4)
+    uids = np.concatenate([pool.uids[rng.random(pool.size) < 0.5], random_uids(5, 99)])
+    path = tmp_path / "half.npy"
+    np.save(path, np.sort(uids))
+    return str(path)
+
+
+@pytest.mark.parametrize("scored", [False, True])
+@pytest.mark.parametrize("masks", list(MASKS))
+def test_row_wise_masks_write_the_single_machine_bytes(scored_pool, tmp_path, masks, scored):
+    """With a score (standardised over the survivors, a top fraction of them) and without (the
+    survivors once each): the single-machine bytes and the same masks' report in the sidecar."""
+    specs = tuple(subset_mask(scored_pool, tmp_path) if m == "SUBSET" else m for m in MASKS[masks])
+    kw = dict(restrict=selection.Restrict(masks=specs))
+    if scored:
+        kw.update(score=selection.ScoreStage("standardized_sum:a,b"), sample=selection.Sample(options={"fraction": 0.3}),
+                  transform=selection.Transform(standardize=True, temperature=0.5))
+    one, parts = both(scored_pool, tmp_path, inline_run, 6, **kw)
+    assert len(one) > 128 and parts == one
+    sidecars = [json.loads((tmp_path / f"{n}.npy.json").read_text()) for n in ("one", "parts")]
+    assert sidecars[1]["masks"] == sidecars[0]["masks"]
+    for key in ("pool_size_surviving", "score_kind"):
+        assert sidecars[1]["inputs"].get(key) == sidecars[0]["inputs"].get(key)
+    assert sidecars[1].get("score_transform", {}).get("statistics_over") == \
+        sidecars[0].get("score_transform", {}).get("statistics_over")
+
+
+def test_masks_that_keep_nothing_in_a_partition(scored_pool, tmp_path):
+    """Partitions none of whose examples survive (the last two shards, by their b) take part in a
+    threshold and in SCS."""
+    kw = dict(restrict=selection.Restrict(masks=("b>-1.0",)), score=selection.ScoreStage("a"),
+              sample=selection.Sample(options={"fraction": 0.5}))
+    pool = Pool(str(scored_pool), progress=False)
+    assert (pool.column("b")[-300:] <= -1.0).all() and (pool.column("b")[:-300] > -1.0).sum() > 300
+    one, parts = both(scored_pool, tmp_path, inline_run, 6, **kw)
+    assert parts == one
+    scs = dict(kw, sample=selection.Sample(options={"alpha": 0.5, "group_size": 50}, num_samples=400))
+    result = inline_run(selection.Selection(str(scored_pool), selection.Output(tmp_path / "scs.npy"), progress=False,
+                                            **scs), 6)
+    assert result.stats["total_entries"] == 400
+
+
+def test_scs_with_a_model_score_and_masks(scored_pool, models, tmp_path):
+    """SCS over the survivors with an M-FLYT score, standardised: the partitions' logits are the
+    single-machine path's (the driver's SCS draws the single-machine distribution from them, tested
+    above), and the draw holds N entries, of surviving examples only."""
+    kw = dict(restrict=selection.Restrict(masks=("caption:basic", "original_width>=200")),
+              score=selection.ScoreStage(models["m-flyt"]), transform=selection.Transform(standardize=True),
+              sample=selection.Sample(options={"alpha": 0.5, "group_size": 40}, num_samples=500, seed=2))
+    sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "scs.npy"), progress=False, **kw)
+    pool = Pool(str(scored_pool), progress=False)
+    kept = selection.restrict(sel, pool)
+    logits = selection.transform(load_scores(pool, models["m-flyt"]).values[kept.keep], sel.transform)
+    job = rs.job_of(sel, pool)
+    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, 4)]
+    for part in parts:
+        part.load()
+    rs._transform(sel.transform, rs.Inline(parts))
+    np.testing.assert_allclose(np.concatenate([p.values for p in parts]), logits, rtol=1e-12, atol=1e-12)
+    result = inline_run(sel, 4)
+    uids, counts = read_subset(tmp_path / "scs.npy")
+    assert result.stats["total_entries"] == counts.sum() == 500
+    assert set(uids_to_hex(uids)) <= set(uids_to_hex(pool.uids[kept.keep]))
+
+
+def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_pool, models, tmp_path):
+    """Sources read from an input store or joined by uid, aggregates of aggregates, scoring models
+    over stored inputs and masks over the whole pool: each a clear error before any partition starts."""
+    import torch
+
+    from flyt_datacomp.flyt.models import MixingModel, save_scoring_model
+    from flyt_datacomp.inputs.compute import compute_inputs
+
+    store = str(tmp_path / "store")
+    compute_inputs(str(scored_pool), store, ["cc=column:c"], progress=False)
+    save_scoring_model(tmp_path / "stored.pt", MixingModel(["a", "cc"], [0.0, 0.0], [1.0, 1.0]))
+    score_file = tmp_path / "scores.csv"
+    score_file.write_text("uid,score\n")
+    torch.save({"layers.0.weight": torch.ones(1, 2)}, tmp_path / "mix.pt")
+    scores = {
+        "store:cc": ("'store:cc' is a store", "score"),
+        f"standardized_sum:a,{score_file}": ("(an input of 'standardized_sum:a,", "score"),
+        "sum:standardized_sum:a,b": ("'standardized_sum:a' (an input of", "score"),
+        f"mixing:{tmp_path / 'mix.pt'}:a,cc": ("'store:cc' (an input of 'mixing:", "score"),
+        str(tmp_path / "stored.pt"): ("reads 'cc', an input of an input store", "score"),
+    }
+    masks = {
+        f"top:0.3:{COLUMN}": "it ranks the examples of the whole pool",
+        "store:lang_en==1": "it reads an input store",
+        "clip_score:arch=b32,fraction=0.3": "give threshold=VALUE",
+    }
+    threshold = selection.Sample(options={"fraction": 0.3})
+    cases = [(dict(score=selection.ScoreStage(src, inputs_dir=store), sample=threshold), msg, param)
+             for src, (msg, param) in scores.items()]
+    cases += [(dict(restrict=selection.Restrict(masks=(spec,))), msg, "masks") for spec, msg in masks.items()]
+    cases.append((dict(restrict=selection.Restrict(baseline="no_filter", masks=("caption:basic",))),
+                  "baseline no_filter with `masks` does not run on Ray", "masks"))
+    for kw, message, param in cases:
+        sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False, **kw)
+        with pytest.raises(FlytInputError) as err:
+            rs.check_supported(sel)
+            rs.job_of(sel, Pool(str(scored_pool), progress=False))
+        assert message in str(err.value) and {param, "ray_address"} <= set(err.value.params), (kw, str(err.value))
+    result = CliRunner().invoke(filter_command, ["--metadata-dir", str(scored_pool), "--output", str(tmp_path / "x.npy"),
+                                                 "--quiet", "--ray", "local", "--score", "store:x", "--fraction", "0.3"])
+    assert result.exit_code == 2 and "the --score must be a column" in result.output, result.output
+    assert not (tmp_path / "x.npy").exists()
 
 
 # ------------------------------------------------------------------------------ on a local Ray
@@ -354,6 +569,20 @@ def test_ray_scs_is_the_driver_run_in_process(ray_cluster, tied_pool, tmp_path):
     assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "inline.npy").read_bytes()
     assert result.stats["total_entries"] == 1500 and result.stats["cluster"]["partitions"] == 3
     assert math.isclose(sum(int(k) * v for k, v in result.stats["repetition_histogram"].items()), 1500)
+
+
+def test_ray_runs_a_model_score_under_masks_as_in_process(ray_cluster, scored_pool, models, tmp_path):
+    """A scoring model and masks on Ray's workers: the single-machine bytes for a threshold, the
+    in-process driver's bytes for SCS."""
+    kw = dict(restrict=selection.Restrict(masks=("caption:basic", subset_mask(scored_pool, tmp_path))),
+              score=selection.ScoreStage(f"standardized_sum:{models['m-flyt']},c"),
+              sample=selection.Sample(options={"fraction": 0.3}))
+    one, parts = both(scored_pool, tmp_path, ray_run(3), 3, **kw)
+    assert parts == one
+    kw["sample"] = selection.Sample(options={"alpha": 0.5, "group_size": 40}, num_samples=500, seed=1)
+    for name, runner in (("ray", ray_run(3)), ("inline", inline_run)):
+        runner(selection.Selection(str(scored_pool), selection.Output(tmp_path / f"{name}.npy"), progress=False, **kw), 3)
+    assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "inline.npy").read_bytes()
 
 
 def test_joining_ray_keeps_the_commands_stop_handlers(monkeypatch):

@@ -136,7 +136,8 @@ def ray_options(fn):
         option("--ray", "ray_address", metavar="ADDRESS",
                help="Run on a Ray cluster, the pool cut into partitions of metadata shards, one worker each (auto: "
                     "the cluster this machine belongs to; local: a new one here; or host:port): for pools no machine "
-                    "holds. Scores from a pool column; threshold or scs; or the no_filter/clip_score baselines."),
+                    "holds. Scores from pool columns, scoring models or their sum/standardized_sum/in_weighted/mixing; "
+                    "masks judging each example by its own row; threshold or scs; or the no_filter/clip_score baselines."),
         option("--partitions", type=click.IntRange(min=1),
                help="With --ray: partitions of the pool [default: one per CPU of the cluster]."),
     ]):

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import FlytInputError, quote
 from ..pool import Pool
-from .base import Scores, ScoreSource, load_scores, register_score_source, standardize
+from .base import Scores, ScoreSource, load_scores, moments, register_score_source
 
 
 def _split_inputs(text: str, spec: str, kind: str) -> list[str]:
@@ -44,8 +44,9 @@ def weights_from_relevance(relevance: list[float], ratio: float) -> np.ndarray:
     return (rel - lo) / (hi - lo) + 1.0 / (ratio - 1.0)
 
 
-class _Aggregate(ScoreSource):
-    """An aggregation of other score sources; always named explicitly (``KIND:inputs``)."""
+class Aggregate(ScoreSource):
+    """An aggregation of other score sources; always named explicitly (``KIND:inputs``): the sum of
+    each input's :func:`term`."""
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -54,33 +55,58 @@ class _Aggregate(ScoreSource):
     def inputs(self) -> list[str]:
         return _split_inputs(self.spec, self.spec, self.kind)
 
+    def terms(self) -> list[tuple[str, float | None]]:
+        """Each input's spec and the weight of its z-score (None: its raw scores)."""
+        raise NotImplementedError
+
     def input_scores(self, pool: Pool, spec: str) -> np.ndarray:
         return load_scores(pool, spec, within=self.within, inputs_dir=self.inputs_dir,
                            accept_changed_inputs=self.accept_changed_inputs, missing=self.missing).values
 
+    def load(self, pool: Pool) -> Scores:
+        total = sum(self.input_term(pool, spec, weight) for spec, weight in self.terms())
+        return Scores(total, self.spec, self.kind)
+
+    def input_term(self, pool: Pool, spec: str, weight: float | None) -> np.ndarray:
+        """One input's term, standardised with its statistics over ``within`` (the whole pool when None)."""
+        values = self.input_scores(pool, spec)
+        return term(values, weight, None if weight is None else moments(values, self.within, input_what(spec)))
+
+
+def term(values: np.ndarray, weight: float | None, stats: tuple[float, float] | None) -> np.ndarray:
+    """An input's part of an aggregate: its raw scores (``weight`` None), else ``weight`` times its
+    z-scores with ``stats`` (mean, std)."""
+    if weight is None:
+        return values
+    mean, std = stats
+    return weight * ((values - mean) / std)
+
+
+def input_what(spec: str) -> str:
+    """An aggregate's input, as its standardisation's messages name it."""
+    return f"input {spec!r}'s scores"
+
 
 @register_score_source
-class Sum(_Aggregate):
+class Sum(Aggregate):
     kind = "sum"
     description = "the sum of the scores of sources A, B, ... (sum:A,B)"
 
-    def load(self, pool: Pool) -> Scores:
-        total = sum(self.input_scores(pool, s) for s in self.inputs())
-        return Scores(total, self.spec, self.kind)
+    def terms(self) -> list[tuple[str, float | None]]:
+        return [(s, None) for s in self.inputs()]
 
 
 @register_score_source
-class StandardizedSum(_Aggregate):
+class StandardizedSum(Aggregate):
     kind = "standardized_sum"
     description = "the sum of the sources' z-scores (standardized_sum:A,B)"
 
-    def load(self, pool: Pool) -> Scores:
-        total = sum(standardize(self.input_scores(pool, s), self.within, f"input {s!r}'s scores") for s in self.inputs())
-        return Scores(total, self.spec, self.kind)
+    def terms(self) -> list[tuple[str, float | None]]:
+        return [(s, 1.0) for s in self.inputs()]
 
 
 @register_score_source
-class ImageNetWeighted(_Aggregate):
+class ImageNetWeighted(Aggregate):
     kind = "in_weighted"
     description = "z-scores weighted by ImageNet relevance, paper C.5 (in_weighted:r=R:A=IN_A,B=IN_B)"
 
@@ -115,13 +141,11 @@ class ImageNetWeighted(_Aggregate):
         if bad:
             raise FlytInputError(f"score source in_weighted:{self.spec}: the relevance of {bad[0]!r} is not a finite number")
 
-    def load(self, pool: Pool) -> Scores:
+    def terms(self) -> list[tuple[str, float | None]]:
         ratio, relevance = self.parse()
         self.check_relevance(relevance)
         weights = weights_from_relevance(list(relevance.values()), ratio)
-        total = sum(w * standardize(self.input_scores(pool, s), self.within, f"input {s!r}'s scores")
-                    for w, s in zip(weights, relevance))
-        return Scores(total, self.spec, self.kind)
+        return [(s, float(w)) for s, w in zip(relevance, weights)]
 
 
 def _relevance_file(path: str) -> dict[str, float]:

@@ -102,12 +102,24 @@ def load_scores(pool: Pool, source: str, *, within: np.ndarray | None = None,
 
 def standardize(values: np.ndarray, within: np.ndarray | None = None, what: str = "the scores") -> np.ndarray:
     """``(x - mean) / std`` (float64) with the statistics of ``values[within]`` (all values when None)."""
+    mean, std = moments(values, within, what)
+    return (values - mean) / std
+
+
+def moments(values: np.ndarray, within: np.ndarray | None = None, what: str = "the scores") -> tuple[float, float]:
+    """The mean and standard deviation (ddof 0) of ``values[within]`` (all values when None), refused
+    when they are all equal."""
     part = values if within is None else values[within]
     std = part.std()
+    check_spread(std, what, restricted=within is not None)
+    return part.mean(), std
+
+
+def check_spread(std: float, what: str, *, restricted: bool = False) -> None:
+    """Refuse to standardise values whose standard deviation is not positive (``restricted``: the
+    statistics were taken over the examples a restricted run keeps)."""
     if not std > 0:
-        raise FlytInputError(f"cannot standardise {what}: they are all equal"
-                             + ("" if within is None else " over the examples kept"))
-    return (values - part.mean()) / std
+        raise FlytInputError(f"cannot standardise {what}: they are all equal" + (" over the examples kept" if restricted else ""))
 
 
 def as_float(values: np.ndarray, what: str) -> np.ndarray:
