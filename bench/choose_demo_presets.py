@@ -1,7 +1,7 @@
 """Choose the demo's FLYT settings on the validation objective alone (never on the benchmark's test digits).
 
     python bench/choose_demo_presets.py --output choice.json          # the default demo pool, all candidates
-    python bench/choose_demo_presets.py --candidates today,paper-ce   # some of them
+    python bench/choose_demo_presets.py --candidates 150-steps,paper-ce  # some of them
 
 Every candidate trains M-FLYT over the demo's 7 store inputs (the ``m-flyt-demo-all`` preset with
 settings replaced) on the default demo pool with the same validation split of the downstream digits
@@ -43,20 +43,24 @@ VALIDATION = {"validation_fraction": 0.2, "validation_size": 1024, "compact_voca
 # the paper's schedule shape (AdamW, betas 0.9/0.98, decoupled decay, linear warm-up then cosine), scaled to
 # the demo: lr x wd x steps of a few units so that the weights settle where the signal puts them
 PAPER = {"steps": 600, "warmup_steps": 60, "scoring_lr": 0.02, "scoring_weight_decay": 0.5, "checkpoint_every": 50}
+# the two reference starts: the demo's b32 scorer, or a CLIP trained on the unfiltered pool (the paper's start;
+# 200 plain CLIP steps, the benchmark recipe's length)
+B32 = {"reference_init": "checkpoint", "reference_pretrain_steps": 0}
 UNFILTERED = {"reference_init": "random", "reference_pretrain_steps": 200, "reference_pretrain_lr": 1e-3}
 CANDIDATES: dict[str, dict] = {
-    "today": {"checkpoint_every": 25},
-    "paper-ce": {**PAPER},
-    "paper-ce-pairwise": {**PAPER, "mixing": "pairwise"},
-    "paper-cetemp": {**PAPER, "downstream_loss": "ce_temp"},
-    "paper-cetemp-pairwise": {**PAPER, "downstream_loss": "ce_temp", "mixing": "pairwise"},
+    "150-steps": {**B32, "steps": 150, "warmup_steps": 10, "scoring_weight_decay": 0.0, "checkpoint_every": 25},
+    "paper-ce": {**PAPER, **B32},
+    "paper-ce-pairwise": {**PAPER, **B32, "mixing": "pairwise"},
+    "paper-cetemp": {**PAPER, **B32, "downstream_loss": "ce_temp"},
+    "paper-cetemp-pairwise": {**PAPER, **B32, "downstream_loss": "ce_temp", "mixing": "pairwise"},
+    "paper-ce-unfiltered": {**PAPER, **UNFILTERED},
     "paper-cetemp-unfiltered": {**PAPER, **UNFILTERED, "downstream_loss": "ce_temp"},
     "paper-cetemp-unfiltered-pairwise": {**PAPER, **UNFILTERED, "downstream_loss": "ce_temp", "mixing": "pairwise"},
 }
 JUDGE_PROBES = 16
 # the judges: a reference state each (the two starts the candidates use), all judging by the held-out
 # loss of the model's own zero-shot classifier (validation_loss zero_shot), whatever loss a candidate trained with
-JUDGES = {"from the b32 scorer": {}, "from the unfiltered pool": UNFILTERED,
+JUDGES = {"from the b32 scorer": B32, "from the unfiltered pool": UNFILTERED,
           "from the unfiltered pool, 3x longer": {**UNFILTERED, "reference_pretrain_steps": 600}}
 
 

@@ -315,6 +315,7 @@ def test_on_the_default_pool_the_former_7_input_preset_asks_to_avoid_wrong_digit
 
     demo = build_demo_pool(tmp_path / "pool", progress=False)
     former = {"steps": 150, "warmup_steps": 10, "scoring_weight_decay": None, "validation_fraction": 0.0,
+              "reference_init": "checkpoint", "reference_pretrain_steps": 0,
               "inputs_dir": str(demo.input_store(progress=False))}
     ce = _signal_by_kind(demo, tmp_path / "ce", "m-flyt-demo-all", **former)
     assert min(ce, key=ce.get) == "digit, wrong caption", ce

@@ -123,12 +123,15 @@ class DemoPool:
 
     def train_config(self, preset: str, overrides: dict[str, Any] | None = None, *, progress: bool = True):
         """The TrainConfig of ``preset`` on this pool (the :data:`STORE_PRESETS` read the demo's input store)."""
-        from ..flyt.config import build_config
+        from ..flyt.config import PRESETS, build_config
 
         overrides = dict(overrides or {})
         if preset in STORE_PRESETS and overrides.get("inputs_dir") is None:
             overrides["inputs_dir"] = str(self.input_store(progress=progress))
-        return build_config(preset, self.train_paths(), overrides)
+        paths = self.train_paths()
+        if {**PRESETS.get(preset, {}), **overrides}.get("reference_init") == "random":
+            del paths["reference_checkpoint"]  # the reference starts from random weights: no scorer to name
+        return build_config(preset, paths, overrides)
 
     def train(self, preset: str, *, overrides: dict[str, Any] | None = None, runs_dir: str | os.PathLike | None = None,
               threads: int | None = None, progress: bool = True) -> TrainedModel:
