@@ -16,7 +16,11 @@ the subset's sidecar (``cluster.worker_peak_rss_bytes``, each worker's ``ru_maxr
 * ``scs`` -- ``filter --score clip_l14_similarity_score`` with SCS's defaults for the pool (medium's
   alpha, G = N / 1280: the paper's 1280 rounds at any pool size, as large and xlarge use);
 * ``sigterm`` -- the ``scs`` step again, SIGTERM after ``--sigterm-after`` seconds: how long it takes
-  to stop (Ray's local processes included).
+  to stop (Ray's local processes included);
+* ``stdsum_single`` and ``stdsum`` -- the top 20% of the standardised sum of the two CLIP score columns
+  (``filter --score standardized_sum:... --sampler threshold --fraction 0.2``), on one machine and on
+  Ray: each input's mean and standard deviation are the pool's, combined from the partitions; the
+  two subsets' sha256 are compared.
 
 Results accumulate in ``--json`` and the section of ``bench/RESULTS.md`` between its Ray markers.
 """
@@ -35,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import git_commit, machine, replace_section, run_step, sha256  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("clip_score", "scs", "sigterm")
+STEPS = ("clip_score", "scs", "sigterm", "stdsum_single", "stdsum")
+STDSUM = "standardized_sum:clip_b32_similarity_score,clip_l14_similarity_score"
 BEGIN, END = "<!-- bench_ray_scale:begin -->", "<!-- bench_ray_scale:end -->"
 
 
@@ -43,7 +48,11 @@ def commands(pool: Path, work: Path, partitions: int) -> dict[str, tuple[list[st
     m = str(pool / "metadata")
     ray = ["--ray", "local", "--partitions", str(partitions), "--metadata-dir", m, "--overwrite"]
     scs = ["filter", "--score", "clip_l14_similarity_score", *ray]
+    top20 = ["filter", "--score", STDSUM, "--sampler", "threshold", "--fraction", "0.2"]
     return {
+        "stdsum_single": ([*top20, "--metadata-dir", m, "--overwrite", "--output", str(work / "stdsum_single.npy")],
+                          work / "stdsum_single.npy"),
+        "stdsum": ([*top20, *ray, "--output", str(work / "stdsum.npy")], work / "stdsum.npy"),
         "clip_score": (["filter", "--name", "clip_score", "--arch", "l14", "--fraction", "0.3", *ray, "--output",
                         str(work / "clip_score.npy")], work / "clip_score.npy"),
         "scs": ([*scs, "--output", str(work / "scs.npy")], work / "scs.npy"),
@@ -61,7 +70,9 @@ def render(results: dict) -> str:
              "Ray worker with the package imported, one metadata shard being read, and its partition). `scs` runs "
              "with SCS's defaults for the pool: medium's alpha 0.15, G = N / 1280 (the rule `--scale large` and "
              "`xlarge` apply: 1M and 10M), N = the pool's size. `sigterm` is that run stopped by SIGTERM: the "
-             "exit code, how long it took, and what was left (no subset file, no Ray process). The machine was "
+             "exit code, how long it took, and what was left (no subset file, no Ray process). `stdsum` is the "
+             "top 20% of the standardised sum of the two CLIP score columns, each input's mean and std combined "
+             "from the partitions, against the same command on one machine. The machine was "
              "shared with other work (load averages of 5-11 on 2 cores), so times are upper bounds.", "",
              "| step | pool | partitions | wall | command process peak | worker peaks | same bytes as one machine | code |",
              "|---|---|---|---|---|---|---|---|"]
@@ -137,6 +148,10 @@ def main(argv=None) -> int:
         if r["exit"] == 0:
             r["sha256"] = sha256(output)
             sidecar = json.loads(Path(str(output) + ".json").read_text())
+            if step == "stdsum_single":  # the one-machine reference of the stdsum step, not a Ray run
+                single["stdsum"] = r
+                print(f"    one machine: {r['seconds']:.0f} s, peak {r['peak_rss_gb']:.2f} GB", flush=True)
+                continue
             r["worker_peak_rss_gb"] = [round(b / 1e9, 2) for b in sidecar["cluster"]["worker_peak_rss_bytes"]]
             r["entries"] = sidecar["total_entries"]
             if step in single:
