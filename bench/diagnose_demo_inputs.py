@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from flyt_datacomp.demo import DemoPool, build_demo_pool
+from flyt_datacomp.demo import DemoPool
 from flyt_datacomp.demo.domains import TARGET_DOMAIN
-from flyt_datacomp.demo.signal import truth_in_pool_order
+from flyt_datacomp.demo.signal import open_pool_with_domains, truth_in_pool_order
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.scores import load_scores, standardize
 
@@ -49,9 +49,7 @@ def main() -> None:
     ap.add_argument("--pool-dir", type=Path, help="a built v4 demo pool [the default demo pool]")
     ap.add_argument("--inputs-dir", type=Path, help="the input store [<pool>/benchmark/table/inputs]")
     args = ap.parse_args()
-    demo = DemoPool.open(args.pool_dir) if args.pool_dir else build_demo_pool(progress=False)
-    if demo.version == "v3":
-        raise SystemExit("a v3 pool has one domain: use a v4 pool")
+    demo = open_pool_with_domains(args.pool_dir)
     store = args.inputs_dir or demo.root / "benchmark" / "table" / "inputs"
     manifest = store / "inputs.json"
     if not manifest.is_file():

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flyt_datacomp.demo import DemoPool, build_demo_pool
-from flyt_datacomp.demo.signal import Recorder, kind_signal, kinds_in_pool_order
+from flyt_datacomp.demo.signal import Recorder, kind_signal, kinds_in_pool_order, open_pool_with_domains
 from flyt_datacomp.flyt.trainer import Trainer
 from flyt_datacomp.pool import Pool
 from flyt_datacomp.process import torch_threads
@@ -57,9 +56,7 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, help="the training run's folder [a temporary one]")
     ap.add_argument("--save", type=Path, help="write the per-example records (npz) and the report (json beside it)")
     args = ap.parse_args()
-    demo = DemoPool.open(args.pool_dir) if args.pool_dir else build_demo_pool(progress=False)
-    if demo.version == "v3":
-        raise SystemExit("a v3 pool has one domain: use a v4 pool")
+    demo = open_pool_with_domains(args.pool_dir)
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.steps:
         overrides["steps"] = args.steps

@@ -354,3 +354,18 @@ def test_on_the_default_pool_the_unfiltered_start_classifies_the_validation_digi
             loss.append(float(F.cross_entropy(theta[LOGIT_SCALE].exp() * logits, data.labels)))
     assert np.mean(loss) < 2.25, loss
     assert np.mean(accuracy) > 0.13, accuracy
+
+
+def test_the_per_kind_measurements_open_a_pool_with_domains_and_refuse_a_digits_only_one(tiny_demo_pool,
+                                                                                         monkeypatch):
+    import types
+
+    import flyt_datacomp.demo as demo_package
+    from flyt_datacomp.demo.signal import open_pool_with_domains
+    from flyt_datacomp.errors import FlytInputError
+
+    assert open_pool_with_domains(tiny_demo_pool.root).root == tiny_demo_pool.root
+    monkeypatch.setattr(demo_package.DemoPool, "open",
+                        classmethod(lambda cls, root: types.SimpleNamespace(version="v3", root=root)))
+    with pytest.raises(FlytInputError, match="v3 pool, whose examples are all digits"):
+        open_pool_with_domains(tiny_demo_pool.root)

@@ -31,6 +31,18 @@ from .report import read_truth, truth_categories
 KINDS = ("the task", "aligned, not the task", "digit, wrong caption", "other, wrong caption", "clutter")
 
 
+def open_pool_with_domains(pool_dir=None):
+    """The demo pool at ``pool_dir`` (None: the default pool, built on first use), refused when it is
+    a v3 pool, whose examples are all digits: the per-kind measurements need the v4 pool's domains."""
+    from . import DemoPool, build_demo_pool
+
+    demo = DemoPool.open(pool_dir) if pool_dir else build_demo_pool(progress=False)
+    if demo.version == "v3":
+        raise FlytInputError(f"the demo pool at {demo.root} is a v3 pool, whose examples are all digits: "
+                             "use a v4 pool")
+    return demo
+
+
 def truth_in_pool_order(demo, pool: Pool) -> tuple[dict, np.ndarray]:
     """The demo's truth.parquet (its columns) and, per pool example, its row there."""
     truth = read_truth(demo.truth_path)
