@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from flyt_datacomp.benchmark import data as bdata
 from flyt_datacomp.benchmark.data import PoolImages, load_pool_images, subset_index
 from flyt_datacomp.benchmark.recipe import Recipe, get_recipe
-from flyt_datacomp.benchmark.train import batch_positions
+from flyt_datacomp.benchmark.train import batch_positions, train_and_evaluate
 from flyt_datacomp.benchmark.zeroshot import accuracy, class_embeddings, prompts
 from flyt_datacomp.cli import main
 from flyt_datacomp.errors import FlytInputError
@@ -572,3 +572,27 @@ def _wait_for(condition, seconds=5.0):
     deadline = time.monotonic() + seconds
     while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def test_a_run_can_be_observed_as_it_trains_without_changing_it(tiny_demo_pool, tmp_path):
+    """``observe`` sees the model after the asked step counts, in evaluation mode and without a graph,
+    and the run's result is bit for bit the one without it."""
+    import flyt_datacomp.benchmark.evaluate as ev
+
+    recipe = get_recipe("quick")
+    bench = ev.Benchmark(tiny_demo_pool, recipe, tmp_path / "cache", progress=False, jobs=1)
+    oracle, _ = _oracle_and_random(tiny_demo_pool, tmp_path)
+    index = subset_index(oracle, bench.images, bench.pool_uids).index
+    seen = []
+
+    def observe(n, model):
+        seen.append((n, model.training, torch.is_grad_enabled(), float(model.logit_scale)))
+        side = model.visual.image_size
+        model.encode_image(torch.zeros(2, 3, side, side), normalize=True)  # a look, which must not train it
+
+    plain = train_and_evaluate(bench.data, index, recipe, 0, progress=False)
+    watched = train_and_evaluate(bench.data, index, recipe, 0, progress=False, observe=observe,
+                                 observe_at={1, 3, recipe.steps, recipe.steps + 5})
+    assert [s[:3] for s in seen] == [(1, False, False), (3, False, False), (recipe.steps, False, False)]
+    assert len({s[3] for s in seen}) == 3  # the model it sees is the one training
+    assert watched["accuracy"] == plain["accuracy"] and watched["loss_curve"] == plain["loss_curve"]

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,12 +182,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 # ---------------------------------------------------------------------------------- text
 
 
-def load_labelled_images(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """A labelled webdataset folder (``jpg`` + ``cls``) as grey uint8 images and int labels."""
+def load_labelled_images(folder: str | os.PathLike,
+                         keep: Callable[[str, str], bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled webdataset folder (``jpg`` + ``cls``) as grey uint8 images and int labels
+    (``keep(shard url, key)``: only the samples it accepts)."""
     images, labels = [], []
     for url in list_shards(str(folder)):
         for s in iter_tar(url, extensions=("jpg", "cls")):
-            if "jpg" not in s or "cls" not in s:
+            if "jpg" not in s or "cls" not in s or (keep is not None and not keep(url, s["__key__"])):
                 continue
             try:
                 labels.append(int(s["cls"].decode().strip()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,7 +99,9 @@ def build_model(data: TrainingData, recipe: Recipe, seed: int):
 
 def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, seed: int, *,
                        progress: bool = True, desc: str = "benchmark: train", device: str = "cpu",
-                       on_steps: Callable[[int], None] | None = None) -> dict:
+                       on_steps: Callable[[int], None] | None = None,
+                       observe: Callable[[int, torch.nn.Module], None] | None = None,
+                       observe_at: Collection[int] = ()) -> dict:
     """Train a fresh CLIP on ``index`` (rows of ``data``) and return its zero-shot accuracy.
 
     ``device`` is where the model runs (the benchmark itself always uses the CPU, whose runs are
@@ -110,6 +112,9 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
     "eval_seconds"}``; ``data_seconds`` is the time spent assembling batches (gathering images and
     tokens, converting pixels), ``model_seconds`` forward, backward and the optimiser step.
     ``on_steps(n)`` is told every few steps how many more are done (a parent's progress bar).
+    ``observe(n, model)`` is called after each step count n in ``observe_at``, with the model in
+    evaluation mode and without a graph (a diagnostic's look at the run as it trains; the training
+    itself is unchanged).
     """
     from ..progress import progress_bar
 
@@ -158,6 +163,11 @@ def train_and_evaluate(data: TrainingData, index: np.ndarray, recipe: Recipe, se
                     on_steps(step + 1 - reported)
                     reported = step + 1
             bar.update(1)
+            if observe is not None and step + 1 in observe_at:
+                model.eval()
+                with torch.no_grad():
+                    observe(step + 1, model)
+                model.train()
         bar.close()
         if not math.isfinite(losses[-1]):
             raise FlytInputError(f"benchmark training diverged (loss {losses[-1]}) with recipe {recipe.name}, seed {seed}")

@@ -219,7 +219,7 @@ class Trainer:
                                       tokenizer=self.tokenizer, batch_size=cfg.batch_size, seed=cfg.seed + PROBE_SEED,
                                       shuffle_buffer=cfg.shuffle_buffer)
         batches = probe_stream.batches()
-        probes = [{k: b[k] for k in ("images", "texts", "features")}  # on the CPU; moved one at a time
+        probes = [{k: b[k] for k in ("images", "texts", "features", "positions")}  # on the CPU; moved one at a time
                   for b in (next(batches) for _ in range(cfg.validation_probes))]
         gen = torch.Generator().manual_seed(cfg.seed + PROBE_SEED)
         prompts = [self._to_device(self.tokenizer(sample_class_texts(self.classes, gen))) for _ in range(PROMPT_DRAWS)]

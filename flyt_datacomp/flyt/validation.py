@@ -63,7 +63,7 @@ class ValidationSet:
     images: Tensor  # (n, 3, H, W)
     labels: Tensor  # (n,)
     prompts: list[Tensor]  # R token tensors, each (num_classes, context)
-    probes: list[dict[str, Any]]  # K upstream batches: images, texts, features (moved to the device when used)
+    probes: list[dict[str, Any]]  # K upstream batches: images, texts, features, pool positions (moved when used)
 
     @property
     def size(self) -> int:
