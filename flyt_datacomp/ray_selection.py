@@ -18,18 +18,25 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   number), the distribution is the same; the same seed and partitions give the same bytes.
 * **DataComp's baselines** ``no_filter`` and ``clip_score`` (a threshold over a CLIP score column,
   NaN last as in DataComp), byte for byte as on one machine.
-* **scores** -- a column of the pool's parquet files; a trained scoring model (``model:PATH``, M-FLYT
-  over pool columns or E-FLYT over the npz embeddings) or a released mixing model (``mixing:``) over
-  such inputs, which each partition applies to its own shards as one machine does, shard by shard;
-  and the aggregates ``sum``, ``standardized_sum`` and ``in_weighted`` over such inputs: each input's
+* **scores** -- a column of the pool's parquet files or an input of an input store (``store:NAME``);
+  a trained scoring model (``model:PATH``, M-FLYT over pool columns and stored inputs, or E-FLYT over
+  the npz embeddings) or a released mixing model (``mixing:``, the paper's recipes) over such inputs,
+  which each partition applies to its own shards as one machine does, shard by shard; and the
+  aggregates ``sum``, ``standardized_sum`` and ``in_weighted`` over such inputs: each input's
   mean and standard deviation (ddof 0) are the pool's (or the surviving examples'), from the
   partitions' counts and sums, then their squared deviations about the pool's mean, combined by the
   driver; each partition then sums the inputs' terms with them (:func:`~flyt_datacomp.scores.aggregate.term`).
-* **masks** -- those that keep or drop an example by its own row: ``column:``, ``caption:``, ``subset:``
-  and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
+* **masks** -- those that keep or drop an example by its own row: ``column:``, ``store:``, ``caption:``,
+  ``subset:`` and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
   ``laion2b``, ``clip_score`` with ``threshold=``); each partition applies them to its examples, and
   the sampler, its fraction and N, and the standardisations then see the survivors only, as on one
   machine. Without a score the survivors are written once each.
+* **input stores** -- a partition reads only its own shards' files of the store (its pool is a
+  :meth:`~flyt_datacomp.pool.Pool.part`), with the checks one machine makes: the store's shards are
+  the whole pool's (names and sizes), the uids of each of its shards are the store's, and each file
+  holds what the manifest records. The store is the one one machine reads (``inputs_dir``, or for a
+  scoring model without it the store it was trained with); the driver opens it first, and every
+  worker must read it at the same path (on a cluster, a file system every node mounts).
 * **write** -- each partition sorts its selected uids into buckets by their leading bits
   (:class:`~flyt_datacomp.uids.UidIndex`); the driver fetches bucket ``b`` of every partition,
   merges and writes it, then the next, so the subset ``.npy`` is written by streaming, never held whole.
@@ -37,21 +44,20 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
 ``--ray auto`` joins the cluster this machine belongs to, ``local`` starts one on this
 machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one.
 
-Refused before any work, with the option named: scores read from an input store (``store:``, an
-M-FLYT model or mixing input that is a stored input) or joined by uid (``file:``), aggregates of
+Refused before any work, with the option named: scores joined by uid (``file:``), aggregates of
 aggregates; masks that need the whole pool (``top:``, ``clip_score`` with a ``fraction``, the
-``image_based`` baselines' centroid search) or an input store (``store:``); a baseline together with
-masks; ``shards_dir``; the baselines other than ``no_filter`` and ``clip_score``, and the samplers
-other than threshold and SCS. Each of those runs on one machine.
+``image_based`` baselines' centroid search); a baseline together with masks; ``shards_dir``; the
+baselines other than ``no_filter`` and ``clip_score``, and the samplers other than threshold and
+SCS. Each of those runs on one machine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import math
 import resource
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -63,10 +69,10 @@ from .baselines import datacomp as baselines
 from .baselines.masks import MaskContext, MaskKind, apply_masks, resolve_mask
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
-from .pool import MetadataShard, Pool
+from .pool import Pool
 from .process import stopping
 from .progress import progress_bar
-from .scores import ScoreSource, load_scores, resolve_score_source
+from .scores import Scores, ScoreSource, load_scores, resolve_score_source
 from .scores.aggregate import Aggregate, input_what, term
 from .scores.base import check_spread
 from .scores.mixing import MixingScore
@@ -75,6 +81,7 @@ from .selection import (
     Selection,
     SelectionResult,
     Transform,
+    check_score_dependent,
     check_subset_size,
     count_dtype,
     default_notes,
@@ -82,11 +89,12 @@ from .selection import (
     preflight,
     sampler_params,
 )
+from .store import InputStore
 from .uids import UID_DTYPE, histogram_stats, repetition_counts, selected_index, split_order, uids_to_hex, write_sorted_subset
 
 SAMPLERS = ("threshold", "scs")  # the samplers this path runs
 BASELINES = ("no_filter", "clip_score")  # DataComp's baselines this path runs
-ROW_MASKS = ("column", "caption", "subset", "baseline")  # mask kinds that judge each example by its own row
+ROW_MASKS = ("column", "store", "caption", "subset", "baseline")  # mask kinds that judge each example by its own row
 _SUMMARY_POINTS = 1024  # SCS: keys per partition and round that place the cut (the excess is G / this per partition)
 _BUCKET_ROWS = 1 << 22  # the writer's buckets hold about this many selected uids
 
@@ -105,8 +113,8 @@ class Cluster:
 class Job:
     """What every partition reads. ``mode``: ``score`` (a score source as logits, finite, float64),
     ``aggregate`` (an aggregate's inputs, summed once the pool's statistics are known), ``column`` (a
-    pool column as stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values); and the
-    masks an example must be inside to be selected, with what they run with."""
+    pool column as stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values); the
+    masks an example must be inside to be selected, with what they run with; and the input stores read."""
 
     mode: str
     source: str | None = None
@@ -115,6 +123,9 @@ class Job:
     masks: tuple[MaskKind, ...] = ()
     mask_settings: baselines.RunSettings = baselines.RunSettings(progress=False)
     mask_defaults: baselines.BaselineParams = baselines.BaselineParams()
+    inputs_dir: str | None = None  # the selection's input store (store: scores and masks, a model's stored inputs)
+    accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
+    stores: tuple[str, ...] = ()  # every input store the partitions read (each worker must reach it)
 
 
 # ------------------------------------------------------------------------------------- partitions
@@ -137,30 +148,13 @@ def plan_partitions(pool: Pool, count: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def part_of(pool: Pool, shards: Sequence[int]) -> Pool:
-    """A pool of the given shards only (its positions start at 0): what a partition reads, one shard at a
-    time (a worker has about one CPU, and reading four shards at once took a medium partition's worker
-    from 0.5 to 1.1 GB)."""
-    part = copy.copy(pool)
-    part.__dict__ = pool.__getstate__()
-    part.progress = False
-    part.workers = 1
-    offset, chosen = 0, []
-    for i, index in enumerate(shards):
-        shard = pool.shards[index]
-        chosen.append(MetadataShard(i, shard.parquet, shard.npz, shard.num_rows, offset))
-        offset += shard.num_rows
-    part.shards = chosen
-    return part
-
-
 class Partition:
     """One partition's scores, counts and selected uids; a Ray actor's body (and usable in-process).
     Its values, counts and ``size`` are those of the examples that survive the masks (``keep``, local
     positions; None: every example of its shards)."""
 
     def __init__(self, pool: Pool, shards: Sequence[int], job: Job, memory_cap: int | None = None):
-        self.pool = part_of(pool, shards)
+        self.pool = pool.part(shards)
         self.size = self.pool.size
         self.job, self.memory_cap = job, memory_cap
         self.keep = None
@@ -177,14 +171,16 @@ class Partition:
         number of examples that may be selected."""
         if self.memory_cap is not None:
             _cap_address_space(self.memory_cap)
+        for root in self.job.stores:
+            check_reachable(root)
         if self.job.masks:
             self.restrict()
         mode, source = self.job.mode, self.job.source
         if mode == "score":
-            scores = load_scores(self.pool, source)
+            scores = self.scores(source)
             self.values, self.stored_dtype = self.kept(scores.values), scores.stored_dtype
         elif mode == "aggregate":
-            self.inputs = [self.kept(load_scores(self.pool, spec).values) for spec, _ in self.job.terms]
+            self.inputs = [self.kept(self.scores(spec).values) for spec, _ in self.job.terms]
         elif mode == "column":
             self.values = self.pool.column(source)
             if self.values.dtype.kind not in "fiu":
@@ -193,9 +189,14 @@ class Partition:
             self.stored_dtype = self.values.dtype
         return self.size
 
+    def scores(self, spec: str) -> Scores:
+        """A score source over the partition's shards (its stored inputs: the rows of those shards)."""
+        return load_scores(self.pool, spec, inputs_dir=self.job.inputs_dir,
+                           accept_changed_inputs=self.job.accept_changed_inputs)
+
     def restrict(self) -> None:
         """Keep the examples inside every mask (each judges an example by its own row)."""
-        ctx = MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults)
+        ctx = MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults, self.job.inputs_dir)
         survivors, self.report = apply_masks(ctx, list(self.job.masks))
         self.keep = positions(survivors)
         self.size = int(self.keep.size)
@@ -439,65 +440,94 @@ def check_supported(sel: Selection) -> None:
 
 def job_of(sel: Selection, pool: Pool) -> Job:
     """What the partitions read, once the score and the masks are known to run on Ray (and the
-    masks' assets are found)."""
+    masks' assets and the input stores are found)."""
     r = sel.restrict
+    inputs_dir = sel.score.inputs_dir
     masks = tuple(ray_mask(spec, pool) for spec in r.masks)
     settings = baselines.RunSettings(r.assets, 1, 0, r.centroid_batch_size, progress=False)
     defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
     for mask in masks:
-        mask.prepare(MaskContext(pool, None, settings, defaults))
-    masked = {"masks": masks, "mask_settings": settings, "mask_defaults": defaults}
+        mask.prepare(MaskContext(pool, None, settings, defaults, inputs_dir))
+    stores = {inputs_dir for mask in masks if mask.kind == "store"}
+    source = None
     if sel.score.source is not None:
-        source = ray_score(sel.score.source, pool, sel.score.inputs_dir)
-        if isinstance(source, Aggregate):
-            return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **masked)
-        return Job("score", sel.score.source, source.kind, **masked)
+        source, read = ray_score(sel.score.source, pool, inputs_dir)
+        stores |= read
+    common = {"masks": masks, "mask_settings": settings, "mask_defaults": defaults, "inputs_dir": inputs_dir,
+              "accept_changed_inputs": sel.score.accept_changed_inputs, "stores": _opened(stores)}
+    if isinstance(source, Aggregate):
+        return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **common)
+    if source is not None:
+        return Job("score", sel.score.source, source.kind, **common)
     if r.baseline == "clip_score":
         return Job("column", baselines.ARCH_COLUMNS[r.params().arch])
-    return Job("all", **masked)
+    return Job("all", **common)
 
 
-def ray_score(spec: str, pool: Pool, inputs_dir: str | None = None) -> ScoreSource:
-    """The score source ``spec`` names, refused unless each partition can compute it for its own rows
-    (with the pool's statistics where it standardises): a pool column, a scoring model over pool
-    columns or embeddings, or an aggregate or mixing model of those."""
+def _opened(stores: set[str]) -> tuple[str, ...]:
+    """The input stores, each opened here as one machine opens it (a folder that is not one is refused)."""
+    for root in stores:
+        InputStore(root).manifest()
+    return tuple(sorted(stores))
+
+
+def check_reachable(root: str) -> None:
+    """Refuse, naming it, an input store this process cannot read: a Ray worker on a node that does
+    not see the folder the driver read it from."""
+    path = InputStore(root).manifest_path
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise FlytInputError(f"a Ray worker on {socket.gethostname()} cannot read the input store {root} ({path}: "
+                             f"{exc.strerror or exc}); the workers read the store at the path the driver was given: "
+                             "put it on a file system every node of the cluster mounts at that path, and give it as "
+                             "an absolute path") from None
+
+
+def ray_score(spec: str, pool: Pool, inputs_dir: str | None = None) -> tuple[ScoreSource, set[str]]:
+    """The score source ``spec`` names and the input stores it reads, refused unless each partition can
+    compute it for its own rows (with the pool's statistics where it standardises): a pool column, an
+    input of an input store, a scoring model over those or the pool's embeddings, or an aggregate or
+    mixing model of those."""
     source = resolve_score_source(spec, pool, inputs_dir=inputs_dir)
     if isinstance(source, Aggregate):
         inputs = [s for s, _ in source.terms()]
     elif isinstance(source, MixingScore):
         inputs = [source.input_spec(pool, name) for name in source.parse()[1]]
     else:
-        _check_row_score(source, spec, pool)
-        return source
-    for s in inputs:
-        _check_row_score(resolve_score_source(s, pool), s, pool, of=spec)
-    return source
+        return source, {_row_score_store(source, spec, pool)} - {None}
+    return source, {_row_score_store(resolve_score_source(s, pool, inputs_dir=inputs_dir), s, pool, of=spec)
+                    for s in inputs} - {None}
 
 
-def _check_row_score(source: ScoreSource, spec: str, pool: Pool, of: str | None = None) -> None:
-    """Refuse a score (``of``: the aggregate or mixing model it is an input of) that is neither a pool
-    column nor a scoring model reading only pool columns and embeddings."""
+def _row_score_store(source: ScoreSource, spec: str, pool: Pool, of: str | None = None) -> str | None:
+    """The input store a score (``of``: the aggregate or mixing model it is an input of) reads (None:
+    none), refused unless it is a pool column, an input of an input store, or a scoring model reading
+    those or the pool's embeddings."""
+    if source.kind == "store":
+        source.store().entry(source.spec)  # the input is there, complete, as one machine checks
+        return source.inputs_dir
     if source.kind == "model":
-        _check_model(source.spec, pool)
-    elif source.kind != "column":
+        return _model_store(source, pool)
+    if source.kind != "column":
         where = "" if of is None else f" (an input of {quote(of)})"
-        raise FlytInputError(f"on Ray (`ray_address`) the `score` must be a column of the pool's parquet files, a scoring "
-                             f"model (model:PATH), or sum, standardized_sum, in_weighted or mixing over those; "
-                             f"{quote(spec)}{where} is a {source.kind}; compute it into the pool, or run on one machine",
-                             params=["score", "ray_address"])
+        raise FlytInputError(f"on Ray (`ray_address`) the `score` must be a column of the pool's parquet files, an input "
+                             f"of the input store (store:NAME), a scoring model (model:PATH), or sum, standardized_sum, "
+                             f"in_weighted or mixing over those; {quote(spec)}{where} is a {source.kind}; compute it "
+                             "into the pool or the input store, or run on one machine", params=["score", "ray_address"])
+    return None
 
 
-def _check_model(path: str, pool: Pool) -> None:
-    """Refuse a scoring model that reads an input store (it is kept for the whole pool, not by partition)."""
+def _model_store(source: ScoreSource, pool: Pool) -> str | None:
+    """The input store a scoring model reads its stored inputs from, as on one machine: ``inputs_dir``,
+    else the store it was trained with (None: it reads only the pool)."""
     from .flyt.features import FeatureSpec
     from .flyt.models import load_scoring_model
 
-    model, meta = load_scoring_model(path)
-    stored = [c for c in FeatureSpec.of_scoring_model(model, meta, path).columns if c not in pool.column_names]
-    if stored:
-        raise FlytInputError(f"on Ray (`ray_address`) a scoring model as `score` must read columns of the pool's parquet "
-                             f"files or its embeddings; {path} reads {stored[0]!r}, an input of an input store; compute it into "
-                             "the pool, or run on one machine", params=["score", "ray_address"])
+    model, meta = load_scoring_model(source.spec)
+    spec = FeatureSpec.of_scoring_model(model, meta, source.spec, source.inputs_dir)
+    return spec.inputs_dir if any(c not in pool.column_names for c in spec.columns) else None
 
 
 def ray_mask(spec: str, pool: Pool) -> MaskKind:
@@ -514,8 +544,6 @@ def _pool_wide(mask: MaskKind) -> str | None:
     """Why a mask needs more than each example's own row (None: it needs only that)."""
     if mask.kind == "top":
         return "it ranks the examples of the whole pool"
-    if mask.kind == "store":
-        return "it reads an input store, which is read for the whole pool at once"
     if mask.kind not in ROW_MASKS:
         return f"{mask.kind} masks are not among those it runs ({', '.join(ROW_MASKS)})"
     if mask.kind == "baseline" and "image_based" in mask.name:
@@ -597,9 +625,7 @@ def _sample(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tupl
     summaries = actors.call("summary")
     lowest, highest = value_range(summaries)
     degenerate = sampling.scs_independence(m, lowest, highest, params) if name == "scs" else None
-    if degenerate and not sel.sample.allow_score_independent:
-        raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
-                             params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
+    check_score_dependent(sel, params, m, degenerate)
     if name == "scs":
         _scs(actors, params, sel.sample.seed, sel.progress)
     else:
@@ -612,7 +638,8 @@ def _sample(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tupl
             raise FlytInputError(f"`value` {params['value']} keeps no example: the {scored} of the {m:,} examples "
                                  f"it may select range from {lowest:.6g} to {highest:.6g}; choose a value at most "
                                  f"{highest:.6g}, or `fraction`; no subset was written", params=["value", "fraction"])
-    info = {"inputs": {"score_source": sel.score.source, "score_kind": job.kind},
+    info = {"inputs": {"score_source": sel.score.source, "score_kind": job.kind, "inputs_dir": sel.score.inputs_dir,
+                       "accept_changed_inputs": list(sel.score.accept_changed_inputs)},
             "masks": kept.report,
             "score_transform": {"standardize": sel.transform.standardize, "temperature": sel.transform.temperature,
                                 "statistics_over": kept.statistics_over()},

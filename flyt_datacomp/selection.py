@@ -403,6 +403,17 @@ def _as_stored(params: dict[str, Any], scores: Scores, cfg: Transform) -> dict[s
     return {**params, "value": float(scores.stored_dtype.type(value))}
 
 
+def check_score_dependent(sel: Selection, params: dict[str, Any], size: int, degenerate: str | None) -> None:
+    """Refuse a draw whose counts would not depend on the scores (``degenerate`` says why; None: they
+    do), unless `allow_score_independent` is set."""
+    if not degenerate or sel.sample.allow_score_independent:
+        return
+    if sel.sample.recipe is not None:
+        raise FlytInputError(_recipe_too_large(sel, params, size, degenerate))
+    raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
+                         params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
+
+
 def _recipe_too_large(sel: Selection, params: dict[str, Any], size: int, why: str) -> str:
     """A paper recipe's fixed settings would ignore the scores on this pool: say so, and how to sample
     it with the filter command, whose settings can be fitted to the pool (the recipe's cannot)."""
@@ -459,11 +470,7 @@ def run(sel: Selection) -> SelectionResult:
     logits = transform(values, sel.transform, in_place=kept.keep is not None or sel.transform.standardize)
     del values
     degenerate = sampling.score_independence(name, logits, params)
-    if degenerate and not sel.sample.allow_score_independent and sel.sample.recipe is not None:
-        raise FlytInputError(_recipe_too_large(sel, params, logits.size, degenerate))
-    if degenerate and not sel.sample.allow_score_independent:
-        raise FlytInputError(f"{degenerate}. Set `allow_score_independent` to write this subset anyway.",
-                             params=["allow_score_independent", *sampling.param_names(), "standardize", "temperature"])
+    check_score_dependent(sel, params, logits.size, degenerate)
     drawn = spec(logits, _as_stored(params, scores, sel.transform), seed=sel.sample.seed, progress=sel.progress)
     if not drawn.any():
         raise FlytInputError(_selects_nothing(name, params, logits, sel.transform), params=["value", "fraction"])

@@ -187,6 +187,7 @@ class DamagedShard(FlytInputError):
     def __init__(self, message: str, path: Path, why: str):
         super().__init__(message)
         self.path, self.why = path, why
+        self.args = (message, path, why)  # rebuilt from these when unpickled (a Ray worker's error)
 
 
 @contextlib.contextmanager
@@ -343,22 +344,27 @@ class InputStore:
         self.check_pool(pool, data)
         return data
 
-    def check_pool(self, pool, data: dict[str, Any] | None = None) -> None:
+    def check_pool(self, pool, data: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Refuse a pool the store was not made for: other shard names or sizes, or other uids (or the
-        same uids in another order) in any shard."""
+        same uids in another order) in any shard. A part of a pool (:meth:`~flyt_datacomp.pool.Pool.part`)
+        is checked against the whole pool's shard names and sizes and its own shards' uids. Returns the
+        manifest's entries of the pool's shards, in the pool's order."""
         data = data or self.manifest()
         mine = [(s["stem"], s["rows"]) for s in data["shards"]]
-        theirs = [(shard_stem(s.parquet), s.num_rows) for s in pool.shards]
+        theirs = [(shard_stem(s.parquet), s.num_rows) for s in pool.whole_shards or pool.shards]
         if mine != theirs:
             differ = next((f"{a} vs {b}" for a, b in zip(mine, theirs) if a != b), f"{len(mine)} vs {len(theirs)} shards")
             raise FlytInputError(f"the input store {self.root} was made for another pool ({data['metadata_dir']}); "
                                  f"its shards differ from {pool.url}'s ({differ})")
-        for s, shard, digest in zip(data["shards"], pool.shards, pool.shard_uid_digests):
+        by_stem = {s["stem"]: s for s in data["shards"]}
+        entries = [by_stem[shard_stem(shard.parquet)] for shard in pool.shards]
+        for s, shard, digest in zip(entries, pool.shards, pool.shard_uid_digests):
             if s["uid_sha256"] != digest:
                 raise FlytInputError(
                     f"the input store {self.root} was made for another pool ({data['metadata_dir']}): {shard.parquet} "
                     f"holds other uids, or the same in another order, than the store's shard {s['stem']} "
                     f"({s['rows']:,} rows alike); compute a store for this pool (into a new folder)")
+        return entries
 
     def _check_not_the_pool(self, pool) -> None:
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -547,8 +553,7 @@ class InputStore:
         is false: then NaN), after checking that the store belongs to ``pool`` and holds them."""
         data = self.manifest()
         entries = {n: self.entry(n, data) for n in names}
-        self.check_pool(pool, data)
-        for shard, pool_shard in zip(data["shards"], pool.shards):
+        for shard, pool_shard in zip(self.check_pool(pool, data), pool.shards):
             values = self.read_inputs(shard, list(names), data["inputs"])
             self.check_pool_reads(pool, pool_shard, {n: entries[n]["token"] for n in names})
             out = {}

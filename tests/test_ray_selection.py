@@ -268,13 +268,13 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
     cases.append((["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "the --score must be a column"))
+    cases.append((["--demo", "--ray", "local"], "--ray does not run --demo"))
     for args, message in cases:
         result = runner.invoke(filter_command, base + args)
         assert result.exit_code == 2, result.output
         assert message in result.output
         assert not (tmp_path / "x.npy").exists()
-    for args, message in [(["flyt_mflyt_scs", "--ray", "local"], "--ray does not run flyt_mflyt_scs"),
-                          (["clip_score", "--arch", "l14", "--fraction", "0.3", "--ray", "local", "--shards-dir",
+    for args, message in [(["clip_score", "--arch", "l14", "--fraction", "0.3", "--ray", "local", "--shards-dir",
                             str(tied_pool.parent)], "--shards-dir is not offered on Ray")]:
         result = runner.invoke(baseline_command, base[:4] + args)
         assert result.exit_code == 2, result.output
@@ -429,6 +429,22 @@ def test_masks_that_keep_nothing_in_a_partition(scored_pool, tmp_path):
     assert result.stats["total_entries"] == 400
 
 
+def check_partition_logits(sel: selection.Selection, partitions: int) -> tuple[Pool, selection.Restriction]:
+    """The partitions' logits (their scores, transformed with the pool's statistics) are the single-machine
+    path's; returns the pool and what its masks keep."""
+    pool = Pool(sel.metadata_dir, progress=False)
+    kept = selection.restrict(sel, pool)
+    scores = load_scores(pool, sel.score.source, inputs_dir=sel.score.inputs_dir).values[kept.keep]
+    job = rs.job_of(sel, pool)
+    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, partitions)]
+    for part in parts:
+        part.load()
+    rs._transform(sel.transform, rs.Inline(parts))
+    np.testing.assert_allclose(np.concatenate([p.values for p in parts]), selection.transform(scores, sel.transform),
+                               rtol=1e-12, atol=1e-12)
+    return pool, kept
+
+
 def test_scs_with_a_model_score_and_masks(scored_pool, models, tmp_path):
     """SCS over the survivors with an M-FLYT score, standardised: the partitions' logits are the
     single-machine path's (the driver's SCS draws the single-machine distribution from them, tested
@@ -437,50 +453,28 @@ def test_scs_with_a_model_score_and_masks(scored_pool, models, tmp_path):
               score=selection.ScoreStage(models["m-flyt"]), transform=selection.Transform(standardize=True),
               sample=selection.Sample(options={"alpha": 0.5, "group_size": 40}, num_samples=500, seed=2))
     sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "scs.npy"), progress=False, **kw)
-    pool = Pool(str(scored_pool), progress=False)
-    kept = selection.restrict(sel, pool)
-    logits = selection.transform(load_scores(pool, models["m-flyt"]).values[kept.keep], sel.transform)
-    job = rs.job_of(sel, pool)
-    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, 4)]
-    for part in parts:
-        part.load()
-    rs._transform(sel.transform, rs.Inline(parts))
-    np.testing.assert_allclose(np.concatenate([p.values for p in parts]), logits, rtol=1e-12, atol=1e-12)
+    pool, kept = check_partition_logits(sel, 4)
     result = inline_run(sel, 4)
     uids, counts = read_subset(tmp_path / "scs.npy")
     assert result.stats["total_entries"] == counts.sum() == 500
     assert set(uids_to_hex(uids)) <= set(uids_to_hex(pool.uids[kept.keep]))
 
 
-def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_pool, models, tmp_path):
-    """Sources read from an input store or joined by uid, aggregates of aggregates, scoring models
-    over stored inputs and masks over the whole pool: each a clear error before any partition starts."""
-    import torch
-
-    from flyt_datacomp.flyt.models import MixingModel, save_scoring_model
-    from flyt_datacomp.inputs.compute import compute_inputs
-
-    store = str(tmp_path / "store")
-    compute_inputs(str(scored_pool), store, ["cc=column:c"], progress=False)
-    save_scoring_model(tmp_path / "stored.pt", MixingModel(["a", "cc"], [0.0, 0.0], [1.0, 1.0]))
+def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_pool, tmp_path):
+    """Sources joined by uid, aggregates of aggregates and masks over the whole pool: each a clear error
+    before any partition starts."""
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
-    torch.save({"layers.0.weight": torch.ones(1, 2)}, tmp_path / "mix.pt")
     scores = {
-        "store:cc": ("'store:cc' is a store", "score"),
-        f"standardized_sum:a,{score_file}": ("(an input of 'standardized_sum:a,", "score"),
-        "sum:standardized_sum:a,b": ("'standardized_sum:a' (an input of", "score"),
-        f"mixing:{tmp_path / 'mix.pt'}:a,cc": ("'store:cc' (an input of 'mixing:", "score"),
-        str(tmp_path / "stored.pt"): ("reads 'cc', an input of an input store", "score"),
+        f"standardized_sum:a,{score_file}": "(an input of 'standardized_sum:a,",
+        "sum:standardized_sum:a,b": "'standardized_sum:a' (an input of",
     }
     masks = {
         f"top:0.3:{COLUMN}": "it ranks the examples of the whole pool",
-        "store:lang_en==1": "it reads an input store",
         "clip_score:arch=b32,fraction=0.3": "give threshold=VALUE",
     }
     threshold = selection.Sample(options={"fraction": 0.3})
-    cases = [(dict(score=selection.ScoreStage(src, inputs_dir=store), sample=threshold), msg, param)
-             for src, (msg, param) in scores.items()]
+    cases = [(dict(score=selection.ScoreStage(src), sample=threshold), msg, "score") for src, msg in scores.items()]
     cases += [(dict(restrict=selection.Restrict(masks=(spec,))), msg, "masks") for spec, msg in masks.items()]
     cases.append((dict(restrict=selection.Restrict(baseline="no_filter", masks=("caption:basic",))),
                   "baseline no_filter with `masks` does not run on Ray", "masks"))
@@ -490,10 +484,6 @@ def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_
             rs.check_supported(sel)
             rs.job_of(sel, Pool(str(scored_pool), progress=False))
         assert message in str(err.value) and {param, "ray_address"} <= set(err.value.params), (kw, str(err.value))
-    result = CliRunner().invoke(filter_command, ["--metadata-dir", str(scored_pool), "--output", str(tmp_path / "x.npy"),
-                                                 "--quiet", "--ray", "local", "--score", "store:x", "--fraction", "0.3"])
-    assert result.exit_code == 2 and "the --score must be a column" in result.output, result.output
-    assert not (tmp_path / "x.npy").exists()
 
 
 # ------------------------------------------------------------------------------ on a local Ray
@@ -632,3 +622,243 @@ with stopped_by_cleanup({spared.pid}):
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["-15", "None", "-9"], out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------------------ over an input store
+
+
+@pytest.fixture(scope="module")
+def store(scored_pool, tmp_path_factory) -> str:
+    """An input store of the scored pool: ``e``, per-uid scores whose mean and spread change from shard
+    to shard, a tenth of the pool without one (filled with their mean), and ``lang``, 0 or 1, a
+    twentieth without one (a store mask never keeps those)."""
+    from flyt_datacomp.inputs.compute import compute_inputs
+
+    root = tmp_path_factory.mktemp("store")
+    pool = Pool(str(scored_pool), progress=False)
+    rng = np.random.default_rng(12)
+    shard = np.repeat(np.arange(len(SHARDS)), SHARDS)
+    hexes = np.array(uids_to_hex(pool.uids), dtype=object)
+    inputs = {"e": (rng.normal(1.0 - 0.3 * shard, 0.5 + 0.2 * shard), 0.9),
+              "lang": ((rng.random(pool.size) < 0.7).astype(np.float64), 0.95)}
+    specs = []
+    for name, (values, share) in inputs.items():
+        held = rng.random(pool.size) < share
+        pq.write_table(pa.table({"uid": pa.array(hexes[held], pa.string()), "score": values[held]}),
+                       root / f"{name}.parquet")
+        specs.append(f"{name}=file:{root / name}.parquet")
+    compute_inputs(str(scored_pool), str(root / "store"), specs, missing="mean", progress=False)
+    return str(root / "store")
+
+
+@pytest.fixture(scope="module")
+def stored_models(scored_pool, store, tmp_path_factory) -> dict[str, str]:
+    """An M-FLYT model over the pool column ``a`` and the stored input ``e`` that records the store it
+    was trained with (and the identity of ``e`` then), and a released mixing model over b, e and lang."""
+    import torch
+
+    from flyt_datacomp.flyt.features import IDENTITY_KEY, FeatureSpec, stored_identity
+    from flyt_datacomp.flyt.models import MixingModel, save_scoring_model
+    from flyt_datacomp.store import InputStore
+
+    root = tmp_path_factory.mktemp("stored_models")
+    pool = Pool(str(scored_pool), progress=False)
+    x = np.stack([pool.column("a"), InputStore(store).column("e", pool)], axis=1)
+    model = MixingModel(["a", "e"], x.mean(0), x.std(0))
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([0.4, 1.1]))
+    identity = stored_identity(pool, FeatureSpec("m-flyt", ("a", "e"), inputs_dir=store))
+    save_scoring_model(root / "m.pt", model, {"config": {"inputs_dir": store}, IDENTITY_KEY: identity})
+    torch.save({"layers.0.weight": torch.tensor([[1.0, -0.5, 2.0]]), "layers.0.bias": torch.tensor([0.0])},
+               root / "mix.pt")
+    return {"m-flyt": str(root / "m.pt"), "mixing": f"mixing:{root / 'mix.pt'}:b,e,lang"}
+
+
+def test_a_part_of_the_pool_reads_its_own_rows_of_the_store(scored_pool, store):
+    """A part of the pool (a partition's) is checked against the store with the whole pool's shard list
+    and its own shards' uids (not the whole pool's digests read before), and reads its rows' values."""
+    from flyt_datacomp.store import InputStore
+
+    pool = Pool(str(scored_pool), progress=False)
+    digests = pool.shard_uid_digests
+    part = pool.part([2, 3, 4])
+    assert part.shard_uid_digests == digests[2:5] and part.whole_shards == pool.shards
+    assert [e["stem"] for e in InputStore(store).check_pool(part)] == ["0002", "0003", "0004"]
+    start = sum(SHARDS[:2])
+    np.testing.assert_array_equal(InputStore(store).column("e", part),
+                                  InputStore(store).column("e", pool)[start:start + sum(SHARDS[2:5])])
+
+
+STORE_CASES = {
+    "store_fraction": ("store:e", {"fraction": 0.3}),
+    "store_exact_count": ("store:e", {"fraction": 0.37, "exact_count": True}),
+    "store_value": ("store:e", {"value": 1.0}),
+    "standardized_sum": ("standardized_sum:store:e,a", {"fraction": 0.2}),
+    "in_weighted": ("in_weighted:r=4:b=0.2,store:lang=0.3", {"fraction": 0.2}),
+    "m-flyt": ("M-FLYT", {"fraction": 0.3}),
+    "m-flyt_store_recorded": ("M-FLYT", {"fraction": 0.3}),
+    "mixing": ("MIXING", {"fraction": 0.25}),
+}
+
+
+def store_selection(case: str, store: str, stored_models: dict[str, str]) -> dict:
+    """The selection of STORE_CASES ``case`` (the recorded case gives no `inputs_dir`: the model's store is read)."""
+    source, options = STORE_CASES[case]
+    source = {"M-FLYT": stored_models["m-flyt"], "MIXING": stored_models["mixing"]}.get(source, source)
+    inputs_dir = None if case == "m-flyt_store_recorded" else store
+    return dict(score=selection.ScoreStage(source, inputs_dir=inputs_dir), sample=selection.Sample(options=options))
+
+
+@pytest.mark.parametrize("partitions", [2, 6])
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_scores_over_an_input_store_write_the_single_machine_bytes(scored_pool, store, stored_models, tmp_path, case,
+                                                                    partitions):
+    """store:NAME (a top fraction, an exact count, a value), aggregates with a stored input, an M-FLYT
+    model over a stored input (the store given, or the one it records) and a mixing model over stored
+    inputs: each partition reads its own shards' rows of the store, and the subset is the same bytes."""
+    one, parts = both(scored_pool, tmp_path, inline_run, partitions, **store_selection(case, store, stored_models))
+    assert len(one) > 128 and parts == one
+    sidecars = [json.loads((tmp_path / f"{n}.npy.json").read_text())["inputs"] for n in ("one", "parts")]
+    assert [s["inputs_dir"] for s in sidecars] == [None if case == "m-flyt_store_recorded" else store] * 2
+
+
+def test_each_partition_reads_only_its_own_shards_of_the_store(scored_pool, store, stored_models, tmp_path,
+                                                               monkeypatch):
+    """A store score, an M-FLYT model and a store mask: every shard file of the store a partition reads
+    is one of its own shards'."""
+    from flyt_datacomp.store import InputStore
+
+    read: list[str] = []
+    original = InputStore.read_inputs
+
+    def recording(self, shard, *args, **kwargs):
+        read.append(shard["stem"])
+        return original(self, shard, *args, **kwargs)
+
+    monkeypatch.setattr(InputStore, "read_inputs", recording)
+    sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False,
+                              restrict=selection.Restrict(masks=("store:lang==1",)),
+                              score=selection.ScoreStage(f"standardized_sum:store:e,{stored_models['m-flyt']}",
+                                                         inputs_dir=store),
+                              sample=selection.Sample(options={"fraction": 0.3}))
+    pool = Pool(str(scored_pool), progress=False)
+    job = rs.job_of(sel, pool)
+    assert job.stores == (store,)
+    for shards in rs.plan_partitions(pool, 4):
+        read.clear()
+        rs.Partition(pool, shards, job).load()
+        own = sorted(Path(pool.shards[i].parquet).stem for i in shards)
+        assert sorted(set(read)) == own and len(read) == 3 * len(own)  # the mask, store:e and the model
+
+
+@pytest.mark.parametrize("scored", [False, True])
+def test_a_store_mask_writes_the_single_machine_bytes(scored_pool, store, tmp_path, scored):
+    """store:lang==1 (the examples without a value never kept) beside a column mask, with a score (a
+    stored input, standardised over the survivors) and without (the survivors once each): the same
+    bytes and the same masks' report."""
+    kw = dict(restrict=selection.Restrict(masks=("store:lang==1", "original_width>=200")),
+              score=selection.ScoreStage("store:e" if scored else None, inputs_dir=store))
+    if scored:
+        kw.update(sample=selection.Sample(options={"fraction": 0.3}), transform=selection.Transform(standardize=True))
+    one, parts = both(scored_pool, tmp_path, inline_run, 6, **kw)
+    assert len(one) > 128 and parts == one
+    sidecars = [json.loads((tmp_path / f"{n}.npy.json").read_text()) for n in ("one", "parts")]
+    assert sidecars[1]["masks"] == sidecars[0]["masks"] and sidecars[0]["masks"][0]["store"] == store
+    assert sidecars[1]["inputs"]["pool_size_surviving"] == sidecars[0]["inputs"]["pool_size_surviving"]
+
+
+def test_scs_with_an_m_flyt_model_over_stored_inputs(ray_cluster, scored_pool, store, stored_models, tmp_path):
+    """SCS with the M-FLYT model over a stored input, standardised, under a store mask: the partitions'
+    logits are the single-machine path's (the driver's SCS draws the single-machine distribution from
+    them, tested above), and Ray's workers write the in-process driver's bytes for the same seed."""
+    kw = dict(restrict=selection.Restrict(masks=("store:lang==1",)),
+              score=selection.ScoreStage(stored_models["m-flyt"], inputs_dir=store),
+              transform=selection.Transform(standardize=True),
+              sample=selection.Sample(options={"alpha": 0.5, "group_size": 40}, num_samples=500, seed=4))
+    sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False, **kw)
+    pool, kept = check_partition_logits(sel, 3)
+    for name, runner in (("ray", ray_run(3)), ("inline", inline_run)):
+        runner(selection.Selection(str(scored_pool), selection.Output(tmp_path / f"{name}.npy"), progress=False, **kw), 3)
+    assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "inline.npy").read_bytes()
+    uids, counts = read_subset(tmp_path / "ray.npy")
+    assert counts.sum() == 500 and set(uids_to_hex(uids)) <= set(uids_to_hex(pool.uids[kept.keep]))
+
+
+def test_ray_workers_read_the_store_as_one_machine(ray_cluster, scored_pool, store, stored_models, tmp_path):
+    """On Ray's workers: a store score under a store mask, and the mixing recipe through the command
+    (the store's inputs named in the model's order), the single-machine bytes."""
+    kw = dict(restrict=selection.Restrict(masks=("store:lang==1",)), score=selection.ScoreStage("store:e", inputs_dir=store),
+              sample=selection.Sample(options={"fraction": 0.3}))
+    one, parts = both(scored_pool, tmp_path, ray_run(3), 3, **kw)
+    assert len(one) > 128 and parts == one
+    mixing_model = stored_models["mixing"].split(":")[1]
+    outputs = []
+    for name, extra in (("one", []), ("ray", ["--ray", "auto", "--partitions", "3"])):
+        result = CliRunner().invoke(baseline_command, [
+            "flyt_mflyt_top20", "--metadata-dir", str(scored_pool), "--inputs-dir", store, "--mixing-model",
+            mixing_model, "--mixing-inputs", "b,e,lang", "--output", str(tmp_path / f"r{name}.npy"), "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+        outputs.append((tmp_path / f"r{name}.npy").read_bytes())
+    assert len(outputs[0]) > 128 and outputs[1] == outputs[0]
+
+
+def test_a_store_that_cannot_serve_the_selection_is_the_single_machine_error_on_ray(ray_cluster, scored_pool, store,
+                                                                                   stored_models, tmp_path):
+    """A missing stored input, a store of another pool (the same shard names and sizes, other uids: found
+    by the workers, each for its own shards), a store missing a shard file (found by the worker that
+    reads it), a store: score without a store: on Ray the same FlytInputError as on one machine,
+    nothing written."""
+    import shutil
+
+    other = write_pool(tmp_path / "other", {"a": np.zeros(sum(SHARDS)), "b": np.ones(sum(SHARDS))}, SHARDS, seed=99)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store, damaged)
+    (damaged / "0004.parquet").unlink()
+    cases = [(scored_pool, dict(score=selection.ScoreStage("store:nope", inputs_dir=store)), "has no input 'nope'"),
+             (scored_pool, dict(score=selection.ScoreStage(f"mixing:{stored_models['mixing'].split(':')[1]}:b,nope,lang",
+                                                           inputs_dir=store)), "mixing input 'nope'"),
+             (other, dict(score=selection.ScoreStage("store:e", inputs_dir=store)), "was made for another pool"),
+             (other, dict(score=selection.ScoreStage(stored_models["m-flyt"])), "was made for another pool"),
+             (other, dict(restrict=selection.Restrict(masks=("store:lang==1",)),
+                          score=selection.ScoreStage(None, inputs_dir=store)), "was made for another pool"),
+             (scored_pool, dict(score=selection.ScoreStage("store:e", inputs_dir=str(damaged))),
+              "shard file 0004.parquet is missing"),
+             (scored_pool, dict(score=selection.ScoreStage("store:e")), "give `inputs_dir`")]
+    for pool_dir, kw, message in cases:
+        if kw["score"].source is not None:
+            kw["sample"] = selection.Sample(options={"fraction": 0.3})
+        errors = []
+        for name, runner in (("one", selection.run), ("ray", lambda sel: rs.run(sel, rs.Cluster("auto", partitions=3)))):
+            sel = selection.Selection(str(pool_dir), selection.Output(tmp_path / f"{name}.npy"), progress=False, **kw)
+            with pytest.raises(FlytInputError) as err:
+                runner(sel)
+            errors.append(err.value)
+            assert not (tmp_path / f"{name}.npy").exists()
+        assert str(errors[1]) == str(errors[0]) and message in str(errors[0]), (kw, str(errors[0]), str(errors[1]))
+        assert errors[1].params == errors[0].params
+
+
+def test_a_worker_that_cannot_read_the_store_says_so(ray_cluster, scored_pool, store, tmp_path):
+    """A store the driver opened but a worker cannot read (on a cluster: not on a file system its node
+    mounts), here moved away once the job is made: one FlytInputError naming the store, not a dead worker."""
+    import shutil
+
+    import ray
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store, copy)
+    sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False,
+                              score=selection.ScoreStage("store:e", inputs_dir=str(copy)),
+                              sample=selection.Sample(options={"fraction": 0.3}))
+    pool = Pool(str(scored_pool), progress=False)
+    job = rs.job_of(sel, pool)
+    copy.rename(tmp_path / "moved")
+    actor = ray.remote(num_cpus=0.5)(rs.Partition)
+    handles = [actor.remote(pool, shards, job) for shards in rs.plan_partitions(pool, 2)]
+    try:
+        with pytest.raises(FlytInputError) as err:
+            rs._Actors(ray, handles).call("load")
+    finally:
+        for h in handles:
+            ray.kill(h)
+    assert f"cannot read the input store {copy}" in str(err.value) and "mounts" in str(err.value)

@@ -244,12 +244,19 @@ class StoredInputMask(ColumnMask):
             raise FlytInputError(f"mask store:{self.spec} is not a numeric condition like lang_en==1 "
                                  f"(NAME OP NUMBER with OP one of {' '.join(_OPS)}){shell_hint(f'store:{self.spec}')}")
 
-    def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    def store(self, ctx: MaskContext):
+        """The input store it reads (``inputs_dir``, required)."""
         if not ctx.inputs_dir:
             raise FlytInputError(f"mask store:{self.spec} reads an input store: give `inputs_dir`", params=["inputs_dir"])
         from ..store import InputStore
 
-        store = InputStore(ctx.inputs_dir)
+        return InputStore(ctx.inputs_dir)
+
+    def prepare(self, ctx: MaskContext) -> None:
+        self.store(ctx).entry(self.condition.name)
+
+    def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        store = self.store(ctx)
         name = self.condition.name
         entry = store.entry(name)
         ctx.pool.uids  # noqa: B018 - read once here (a subset is written from them): the store's pool check reuses them

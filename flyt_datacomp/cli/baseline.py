@@ -63,10 +63,10 @@ def baseline_command(name: str, arch, fraction, threshold, device: str, seed: in
     --batch_size, --image_based_scale.
     """
     start = time.perf_counter()
-    ray_address, partitions = pop_ray_options(opts, name if name in RECIPES else None)
+    ray_address, partitions = pop_ray_options(opts)
     if name in RECIPES:
         result = run_recipe(name, {**opts, "arch": arch, "fraction": fraction, "threshold": threshold}, seed=seed,
-                            device=device, progress=not quiet)
+                            device=device, progress=not quiet, ray_address=ray_address, partitions=partitions)
         print_summary(result, time.perf_counter() - start)
         return
     for flag, key in (("--mixing-model", "mixing_model"), ("--mixing-inputs", "mixing_inputs")):

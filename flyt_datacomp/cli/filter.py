@@ -116,18 +116,21 @@ def mixing_options(fn):
     return fn
 
 
-def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool):
-    """A paper recipe through the selection pipeline (options left over from DataComp's baselines refused)."""
+def run_recipe(name: str, opts: dict, *, seed: int, device: str, progress: bool, ray_address: str | None = None,
+               partitions: int | None = None):
+    """A paper recipe through the selection pipeline, on this machine or on Ray (options left over from
+    DataComp's baselines refused)."""
     given = [flag for flag, key in (("--arch", "arch"), ("--fraction", "fraction"), ("--threshold", "threshold"),
                                     ("--mask", "masks")) if opts.get(key)]
     if given:
         raise FlytInputError(f"{name} takes none of {', '.join(given)} (they are DataComp's baselines' options)")
     inputs = opts.get("mixing_inputs")  # None: the default names; an empty value is refused by its option
     kwargs = {"inputs": inputs} if inputs is not None else {}
-    return selection.run(recipe_selection(
+    return run_selection(recipe_selection(
         name, metadata_dir=opts["metadata_dir"], output=opts["output"], inputs_dir=opts["inputs_dir"],
         mixing_model=opts["mixing_model"], scale=opts["scale"], shards_dir=opts["shards_dir"], seed=seed,
-        overwrite=opts["overwrite"], io_threads=opts["io_threads"], progress=progress, device=device, **kwargs))
+        overwrite=opts["overwrite"], io_threads=opts["io_threads"], progress=progress, device=device, **kwargs),
+        ray_address, partitions)
 
 
 def ray_options(fn):
@@ -136,8 +139,9 @@ def ray_options(fn):
         option("--ray", "ray_address", metavar="ADDRESS",
                help="Run on a Ray cluster, the pool cut into partitions of metadata shards, one worker each (auto: "
                     "the cluster this machine belongs to; local: a new one here; or host:port): for pools no machine "
-                    "holds. Scores from pool columns, scoring models or their sum/standardized_sum/in_weighted/mixing; "
-                    "masks judging each example by its own row; threshold or scs; or the no_filter/clip_score baselines."),
+                    "holds. Scores from pool columns, input store inputs (store:NAME), scoring models or their "
+                    "sum/standardized_sum/in_weighted/mixing; masks judging each example by its own row; threshold or "
+                    "scs; the no_filter/clip_score baselines; or the flyt_* recipes."),
         option("--partitions", type=click.IntRange(min=1),
                help="With --ray: partitions of the pool [default: one per CPU of the cluster]."),
     ]):
@@ -289,11 +293,11 @@ def filter_command(demo: bool, demo_version: str | None, quiet: bool, arch: str 
     """
     start = time.perf_counter()
     progress = not quiet
-    ray_address, partitions = pop_ray_options(opts, "--demo" if demo else opts["name"] if opts["name"] in RECIPES
-                                              else None)
+    ray_address, partitions = pop_ray_options(opts, "--demo" if demo else None)
     if opts["name"] in RECIPES:
         result = run_recipe(opts["name"], {**opts, "arch": arch, "scale": opts["scale"] or "medium"}, seed=opts["seed"],
-                            device=opts["device"] or "cpu", progress=progress)
+                            device=opts["device"] or "cpu", progress=progress, ray_address=ray_address,
+                            partitions=partitions)
         print_summary(result, time.perf_counter() - start)
         return
     for flag in ("mixing_model", "mixing_inputs"):

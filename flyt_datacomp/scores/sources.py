@@ -83,13 +83,17 @@ class StoredInput(ScoreSource):
     def claims(cls, spec: str, pool: Pool) -> bool:
         return False  # only by name: store:NAME
 
-    def load(self, pool: Pool) -> Scores:
+    def store(self):
+        """The input store it reads (``inputs_dir``, required)."""
         if not self.inputs_dir:
             raise FlytInputError(f"score source store:{self.spec} reads an input store: give `inputs_dir`",
                                  params=["inputs_dir"])
         from ..store import InputStore
 
-        return Scores(InputStore(self.inputs_dir).column(self.spec, pool), f"store:{self.spec}", self.kind)
+        return InputStore(self.inputs_dir)
+
+    def load(self, pool: Pool) -> Scores:
+        return Scores(self.store().column(self.spec, pool), f"store:{self.spec}", self.kind)
 
 
 
