@@ -16,8 +16,11 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   SCS round. Counts are updated where the examples live. The random path differs from the
   single-machine sampler's (each partition draws from its own stream, seeded by the seed and its
   number), the distribution is the same; the same seed and partitions give the same bytes.
-* **DataComp's baselines** ``no_filter`` and ``clip_score`` (a threshold over a CLIP score column,
-  NaN last as in DataComp), byte for byte as on one machine.
+* **DataComp's baselines** that judge each example by its own row (``no_filter``, ``basic_filter``,
+  ``text_based``, ``laion2b``, ``clip_score`` with a threshold) run as the first of the masks, as one
+  machine applies them (below), their survivors written once each; ``clip_score`` with a fraction is
+  the threshold at that rank of the whole pool's CLIP score column (NaN last, as in DataComp). Each
+  writes the single-machine bytes.
 * **scores** -- a column of the pool's parquet files or an input of an input store (``store:NAME``);
   a trained scoring model (``model:PATH``, M-FLYT over pool columns and stored inputs, or E-FLYT over
   the npz embeddings) or a released mixing model (``mixing:``, the paper's recipes) over such inputs,
@@ -28,9 +31,10 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   driver; each partition then sums the inputs' terms with them (:func:`~flyt_datacomp.scores.aggregate.term`).
 * **masks** -- those that keep or drop an example by its own row: ``column:``, ``store:``, ``caption:``,
   ``subset:`` and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
-  ``laion2b``, ``clip_score`` with ``threshold=``); each partition applies them to its examples, and
-  the sampler, its fraction and N, and the standardisations then see the survivors only, as on one
-  machine. Without a score the survivors are written once each.
+  ``laion2b``, ``clip_score`` with ``threshold=``); each partition applies them to its examples (with
+  the baseline's assets at the paths the driver found), and the sampler, its fraction and N, and the
+  standardisations then see the survivors only, as on one machine. Without a score the survivors are
+  written once each (after a row-wise baseline, when one is given).
 * **input stores** -- a partition reads only its own shards' files of the store (its pool is a
   :meth:`~flyt_datacomp.pool.Pool.part`), with the checks one machine makes: the store's shards are
   the whole pool's (names and sizes), the uids of each of its shards are the store's, and each file
@@ -45,10 +49,9 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
 machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one.
 
 Refused before any work, with the option named: scores joined by uid (``file:``), aggregates of
-aggregates; masks that need the whole pool (``top:``, ``clip_score`` with a ``fraction``, the
-``image_based`` baselines' centroid search); a baseline together with masks; ``shards_dir``; the
-baselines other than ``no_filter`` and ``clip_score``, and the samplers other than threshold and
-SCS. Each of those runs on one machine.
+aggregates; baselines and masks that need the whole pool (``top:``, the ``image_based`` baselines'
+centroid search, ``clip_score`` with a ``fraction`` as a mask or with masks); ``shards_dir``; the
+samplers other than threshold and SCS. Each of those runs on one machine.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ import numpy as np
 
 from . import sampling
 from .baselines import datacomp as baselines
-from .baselines.masks import MaskContext, MaskKind, apply_masks, resolve_mask
+from .baselines.masks import BaselineMask, MaskContext, MaskKind, apply_masks, resolve_mask
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
 from .pool import Pool
@@ -77,6 +80,7 @@ from .scores.aggregate import Aggregate, input_what, term
 from .scores.base import check_spread
 from .scores.mixing import MixingScore
 from .selection import (
+    Restrict,
     Restriction,
     Selection,
     SelectionResult,
@@ -93,7 +97,7 @@ from .store import InputStore
 from .uids import UID_DTYPE, histogram_stats, repetition_counts, selected_index, split_order, uids_to_hex, write_sorted_subset
 
 SAMPLERS = ("threshold", "scs")  # the samplers this path runs
-BASELINES = ("no_filter", "clip_score")  # DataComp's baselines this path runs
+BASELINES = ("no_filter", "basic_filter", "text_based", "laion2b", "clip_score")  # DataComp's baselines this path runs
 ROW_MASKS = ("column", "store", "caption", "subset", "baseline")  # mask kinds that judge each example by its own row
 _SUMMARY_POINTS = 1024  # SCS: keys per partition and round that place the cut (the excess is G / this per partition)
 _BUCKET_ROWS = 1 << 22  # the writer's buckets hold about this many selected uids
@@ -423,12 +427,15 @@ def check_supported(sel: Selection) -> None:
         raise FlytInputError("`shards_dir` is not offered on Ray (`ray_address`); run without it, or on one machine",
                              params=["shards_dir", "ray_address"])
     if r.baseline is not None and r.baseline not in BASELINES:
-        raise FlytInputError(f"baseline {r.baseline} does not run on Ray (`ray_address`): only "
-                             f"{', '.join(BASELINES)} do; run it on one machine", params=["baseline", "ray_address"])
-    if r.baseline is not None and r.masks:
-        raise FlytInputError(f"baseline {r.baseline} with `masks` does not run on Ray (`ray_address`): give the masks "
-                             "alone (a baseline can be one of them), or run on one machine",
-                             params=["baseline", "masks", "ray_address"])
+        why = _pool_wide(BaselineMask(r.baseline, r.params()))
+        raise FlytInputError(f"baseline {r.baseline} does not run on Ray (`ray_address`): {why}; of DataComp's "
+                             f"baselines only {', '.join(BASELINES[:-1])} and {BASELINES[-1]} do; run it on one machine",
+                             params=["baseline", "ray_address"])
+    if r.baseline is not None and r.masks and not baseline_mask(r):
+        raise FlytInputError(f"baseline {r.baseline} with a `fraction` and `masks` does not run on Ray (`ray_address`): "
+                             "its fraction is a rank over the whole pool; give `threshold`, or the masks alone (the "
+                             "baseline with threshold=VALUE can be one of them), or run on one machine",
+                             params=["baseline", "fraction", "masks", "ray_address"])
     if sel.score.source is not None:
         if sel.sample.name not in SAMPLERS:
             raise FlytInputError(f"sampler {sel.sample.name} does not run on Ray (`ray_address`): {', '.join(SAMPLERS)} "
@@ -443,7 +450,7 @@ def job_of(sel: Selection, pool: Pool) -> Job:
     masks' assets and the input stores are found)."""
     r = sel.restrict
     inputs_dir = sel.score.inputs_dir
-    masks = tuple(ray_mask(spec, pool) for spec in r.masks)
+    masks = baseline_mask(r) + tuple(ray_mask(spec, pool) for spec in r.masks)
     settings = baselines.RunSettings(r.assets, 1, 0, r.centroid_batch_size, progress=False)
     defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
     for mask in masks:
@@ -459,9 +466,16 @@ def job_of(sel: Selection, pool: Pool) -> Job:
         return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **common)
     if source is not None:
         return Job("score", sel.score.source, source.kind, **common)
-    if r.baseline == "clip_score":
+    if r.baseline is not None and not baseline_mask(r):  # clip_score's fraction: a rank over the whole pool
         return Job("column", baselines.ARCH_COLUMNS[r.params().arch])
     return Job("all", **common)
+
+
+def baseline_mask(r: Restrict) -> tuple[MaskKind, ...]:
+    """The baseline as the first mask, as one machine applies it, when it judges each example by its
+    own row (empty: no baseline, or ``clip_score``'s fraction, the driver's rank over the pool)."""
+    mask = None if r.baseline is None else BaselineMask(r.baseline, r.params())
+    return () if mask is None or _pool_wide(mask) else (mask,)
 
 
 def _opened(stores: set[str]) -> tuple[str, ...]:
@@ -603,7 +617,7 @@ def drive(sel: Selection, pool: Pool, actors, job: Job, start: float,
 
 def _keep_survivors(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tuple[dict, list[str], str]:
     """DataComp's baseline, or the survivors of the masks once each: the sidecar's record, notes and title."""
-    details = _baseline(sel, actors, actors.call("summary"), m)
+    details = _baseline(sel, actors, job, actors.call("summary"), m)
     baseline = sel.restrict.baseline
     info = {"baseline": None if baseline is None else {"name": baseline, "params": sel.restrict.params().given(),
                                                        **details},
@@ -750,23 +764,20 @@ def _threshold(actors, params: dict[str, Any], m: int) -> int:
     return sum(actors.call("keep_at_least", t, each=ties))
 
 
-def _baseline(sel: Selection, actors, summaries: list[dict], m: int) -> dict[str, Any]:
-    """DataComp's clip_score baseline (the threshold over the whole pool, NaN last); otherwise every
-    example that survives the masks (no_filter, or masks without a score)."""
-    if sel.restrict.baseline != "clip_score":
+def _baseline(sel: Selection, actors, job: Job, summaries: list[dict], m: int) -> dict[str, Any]:
+    """DataComp's clip_score baseline with a fraction (the threshold at that rank of the whole pool, NaN
+    last); otherwise every example that survives the masks (a row-wise baseline among them)."""
+    if job.mode != "column":
         actors.call("keep_at_least", None)
         return {}
     params = sel.restrict.params()
-    if params.threshold is not None:
-        t = params.threshold
+    n = int(m * params.fraction)
+    if n >= m:
+        t = None
+    elif n >= sum(s["finite"] for s in summaries):
+        t = math.nan  # DataComp's value at that rank is a missing score: nothing passes
     else:
-        n = int(m * params.fraction)
-        if n >= m:
-            t = None
-        elif n >= sum(s["finite"] for s in summaries):
-            t = math.nan  # DataComp's value at that rank is a missing score: nothing passes
-        else:
-            t = rank_value(actors, n, *value_range(summaries))
+        t = rank_value(actors, n, *value_range(summaries))
     actors.call("keep_at_least", t, as_stored=True)
     return {"column": baselines.ARCH_COLUMNS[params.arch], "threshold": None if t is None else float(t),
             "threshold_over": "pool"}

@@ -21,6 +21,7 @@ from scipy import stats
 
 from flyt_datacomp import ray_selection as rs
 from flyt_datacomp import selection
+from flyt_datacomp.baselines.assets import AssetPaths
 from flyt_datacomp.baselines.datacomp import BaselineParams
 from flyt_datacomp.cli.baseline import baseline_command
 from flyt_datacomp.cli.filter import filter_command
@@ -262,7 +263,11 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
         (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
         (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", f"top:0.5:{COLUMN}"],
          "--mask 'top:0.5:clip_b32_similarity_score' does not run on Ray"),
-        (["--name", "basic_filter", "--ray", "local"], "basic_filter does not run on Ray"),
+        (["--name", "image_based", "--ray", "local"], "baseline image_based does not run on Ray (--ray): its nearest-centroid "
+         "search runs once for the whole pool; of DataComp's baselines only no_filter, basic_filter, text_based, "
+         "laion2b and clip_score do; run it on one machine"),
+        (["--name", "image_based_intersect_clip_score", "--arch", "l14", "--fraction", "0.3", "--ray", "local"],
+         "baseline image_based_intersect_clip_score does not run on Ray"),
         (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
     ]
     score_file = tmp_path / "scores.csv"
@@ -476,14 +481,112 @@ def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_
     threshold = selection.Sample(options={"fraction": 0.3})
     cases = [(dict(score=selection.ScoreStage(src), sample=threshold), msg, "score") for src, msg in scores.items()]
     cases += [(dict(restrict=selection.Restrict(masks=(spec,))), msg, "masks") for spec, msg in masks.items()]
-    cases.append((dict(restrict=selection.Restrict(baseline="no_filter", masks=("caption:basic",))),
-                  "baseline no_filter with `masks` does not run on Ray", "masks"))
+    cases.append((dict(restrict=selection.Restrict(baseline="clip_score", masks=("caption:basic",),
+                                                   baseline_params=BaselineParams(arch="b32", fraction=0.3))),
+                  "baseline clip_score with a `fraction` and `masks` does not run on Ray", "masks"))
     for kw, message, param in cases:
         sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False, **kw)
         with pytest.raises(FlytInputError) as err:
             rs.check_supported(sel)
             rs.job_of(sel, Pool(str(scored_pool), progress=False))
         assert message in str(err.value) and {param, "ray_address"} <= set(err.value.params), (kw, str(err.value))
+
+
+# ------------------------------------------------------------------------------ DataComp's row-wise baselines
+
+
+@pytest.fixture(scope="module")
+def caption_kit(tmp_path_factory) -> tuple[Path, AssetPaths]:
+    """The baseline tests' pool (captions, image sizes and CLIP scores on the rules' edges; shards of 37,
+    29 and 44 rows) and assets: a tiny fastText language model, a WordNet and an ImageNet-21k id list."""
+    pytest.importorskip("fasttext", reason="the baselines extra (fasttext) is not installed")
+    pytest.importorskip("nltk", reason="the baselines extra (nltk) is not installed")
+    from baselinegen import train_language_model, write_caption_pool, write_tiny_wordnet
+
+    root = tmp_path_factory.mktemp("captions")
+    pool, _ = write_caption_pool(root / "metadata")
+    wordnet, ids = write_tiny_wordnet(root / "nltk_data")
+    (root / "ids.txt").write_text("\n".join(ids) + "\n")
+    return pool, AssetPaths(fasttext_model=str(train_language_model(root / "fasttext")),
+                            imagenet21k_wordnet_ids=str(root / "ids.txt"), wordnet_data=str(wordnet))
+
+
+@pytest.fixture
+def gcld3_stand_in(monkeypatch):
+    """laion2b's language labels from a stand-in (gcld3 builds from source), in this process."""
+    from flyt_datacomp.baselines import language, optional
+
+    def stand_in(texts):
+        return np.array([None if t is None else "en" if "the" in t.split() else "xx" for t in texts], dtype=object)
+
+    require = optional.require
+    monkeypatch.setattr(language, "gcld3_languages", stand_in)
+    monkeypatch.setattr(optional, "require", lambda module: None if module == "gcld3" else require(module))
+
+
+CLIP_THRESHOLD = BaselineParams(arch="b32", threshold=0.28)
+ROW_BASELINES = {
+    "basic_filter": dict(baseline="basic_filter"),
+    "text_based": dict(baseline="text_based"),
+    "laion2b": dict(baseline="laion2b"),
+    "clip_score_threshold": dict(baseline="clip_score", baseline_params=CLIP_THRESHOLD),
+    "no_filter": dict(baseline="no_filter"),
+    "basic_filter_with_masks": dict(baseline="basic_filter", masks=("clip_score:arch=l14,threshold=0.25",
+                                                                    "original_width<1000")),
+    "clip_score_with_text_based": dict(baseline="clip_score", baseline_params=CLIP_THRESHOLD, masks=("text_based",)),
+}
+VOLATILE = ("created", "output", "histogram", "seconds", "cluster")  # where and when, and Ray's record of its workers
+
+
+def both_sidecars(tmp_path: Path) -> list[dict]:
+    """The sidecars of the single-machine run and the partitions' (:func:`both`), less what differs by design."""
+    return [{k: v for k, v in json.loads((tmp_path / f"{n}.npy.json").read_text()).items() if k not in VOLATILE}
+            for n in ("one", "parts")]
+
+
+@pytest.mark.parametrize("partitions", [2, 3])
+@pytest.mark.parametrize("case", list(ROW_BASELINES))
+def test_row_wise_baselines_write_the_single_machine_subset_and_sidecar(caption_kit, gcld3_stand_in, tmp_path,
+                                                                         case, partitions):
+    """A baseline that judges each example by its own row (alone, or before masks, as one machine
+    applies it) keeps its survivors on the partitions: DataComp's subset, the single-machine bytes, and
+    the same sidecar (the baseline, its report line with its assets, their warnings, the survivors)."""
+    pool, assets = caption_kit
+    restrict = selection.Restrict(assets=assets, **ROW_BASELINES[case])
+    one, parts = both(pool, tmp_path, inline_run, partitions, restrict=restrict, workers=1)
+    assert parts == one
+    uids = np.load(tmp_path / "one.npy")
+    assert np.array_equal(uids, np.unique(uids))  # DataComp's subset: sorted, once each
+    sidecars = both_sidecars(tmp_path)
+    assert sidecars[1] == sidecars[0]
+    report = sidecars[0]["masks"]  # the baseline first, then the masks, as one machine applies them
+    assert report[0]["mask"] == f"baseline:{restrict.baseline}" and len(report) == 1 + len(restrict.masks)
+    assert sidecars[0]["baseline"]["name"] == restrict.baseline
+    left = [sidecars[0]["inputs"]["pool_size"]] + [line["surviving"] for line in report]
+    if case != "no_filter":  # the baseline drops some examples, each mask some more
+        assert all(a > b for a, b in zip(left, left[1:]))
+    assert sidecars[0]["total_entries"] == left[-1] > 0
+
+
+def test_ray_workers_run_the_row_wise_baselines_with_their_assets(ray_cluster, caption_kit, tmp_path):
+    """``baseline text_based --ray`` and ``filter --name basic_filter --mask ... --ray``: each worker
+    finds the language model, the WordNet and the id list at the paths given, and the subsets are the
+    single-machine ones, their sidecars recording the cluster."""
+    pool, assets = caption_kit
+    files = ["--fasttext-model", assets.fasttext_model, "--imagenet21k-wordnet-ids", assets.imagenet21k_wordnet_ids,
+             "--wordnet-data", assets.wordnet_data]
+    runs = [(baseline_command, ["text_based"], dict(baseline="text_based")),
+            (filter_command, ["--name", "basic_filter", "--mask", "original_width<1000"],
+             dict(baseline="basic_filter", masks=("original_width<1000",)))]
+    for i, (command, args, restrict) in enumerate(runs):
+        selection.run(selection.Selection(str(pool), selection.Output(tmp_path / f"one{i}.npy"), progress=False,
+                                          workers=1, restrict=selection.Restrict(assets=assets, **restrict)))
+        result = CliRunner().invoke(command, [*args, "--metadata-dir", str(pool), "--output", str(tmp_path / f"ray{i}.npy"),
+                                              *files, "--ray", "auto", "--partitions", "3", "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / f"ray{i}.npy").read_bytes() == (tmp_path / f"one{i}.npy").read_bytes()
+        sidecar = json.loads((tmp_path / f"ray{i}.npy.json").read_text())
+        assert sidecar["cluster"]["partitions"] == 3 and sidecar["masks"][0]["mask"] == f"baseline:{restrict['baseline']}"
 
 
 # ------------------------------------------------------------------------------ on a local Ray
