@@ -16,11 +16,21 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   SCS round. Counts are updated where the examples live. The random path differs from the
   single-machine sampler's (each partition draws from its own stream, seeded by the seed and its
   number), the distribution is the same; the same seed and partitions give the same bytes.
-* **DataComp's baselines** that judge each example by its own row (``no_filter``, ``basic_filter``,
-  ``text_based``, ``laion2b``, ``clip_score`` with a threshold) run as the first of the masks, as one
-  machine applies them (below), their survivors written once each; ``clip_score`` with a fraction is
-  the threshold at that rank of the whole pool's CLIP score column (NaN last, as in DataComp). Each
-  writes the single-machine bytes.
+* **DataComp's baselines**, all seven. Those that judge each example by its own row (``no_filter``,
+  ``basic_filter``, ``text_based``, ``laion2b``, ``clip_score`` with a threshold) run as the first of
+  the masks, as one machine applies them (below), their survivors written once each; ``clip_score``
+  with a fraction is the threshold at that rank of the whole pool's CLIP score column (NaN last, as
+  in DataComp). ``image_based`` is row-wise given its target centroids (the nearest centroids of the
+  ImageNet-1k images, nothing of the pool): the driver finds them once
+  (:func:`~flyt_datacomp.baselines.datacomp.image_targets`, on its CPU) and each partition runs the
+  single-machine code on its own shards with them (``image_based_scale``, ``centroid_batch_size``):
+  the caption rule, then each shard's embeddings' nearest centroids, on the worker's CPU. A worker
+  holds the centroids (DataComp's: 100,000 x 768, float32 in memory, 307 MB), one similarity batch
+  (``centroid_batch_size`` x the centroids, 410 MB at 1024 x 100,000) and one shard's ``l14_img`` at a
+  time (1,536 bytes a row, float16). ``image_based_intersect_clip_score`` with a fraction first ranks
+  the CLIP column over the whole pool (as ``clip_score``; DataComp's threshold is the whole pool's),
+  then every partition runs the baseline with that threshold. Each writes the single-machine bytes
+  and sidecar.
 * **scores** -- a column of the pool's parquet files or an input of an input store (``store:NAME``);
   a trained scoring model (``model:PATH``, M-FLYT over pool columns and stored inputs, or E-FLYT over
   the npz embeddings) or a released mixing model (``mixing:``, the paper's recipes) over such inputs,
@@ -31,7 +41,8 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   driver; each partition then sums the inputs' terms with them (:func:`~flyt_datacomp.scores.aggregate.term`).
 * **masks** -- those that keep or drop an example by its own row: ``column:``, ``store:``, ``caption:``,
   ``subset:`` and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
-  ``laion2b``, ``clip_score`` with ``threshold=``); each partition applies them to its examples (with
+  ``laion2b``, ``image_based``, and ``clip_score`` and ``image_based_intersect_clip_score`` with
+  ``threshold=``); each partition applies them to its examples (with
   the baseline's assets at the paths the driver found), and the sampler, its fraction and N, and the
   standardisations then see the survivors only, as on one machine. Without a score the survivors are
   written once each (after a row-wise baseline, when one is given).
@@ -49,9 +60,9 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
 machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one.
 
 Refused before any work, with the option named: scores joined by uid (``file:``), aggregates of
-aggregates; baselines and masks that need the whole pool (``top:``, the ``image_based`` baselines'
-centroid search, ``clip_score`` with a ``fraction`` as a mask or with masks); ``shards_dir``; the
-samplers other than threshold and SCS. Each of those runs on one machine.
+aggregates; masks that need the whole pool (``top:``, a ``fraction`` of ``clip_score`` or
+``image_based_intersect_clip_score`` as a mask, ``clip_score``'s fraction as the baseline followed by
+masks); ``shards_dir``; the samplers other than threshold and SCS. Each of those runs on one machine.
 """
 
 from __future__ import annotations
@@ -97,7 +108,6 @@ from .store import InputStore
 from .uids import UID_DTYPE, histogram_stats, repetition_counts, selected_index, split_order, uids_to_hex, write_sorted_subset
 
 SAMPLERS = ("threshold", "scs")  # the samplers this path runs
-BASELINES = ("no_filter", "basic_filter", "text_based", "laion2b", "clip_score")  # DataComp's baselines this path runs
 ROW_MASKS = ("column", "store", "caption", "subset", "baseline")  # mask kinds that judge each example by its own row
 _SUMMARY_POINTS = 1024  # SCS: keys per partition and round that place the cut (the excess is G / this per partition)
 _BUCKET_ROWS = 1 << 22  # the writer's buckets hold about this many selected uids
@@ -130,6 +140,8 @@ class Job:
     inputs_dir: str | None = None  # the selection's input store (store: scores and masks, a model's stored inputs)
     accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
     stores: tuple[str, ...] = ()  # every input store the partitions read (each worker must reach it)
+    clip_rank: tuple[str, float] | None = None  # the intersect baseline's CLIP column and fraction: its
+    # threshold is the rank over the whole pool, found before the masks run
 
 
 # ------------------------------------------------------------------------------------- partitions
@@ -177,8 +189,17 @@ class Partition:
             _cap_address_space(self.memory_cap)
         for root in self.job.stores:
             check_reachable(root)
+        if self.job.clip_rank is not None:  # the CLIP column first, ranked over the pool by the driver
+            self.read_column(self.job.clip_rank[0])
+            return self.size
+        return self.read()
+
+    def read(self, clip_threshold: tuple[Any] | None = None) -> int:
+        """Apply the masks (the baseline first with ``clip_threshold``, its threshold found over the whole
+        pool) and read the values; returns the number of examples that may be selected."""
+        self.values = self.stored_dtype = None
         if self.job.masks:
-            self.restrict()
+            self.restrict(clip_threshold)
         mode, source = self.job.mode, self.job.source
         if mode == "score":
             scores = self.scores(source)
@@ -186,22 +207,32 @@ class Partition:
         elif mode == "aggregate":
             self.inputs = [self.kept(self.scores(spec).values) for spec, _ in self.job.terms]
         elif mode == "column":
-            self.values = self.pool.column(source)
-            if self.values.dtype.kind not in "fiu":
-                raise FlytInputError(f"column {source!r} of the pool at {self.pool.url} holds {self.values.dtype} "
-                                     "values, not numbers")
-            self.stored_dtype = self.values.dtype
+            self.read_column(source)
         return self.size
+
+    def read_column(self, name: str) -> None:
+        """A pool column as stored (NaN allowed), as the values."""
+        self.values = self.pool.column(name)
+        if self.values.dtype.kind not in "fiu":
+            raise FlytInputError(f"column {name!r} of the pool at {self.pool.url} holds {self.values.dtype} "
+                                 "values, not numbers")
+        self.stored_dtype = self.values.dtype
 
     def scores(self, spec: str) -> Scores:
         """A score source over the partition's shards (its stored inputs: the rows of those shards)."""
         return load_scores(self.pool, spec, inputs_dir=self.job.inputs_dir,
                            accept_changed_inputs=self.job.accept_changed_inputs)
 
-    def restrict(self) -> None:
-        """Keep the examples inside every mask (each judges an example by its own row)."""
+    def restrict(self, clip_threshold: tuple[Any] | None = None) -> None:
+        """Keep the examples inside every mask (each judges an example by its own row, given what was
+        found over the whole pool: an image-based baseline's targets and ``clip_threshold``)."""
         ctx = MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults, self.job.inputs_dir)
-        survivors, self.report = apply_masks(ctx, list(self.job.masks))
+        masks = list(self.job.masks)
+        if clip_threshold is not None:
+            first = masks[0]
+            masks[0] = BaselineMask(first.spec, first.params,
+                                    dataclasses.replace(first.found, threshold=clip_threshold))
+        survivors, self.report = apply_masks(ctx, masks)
         self.keep = positions(survivors)
         self.size = int(self.keep.size)
 
@@ -426,11 +457,6 @@ def check_supported(sel: Selection) -> None:
     if r.shards_dir:
         raise FlytInputError("`shards_dir` is not offered on Ray (`ray_address`); run without it, or on one machine",
                              params=["shards_dir", "ray_address"])
-    if r.baseline is not None and r.baseline not in BASELINES:
-        why = _pool_wide(BaselineMask(r.baseline, r.params()))
-        raise FlytInputError(f"baseline {r.baseline} does not run on Ray (`ray_address`): {why}; of DataComp's "
-                             f"baselines only {', '.join(BASELINES[:-1])} and {BASELINES[-1]} do; run it on one machine",
-                             params=["baseline", "ray_address"])
     if r.baseline is not None and r.masks and not baseline_mask(r):
         raise FlytInputError(f"baseline {r.baseline} with a `fraction` and `masks` does not run on Ray (`ray_address`): "
                              "its fraction is a rank over the whole pool; give `threshold`, or the masks alone (the "
@@ -455,13 +481,20 @@ def job_of(sel: Selection, pool: Pool) -> Job:
     defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
     for mask in masks:
         mask.prepare(MaskContext(pool, None, settings, defaults, inputs_dir))
+    for mask in masks:  # the image-based baselines' targets: found once, here, for every partition
+        if mask.kind == "baseline" and "image_based" in mask.name:
+            mask.found = baselines.image_targets(mask.resolved(MaskContext(pool, None, settings, defaults)), settings)
     stores = {inputs_dir for mask in masks if mask.kind == "store"}
     source = None
     if sel.score.source is not None:
         source, read = ray_score(sel.score.source, pool, inputs_dir)
         stores |= read
+    params = r.params()
+    clip_rank = None
+    if r.baseline is not None and "image_based" in r.baseline and params.fraction is not None:
+        clip_rank = (baselines.ARCH_COLUMNS[params.arch], params.fraction)
     common = {"masks": masks, "mask_settings": settings, "mask_defaults": defaults, "inputs_dir": inputs_dir,
-              "accept_changed_inputs": sel.score.accept_changed_inputs, "stores": _opened(stores)}
+              "accept_changed_inputs": sel.score.accept_changed_inputs, "stores": _opened(stores), "clip_rank": clip_rank}
     if isinstance(source, Aggregate):
         return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **common)
     if source is not None:
@@ -473,9 +506,11 @@ def job_of(sel: Selection, pool: Pool) -> Job:
 
 def baseline_mask(r: Restrict) -> tuple[MaskKind, ...]:
     """The baseline as the first mask, as one machine applies it, when it judges each example by its
-    own row (empty: no baseline, or ``clip_score``'s fraction, the driver's rank over the pool)."""
+    own row, given what the driver finds over the whole pool first (an image-based baseline's targets,
+    the intersect variant's threshold at its fraction's rank); empty: no baseline, or ``clip_score``'s
+    fraction, the driver's rank over the pool."""
     mask = None if r.baseline is None else BaselineMask(r.baseline, r.params())
-    return () if mask is None or _pool_wide(mask) else (mask,)
+    return () if mask is None or _pool_wide(mask, first=True) else (mask,)
 
 
 def _opened(stores: set[str]) -> tuple[str, ...]:
@@ -554,15 +589,17 @@ def ray_mask(spec: str, pool: Pool) -> MaskKind:
     return mask
 
 
-def _pool_wide(mask: MaskKind) -> str | None:
-    """Why a mask needs more than each example's own row (None: it needs only that)."""
+def _pool_wide(mask: MaskKind, first: bool = False) -> str | None:
+    """Why a mask needs more than each example's own row (None: it needs only that, or, for an
+    image-based baseline, that and its target centroids, found once by the driver). ``first``: the
+    baseline, whose intersect variant's fraction the driver ranks over the pool before any mask."""
     if mask.kind == "top":
         return "it ranks the examples of the whole pool"
     if mask.kind not in ROW_MASKS:
         return f"{mask.kind} masks are not among those it runs ({', '.join(ROW_MASKS)})"
-    if mask.kind == "baseline" and "image_based" in mask.name:
-        return "its nearest-centroid search runs once for the whole pool"
-    if mask.kind == "baseline" and mask.name == "clip_score" and mask.params.threshold is None:
+    if mask.kind == "baseline" and "clip_score" in mask.name and mask.params.threshold is None:
+        if first and mask.name != "clip_score":
+            return None
         return "its fraction is a rank over the whole pool; give threshold=VALUE instead"
     return None
 
@@ -601,6 +638,10 @@ def drive(sel: Selection, pool: Pool, actors, job: Job, start: float,
     """Everything after the partitions hold their values: select, then write (``actors``: Ray actors
     or in-process partitions, called the same way); ``cluster`` goes to the sidecar, with each worker's
     peak resident memory."""
+    if job.clip_rank is not None:  # the intersect baseline's threshold over the whole pool, then the masks
+        summaries = actors.call("summary")
+        t = fraction_threshold(actors, summaries, sum(s["size"] for s in summaries), job.clip_rank[1])
+        actors.call("read", (None if t is None else float(t),))
     kept = Restriction(pool.size, None, None, merge_reports(actors.call("mask_report")) if job.masks else [], None)
     m = sum(s["size"] for s in actors.call("summary"))
     if job.masks and m == 0:  # the single-machine path's words
@@ -771,16 +812,22 @@ def _baseline(sel: Selection, actors, job: Job, summaries: list[dict], m: int) -
         actors.call("keep_at_least", None)
         return {}
     params = sel.restrict.params()
-    n = int(m * params.fraction)
-    if n >= m:
-        t = None
-    elif n >= sum(s["finite"] for s in summaries):
-        t = math.nan  # DataComp's value at that rank is a missing score: nothing passes
-    else:
-        t = rank_value(actors, n, *value_range(summaries))
+    t = fraction_threshold(actors, summaries, m, params.fraction)
     actors.call("keep_at_least", t, as_stored=True)
     return {"column": baselines.ARCH_COLUMNS[params.arch], "threshold": None if t is None else float(t),
             "threshold_over": "pool"}
+
+
+def fraction_threshold(actors, summaries: list[dict], m: int, fraction: float) -> float | None:
+    """DataComp's threshold for a fraction of the partitions' ``m`` values (a pool column as stored):
+    the value at rank ``int(m * fraction)`` in decreasing order, NaN last (None: past the end, every
+    value with a score passes; NaN: a missing score, nothing passes), as :func:`~.rules.rank_threshold`."""
+    n = int(m * fraction)
+    if n >= m:
+        return None
+    if n >= sum(s["finite"] for s in summaries):
+        return math.nan  # DataComp's value at that rank is a missing score: nothing passes
+    return rank_value(actors, n, *value_range(summaries))
 
 
 # ------------------------------------------------------------------------------------- SCS

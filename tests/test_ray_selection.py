@@ -6,6 +6,7 @@ one of them with each worker's address space capped below what the whole pool ne
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -23,6 +24,7 @@ from flyt_datacomp import ray_selection as rs
 from flyt_datacomp import selection
 from flyt_datacomp.baselines.assets import AssetPaths
 from flyt_datacomp.baselines.datacomp import BaselineParams
+from flyt_datacomp.baselines.masks import MaskContext
 from flyt_datacomp.cli.baseline import baseline_command
 from flyt_datacomp.cli.filter import filter_command
 from flyt_datacomp.errors import FlytInputError, WorkerDied
@@ -263,11 +265,12 @@ def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
         (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
         (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", f"top:0.5:{COLUMN}"],
          "--mask 'top:0.5:clip_b32_similarity_score' does not run on Ray"),
-        (["--name", "image_based", "--ray", "local"], "baseline image_based does not run on Ray (--ray): its nearest-centroid "
-         "search runs once for the whole pool; of DataComp's baselines only no_filter, basic_filter, text_based, "
-         "laion2b and clip_score do; run it on one machine"),
-        (["--name", "image_based_intersect_clip_score", "--arch", "l14", "--fraction", "0.3", "--ray", "local"],
-         "baseline image_based_intersect_clip_score does not run on Ray"),
+        (["--name", "clip_score", "--arch", "l14", "--fraction", "0.3", "--mask", "original_width<1000", "--ray",
+          "local"], "baseline clip_score with a --fraction and --mask does not run on Ray (--ray): its fraction is a "
+         "rank over the whole pool"),
+        (["--name", "basic_filter", "--mask", "image_based_intersect_clip_score:arch=l14,fraction=0.3", "--ray", "local"],
+         "--mask 'image_based_intersect_clip_score:arch=l14,fraction=0.3' does not run on Ray (--ray): its fraction is "
+         "a rank over the whole pool; give threshold=VALUE instead"),
         (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
     ]
     score_file = tmp_path / "scores.csv"
@@ -477,6 +480,7 @@ def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_
     masks = {
         f"top:0.3:{COLUMN}": "it ranks the examples of the whole pool",
         "clip_score:arch=b32,fraction=0.3": "give threshold=VALUE",
+        "image_based_intersect_clip_score:arch=b32,fraction=0.3": "its fraction is a rank over the whole pool",
     }
     threshold = selection.Sample(options={"fraction": 0.3})
     cases = [(dict(score=selection.ScoreStage(src), sample=threshold), msg, "score") for src, msg in scores.items()]
@@ -578,6 +582,14 @@ def test_ray_workers_run_the_row_wise_baselines_with_their_assets(ray_cluster, c
     runs = [(baseline_command, ["text_based"], dict(baseline="text_based")),
             (filter_command, ["--name", "basic_filter", "--mask", "original_width<1000"],
              dict(baseline="basic_filter", masks=("original_width<1000",)))]
+    for (sidecar, _), (_, _, restrict) in zip(cli_on_ray_and_one_machine(pool, assets, files, runs, tmp_path), runs):
+        assert sidecar["cluster"]["partitions"] == 3 and sidecar["masks"][0]["mask"] == f"baseline:{restrict['baseline']}"
+
+
+def cli_on_ray_and_one_machine(pool: Path, assets: AssetPaths, files: list[str], runs: list, tmp_path: Path) -> list:
+    """Each run's command (``(command, args, Restrict's keywords)``) on the local Ray in 3 partitions,
+    and the selection on one machine: the same bytes; their sidecars (Ray's, one machine's)."""
+    out = []
     for i, (command, args, restrict) in enumerate(runs):
         selection.run(selection.Selection(str(pool), selection.Output(tmp_path / f"one{i}.npy"), progress=False,
                                           workers=1, restrict=selection.Restrict(assets=assets, **restrict)))
@@ -585,8 +597,82 @@ def test_ray_workers_run_the_row_wise_baselines_with_their_assets(ray_cluster, c
                                               *files, "--ray", "auto", "--partitions", "3", "--quiet"])
         assert result.exit_code == 0, result.output
         assert (tmp_path / f"ray{i}.npy").read_bytes() == (tmp_path / f"one{i}.npy").read_bytes()
-        sidecar = json.loads((tmp_path / f"ray{i}.npy.json").read_text())
-        assert sidecar["cluster"]["partitions"] == 3 and sidecar["masks"][0]["mask"] == f"baseline:{restrict['baseline']}"
+        out.append(tuple(json.loads((tmp_path / f"{n}{i}.npy.json").read_text()) for n in ("ray", "one")))
+    return out
+
+
+# ------------------------------------------------------------------------------ DataComp's image-based baselines
+
+
+@pytest.fixture(scope="module")
+def image_kit(caption_kit, tmp_path_factory) -> tuple[Path, AssetPaths]:
+    """The baseline tests' pool (dim-8 l14 embeddings) and its assets, with unnormalised k-means centroids
+    of very different norms and five ImageNet-1k embedding files near three of them."""
+    pytest.importorskip("torch")
+    from baselinegen import write_centroids, write_in1k
+
+    pool, assets = caption_kit
+    root = tmp_path_factory.mktemp("image_assets")
+    centroids = write_centroids(root / "small_centroids.pt")
+    write_in1k(root / "in1k", centroids)
+    return pool, dataclasses.replace(assets, centroids=str(root / "small_centroids.pt"),
+                                     in1k_embeddings=(str(root / "in1k"),))
+
+
+L14_FRACTION = BaselineParams(arch="l14", fraction=0.3)
+IMAGE_BASELINES = {
+    "image_based": dict(baseline="image_based"),
+    "intersect_fraction": dict(baseline="image_based_intersect_clip_score", baseline_params=L14_FRACTION),
+    "intersect_threshold": dict(baseline="image_based_intersect_clip_score",
+                                baseline_params=BaselineParams(arch="b32", threshold=0.27)),
+    "image_based_with_masks": dict(baseline="image_based", masks=("original_width<1000",)),
+    "intersect_fraction_with_masks": dict(baseline="image_based_intersect_clip_score", baseline_params=L14_FRACTION,
+                                          masks=("caption:basic",)),
+    "basic_filter_then_image_based": dict(baseline="basic_filter", masks=("image_based",)),
+}
+
+
+@pytest.mark.parametrize("partitions", [2, 3])
+@pytest.mark.parametrize("case", list(IMAGE_BASELINES))
+def test_image_based_baselines_write_the_single_machine_subset_and_sidecar(image_kit, tmp_path, case, partitions):
+    """Each partition searches its own shards' embeddings for their nearest centroids (the driver found
+    the target centroids once; the intersect variant's fraction, a rank over the whole pool, first):
+    the single-machine bytes and sidecar, its report line recording the centroids and the targets."""
+    pool, assets = image_kit
+    restrict = selection.Restrict(assets=assets, **IMAGE_BASELINES[case])
+    one, parts = both(pool, tmp_path, inline_run, partitions, restrict=restrict, workers=1)
+    assert parts == one
+    sidecars = both_sidecars(tmp_path)
+    assert sidecars[1] == sidecars[0]
+    line = next(x for x in sidecars[0]["masks"] if x["baseline"].startswith("image_based"))
+    assert line["num_centroids"] == 12 and 0 < line["target_centroids"] < 12 and len(line["assets"]["in1k_embeddings"]) == 5
+    left = [sidecars[0]["inputs"]["pool_size"]] + [x["surviving"] for x in sidecars[0]["masks"]]
+    assert all(a > b for a, b in zip(left, left[1:])) and sidecars[0]["total_entries"] == left[-1] > 0
+    if case.startswith("intersect_fraction"):  # the threshold at rank int(0.3 N) of the whole pool
+        assert line["threshold_over"] == "pool"
+        scores = Pool(str(pool), progress=False).column("clip_l14_similarity_score")
+        assert line["threshold"] == float(-np.sort(-scores)[int(0.3 * scores.size)])
+
+
+def test_every_partition_judges_its_rows_with_the_pools_targets(image_kit, monkeypatch):
+    """Each partition finds its examples' nearest centroids among all the centroids and keeps those
+    whose centroid is a target of the whole ImageNet set, not one found from its own rows."""
+    from flyt_datacomp.baselines import datacomp
+
+    pool_dir, assets = image_kit
+    sel = selection.Selection(str(pool_dir), selection.Output(Path("unused.npy")), progress=False,
+                              restrict=selection.Restrict(baseline="image_based", assets=assets))
+    pool = Pool(str(pool_dir), progress=False)
+    job = rs.job_of(sel, pool)
+    found = job.masks[0].found
+    assert found is not None and found.targets.size > 0
+    calls = []
+    monkeypatch.setattr(datacomp, "image_targets", lambda *a, **k: calls.append(a))  # never again on a partition
+    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, 3)]
+    for part in parts:
+        part.load()
+    assert not calls and sum(p.size for p in parts) == job.masks[0].select(
+        MaskContext(pool, None, job.mask_settings, job.mask_defaults), None)[0].sum()
 
 
 # ------------------------------------------------------------------------------ on a local Ray
@@ -602,6 +688,22 @@ def ray_cluster():
 
 def ray_run(partitions: int, cap: int | None = None):
     return lambda sel, n: rs.run(sel, rs.Cluster("auto", partitions=partitions, memory_cap=cap))
+
+
+def test_ray_workers_run_the_image_based_baselines_with_their_assets(ray_cluster, image_kit, tmp_path):
+    """``baseline image_based --ray`` and ``filter --name image_based_intersect_clip_score --fraction
+    --ray``: the driver finds the target centroids (and the threshold over the pool), each worker
+    reads the centroids and its shards' embeddings at the paths given; the single-machine subsets."""
+    pool, assets = image_kit
+    files = ["--fasttext-model", assets.fasttext_model, "--centroids", assets.centroids,
+             "--in1k-embeddings", assets.in1k_embeddings[0], "--num-gpus", "0"]
+    runs = [(baseline_command, ["image_based"], dict(baseline="image_based")),
+            (filter_command, ["--name", "image_based_intersect_clip_score", "--arch", "l14", "--fraction", "0.3"],
+             dict(baseline="image_based_intersect_clip_score", baseline_params=L14_FRACTION))]
+    for sidecar, single in cli_on_ray_and_one_machine(pool, assets, files, runs, tmp_path):
+        assert sidecar["cluster"]["partitions"] == 3 and sidecar["masks"] == single["masks"]
+        assert sidecar["masks"][0]["target_centroids"] > 0 and sidecar["masks"][0]["device"] == "cpu"
+
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,19 @@ class RunSettings:
     progress: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """What an image-based baseline finds beyond each example's own row, found once and given to every
+    part of the pool (by the Ray driver), so each part judges its rows as one machine does: the target
+    centroids (the nearest centroids of the ImageNet-1k images) with the records of the files they came
+    from, and, for the intersect variant with a ``fraction``, the CLIP threshold at that rank of the whole
+    pool (``(t,)``; None: not found, the variant's ``threshold`` is used)."""
+
+    targets: np.ndarray
+    in1k: tuple[dict[str, Any], ...]
+    threshold: tuple[Any] | None = None
+
+
 @dataclasses.dataclass
 class BaselineResult:
     mask: np.ndarray  # bool per pool example: kept by the baseline
@@ -118,16 +131,20 @@ def check_settings(settings: RunSettings) -> None:
 
 
 def evaluate(pool: Pool, name: str, params: BaselineParams, settings: RunSettings,
-             within: np.ndarray | None = None) -> BaselineResult:
+             within: np.ndarray | None = None, found: Found | None = None) -> BaselineResult:
     """Which pool examples baseline ``name`` keeps. ``within`` (a bool mask) restricts the pool the
-    clip_score fraction is taken over (DataComp: the whole pool); per-example rules ignore it."""
-    locate_assets(name, params, settings)
+    clip_score fraction is taken over (DataComp: the whole pool); per-example rules ignore it.
+    ``found``: an image-based baseline's targets (and threshold) found beforehand over the whole pool."""
+    locate_assets(name, params, settings, found=found)
+    if found is not None:
+        return _image_based(pool, params, settings, within, found)
     return _EVALUATORS[name](pool, params, settings, within)
 
 
-def locate_assets(name: str, params: BaselineParams, settings: RunSettings) -> None:
+def locate_assets(name: str, params: BaselineParams, settings: RunSettings, found: Found | None = None) -> None:
     """Find every file and package baseline ``name`` needs, or raise one error that names all that are
-    missing (so a first run lists everything to fetch at once, not one thing per run)."""
+    missing (so a first run lists everything to fetch at once, not one thing per run); with ``found``
+    the ImageNet-1k embeddings are not needed (their targets are known)."""
     check_params(name, params)
     check_settings(settings)
     needs = {"basic_filter": ("fasttext",), "text_based": ("fasttext", "nltk"), "laion2b": ("gcld3",),
@@ -138,8 +155,9 @@ def locate_assets(name: str, params: BaselineParams, settings: RunSettings) -> N
     if name == "text_based":
         checks.append(lambda: assets.read_wordnet_ids(assets.wordnet_ids_file(settings.assets)))
     if "image_based" in name:
-        checks += [lambda: assets.centroids_file(settings.assets, params.image_based_scale),
-                   lambda: assets.in1k_files(settings.assets)]
+        checks.append(lambda: assets.centroids_file(settings.assets, params.image_based_scale))
+        if found is None:
+            checks.append(lambda: assets.in1k_files(settings.assets))
     checks += [functools.partial(_require_language_packages, module) for module in needs]
     if name == "text_based":
         checks.append(functools.partial(_use_wordnet, settings.assets.wordnet_data))
@@ -171,12 +189,15 @@ def _no_filter(pool, params, settings, within) -> BaselineResult:
     return BaselineResult(np.ones(pool.size, dtype=bool), {})
 
 
-def _clip_threshold(pool: Pool, params: BaselineParams, within) -> tuple[str, np.ndarray, Any, dict[str, Any]]:
+def _clip_threshold(pool: Pool, params: BaselineParams, within,
+                    found: tuple[Any] | None = None) -> tuple[str, np.ndarray, Any, dict[str, Any]]:
     column = ARCH_COLUMNS[params.arch]
     scores = pool.column(column)
     if scores.dtype.kind not in "fiu":
         raise FlytInputError(f"column {column!r} of the pool at {pool.url} holds {scores.dtype} values, not numbers")
-    if params.threshold is not None:
+    if found is not None:  # the fraction's threshold, found over the whole pool
+        (t,) = found
+    elif params.threshold is not None:
         t = params.threshold
     else:
         t = rules.rank_threshold(scores if within is None else scores[within], params.fraction)
@@ -267,20 +288,34 @@ def _laion2b(pool, params, settings, within) -> BaselineResult:
     return BaselineResult(mask, {"threshold": rules.LAION2B_THRESHOLD, "column": ARCH_COLUMNS["b32"]})
 
 
-def _image_based(pool, params, settings, within) -> BaselineResult:
+def image_targets(params: BaselineParams, settings: RunSettings, centroids=None, device: str = "cpu") -> Found:
+    """The target centroids of an image-based baseline (the distinct nearest centroids of the ImageNet-1k
+    training images) and the records of the ImageNet files: nothing of the pool, the same for any part
+    of it."""
+    from . import centroids as nearest
+
+    if centroids is None:
+        centroids = assets.read_centroids(assets.centroids_file(settings.assets, params.image_based_scale))
+    in1k_paths = assets.in1k_files(settings.assets)
+    blocks = (assets.read_in1k_features(p) for p in in1k_paths)
+    targets = nearest.target_centroids(blocks, centroids, batch_size=settings.batch_size, device=device)
+    return Found(targets, tuple(assets.record(p, assets.identify(p)) for p in in1k_paths))
+
+
+def _image_based(pool, params, settings, within, found: Found | None = None) -> BaselineResult:
     from . import centroids as nearest
 
     model = assets.fasttext_model(settings.assets)
     centroid_path = assets.centroids_file(settings.assets, params.image_based_scale)
-    in1k_paths = assets.in1k_files(settings.assets)
     details: dict[str, Any] = {}
     column = t = None
     if params.arch is not None:  # the intersect variant: the CLIP threshold first, over the whole pool
-        column, _, t, details = _clip_threshold(pool, params, within)
+        column, _, t, details = _clip_threshold(pool, params, within, None if found is None else found.threshold)
     centroids = assets.read_centroids(centroid_path)
     devices = [f"cuda:{i}" for i in range(settings.num_gpus)] or ["cpu"]
-    blocks = (assets.read_in1k_features(p) for p in in1k_paths)
-    targets = nearest.target_centroids(blocks, centroids, batch_size=settings.batch_size, device=devices[0])
+    if found is None:
+        found = image_targets(params, settings, centroids, devices[0])
+    targets = found.targets
 
     def prepare(data, values):
         candidates = np.ones(data.shard.num_rows, dtype=bool) if column is None else rules.at_least(values[1], t)
@@ -319,7 +354,7 @@ def _image_based(pool, params, settings, within) -> BaselineResult:
         "device": ", ".join(devices), "num_centroids": int(centroids.shape[0]), "target_centroids": int(len(targets)),
         "assets": {"fasttext": assets.record(model, "fasttext"),
                    "centroids": assets.record(centroid_path, assets.identify(centroid_path)),
-                   "in1k_embeddings": [assets.record(p, assets.identify(p)) for p in in1k_paths]},
+                   "in1k_embeddings": list(found.in1k)},
     })
     return BaselineResult(mask, details)
 

@@ -95,11 +95,13 @@ class BaselineMask(MaskKind):
     kind = "baseline"
     description = "one of DataComp's baselines, NAME or NAME:key=value,... (clip_score:arch=l14,fraction=0.3)"
 
-    def __init__(self, spec: str, params: datacomp.BaselineParams | None = None):
+    def __init__(self, spec: str, params: datacomp.BaselineParams | None = None,
+                 found: datacomp.Found | None = None):
         super().__init__(spec)
         name, _, options = spec.partition(":")
         self.name = name
         self.params = params if params is not None else _parse_params(options, spec)
+        self.found = found  # an image-based baseline's targets (and threshold), found over the whole pool
 
     @classmethod
     def claims(cls, spec: str, pool: Pool) -> bool:
@@ -114,11 +116,11 @@ class BaselineMask(MaskKind):
         return self.params
 
     def prepare(self, ctx: MaskContext) -> None:
-        datacomp.locate_assets(self.name, self.resolved(ctx), ctx.settings)
+        datacomp.locate_assets(self.name, self.resolved(ctx), ctx.settings, found=self.found)
 
     def select(self, ctx: MaskContext, survivors: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         params = self.resolved(ctx)
-        result = datacomp.evaluate(ctx.pool, self.name, params, ctx.settings, within=ctx.base)
+        result = datacomp.evaluate(ctx.pool, self.name, params, ctx.settings, within=ctx.base, found=self.found)
         return result.mask, {"baseline": self.name, "params": params.given(), **result.details}
 
 

@@ -141,7 +141,9 @@ def ray_options(fn):
                     "the cluster this machine belongs to; local: a new one here; or host:port): for pools no machine "
                     "holds. Scores from pool columns, input store inputs (store:NAME), scoring models or their "
                     "sum/standardized_sum/in_weighted/mixing; masks judging each example by its own row; threshold or "
-                    "scs; DataComp's baselines but the image_based ones; or the flyt_* recipes."),
+                    "scs; DataComp's baselines (image_based: the driver finds the target centroids, each worker searches "
+                    "its shards' embeddings on its CPU, holding the centroids, ~307 MB for DataComp's, and one shard); "
+                    "or the flyt_* recipes."),
         option("--partitions", type=click.IntRange(min=1),
                help="With --ray: partitions of the pool [default: one per CPU of the cluster]."),
     ]):
