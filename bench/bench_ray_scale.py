@@ -12,7 +12,8 @@ the subset's sidecar (``cluster.worker_peak_rss_bytes``, each worker's ``ru_maxr
 
 * ``clip_score`` -- ``filter --name clip_score --arch l14 --fraction 0.3``: DataComp's baseline, whose
   subset's sha256 is compared with the single-machine run recorded by ``bench/bench_scale.py``
-  (``--single-json``, same pool);
+  (``--single-json``, same pool; a pool without one, such as a large pool no single machine holds, is
+  recorded without the comparison);
 * ``scs`` -- ``filter --score clip_l14_similarity_score`` with SCS's defaults for the pool (medium's
   alpha, G = N / 1280: the paper's 1280 rounds at any pool size, as large and xlarge use);
 * ``sigterm`` -- the ``scs`` step again, SIGTERM after ``--sigterm-after`` seconds: how long it takes
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
             if step in single:
                 r["same_as_single"] = "yes" if r["sha256"] == single[step]["sha256"] else "NO"
                 r["single"] = {k: single[step][k] for k in ("seconds", "peak_rss_gb")}
+            elif step in ("clip_score", "stdsum"):  # e.g. a pool no single machine holds: nothing to compare
+                r["same_as_single"] = "- (no one-machine run of this pool)"
         else:
             r["left_behind"] = sorted(p.name for p in args.work.iterdir() if p.name.startswith(output.stem))
             r["ray_processes_after"] = int(subprocess.run(["pgrep", "-c", "-f", "raylet"], capture_output=True,
