@@ -12,7 +12,8 @@ the subset's sidecar (``cluster.worker_peak_rss_bytes``, each worker's ``ru_maxr
 
 * ``clip_score`` -- ``filter --name clip_score --arch l14 --fraction 0.3``: DataComp's baseline, whose
   subset's sha256 is compared with the single-machine run recorded by ``bench/bench_scale.py``
-  (``--single-json``, same pool);
+  (``--single-json``, same pool; a pool without one, such as a large pool no single machine holds, is
+  recorded without the comparison);
 * ``scs`` -- ``filter --score clip_l14_similarity_score`` with SCS's defaults for the pool (medium's
   alpha, G = N / 1280: the paper's 1280 rounds at any pool size, as large and xlarge use);
 * ``sigterm`` -- the ``scs`` step again, SIGTERM after ``--sigterm-after`` seconds: how long it takes
@@ -62,18 +63,34 @@ def commands(pool: Path, work: Path, partitions: int) -> dict[str, tuple[list[st
 
 def render(results: dict) -> str:
     lines = [BEGIN, "", "## Selection on a local Ray cluster", "",
-             "`bench/bench_ray_scale.py`: `filter --ray local --partitions P` on pools written by `bench/scale_pool.py` "
-             "(no pool of DataComp-large's 1.28B rows fits this machine's free disk: its metadata alone would take about "
-             "48 GB; these pools are a tenth and a hundredth of it), each partition held by one Ray worker process. Wall "
-             "time and the peak resident memory of the command's process (`wait4`; the Ray processes it starts "
-             "are its children, not counted there), and each worker's own peak (`ru_maxrss`, from the sidecar: a "
-             "Ray worker with the package imported, one metadata shard being read, and its partition). `scs` runs "
-             "with SCS's defaults for the pool: medium's alpha 0.15, G = N / 1280 (the rule `--scale large` and "
-             "`xlarge` apply: 1M and 10M), N = the pool's size. `sigterm` is that run stopped by SIGTERM: the "
-             "exit code, how long it took, and what was left (no subset file, no Ray process). `stdsum` is the "
-             "top 20% of the standardised sum of the two CLIP score columns, each input's mean and std combined "
-             "from the partitions, against the same command on one machine. The machine was "
-             "shared with other work (load averages of 5-11 on 2 cores), so times are upper bounds.", "",
+             "`bench/bench_ray_scale.py`: `filter --ray local --partitions P` on pools written by `bench/scale_pool.py`, "
+             "each partition held by one Ray worker process. The 1,280,000,000-row pool is a simulated DataComp-large: "
+             "generated metadata only (`scale_pool.py --rows 1280000000 --metadata-files 1280 --metadata-only`: the uids and"
+             " the two CLIP score columns in 1,280 files of 1M rows, as medium's; 51.5 GB, written in 12 min 37 s; no "
+             "download shards or released files, which would not fit the disk), run with 8 workers on one machine (2 cores, "
+             "Intel(R) Xeon(R) Processor, 23.5 GiB (25.3 GB) of RAM, 2026-12-07); the other pools are a tenth and a "
+             "hundredth of it. Wall time and the peak resident memory of the command's process (`wait4`; the Ray processes "
+             "it starts are its children, not counted there), and each worker's own peak (`ru_maxrss`, from the sidecar: a "
+             "Ray worker with the package imported, one metadata shard being read, and its partition). On a cluster the "
+             "workers sit on different nodes; here they share the machine: the large `clip_score` run's eight peaks add up "
+             "to 20.0 GB, the workers held at most 16.4 GB at once (sampled every 2 s) and the machine kept at least 5.8 GiB"
+             " available. Of its 1085 s, reading the partitions took 20 s and writing the 6.1 GB subset 61 s; the rest is "
+             "the threshold's search and each worker's pass over its uids. No single machine ran that pool to compare bytes "
+             "with (medium's single-machine run peaked at 2.62 GB, which would be about 26 GB at 1.28B rows: more than this "
+             "machine has; extrapolated, not run), so its subset was checked apart: 384,000,196 rows of the pool have an "
+             "L/14 score at least the recorded threshold and 383,999,914 above it (counted with pyarrow; 30% is 384,000,000,"
+             " the rest ties at the cut), and the selected uids of three metadata files (the first, the 701st, the last) are"
+             " in the subset and their other uids are not. `stdsum` and `scs` were not run at 1.28B rows: a `stdsum` worker "
+             "holds about 32 bytes a row (2.21 GB at 64M rows, 0.68 GB at 16M, measured on 128M rows of the large pool), "
+             "about 42 GB for the whole pool, beyond this machine's 25.3 GB; SCS took 223 s for 12.8M rows, and each of its "
+             "1280 rounds draws a key for every example, so at 1.28B rows it would take hours on 2 cores. `scs` runs with "
+             "SCS's defaults for the pool: medium's alpha 0.15, G = N / 1280 (the rule `--scale large` and `xlarge` apply: "
+             "1M and 10M), N = the pool's size. `sigterm` is that run stopped by SIGTERM: the exit code, how long it took, "
+             "and what was left (no subset file, no Ray process). `stdsum` is the top 20% of the standardised sum of the two"
+             " CLIP score columns, each input's mean and std combined from the partitions, against the same command on one "
+             "machine. The machine was shared with other work (load averages of 5-11 on 2 cores for the medium and tenth "
+             "runs; 3.9 before the large run and up to 19.4 during it, 12.9 on average, with another engineer's Ray tests "
+             "running), so times are upper bounds.", "",
              "| step | pool | partitions | wall | command process peak | worker peaks | same bytes as one machine | code |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"].values():
@@ -157,6 +174,8 @@ def main(argv=None) -> int:
             if step in single:
                 r["same_as_single"] = "yes" if r["sha256"] == single[step]["sha256"] else "NO"
                 r["single"] = {k: single[step][k] for k in ("seconds", "peak_rss_gb")}
+            elif step in ("clip_score", "stdsum"):  # e.g. a pool no single machine holds: nothing to compare
+                r["same_as_single"] = "- (no one-machine run of this pool)"
         else:
             r["left_behind"] = sorted(p.name for p in args.work.iterdir() if p.name.startswith(output.stem))
             r["ray_processes_after"] = int(subprocess.run(["pgrep", "-c", "-f", "raylet"], capture_output=True,

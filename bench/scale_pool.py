@@ -17,6 +17,13 @@ writes, under the folder:
   names, in ``--released-files`` files in key order. ``vit-b-32`` and ``vit-l-14`` are the pool's two
   CLIP scores (so the import's join check passes), the other fields random.
 
+``--metadata-only`` writes the ``metadata`` folder alone (the same files, byte for byte, as without
+it): what the selection reads, for a pool whose download and released files would not fit the disk
+(DataComp-large's 1.28B rows: ``--rows 1280000000 --metadata-files 1280``, about 1M rows a file as
+medium's, metadata only)::
+
+    python bench/scale_pool.py /work/scale/large --rows 1280000000 --metadata-files 1280 --metadata-only
+
 Everything is generated block by block from a seed (same arguments, same bytes), with no Python
 object per row, so a medium pool (128M rows, about 19 GB) is written in a few minutes with little
 memory. ``write_scale_pool`` is also what the tests use for tiny pools of the same layout.
@@ -72,13 +79,17 @@ def digit_chars(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def _block(seed: int, index: int, n: int, downloaded: float) -> dict[str, np.ndarray]:
-    """Pool rows of metadata file ``index``: uids, the two CLIP scores, whether each downloaded."""
+def _block(seed: int, index: int, n: int, downloaded: float | None) -> dict[str, np.ndarray]:
+    """Pool rows of metadata file ``index``: uids, the two CLIP scores, whether each downloaded (drawn
+    last, so ``downloaded`` None, no download, leaves the rest the same)."""
     rng = np.random.default_rng([seed, index])
     words = rng.integers(0, np.iinfo(np.uint64).max, size=(n, 2), dtype=np.uint64, endpoint=True)
     b32 = rng.normal(0.3, 0.05, n).astype(np.float32)
     l14 = (0.8 * b32 + rng.normal(0.0, 0.02, n)).astype(np.float32)
-    return {"uid": hex_chars(words), SCORES[0]: b32, SCORES[1]: l14, "ok": rng.random(n) < downloaded}
+    block = {"uid": hex_chars(words), SCORES[0]: b32, SCORES[1]: l14}
+    if downloaded is not None:
+        block["ok"] = rng.random(n) < downloaded
+    return block
 
 
 class _Shards:
@@ -177,31 +188,39 @@ class _Released:
 
 def write_scale_pool(root: str | Path, *, rows: int, metadata_files: int, released_files: int,
                      shard_size: int = 10_000, downloaded: float = 0.9, seed: int = 0,
-                     progress: bool = False) -> dict[str, Path]:
+                     progress: bool = False, metadata_only: bool = False) -> dict[str, Path]:
     """Write the pool, its download and the released inputs under ``root`` (see the module docstring);
-    return their folders."""
+    return their folders. ``metadata_only``: the pool's metadata files alone (the same bytes)."""
     root = Path(root)
-    paths = {"metadata": root / "metadata", "shards": root / "shards", "released": root / "released"}
+    paths = {"metadata": root / "metadata"}
+    if not metadata_only:
+        paths.update(shards=root / "shards", released=root / "released")
     for p in paths.values():
         p.mkdir(parents=True, exist_ok=False)
     stem_rng = np.random.default_rng([seed, 2**32])
     words = stem_rng.integers(0, np.iinfo(np.uint64).max, size=(metadata_files, 2), dtype=np.uint64, endpoint=True)
     stems = sorted(bytes(row).decode() for row in hex_chars(words))
     sizes = np.diff(np.linspace(0, rows, metadata_files + 1).astype(np.int64))
-    shards = _Shards(paths["shards"], shard_size, rows)
-    released = _Released(paths["released"], released_files, max(1, math.ceil(rows * downloaded / released_files)), seed)
+    shards = released = None
+    if not metadata_only:
+        shards = _Shards(paths["shards"], shard_size, rows)
+        released = _Released(paths["released"], released_files, max(1, math.ceil(rows * downloaded / released_files)),
+                             seed)
     start = time.perf_counter()
     for i, (stem, n) in enumerate(zip(stems, sizes)):
-        block = _block(seed, i, int(n), downloaded)
+        block = _block(seed, i, int(n), None if metadata_only else downloaded)
         pq.write_table(pa.table({"uid": fixed_strings(block["uid"]), SCORES[0]: block[SCORES[0]],
                                  SCORES[1]: block[SCORES[1]]}), paths["metadata"] / f"{stem}.parquet",
                        use_dictionary=False)
-        for ok in shards.add(block, last=i == metadata_files - 1):
-            released.add(ok)
+        if shards is not None:
+            for ok in shards.add(block, last=i == metadata_files - 1):
+                released.add(ok)
         if progress:
-            print(f"\r{i + 1}/{metadata_files} metadata files, {shards.number} shards, {released.files} score files "
-                  f"({time.perf_counter() - start:.0f} s)", end="", file=sys.stderr, flush=True)
-    released.finish()
+            done = "" if shards is None else f", {shards.number} shards, {released.files} score files"
+            print(f"\r{i + 1}/{metadata_files} metadata files{done} ({time.perf_counter() - start:.0f} s)", end="",
+                  file=sys.stderr, flush=True)
+    if released is not None:
+        released.finish()
     if progress:
         print(file=sys.stderr)
     return paths
@@ -216,10 +235,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", type=int, default=10_000)
     ap.add_argument("--downloaded", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--metadata-only", action="store_true",
+                    help="write the metadata files alone (no shards, no released files): the same metadata bytes")
     args = ap.parse_args(argv)
     t = time.perf_counter()
     write_scale_pool(args.root, rows=args.rows, metadata_files=args.metadata_files, released_files=args.released_files,
-                     shard_size=args.shard_size, downloaded=args.downloaded, seed=args.seed, progress=True)
+                     shard_size=args.shard_size, downloaded=args.downloaded, seed=args.seed, progress=True,
+                     metadata_only=args.metadata_only)
     used = sum(f.stat().st_size for f in args.root.rglob("*") if f.is_file())
     print(f"wrote {args.rows:,} rows under {args.root} in {time.perf_counter() - t:.0f} s, {used / 1e9:.1f} GB")
     return 0

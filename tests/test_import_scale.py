@@ -85,6 +85,18 @@ def stored(store: Path, paths, names) -> dict[str, np.ndarray]:
     return InputStore(store).columns(list(names), Pool(str(paths["metadata"]), progress=False), fill=False)
 
 
+def test_metadata_only_writes_the_same_metadata_files_alone(pool, tmp_path):
+    """``metadata_only`` (a pool too large for its download on disk): the metadata folder alone, each
+    file the same bytes as the full pool's (same arguments and seed)."""
+    paths = scale_pool.write_scale_pool(tmp_path / "meta", rows=12_000, metadata_files=3, released_files=4,
+                                        shard_size=500, metadata_only=True)
+    assert list(paths) == ["metadata"] and sorted(p.name for p in (tmp_path / "meta").iterdir()) == ["metadata"]
+    files = sorted(pool["metadata"].glob("*.parquet"))
+    assert [f.name for f in files] == sorted(f.name for f in paths["metadata"].iterdir())
+    for f in files:
+        assert (paths["metadata"] / f.name).read_bytes() == f.read_bytes(), f.name
+
+
 def test_the_streaming_import_equals_a_naive_join(pool, tmp_path):
     store = tmp_path / "store"
     r = invoke(import_args(pool, store))
