@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--judges", default="1,2", help="which judges: 1 (the b32 scorer's state), 2 (the unfiltered pool's)")
     ap.add_argument("--horizon", help="step counts n (comma separated): the gain n steps ahead instead of one")
     ap.add_argument("--repeats", type=int, default=4, help="--horizon: independent sequences of batches")
+    ap.add_argument("--seed", type=int, default=0, help="the run's seed (the reference's initialisation, the batches)")
     ap.add_argument("--pool-dir", type=Path, help="a built v4 demo pool [the default demo pool]")
     ap.add_argument("--output", type=Path, help="write the gains as JSON")
     args = ap.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
     result = {}
     for j in args.judges.split(","):
         label, overrides = JUDGES[j]
-        cfg = demo.train_config("m-flyt-demo", {**SETTINGS, **overrides}, progress=False)
+        cfg = demo.train_config("m-flyt-demo", {**SETTINGS, **overrides, "seed": args.seed}, progress=False)
         with tempfile.TemporaryDirectory() as tmp, torch_threads(2):
             trainer = Trainer(cfg, Path(tmp), progress=False)
             trainer._warm_start()

@@ -88,21 +88,25 @@ def test_n_plain_steps_from_a_zero_state_are_the_warm_start(judged):
 
 @pytest.mark.slow
 def test_on_the_default_pool_the_objective_prefers_alignment_one_step_ahead_and_the_task_100_steps_ahead(tmp_path):
-    """docs/benchmark.md: at the unfiltered-pool judge, a step on the task's examples alone raises the held-out
-    zero-shot loss against a step on the whole batch, and a step on every correctly captioned example lowers
-    it most; 100 steps ahead the task lowers it most and beats the alignment oracle, the benchmark's order."""
+    """docs/benchmark.md, judge 2 (seed 0, 2 torch threads): one step ahead, a step on every correctly captioned
+    example lowers the held-out zero-shot loss against a step on the whole batch, and steps on the task alone
+    or with the digits' wrong captions raise it; 100 steps ahead the task lowers it most, ahead of the alignment
+    oracle, the benchmark's order. (The one-step order of the task and the alignment oracle depends on the
+    reference's state: docs/benchmark.md gives it at five states.)"""
     from flyt_datacomp.demo import build_demo_pool
+    from flyt_datacomp.process import torch_threads
 
     demo = build_demo_pool(tmp_path / "pool", progress=False)
     cfg = demo.train_config("m-flyt-demo", {"validation_fraction": 0.2, "validation_size": 1024, "validation_probes": 16,
                                             "compact_vocabulary": True, "reference_init": "random",
                                             "reference_pretrain_steps": 200, "reference_pretrain_lr": 1e-3},
                             progress=False)
-    subsets = {"task": (0,), "alignment": (0, 1)}
+    subsets = {"task": (0,), "task + wrong digits": (0, 2), "alignment": (0, 1)}
     kind = kinds_in_pool_order(demo, Pool(str(demo.metadata_dir), progress=False))
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    trainer._warm_start()
-    one = one_step_gains(trainer, kind, subsets)
-    assert one["task"]["val_gain"] < 0 < one["alignment"]["val_gain"], one
-    ahead = horizon_gains(trainer, kind, [100], 4, subsets)
-    assert ahead["task"][100]["gain"] > ahead["alignment"][100]["gain"] > 0, ahead
+    with torch_threads(2):
+        trainer = Trainer(cfg, tmp_path / "run", progress=False)
+        trainer._warm_start()
+        one = {k: v["val_gain"] for k, v in one_step_gains(trainer, kind, subsets).items()}
+        ahead = {k: v[100]["gain"] for k, v in horizon_gains(trainer, kind, [100], 4, subsets).items() if k in subsets}
+    assert one["task"] < 0 < one["alignment"] and one["task + wrong digits"] < 0, one
+    assert ahead["task"] > ahead["alignment"] > 0, ahead
