@@ -17,7 +17,6 @@ Nothing here chooses anything.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from flyt_datacomp.demo import build_demo_pool
 from flyt_datacomp.demo.pool import DemoPool
 from flyt_datacomp.flyt.config import PRESETS
 from flyt_datacomp.flyt.validation import is_validation
+from flyt_datacomp.io import write_json
 from flyt_datacomp.parallel import process_map
 
 FRACTION = PRESETS["m-flyt-demo-all"]["validation_fraction"]
@@ -94,6 +94,8 @@ def main() -> None:
     pool = DemoPool.open(args.pool_dir) if args.pool_dir else build_demo_pool(progress=False)
     recipe = pool_recipe(pool.version)
     at = sorted({int(x) for x in args.at.split(",")})
+    if at[0] < 1:
+        raise SystemExit(f"--at: step counts start at 1, not {at[0]}")
     if at[-1] > get_recipe(recipe).steps:
         raise SystemExit(f"--at {at[-1]} is past the recipe's {get_recipe(recipe).steps} steps")
     _init(pool, recipe)
@@ -112,8 +114,7 @@ def main() -> None:
         cells = " ".join(f"{v['loss']:6.3f} / {100 * v['accuracy']:5.1f}" for v in summary[name]["steps"].values())
         print(f"{name:<{width}} {cells}   {100 * np.mean(summary[name]['test_accuracy']):.1f}")
     if args.output:
-        args.output.write_text(json.dumps({"recipe": bench.recipe_record(), "at": at, "summary": summary,
-                                           "runs": runs}, indent=1) + "\n")
+        write_json(args.output, {"recipe": bench.recipe_record(), "at": at, "summary": summary, "runs": runs})
 
 
 if __name__ == "__main__":

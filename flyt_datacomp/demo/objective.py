@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import FlytInputError
-from ..flyt.adamw import AdamState, AdamWConfig, adamw_step
-from ..flyt.losses import clip_loss
+from ..flyt.adamw import AdamState, AdamWConfig, adamw_step, clip_loss_grads
 from ..flyt.validation import ZeroShotLoss, heldout_loss, validation_gain
 
 # the true subsets, as sets of kinds (indices into demo.signal.KINDS: 0 the task, 1 aligned but not the
@@ -59,10 +58,7 @@ def clip_steps(model: nn.Module, theta: Mapping[str, Tensor], adam: AdamState, c
     (eval mode: the reference's BatchNorm statistics stay); ``measure(theta)`` after each step count in ``at``."""
     theta, out = dict(theta), {}
     for n, (images, texts) in enumerate(batches, 1):
-        leaves = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
-        img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
-        grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
-        grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
+        grads = clip_loss_grads(model, theta, images, texts)
         with torch.no_grad():
             theta, adam = adamw_step(theta, grads, adam, cfg)
         if n in at:

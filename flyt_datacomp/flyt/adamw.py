@@ -130,6 +130,17 @@ def adamw_step_with_derivative(params: Mapping[str, Tensor], grads: Mapping[str,
     return new_params, AdamState(new_m, new_v, t), deriv
 
 
+def clip_loss_grads(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, texts: Tensor) -> Params:
+    """The standard (unweighted) CLIP loss's gradient for every parameter of ``params`` (zeros where
+    unused), the model evaluated at them (``functional_call``, as it is set: train or eval mode)."""
+    from flyt_datacomp.flyt.losses import clip_loss
+
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
+    grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
+    return {k: (torch.zeros_like(v) if gr is None else gr) for (k, v), gr in zip(leaves.items(), grads)}
+
+
 def warmup_adam_state(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -152,16 +163,11 @@ def warmup_adam_state(
     each step's gradients into the ones to apply (data parallel: their mean over the ranks, so that every
     rank takes the same step).
     """
-    from flyt_datacomp.flyt.losses import clip_loss
-
     current = {k: v.detach().clone() for k, v in (params or dict(model.named_parameters())).items()}
     state = AdamState.zeros(current)
     for i, (images, texts) in enumerate(batches):
         step_cfg = cfg if lr_schedule is None else dataclasses.replace(cfg, lr=lr_schedule(i))
-        leaves = {k: v.detach().requires_grad_(True) for k, v in current.items()}
-        img, txt, tau = torch.func.functional_call(model, leaves, (images, texts))
-        grads = torch.autograd.grad(clip_loss(img, txt, tau), list(leaves.values()), allow_unused=True)
-        grads = {k: (torch.zeros_like(v) if gr is None else gr) for (k, v), gr in zip(leaves.items(), grads)}
+        grads = clip_loss_grads(model, current, images, texts)
         if reduce_grads is not None:
             grads = reduce_grads(grads)
         with torch.no_grad():
