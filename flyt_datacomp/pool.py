@@ -8,9 +8,12 @@ time. Embeddings are returned as stored (float16); converting them is the consum
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import posixpath
+import sys
+import threading
 import zipfile
 from collections.abc import Iterator, Sequence
 from functools import cached_property
@@ -23,6 +26,11 @@ from .errors import FlytInputError
 from .parallel import thread_map
 from .progress import progress_bar
 from .uids import first_duplicate, hex_to_uids, uid_order, uids_digest, uids_to_hex
+
+# numpy parses every .npy header with ast.literal_eval, whose AST constructor CPython made thread-safe
+# only in 3.12.1 (gh-106905: two threads parsing at once fail with "AST constructor recursion depth
+# mismatch"); the pool reads npz files on several threads, so before that version they take turns.
+NPY_HEADERS = threading.Lock() if sys.version_info < (3, 12, 1) else contextlib.nullcontext()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +138,8 @@ class Pool:
                             np.lib.format.read_array_header_1_0 if major == 1
                             else np.lib.format.read_array_header_2_0
                         )
-                        shape = read_header(member)[0]
+                        with NPY_HEADERS:
+                            shape = read_header(member)[0]
                     if not shape or shape[0] != rows:
                         key = name.removesuffix(".npy")
                         raise FlytInputError(
@@ -235,7 +244,8 @@ class Pool:
                 missing = [k for k in keys if k not in npz.files]
                 if missing:
                     raise FlytInputError(f"npz file {shard.npz} has no key {missing[0]!r} (keys: {npz.files})")
-                arrays = {k: npz[k] for k in keys}
+                with NPY_HEADERS:  # an array's header and data are read together
+                    arrays = {k: npz[k] for k in keys}
         except FlytInputError:
             raise
         except Exception as exc:

@@ -108,3 +108,21 @@ def test_missing_column_named(tmp_path):
     root, _ = write_metadata(tmp_path / "m", sizes=(5,))
     with pytest.raises(FlytInputError, match="no column 'nope'"):
         Pool(str(root), progress=False).column("nope")
+
+
+@pytest.mark.skipif(not hasattr(__import__("flyt_datacomp.pool").pool.NPY_HEADERS, "locked"),
+                    reason="this Python's AST constructor is thread-safe: npy headers need no lock")
+def test_threads_parse_npy_headers_one_at_a_time(tmp_path, monkeypatch):
+    """numpy parses .npy headers with ast.literal_eval, which two threads must not run at once before
+    CPython 3.12.1 (a spurious "AST constructor recursion depth mismatch"): every header the pool parses,
+    discovering its shards and reading embeddings on several threads, is parsed under the lock."""
+    import ast
+
+    import flyt_datacomp.pool as pool_module
+
+    root, _ = write_metadata(tmp_path / "metadata", sizes=(10, 12, 9, 11))
+    real, held = ast.literal_eval, []
+    monkeypatch.setattr(ast, "literal_eval", lambda text: (held.append(pool_module.NPY_HEADERS.locked()), real(text))[1])
+    pool = Pool(str(root), progress=False, workers=4)
+    assert pool.embeddings("l14_img").shape == (42, 8)
+    assert len(held) >= 8 and all(held), held
