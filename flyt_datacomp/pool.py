@@ -27,10 +27,11 @@ from .parallel import thread_map
 from .progress import progress_bar
 from .uids import first_duplicate, hex_to_uids, uid_order, uids_digest, uids_to_hex
 
-# numpy parses every .npy header with ast.literal_eval, whose AST constructor CPython made thread-safe
-# only in 3.12.1 (gh-106905: two threads parsing at once fail with "AST constructor recursion depth
-# mismatch"); the pool reads npz files on several threads, so before that version they take turns.
-NPY_HEADERS = threading.Lock() if sys.version_info < (3, 12, 1) else contextlib.nullcontext()
+# numpy parses every .npy header with ast.literal_eval. In threaded programs CPython's AST constructor can
+# fail with a spurious "AST constructor recursion depth mismatch" (CPython gh-106905; seen here on 3.11.7
+# while the pool read npz files on several threads). Its fix went into CPython's 3.12 and newer branches;
+# to be safe the pool's threads take turns parsing headers below 3.13.
+NPY_HEADERS = threading.Lock() if sys.version_info < (3, 13) else contextlib.nullcontext()
 
 
 @dataclasses.dataclass(frozen=True)

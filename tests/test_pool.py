@@ -113,9 +113,9 @@ def test_missing_column_named(tmp_path):
 @pytest.mark.skipif(not hasattr(__import__("flyt_datacomp.pool").pool.NPY_HEADERS, "locked"),
                     reason="this Python's AST constructor is thread-safe: npy headers need no lock")
 def test_threads_parse_npy_headers_one_at_a_time(tmp_path, monkeypatch):
-    """numpy parses .npy headers with ast.literal_eval, which two threads must not run at once before
-    CPython 3.12.1 (a spurious "AST constructor recursion depth mismatch"): every header the pool parses,
-    discovering its shards and reading embeddings on several threads, is parsed under the lock."""
+    """numpy parses .npy headers with ast.literal_eval, which threads must not run at once on the Pythons
+    of CPython gh-106905 (a spurious "AST constructor recursion depth mismatch"): every header the pool
+    parses, discovering its shards and reading embeddings on several threads, is parsed under the lock."""
     import ast
 
     import flyt_datacomp.pool as pool_module
