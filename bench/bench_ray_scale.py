@@ -21,7 +21,11 @@ the subset's sidecar (``cluster.worker_peak_rss_bytes``, each worker's ``ru_maxr
 * ``stdsum_single`` and ``stdsum`` -- the top 20% of the standardised sum of the two CLIP score columns
   (``filter --score standardized_sum:... --sampler threshold --fraction 0.2``), on one machine and on
   Ray: each input's mean and standard deviation are the pool's, combined from the partitions; the
-  two subsets' sha256 are compared.
+  two subsets' sha256 are compared;
+* ``import_single`` and ``import`` -- ``inputs import`` of the pool's released inputs (keyed by
+  webdataset key, joined through its download shards), on one machine and with ``--ray local``: the
+  join by buckets, ``--partitions`` of them; the workers' peaks come from the store's record of the
+  join, and a sha256 over every imported value in pool order is compared between the two stores.
 
 Results accumulate in ``--json`` and the section of ``bench/RESULTS.md`` between its Ray markers.
 """
@@ -31,16 +35,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scale import git_commit, machine, replace_section, run_step, sha256  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("clip_score", "scs", "sigterm", "stdsum_single", "stdsum")
+STEPS = ("clip_score", "scs", "sigterm", "stdsum_single", "stdsum", "import_single", "import")
 STDSUM = "standardized_sum:clip_b32_similarity_score,clip_l14_similarity_score"
 BEGIN, END = "<!-- bench_ray_scale:begin -->", "<!-- bench_ray_scale:end -->"
 
@@ -50,7 +57,12 @@ def commands(pool: Path, work: Path, partitions: int) -> dict[str, tuple[list[st
     ray = ["--ray", "local", "--partitions", str(partitions), "--metadata-dir", m, "--overwrite"]
     scs = ["filter", "--score", "clip_l14_similarity_score", *ray]
     top20 = ["filter", "--score", STDSUM, "--sampler", "threshold", "--fraction", "0.2"]
+    imp = ["inputs", "import", str(pool / "released"), "--metadata-dir", m, "--shards-dir", str(pool / "shards"),
+           "--missing", "min"]
     return {
+        "import_single": ([*imp, "--inputs-dir", str(work / "store_single")], work / "store_single"),
+        "import": ([*imp, "--ray", "local", "--partitions", str(partitions), "--inputs-dir", str(work / "store")],
+                   work / "store"),
         "stdsum_single": ([*top20, "--metadata-dir", m, "--overwrite", "--output", str(work / "stdsum_single.npy")],
                           work / "stdsum_single.npy"),
         "stdsum": ([*top20, *ray, "--output", str(work / "stdsum.npy")], work / "stdsum.npy"),
@@ -119,6 +131,23 @@ def write_results(results: dict, md: Path) -> None:
     replace_section(md, render(results), BEGIN, END)
 
 
+def store_digest(store: Path, metadata: Path) -> tuple[str, dict]:
+    """A sha256 over every input of the store, in pool order (float32 bytes, NaN where no value), one
+    shard at a time; and the first input's manifest entry."""
+    import hashlib
+
+    from flyt_datacomp.pool import Pool
+    from flyt_datacomp.store import InputStore
+
+    inputs = InputStore(store)
+    names = inputs.input_names()
+    h = hashlib.sha256(",".join(names).encode())
+    for columns in inputs.iter_columns(names, Pool(str(metadata), progress=False), fill=False):
+        for name in names:
+            h.update(np.asarray(columns[name], dtype="<f4").tobytes())
+    return h.hexdigest(), inputs.entry(names[0])
+
+
 def pool_rows(metadata: Path) -> int:
     import pyarrow.parquet as pq
 
@@ -150,10 +179,14 @@ def main(argv=None) -> int:
             step = run["steps"].get("clip_score", {})
             if step.get("sha256") and Path(run["pool"]).resolve() == args.pool.resolve():
                 single["clip_score"] = step
+    if str(args.pool.resolve()) in results.get("single_imports", {}):
+        single["import"] = results["single_imports"][str(args.pool.resolve())]
     rows = pool_rows(args.pool / "metadata")
     cmds = commands(args.pool, args.work, args.partitions)
     for step in steps:
         cmd, output = cmds[step]
+        if output.is_dir():  # an input store: imported afresh
+            shutil.rmtree(output)
         output.unlink(missing_ok=True)
         load = os.getloadavg()[0]
         print(f"[{time.strftime('%H:%M:%S')}] {step} (load {load:.1f}): {' '.join(cmd)}", flush=True)
@@ -162,7 +195,20 @@ def main(argv=None) -> int:
         r.update({"step": step, "command": "flyt-datacomp " + " ".join(cmd), "load_before": round(load, 1),
                   "pool": str(args.pool), "pool_rows": rows, "partitions": args.partitions, "machine": machine(),
                   "commit": git_commit(REPO)})
-        if r["exit"] == 0:
+        if r["exit"] == 0 and step.startswith("import"):
+            r["sha256"], entry = store_digest(output, args.pool / "metadata")
+            r["entries"] = entry["count"]
+            if step == "import_single":  # the one-machine reference of the import step, kept for later runs
+                single["import"] = results.setdefault("single_imports", {})[str(args.pool.resolve())] = r
+                print(f"    one machine: {r['seconds']:.0f} s, peak {r['peak_rss_gb']:.2f} GB", flush=True)
+                args.json.write_text(json.dumps(results, indent=1) + "\n")
+                continue
+            r["worker_peak_rss_gb"] = [round(b / 1e9, 2) for b in entry["join_cluster"]["worker_peak_rss_bytes"]]
+            r["buckets"] = entry["join_cluster"]["buckets"]
+            if "import" in single:
+                r["same_as_single"] = "yes" if r["sha256"] == single["import"]["sha256"] else "NO"
+                r["single"] = {k: single["import"][k] for k in ("seconds", "peak_rss_gb")}
+        elif r["exit"] == 0:
             r["sha256"] = sha256(output)
             sidecar = json.loads(Path(str(output) + ".json").read_text())
             if step == "stdsum_single":  # the one-machine reference of the stdsum step, not a Ray run

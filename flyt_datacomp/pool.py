@@ -354,3 +354,20 @@ def uid_column(col, source: str) -> np.ndarray:
             data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]
             return hex_to_uids(data.reshape(len(col), 32), source=source)
     return hex_to_uids(col.to_numpy(zero_copy_only=False), source=source)
+
+
+def plan_partitions(pool: Pool, count: int) -> list[list[int]]:
+    """``count`` groups of consecutive shard indices (one per shard when the pool has fewer), each cut
+    at the shard boundary nearest to a multiple of ``pool.size / count`` rows."""
+    n = len(pool.shards)
+    count = max(1, min(count, n))
+    ends = np.cumsum([s.num_rows for s in pool.shards])
+    edges = [0]
+    for j in range(1, count):
+        target = j * pool.size / count
+        cut = int(np.searchsorted(ends, target, side="left")) + 1  # shards [0, cut) reach the target
+        if cut > 1 and target - ends[cut - 2] < ends[cut - 1] - target:
+            cut -= 1  # the boundary before the last shard is nearer
+        edges.append(min(max(cut, edges[-1] + 1), n - (count - j)))
+    edges.append(n)
+    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]

@@ -83,7 +83,7 @@ from .baselines import datacomp as baselines
 from .baselines.masks import BaselineMask, MaskContext, MaskKind, apply_masks, resolve_mask
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
-from .pool import Pool
+from .pool import Pool, plan_partitions
 from .process import stopping
 from .progress import progress_bar
 from .scores import Scores, ScoreSource, load_scores, resolve_score_source
@@ -145,23 +145,6 @@ class Job:
 
 
 # ------------------------------------------------------------------------------------- partitions
-
-
-def plan_partitions(pool: Pool, count: int) -> list[list[int]]:
-    """``count`` groups of consecutive shard indices (one per shard when the pool has fewer), each cut
-    at the shard boundary nearest to a multiple of ``pool.size / count`` rows."""
-    n = len(pool.shards)
-    count = max(1, min(count, n))
-    ends = np.cumsum([s.num_rows for s in pool.shards])
-    edges = [0]
-    for j in range(1, count):
-        target = j * pool.size / count
-        cut = int(np.searchsorted(ends, target, side="left")) + 1  # shards [0, cut) reach the target
-        if cut > 1 and target - ends[cut - 2] < ends[cut - 1] - target:
-            cut -= 1  # the boundary before the last shard is nearer
-        edges.append(min(max(cut, edges[-1] + 1), n - (count - j)))
-    edges.append(n)
-    return [list(range(a, b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 class Partition:

@@ -262,7 +262,7 @@ def join_keys(root: str | os.PathLike, pool: Any, scratch: str | os.PathLike, *,
                 index.add(uids, np.arange(rows, rows + len(keys), dtype=pos_dtype))
                 keys.astype("<i8", copy=False).tofile(fh)
                 rows += len(keys)
-        index.finish()  # a uid downloaded twice: each of its rows finds the pool example below
+        twice = index.finish() is not None  # a uid downloaded twice: each of its rows finds the pool example below
         at = np.full(rows, -1, dtype=pos_dtype)
         for uids, shard in zip(pool.uid_chunks(desc="joining the pool's uids"), pool.shards):
             row = index.lookup(uids)
@@ -273,6 +273,11 @@ def join_keys(root: str | os.PathLike, pool: Any, scratch: str | os.PathLike, *,
                 raise FlytInputError(f"uid {uids_to_hex(uids[i:i + 1])[0]} appears more than once in the pool "
                                      f"({pool.locate(int(at[row[i]]))} and {pool.locate(shard.offset + i)})")
             at[row[hit]] = shard.offset + hit
+        if twice:  # a lookup finds one row of a repeated uid: its other rows get the same pool example
+            for same, rows_of in _repeats(index):
+                for i in np.concatenate([same, same[::-1]]):
+                    a, b = rows_of[i], rows_of[i + 1]
+                    at[a] = at[b] = max(at[a], at[b])
         del index
         release_freed_memory()  # the index's buckets, before the keys come back
         keys = np.fromfile(scratch_file, dtype="<i8").astype(np.int64, copy=False)
@@ -287,6 +292,15 @@ def join_keys(root: str | os.PathLike, pool: Any, scratch: str | os.PathLike, *,
     if same.size:
         raise FlytInputError(f"key {int(keys[same[0]])} names two samples in the shards at {root}")
     return keys, at
+
+
+def _repeats(index: UidIndex) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each bucket of a finished index with a uid added twice: (the sorted places i whose uid is
+    that of place i + 1, the payloads in sorted order)."""
+    for f0, f1, payload in index.sorted_buckets():
+        same = np.flatnonzero((f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1]))
+        if same.size:
+            yield same, payload
 
 
 def _keys_of(fs: Any, folder: str, name: str) -> tuple[np.ndarray, np.ndarray]:

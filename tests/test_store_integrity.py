@@ -598,7 +598,7 @@ class FakeRay:
             return Remote
         return wrap
 
-    def wait(self, refs, num_returns=1):
+    def wait(self, refs, num_returns=1, timeout=None):
         return refs[:num_returns], refs[num_returns:]
 
     def get(self, ref):

@@ -21,14 +21,29 @@ def inputs_group() -> None:
     """Per-example input scores kept beside the pool (the M-FLYT inputs of the paper)."""
 
 
+def cluster_options(fn):
+    """Where the shard tasks and an import's join run when no machine should hold the pool: Ray."""
+    fn = option("--partitions", type=click.IntRange(min=1),
+                help="With --ray: the buckets an import's join is cut into, each one task's rows [default: one per "
+                     "4M pool rows].")(fn)
+    return option("--ray", "ray_address", metavar="ADDRESS",
+                  help="Run the shard tasks, and an import's join of keys to the pool, on a Ray cluster (auto, local, "
+                       "or host:port); every node must see the store, the pool, the score files and the shards at "
+                       "the paths given.")(fn)
+
+
+def _check_partitions(ray_address, partitions) -> None:
+    if partitions is not None and ray_address is None:
+        raise FlytInputError("--partitions applies with --ray")
+
+
 @inputs_group.command("compute")
 @O.metadata_dir(required=True)
 @O.inputs_dir(required=True, aliases=("--out",), help="The input store folder (created if needed).")
 @option("--input", "specs", multiple=True, required=True, metavar="[NAME=]KIND[:ARG...]",
         help="An input to compute (repeatable). Kinds: " + ", ".join(PROVIDERS) + ".")
 @O.workers(default=1, aliases=("--num-workers", "--num_workers"), help="Shard tasks run in this many local processes.")
-@option("--ray", "ray_address", metavar="ADDRESS",
-        help="Run the shard tasks on a Ray cluster instead (auto, local, or host:port).")
+@cluster_options
 @O.shards_dir(help="Downloaded image shards (for inputs that read images).")
 @option("--missing", type=click.Choice(MISSING_POLICIES), default="error", show_default=True,
         help="Examples an input has no value for: an error, or the input's minimum or mean.")
@@ -36,12 +51,13 @@ def inputs_group() -> None:
 @O.seed()
 @option("--recompute", multiple=True, metavar="NAME", help="Recompute this input even where it is stored.")
 @O.quiet()
-def compute_command(metadata_dir, inputs_dir, specs, workers, ray_address, shards_dir, missing, device, seed,
-                    recompute, quiet) -> None:
+def compute_command(metadata_dir, inputs_dir, specs, workers, ray_address, partitions, shards_dir, missing, device,
+                    seed, recompute, quiet) -> None:
     """Compute input scores into the store --inputs-dir, resumably (finished shards are never recomputed)."""
+    _check_partitions(ray_address, partitions)
     entries = compute_inputs(metadata_dir, inputs_dir, specs, workers=workers, ray_address=ray_address,
                              shards_dir=shards_dir, missing=missing, device=device, seed=seed,
-                             recompute=recompute, progress=not quiet)
+                             recompute=recompute, progress=not quiet, partitions=partitions)
     click.echo(format_entries(entries))
     click.echo(f"store: {inputs_dir}")
 
@@ -66,15 +82,17 @@ def compute_command(metadata_dir, inputs_dir, specs, workers, ray_address, shard
         help="Pool examples without a row: an error, or the input's minimum or mean (recorded in the store).")
 @option("--recompute", multiple=True, metavar="NAME", help="Import this input again even where it is stored.")
 @O.workers(default=1, aliases=("--num-workers", "--num_workers"), help="Shard tasks run in this many local processes.")
+@cluster_options
 @O.quiet()
 def import_command(src, metadata_dir, inputs_dir, fields, key, shards_dir, checks, min_correlation, missing,
-                   recompute, workers, quiet) -> None:
+                   recompute, workers, ray_address, partitions, quiet) -> None:
     """Import per-example scores computed elsewhere (parquet files at SRC, a local folder or any fsspec
     URL such as hf://datasets/formll/M-FLYT-input-scores) into the store --inputs-dir, keyed by uid
     or by webdataset key, with a check that the rows joined the right examples."""
     from ..inputs.providers.imported import check_column, import_specs, preflight
     from ..pool import Pool
 
+    _check_partitions(ray_address, partitions)
     pool = Pool(metadata_dir, progress=False)
     given = []
     for item in fields:
@@ -92,7 +110,8 @@ def import_command(src, metadata_dir, inputs_dir, fields, key, shards_dir, check
         check_column(pool, column.strip(), f"--check {item}")
     specs = import_specs(src, pairs, key=key, checks=check_map, min_corr=min_correlation, pool_columns=pool.column_names)
     entries = compute_inputs(metadata_dir, inputs_dir, specs, workers=workers, shards_dir=shards_dir, missing=missing,
-                             device="cpu", recompute=recompute, progress=not quiet)  # an import runs no model
+                             device="cpu", recompute=recompute, progress=not quiet,  # an import runs no model
+                             ray_address=ray_address, partitions=partitions)
     click.echo(format_entries(entries))
     for name, e in entries.items():
         check = e.get("join_check")

@@ -18,8 +18,10 @@ shard's old column counts as done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -124,8 +126,10 @@ def resolve_device(device: str) -> str:
 def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, workers: int = 1,
                    ray_address: str | None = None, shards_dir: str | None = None, missing: str = "error",
                    device: str = "auto", seed: int = 0, recompute: Sequence[str] = (),
-                   progress: bool = True) -> dict[str, Any]:
-    """Compute the inputs ``specs`` into the store at ``store_dir``; return their manifest entries."""
+                   progress: bool = True, partitions: int | None = None) -> dict[str, Any]:
+    """Compute the inputs ``specs`` into the store at ``store_dir``; return their manifest entries.
+    With ``ray_address`` the shard tasks, and the pool-wide passes of the providers that have them
+    (an import's join, cut into ``partitions`` buckets), run on that Ray cluster, in one session."""
     if missing not in MISSING_POLICIES:
         raise FlytInputError(f"`missing` must be one of {', '.join(MISSING_POLICIES)}, got {missing!r}", params=["missing"])
     parsed = [parse_spec(s) for s in specs]
@@ -146,10 +150,10 @@ def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, w
     store = InputStore(store_dir)
     store.check_creatable()  # before the lock file is made: a foreign folder is left exactly as it was
     try:
-        with store.locked():
+        with store.locked(), (executors.ray_session(ray_address) if ray_address else contextlib.nullcontext()):
             return _compute_locked(pool, store, parsed, workers=workers, ray_address=ray_address,
                                    shards_dir=shards_dir, missing=missing, device=device, seed=seed,
-                                   recompute=set(recompute), progress=progress)
+                                   recompute=set(recompute), progress=progress, partitions=partitions)
     except OSError as exc:
         if exc.errno not in _DISK_ERRORS:
             raise
@@ -160,7 +164,7 @@ def compute_inputs(metadata_dir: str, store_dir: str, specs: Sequence[str], *, w
 
 def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provider]], *, workers: int,
                     ray_address: str | None, shards_dir: str | None, missing: str, device: str, seed: int,
-                    recompute: set[str], progress: bool) -> dict[str, Any]:
+                    recompute: set[str], progress: bool, partitions: int | None = None) -> dict[str, Any]:
     manifest = store.attach(pool)
     entries = manifest["inputs"]
     order = [n for n, _ in parsed]
@@ -199,11 +203,13 @@ def _compute_locked(pool: Pool, store: InputStore, parsed: list[tuple[str, Provi
         raise FlytInputError(f"{store.work_dir} is not a folder: the input store keeps providers' files there") from None
     fitted = []
     shared: dict[Any, Any] = {}
+    run_tasks = None if not ray_address else lambda fn, tasks: executors.run_ray(fn, tasks, ray_address)
     for name, provider in parsed:
         record: dict[str, Any] = {}
         ctx = FitContext(pool=pool, name=name, work_dir=store.work_dir, seed=seed, device=device,
                          progress=progress, shards_dir=shards_dir, sources=entries[name]["sources"], record=record,
-                         recompute=name in recompute, previous=previous.get(name), shared=shared)
+                         recompute=name in recompute, previous=previous.get(name), shared=shared,
+                         run_tasks=run_tasks, partitions=partitions)
         fitted.append((name, provider, provider.fit(ctx)))
         entries[name].update(record)
     store.write_manifest(manifest, keep_seals=keep_seals)
@@ -322,31 +328,51 @@ def _cuda() -> bool:
 
 
 def _finalise(store: InputStore, pool: Pool, manifest: dict[str, Any], name: str, missing: str) -> dict[str, Any]:
-    """Pool statistics of a finished input, after its missing-value policy."""
+    """Pool statistics of a finished input, after its missing-value policy: one pass over the store's
+    shards, holding one shard's values (each shard's count, mean and squared deviations, merged)."""
     entries = manifest["inputs"]
-    values = np.empty(sum(s["rows"] for s in manifest["shards"]), dtype=np.float64)  # held once
-    start = 0
+    n = absent = infinite = 0
+    first = None
+    kept = (0, 0.0, 0.0)  # count, mean, squared deviations of the values present
+    lo, hi = math.inf, -math.inf
     for s in manifest["shards"]:
-        part = store.read_inputs(s, [name], entries, reader=False)[name]
-        values[start:start + len(part)] = part
-        start += len(part)
-    absent = np.isnan(values)
+        part = store.read_inputs(s, [name], entries, reader=False)[name].astype(np.float64)
+        gone = np.isnan(part)
+        if first is None and gone.any():
+            first = n + int(np.flatnonzero(gone)[0])
+        n += len(part)
+        absent += int(gone.sum())
+        part = part[~gone]
+        finite = np.isfinite(part)
+        infinite += int((~finite).sum())
+        part = part[finite]
+        if len(part):
+            kept = _merged(kept, (len(part), float(part.mean()), float(((part - part.mean()) ** 2).sum())))
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
     fill = None
-    if absent.any():
-        if missing == "error" or absent.all():
-            first = int(np.flatnonzero(absent)[0])
-            raise FlytInputError(f"input {quote(name)} has no value for {int(absent.sum()):,} of {len(values):,} "
-                                 f"examples (the first at {pool.locate(first)}); choose `missing` min or mean",
-                                 params=["missing"])
-        fill = float(np.nanmin(values) if missing == "min" else np.nanmean(values))
-        values[absent] = fill
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise FlytInputError(f"input {quote(name)} has {int((~finite).sum())} infinite values")
-    out = {"status": "complete", "count": int(len(values)), "missing_count": int(absent.sum()), "fill_value": fill,
-           "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-           "max": float(values.max())}
+    if absent:
+        if missing == "error" or absent == n:
+            raise FlytInputError(f"input {quote(name)} has no value for {absent:,} of {n:,} examples (the first at "
+                                 f"{pool.locate(first)}); choose `missing` min or mean", params=["missing"])
+    if infinite:
+        raise FlytInputError(f"input {quote(name)} has {infinite} infinite values")
+    total = kept
+    if absent:
+        fill = lo if missing == "min" else kept[1]
+        total = _merged(kept, (absent, fill, 0.0))
+        lo, hi = min(lo, fill), max(hi, fill)
+    out = {"status": "complete", "count": n, "missing_count": absent, "fill_value": fill,
+           "mean": total[1], "std": math.sqrt(total[2] / n) if n else 0.0, "min": lo, "max": hi}
     given = entries[name].get("source_uids")
     if given is not None:  # a per-uid file: its uids that matched no pool example
-        out["extra_uids"] = max(0, int(given) - int((~absent).sum()))
+        out["extra_uids"] = max(0, int(given) - (n - absent))
     return out
+
+
+def _merged(x: tuple[int, float, float], y: tuple[int, float, float]) -> tuple[int, float, float]:
+    """(count, mean, squared deviations) of two parts together (Chan, Golub and LeVeque's update)."""
+    if not x[0] or not y[0]:
+        return x if y[0] == 0 else y
+    n = x[0] + y[0]
+    d = y[1] - x[1]
+    return n, x[1] + d * y[0] / n, x[2] + y[2] + d * d * x[0] * y[0] / n

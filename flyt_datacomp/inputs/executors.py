@@ -86,6 +86,6 @@ def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: 
         remote = ray.remote(num_gpus=gpus_per_task, max_retries=2)(fn)
         refs = {remote.remote(task): i for i, task in enumerate(tasks)}
         while refs:
-            ready, _ = ray.wait(list(refs), num_returns=1)
+            ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)  # a stop signal is seen within a second
             for ref in ready:
                 yield refs.pop(ref), ray.get(ref)

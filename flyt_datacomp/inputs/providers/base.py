@@ -65,6 +65,8 @@ class FitContext:
     recompute: bool = False  # the run recomputes this input: redo what fit keeps in the work folder
     previous: dict[str, Any] | None = None  # the store's entry of this input, when the run continues or reuses it
     shared: dict[Any, Any] = dataclasses.field(default_factory=dict)  # shared by the fits of one run (work done once)
+    run_tasks: Any = None  # runs a pass's tasks on a cluster, (fn, tasks) -> (index, result)s; None: this process
+    partitions: int | None = None  # with run_tasks: how many parts a pool-wide pass is cut into (None: by size)
 
 
 class Provider:

@@ -54,11 +54,13 @@ from ...errors import FlytInputError, quote
 from ...io import atomic_path
 from ...process import release_freed_memory
 from ...uids import UidIndex, uids_to_hex
+from ..score_rows import batches as _batches
+from ..score_rows import correlation_part, merge_parts
+from ..score_rows import row_keys as _keys
 from .base import FitContext, Option, Provider, register_provider
 
 KEY_MODES = ("auto", "uid", "key")
 KEY_COLUMNS = ("uid", "key")
-_BATCH = 1 << 20  # rows of a score file read at once
 
 
 @register_provider
@@ -102,19 +104,34 @@ class ImportedInput(Provider):
             raise FlytInputError(f"input {quote(self.spec)}: the files at {self.args['src']} have no numeric column "
                                  f"{quote(column)} (columns: {', '.join(schema.numeric)})")
         table = joined_table(self.args["src"], ctx, schema, shards)
-        path = table["columns"][column]
+        state = (table["folder"], table["fields"].index(column)) if "folder" in table else table["columns"][column]
         ctx.record.update({"source_rows": table["rows"], "source_key": table["key"], "source_files": table["files"],
                            "source_rows_not_in_pool": table["rows_not_in_pool"]})
         if shards:
             ctx.record["shards_sha256"] = shards
+        if "cluster" in table:  # joined by buckets: how, and what its workers held at most
+            ctx.record["join_cluster"] = table["cluster"]
         if check:
-            ctx.record["join_check"] = check_join(path, ctx.pool, check, self.args["min_corr"],
-                                                  f"input {quote(ctx.name)} ({column} of {self.args['src']})")
-        return path
+            what = f"input {quote(ctx.name)} ({column} of {self.args['src']})"
+            if "folder" in table:
+                from .. import bucket_join
+
+                check_column(ctx.pool, check, what)
+                plan = bucket_join.Plan(**table["plan"])
+                moments = bucket_join.check_correlation(plan, ctx.pool, column, check, ctx.run_tasks)
+                ctx.record["join_check"] = judge_join(moments, check, self.args["min_corr"], what)
+            else:
+                ctx.record["join_check"] = check_join(state, ctx.pool, check, self.args["min_corr"], what)
+        return state
 
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
-        values = np.load(state, mmap_mode="r")
         shard = data.shard
+        if isinstance(state, (tuple, list)):  # joined on a cluster: each shard's fields in a file of their own
+            from ..bucket_join import shard_values_path
+
+            folder, field = state
+            return np.array(np.load(shard_values_path(folder, shard.parquet), mmap_mode="r")[:, field], dtype=np.float32)
+        values = np.load(state, mmap_mode="r")
         return np.array(values[shard.offset: shard.offset + shard.num_rows], dtype=np.float32)
 
 
@@ -302,10 +319,17 @@ def joined_table(src: str, ctx: FitContext, schema: SourceSchema, shards: str | 
     the files for all the fields of one SRC; see the module docstring)."""
     pool_digest = hashlib.sha256("\n".join(ctx.pool.shard_uid_digests).encode()).hexdigest()
     identity = {"src": src, "key": schema.key, "sources": ctx.sources, "pool": pool_digest, "shards": shards}
+    if ctx.run_tasks is not None:  # joined by buckets on a cluster: its own files, planned by the pool's size
+        from ..bucket_join import buckets_for
+
+        identity.update(layout="buckets", buckets=buckets_for(ctx.pool, ctx.partitions))
     folder = ctx.work_dir / f"import-{_digest(identity)}"
     redo = ctx.recompute and not _memo(ctx, ("imported", str(folder)), lambda: False, peek=True)
     done = None if redo else _read_record(folder / "import.json", identity)
-    if done is None:
+    if done is None and ctx.run_tasks is not None:
+        with _cache_writes(folder):
+            done = _bucket_import(schema, ctx, folder, identity)
+    elif done is None:
         with _cache_writes(folder):
             join = _join(ctx, schema.key, shards, pool_digest)
             done = _import(schema, ctx, join, folder, identity)
@@ -345,7 +369,8 @@ def _digest(identity: dict[str, Any]) -> str:
 def _read_record(record: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     try:
         done = json.loads(record.read_text())
-        if done.get("identity") == identity and all(os.path.isfile(p) for p in done["columns"].values()):
+        files = done["columns"].values() if "folder" not in done else done["shard_files"]
+        if done.get("identity") == identity and all(os.path.isfile(p) for p in files):
             return done
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # redo it
@@ -496,25 +521,33 @@ def _import(schema: SourceSchema, ctx: FitContext, join: Join, folder: Path, ide
     return done
 
 
-def _batches(schema: SourceSchema, path: str) -> Iterator[Any]:
-    try:
-        with schema.fs.open(path, "rb") as fh:
-            pf = open_parquet(fh)
-            yield from pf.iter_batches(batch_size=_BATCH, columns=[schema.key, *schema.numeric], use_threads=False)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise FlytInputError(f"cannot read score file {path}: {exc}") from None
+def _bucket_import(schema: SourceSchema, ctx: FitContext, folder: Path, identity: dict) -> dict[str, Any]:
+    """The join by buckets (:mod:`..bucket_join`), each pass a set of tasks on the cluster; the same
+    record as :func:`_import`'s, with each metadata shard's fields in a file of its own."""
+    from .. import bucket_join
 
-
-def _keys(col: Any, mode: str, path: str) -> np.ndarray:
-    if col.null_count:
-        raise FlytInputError(f"score file {path}: {col.null_count} rows have no {mode}")
-    if mode == "uid":
-        from ...pool import uid_column
-
-        return uid_column(col, path)
-    from ...shards import webdataset_keys
-
-    return webdataset_keys(col, path)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / "import.json").unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    where = os.path.dirname(schema.files[0]) or schema.files[0]
+    plan = bucket_join.make_plan(folder, ctx.pool, identity["buckets"], schema.key, schema.numeric, where,
+                                 ctx.shards_dir)
+    counts = bucket_join.run_join(plan, ctx.pool, schema, ctx.run_tasks, progress=ctx.progress)
+    if schema.key == "key" and counts["rows"] and not counts["known"]:
+        raise FlytInputError(f"none of the {counts['rows']:,} keys of the score files at {where} is a key of the "
+                             f"shards at {ctx.shards_dir}: are they another download's?")
+    done = {"identity": identity, "folder": str(folder), "fields": list(schema.numeric),
+            "plan": dataclasses.asdict(plan),
+            "shard_files": [str(bucket_join.shard_values_path(folder, s.parquet)) for s in ctx.pool.shards],
+            "rows": counts["rows"], "key": schema.key, "files": len(schema.files),
+            "rows_not_in_pool": counts["rows"] - counts["placed"],
+            "cluster": {"buckets": plan.buckets, "shard_groups": len(plan.groups),
+                        "worker_peak_rss_bytes": counts["worker_peak_rss_bytes"]}}
+    with atomic_path(folder / "import.json") as tmp:
+        tmp.write_text(json.dumps(done))
+    for stage in ("downloads", "scores", "pool", "keyed", "placed"):  # the passes' rows: only cols/ is read later
+        shutil.rmtree(folder / stage, ignore_errors=True)
+    return done
 
 
 def _refuse_twice(keys: np.ndarray, i: np.ndarray, seen: np.ndarray, mode: str, where: str) -> None:
@@ -568,12 +601,17 @@ def check_join(values: np.ndarray | str | os.PathLike, pool: Any, column: str, m
     check_column(pool, column, what)
     if not isinstance(values, np.ndarray):
         values = np.load(values, mmap_mode="r")
-    total = None
+    total = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for data in pool.iter_shards([column], desc=f"checking the join against {column}"):
         s = data.shard
-        part = correlation_part(np.asarray(values[s.offset:s.offset + s.num_rows]), data.columns[column])
-        total = part if total is None else merge_parts(total, part)
-    n = int(total[0]) if total is not None else 0
+        total = merge_parts(total, correlation_part(np.asarray(values[s.offset:s.offset + s.num_rows]),
+                                                    data.columns[column]))
+    return judge_join(total, column, min_corr, what)
+
+
+def judge_join(total: tuple[float, ...], column: str, min_corr: float, what: str) -> dict[str, Any]:
+    """The join check's verdict on the moments of the joined rows (:func:`correlation_part`, merged)."""
+    n = int(total[0])
     if n < 3:
         raise FlytInputError(f"{what}: only {n} rows could be compared with the pool's {column}; the join matched "
                              "(almost) nothing")
@@ -585,33 +623,6 @@ def check_join(values: np.ndarray | str | os.PathLike, pool: Any, column: str, m
             "rows were joined to the wrong examples (keys from a download with another shard layout?) or the "
             "field is not the score it is checked against; nothing was imported")
     return {"column": column, "correlation": round(corr, 6), "rows": n, "min": min_corr}
-
-
-def correlation_part(a: np.ndarray, b: np.ndarray) -> tuple[float, ...]:
-    """One shard's ``(n, mean a, mean b, M2 a, M2 b, co-moment)`` over the rows where both are finite."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    both = np.isfinite(a) & np.isfinite(b)
-    a, b = a[both], b[both]
-    n = len(a)
-    if n == 0:
-        return (0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    ma, mb = float(a.mean()), float(b.mean())
-    da, db = a - ma, b - mb
-    return (n, ma, mb, float(da @ da), float(db @ db), float(da @ db))
-
-
-def merge_parts(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, ...]:
-    """Two shards' moments combined as if computed over both (Chan, Golub and LeVeque's update)."""
-    n1, ma1, mb1, a1, b1, c1 = x
-    n2, ma2, mb2, a2, b2, c2 = y
-    n = n1 + n2
-    if n1 == 0 or n2 == 0:
-        return x if n2 == 0 else y
-    da, db = ma2 - ma1, mb2 - mb1
-    f = n1 * n2 / n
-    return (n, ma1 + da * n2 / n, mb1 + db * n2 / n, a1 + a2 + da * da * f, b1 + b2 + db * db * f,
-            c1 + c2 + da * db * f)
 
 
 # the authors' names of fields that measure what a DataComp pool column measures (the join check)
