@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from test_import_scale import FIELDS, import_args, make_pool, naive_values, stored
+from test_import_scale import _RUN, FIELDS, REPO, import_args, make_pool, naive_values, stored
 
 from flyt_datacomp.cli import main as cli
 from flyt_datacomp.inputs import bucket_join, executors
@@ -202,12 +207,38 @@ def test_partitions_without_ray_is_refused(pool, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_local_ray_cluster_runs_the_join(pool, tmp_path):
-    """The passes as Ray tasks in worker processes: the same store as one machine."""
+def test_a_local_ray_cluster_runs_the_join_stops_on_sigterm_and_resumes(tmp_path):
+    """The passes as Ray tasks in worker processes: SIGTERM during the key pass stops the command within
+    seconds (exit 143) and leaves no Ray process; a rerun resumes and gives one machine's store."""
     pytest.importorskip("ray")
+    big = make_pool(tmp_path / "big", rows=300_000, shard_size=1_000, metadata_files=6, released_files=6)
     one, cluster = tmp_path / "one", tmp_path / "cluster"
-    invoke(import_args(pool, one, "--field", "FLYT", "--field", "vit-b-32"))
-    invoke(import_args(pool, cluster, "--field", "FLYT", "--field", "vit-b-32", "--ray", "local", "--partitions", "3"))
-    a, b = stored(one, pool, ["FLYT", "vit-b-32"]), stored(cluster, pool, ["FLYT", "vit-b-32"])
+    fields = ["--field", "FLYT", "--field", "vit-b-32"]
+    invoke(import_args(big, one, *fields))
+    args = import_args(big, cluster, *fields, "--ray", "local", "--partitions", "3", quiet=False)
+    proc = subprocess.Popen([sys.executable, "-c", _RUN, "x", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen, start = b"", time.monotonic()
+    while b"join: reading score files" not in seen and proc.poll() is None and time.monotonic() - start < 180:
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    assert b"join: reading score files" in seen, seen[-500:]
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 10, proc.returncode
+    time.sleep(2)
+    assert not any(f"_{proc.pid}/" in line for line in _ray_processes()), "a Ray process outlived the command"
+    invoke(args)
+    a, b = stored(one, big, ["FLYT", "vit-b-32"]), stored(cluster, big, ["FLYT", "vit-b-32"])
     for name in a:
         assert np.array_equal(a[name], b[name], equal_nan=True), name
+    assert len(manifest(cluster)["FLYT"]["join_cluster"]["worker_peak_rss_bytes"]) >= 1
+
+
+def _ray_processes() -> list[str]:
+    """The command lines of the Ray processes on this machine whose session the killed command started
+    (a session's name holds the pid of the process that started it)."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "session_" in line and ("raylet" in line or "gcs_server" in line)]
