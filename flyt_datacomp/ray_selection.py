@@ -16,21 +16,19 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   SCS round. Counts are updated where the examples live. The random path differs from the
   single-machine sampler's (each partition draws from its own stream, seeded by the seed and its
   number), the distribution is the same; the same seed and partitions give the same bytes.
-* **DataComp's baselines**, all seven. Those that judge each example by its own row (``no_filter``,
-  ``basic_filter``, ``text_based``, ``laion2b``, ``clip_score`` with a threshold) run as the first of
-  the masks, as one machine applies them (below), their survivors written once each; ``clip_score``
-  with a fraction is the threshold at that rank of the whole pool's CLIP score column (NaN last, as
-  in DataComp). ``image_based`` is row-wise given its target centroids (the nearest centroids of the
-  ImageNet-1k images, nothing of the pool): the driver finds them once
+* **DataComp's baselines**, all seven, each the first of the masks, as one machine applies them
+  (below), their survivors written once each. ``clip_score`` with a fraction judges each example by
+  its own row given DataComp's threshold, the value at that rank of the whole pool's CLIP score
+  column (NaN last), which the driver finds first. ``image_based`` is row-wise given its target
+  centroids (the nearest centroids of the ImageNet-1k images, nothing of the pool): the driver finds them once
   (:func:`~flyt_datacomp.baselines.datacomp.image_targets`, on its CPU) and each partition runs the
   single-machine code on its own shards with them (``image_based_scale``, ``centroid_batch_size``):
   the caption rule, then each shard's embeddings' nearest centroids, on the worker's CPU. A worker
   holds the centroids (DataComp's: 100,000 x 768, float32 in memory, 307 MB), one similarity batch
   (``centroid_batch_size`` x the centroids, 410 MB at 1024 x 100,000) and one shard's ``l14_img`` at a
-  time (1,536 bytes a row, float16). ``image_based_intersect_clip_score`` with a fraction first ranks
-  the CLIP column over the whole pool (as ``clip_score``; DataComp's threshold is the whole pool's),
-  then every partition runs the baseline with that threshold. Each writes the single-machine bytes
-  and sidecar.
+  time (1,536 bytes a row, float16). ``image_based_intersect_clip_score`` with a fraction takes the
+  whole pool's threshold too (as ``clip_score``), then every partition runs the baseline with it.
+  Each writes the single-machine bytes and sidecar.
 * **scores** -- a column of the pool's parquet files or an input of an input store (``store:NAME``);
   a trained scoring model (``model:PATH``, M-FLYT over pool columns and stored inputs, or E-FLYT over
   the npz embeddings) or a released mixing model (``mixing:``, the paper's recipes) over such inputs,
@@ -39,13 +37,17 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
   mean and standard deviation (ddof 0) are the pool's (or the surviving examples'), from the
   partitions' counts and sums, then their squared deviations about the pool's mean, combined by the
   driver; each partition then sums the inputs' terms with them (:func:`~flyt_datacomp.scores.aggregate.term`).
-* **masks** -- those that keep or drop an example by its own row: ``column:``, ``store:``, ``caption:``,
-  ``subset:`` and the row-wise DataComp baselines as masks (``no_filter``, ``basic_filter``, ``text_based``,
-  ``laion2b``, ``image_based``, and ``clip_score`` and ``image_based_intersect_clip_score`` with
-  ``threshold=``); each partition applies them to its examples (with
-  the baseline's assets at the paths the driver found), and the sampler, its fraction and N, and the
-  standardisations then see the survivors only, as on one machine. Without a score the survivors are
-  written once each (after a row-wise baseline, when one is given).
+* **masks**, in their order, as one machine applies them: those that keep or drop an example by its
+  own row (``column:``, ``store:``, ``caption:``, ``subset:`` and DataComp's baselines as masks, with
+  their assets at the paths the driver found, ``clip_score`` and ``image_based_intersect_clip_score``
+  with ``fraction=`` given DataComp's threshold over the whole pool, found by the driver before any
+  mask runs), each partition on its own examples; and ``top:F:SOURCE``, which keeps the ``int(F * M)``
+  largest scores of the examples that survived the masks before it: each partition computes SOURCE
+  for its own rows as it computes a score (above; an aggregate with its inputs' statistics over the
+  whole pool, as one machine's mask), the driver finds the cut among the survivors by the exact
+  count's search, ties going to the lowest pool positions, and the partitions go on with the masks
+  after it. The sampler, its fraction and N, and the standardisations then see the survivors only, as
+  on one machine. Without a score the survivors are written once each.
 * **input stores** -- a partition reads only its own shards' files of the store (its pool is a
   :meth:`~flyt_datacomp.pool.Pool.part`), with the checks one machine makes: the store's shards are
   the whole pool's (names and sizes), the uids of each of its shards are the store's, and each file
@@ -59,10 +61,9 @@ holds an array the size of the pool, and the driver (:func:`run`) only exchanges
 ``--ray auto`` joins the cluster this machine belongs to, ``local`` starts one on this
 machine (shut down at the end), ``host:port`` or ``ray://host:10001`` connects to one.
 
-Refused before any work, with the option named: scores joined by uid (``file:``), aggregates of
-aggregates; masks that need the whole pool (``top:``, a ``fraction`` of ``clip_score`` or
-``image_based_intersect_clip_score`` as a mask, ``clip_score``'s fraction as the baseline followed by
-masks); ``shards_dir``; the samplers other than threshold and SCS. Each of those runs on one machine.
+Refused before any work, with the option named: scores joined by uid (``file:``) and aggregates of
+aggregates, as the score or a top: mask's; ``shards_dir``; the samplers other than threshold and SCS.
+Each of those runs on one machine.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ import numpy as np
 
 from . import sampling
 from .baselines import datacomp as baselines
-from .baselines.masks import BaselineMask, MaskContext, MaskKind, apply_masks, resolve_mask
+from .baselines.masks import BaselineMask, MaskContext, MaskKind, TopMask, report_line, resolve_mask
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
 from .pool import Pool, plan_partitions
@@ -91,7 +92,6 @@ from .scores.aggregate import Aggregate, input_what, term
 from .scores.base import check_spread
 from .scores.mixing import MixingScore
 from .selection import (
-    Restrict,
     Restriction,
     Selection,
     SelectionResult,
@@ -123,25 +123,33 @@ class Cluster:
     num_cpus: int | None = None  # with address local: the CPUs the local instance offers
 
 
+Terms = tuple[tuple[str, float | None], ...]  # an aggregate's inputs and the weights of their z-scores
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """What every partition reads. ``mode``: ``score`` (a score source as logits, finite, float64),
-    ``aggregate`` (an aggregate's inputs, summed once the pool's statistics are known), ``column`` (a
-    pool column as stored, NaN allowed: DataComp's clip_score baseline) or ``all`` (no values); the
-    masks an example must be inside to be selected, with what they run with; and the input stores read."""
+    ``aggregate`` (an aggregate's inputs, summed once the pool's statistics are known) or ``all`` (no
+    values: the survivors of the masks, once each); the masks an example must be inside to be selected,
+    with what they run with and what the driver finds over the whole pool for them; and the input
+    stores read."""
 
     mode: str
     source: str | None = None
     kind: str | None = None  # the score source's registered kind
-    terms: tuple[tuple[str, float | None], ...] = ()  # an aggregate's inputs and their weights
+    terms: Terms = ()  # an aggregate's inputs and their weights
     masks: tuple[MaskKind, ...] = ()
     mask_settings: baselines.RunSettings = baselines.RunSettings(progress=False)
     mask_defaults: baselines.BaselineParams = baselines.BaselineParams()
     inputs_dir: str | None = None  # the selection's input store (store: scores and masks, a model's stored inputs)
     accept_changed_inputs: tuple[str, ...] = ()  # stored inputs a trained model may read though changed since
     stores: tuple[str, ...] = ()  # every input store the partitions read (each worker must reach it)
-    clip_rank: tuple[str, float] | None = None  # the intersect baseline's CLIP column and fraction: its
-    # threshold is the rank over the whole pool, found before the masks run
+    # the baselines with a CLIP fraction among the masks (clip_score, image_based_intersect_clip_score): their
+    # place, CLIP column and fraction; each threshold is a rank over the whole pool, found before any mask runs
+    ranks: tuple[tuple[int, str, float], ...] = ()
+    # the top: masks: their place among the masks and, for an aggregate score, its inputs and weights (None: a
+    # score each partition computes whole); each ranks the survivors of the masks before it over every partition
+    tops: tuple[tuple[int, Terms | None], ...] = ()
 
 
 # ------------------------------------------------------------------------------------- partitions
@@ -150,13 +158,18 @@ class Job:
 class Partition:
     """One partition's scores, counts and selected uids; a Ray actor's body (and usable in-process).
     Its values, counts and ``size`` are those of the examples that survive the masks (``keep``, local
-    positions; None: every example of its shards)."""
+    positions; None: every example of its shards). While the masks run, ``survivors`` (a bool per
+    example) holds those left by the first ``done`` of them; the driver leads what needs every
+    partition (a CLIP fraction's threshold, a top: mask's ranking)."""
 
     def __init__(self, pool: Pool, shards: Sequence[int], job: Job, memory_cap: int | None = None):
         self.pool = pool.part(shards)
         self.size = self.pool.size
         self.job, self.memory_cap = job, memory_cap
         self.keep = None
+        self.survivors: np.ndarray | None = None
+        self.done = 0  # masks applied
+        self.thresholds: dict[int, Any] = {}  # the CLIP fractions' thresholds, by the mask's place
         self.report: list[dict[str, Any]] = []
         self.stored_dtype = None
         self.values = None
@@ -172,26 +185,32 @@ class Partition:
             _cap_address_space(self.memory_cap)
         for root in self.job.stores:
             check_reachable(root)
-        if self.job.clip_rank is not None:  # the CLIP column first, ranked over the pool by the driver
-            self.read_column(self.job.clip_rank[0])
+        if self.job.ranks:  # a CLIP fraction's column first, ranked over the pool by the driver
+            self.read_column(self.job.ranks[0][1])
             return self.size
         return self.read()
 
-    def read(self, clip_threshold: tuple[Any] | None = None) -> int:
-        """Apply the masks (the baseline first with ``clip_threshold``, its threshold found over the whole
-        pool) and read the values; returns the number of examples that may be selected."""
+    def read(self, thresholds: Sequence[float | None] = ()) -> int:
+        """Apply the masks (``thresholds``: those of the CLIP fractions, in ``job.ranks``' order, found
+        over the whole pool) up to the first top: mask, whose ranking the driver leads; past the last
+        mask, read the values. Returns the number of examples left."""
         self.values = self.stored_dtype = None
+        self.thresholds = {i: t for (i, _, _), t in zip(self.job.ranks, thresholds)}
         if self.job.masks:
-            self.restrict(clip_threshold)
+            ctx = self.mask_context()
+            for mask in self.job.masks:  # as apply_masks: what each needs is found before any runs
+                mask.prepare(ctx)
+            self.survivors = np.ones(self.pool.size, dtype=bool)
+        return self.restrict()
+
+    def read_values(self) -> None:
+        """The values of the examples that survived every mask: the score, or an aggregate's inputs."""
         mode, source = self.job.mode, self.job.source
         if mode == "score":
             scores = self.scores(source)
             self.values, self.stored_dtype = self.kept(scores.values), scores.stored_dtype
         elif mode == "aggregate":
             self.inputs = [self.kept(self.scores(spec).values) for spec, _ in self.job.terms]
-        elif mode == "column":
-            self.read_column(source)
-        return self.size
 
     def read_column(self, name: str) -> None:
         """A pool column as stored (NaN allowed), as the values."""
@@ -201,23 +220,69 @@ class Partition:
                                  "values, not numbers")
         self.stored_dtype = self.values.dtype
 
-    def scores(self, spec: str) -> Scores:
-        """A score source over the partition's shards (its stored inputs: the rows of those shards)."""
+    def scores(self, spec: str, accept_changed: bool = True) -> Scores:
+        """A score source over the partition's shards (its stored inputs: the rows of those shards);
+        ``accept_changed``: with the selection's ``accept_changed_inputs`` (a top: mask reads without)."""
         return load_scores(self.pool, spec, inputs_dir=self.job.inputs_dir,
-                           accept_changed_inputs=self.job.accept_changed_inputs)
+                           accept_changed_inputs=self.job.accept_changed_inputs if accept_changed else ())
 
-    def restrict(self, clip_threshold: tuple[Any] | None = None) -> None:
-        """Keep the examples inside every mask (each judges an example by its own row, given what was
-        found over the whole pool: an image-based baseline's targets and ``clip_threshold``)."""
-        ctx = MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults, self.job.inputs_dir)
-        masks = list(self.job.masks)
-        if clip_threshold is not None:
-            first = masks[0]
-            masks[0] = BaselineMask(first.spec, first.params,
-                                    dataclasses.replace(first.found, threshold=clip_threshold))
-        survivors, self.report = apply_masks(ctx, masks)
-        self.keep = positions(survivors)
-        self.size = int(self.keep.size)
+    def mask_context(self) -> MaskContext:
+        return MaskContext(self.pool, None, self.job.mask_settings, self.job.mask_defaults, self.job.inputs_dir)
+
+    def restrict(self) -> int:
+        """Apply the masks from the next one on, up to a top: mask or the end, each judging an example by
+        its own row given what was found over the whole pool (an image-based baseline's targets, a CLIP
+        fraction's threshold); past the last one, keep the survivors and read their values. Returns the
+        number of examples left."""
+        masks, ctx = self.job.masks, self.mask_context()
+        while self.done < len(masks) and masks[self.done].kind != "top":
+            mask = self.with_threshold(self.done)
+            selected, details = mask.select(ctx, self.survivors)
+            self.survivors &= selected
+            self.report.append(report_line(mask, int(np.count_nonzero(self.survivors)), details))
+            self.done += 1
+        if self.done < len(masks):
+            return int(np.count_nonzero(self.survivors))
+        if masks:
+            self.keep = positions(self.survivors)
+            self.size = int(self.keep.size)
+            self.survivors = None
+        self.read_values()
+        return self.size
+
+    def with_threshold(self, i: int) -> MaskKind:
+        """Mask ``i``, carrying its threshold when it is a CLIP fraction's (found over the whole pool)."""
+        mask = self.job.masks[i]
+        if i not in self.thresholds:
+            return mask
+        found = mask.found if mask.found is not None else baselines.Found()
+        return BaselineMask(mask.spec, mask.params, dataclasses.replace(found, threshold=(self.thresholds[i],)))
+
+    def top_read(self) -> None:
+        """The score of the next mask, a top: one, for every example of the partition, as one machine
+        reads it (the selection's input store, no changed stored input accepted); an aggregate's inputs
+        when it is one (the driver combines their statistics over the whole pool)."""
+        i = self.done
+        terms = dict(self.job.tops)[i]
+        if terms is None:
+            self.values = self.scores(self.job.masks[i].source, accept_changed=False).values
+        else:
+            self.inputs = [self.scores(spec, accept_changed=False).values for spec, _ in terms]
+
+    def top_candidates(self) -> dict[str, Any]:
+        """The top: mask's scores of the examples that survived the masks before it; their summary."""
+        self.values = self.values[np.flatnonzero(self.survivors)]
+        return self.summary()
+
+    def top_keep(self, t: float, ties: int | None, details: dict[str, Any]) -> int:
+        """The top: mask keeps the candidates at the driver's cut (as :meth:`keep_at_least`), its report
+        line has ``details``; then the masks after it run. Returns the number of examples left."""
+        where = np.flatnonzero(self.survivors)
+        self.survivors[where[~self.at_least(t, ties)]] = False
+        self.values = None
+        self.report.append(report_line(self.job.masks[self.done], int(np.count_nonzero(self.survivors)), details))
+        self.done += 1
+        return self.restrict()
 
     def kept(self, values: np.ndarray) -> np.ndarray:
         return values if self.keep is None else values[self.keep]
@@ -231,7 +296,8 @@ class Partition:
         """Size, sum and range of the values (finite ones), and the stored dtype."""
         v = self.values if self.values is not None else np.zeros(0)
         finite = v if v.dtype.kind != "f" else v[~np.isnan(v)]
-        return {"size": self.size, "finite": int(finite.size), "sum": float(finite.sum(dtype=np.float64)),
+        return {"size": self.size if self.values is None else int(v.size), "finite": int(finite.size),
+                "sum": float(finite.sum(dtype=np.float64)),
                 "min": float(finite.min()) if finite.size else math.nan,
                 "max": float(finite.max()) if finite.size else math.nan, "stored_dtype": self.stored_dtype}
 
@@ -246,9 +312,11 @@ class Partition:
         """Each array's sum of squared deviations about its pool-wide mean."""
         return [float(np.square(a - mean).sum()) for a, mean in zip(self._arrays(which), means)]
 
-    def aggregate(self, stats: Sequence[tuple[float, float] | None]) -> None:
-        """The aggregate's scores: its inputs' terms with the pool's statistics, summed as on one machine."""
-        self.values = sum(term(a, weight, st) for a, (_, weight), st in zip(self.inputs, self.job.terms, stats))
+    def aggregate(self, stats: Sequence[tuple[float, float] | None], terms: Terms | None = None) -> None:
+        """An aggregate's scores (``terms``; None: the score's): its inputs' terms with the pool's
+        statistics, summed as on one machine."""
+        terms = self.job.terms if terms is None else terms
+        self.values = sum(term(a, weight, st) for a, (_, weight), st in zip(self.inputs, terms, stats))
         self.inputs = []
 
     def transform(self, cfg: Transform, mean: float | None, std: float | None) -> None:
@@ -267,19 +335,18 @@ class Partition:
         t = np.float64(t)
         return int(np.count_nonzero(self.values > t)), int(np.count_nonzero(self.values == t))
 
-    def keep_at_least(self, t: float | None, ties: int | None = None, *, as_stored: bool = False) -> int:
-        """Counts 1 where the value is ``>= t`` (``as_stored``: compared in the column's own dtype, as
-        DataComp does; ``t`` None: every non-NaN value); ``ties`` (exact count): every value ``> t`` and
-        the first ``ties`` values equal to ``t``. Returns the number kept."""
-        if self.values is None:
-            keep = np.ones(self.size, dtype=bool)
-        elif as_stored:
-            keep = baselines.rules.at_least(self.values, t)
-        elif ties is not None:
-            keep = self.values > np.float64(t)
-            keep[np.flatnonzero(self.values == np.float64(t))[:ties]] = True
-        else:
-            keep = self.values >= np.float64(t)
+    def at_least(self, t: float, ties: int | None = None) -> np.ndarray:
+        """Where the value is ``>= t``; ``ties`` (an exact count): every value ``> t`` and the first
+        ``ties`` values equal to ``t`` (the lowest positions)."""
+        if ties is None:
+            return self.values >= np.float64(t)
+        keep = self.values > np.float64(t)
+        keep[np.flatnonzero(self.values == np.float64(t))[:ties]] = True
+        return keep
+
+    def keep_at_least(self, t: float | None, ties: int | None = None) -> int:
+        """Counts 1 where :meth:`at_least` (no values: every example). Returns the number kept."""
+        keep = np.ones(self.size, dtype=bool) if self.values is None else self.at_least(t, ties)
         self.counts = keep.astype(np.int32)
         self.values = None
         return int(np.count_nonzero(keep))
@@ -440,11 +507,6 @@ def check_supported(sel: Selection) -> None:
     if r.shards_dir:
         raise FlytInputError("`shards_dir` is not offered on Ray (`ray_address`); run without it, or on one machine",
                              params=["shards_dir", "ray_address"])
-    if r.baseline is not None and r.masks and not baseline_mask(r):
-        raise FlytInputError(f"baseline {r.baseline} with a `fraction` and `masks` does not run on Ray (`ray_address`): "
-                             "its fraction is a rank over the whole pool; give `threshold`, or the masks alone (the "
-                             "baseline with threshold=VALUE can be one of them), or run on one machine",
-                             params=["baseline", "fraction", "masks", "ray_address"])
     if sel.score.source is not None:
         if sel.sample.name not in SAMPLERS:
             raise FlytInputError(f"sampler {sel.sample.name} does not run on Ray (`ray_address`): {', '.join(SAMPLERS)} "
@@ -459,41 +521,38 @@ def job_of(sel: Selection, pool: Pool) -> Job:
     masks' assets and the input stores are found)."""
     r = sel.restrict
     inputs_dir = sel.score.inputs_dir
-    masks = baseline_mask(r) + tuple(ray_mask(spec, pool) for spec in r.masks)
-    settings = baselines.RunSettings(r.assets, 1, 0, r.centroid_batch_size, progress=False)
-    defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
-    for mask in masks:
-        mask.prepare(MaskContext(pool, None, settings, defaults, inputs_dir))
-    for mask in masks:  # the image-based baselines' targets: found once, here, for every partition
-        if mask.kind == "baseline" and "image_based" in mask.name:
-            mask.found = baselines.image_targets(mask.resolved(MaskContext(pool, None, settings, defaults)), settings)
-    stores = {inputs_dir for mask in masks if mask.kind == "store"}
+    masks: list[MaskKind] = [] if r.baseline is None else [BaselineMask(r.baseline, r.params())]  # first, as one machine
+    tops, stores = [], set()
+    for spec in r.masks:
+        mask, top, read = ray_mask(spec, pool, inputs_dir)
+        if mask.kind == "top":
+            tops.append((len(masks), tuple(top.terms()) if isinstance(top, Aggregate) else None))
+        masks.append(mask)
+        stores |= read
     source = None
     if sel.score.source is not None:
         source, read = ray_score(sel.score.source, pool, inputs_dir)
         stores |= read
-    params = r.params()
-    clip_rank = None
-    if r.baseline is not None and "image_based" in r.baseline and params.fraction is not None:
-        clip_rank = (baselines.ARCH_COLUMNS[params.arch], params.fraction)
-    common = {"masks": masks, "mask_settings": settings, "mask_defaults": defaults, "inputs_dir": inputs_dir,
-              "accept_changed_inputs": sel.score.accept_changed_inputs, "stores": _opened(stores), "clip_rank": clip_rank}
+    settings = baselines.RunSettings(r.assets, 1, 0, r.centroid_batch_size, progress=False)
+    defaults = baselines.BaselineParams(image_based_scale=r.image_based_scale)
+    for mask in masks:
+        mask.prepare(MaskContext(pool, None, settings, defaults, inputs_dir))
+    stores |= {inputs_dir for mask in masks if mask.kind == "store"}
+    opened = _opened(stores)
+    ranks = []
+    for i, mask in enumerate(masks):  # the image-based baselines' targets: found once, here, for every partition
+        if mask.kind == "baseline" and "image_based" in mask.name:
+            mask.found = baselines.image_targets(mask.resolved(MaskContext(pool, None, settings, defaults)), settings)
+        if mask.kind == "baseline" and "clip_score" in mask.name and mask.params.fraction is not None:
+            ranks.append((i, baselines.ARCH_COLUMNS[mask.params.arch], mask.params.fraction))
+    common = {"masks": tuple(masks), "mask_settings": settings, "mask_defaults": defaults, "inputs_dir": inputs_dir,
+              "accept_changed_inputs": sel.score.accept_changed_inputs, "stores": opened, "ranks": tuple(ranks),
+              "tops": tuple(tops)}
     if isinstance(source, Aggregate):
         return Job("aggregate", sel.score.source, source.kind, tuple(source.terms()), **common)
     if source is not None:
         return Job("score", sel.score.source, source.kind, **common)
-    if r.baseline is not None and not baseline_mask(r):  # clip_score's fraction: a rank over the whole pool
-        return Job("column", baselines.ARCH_COLUMNS[r.params().arch])
     return Job("all", **common)
-
-
-def baseline_mask(r: Restrict) -> tuple[MaskKind, ...]:
-    """The baseline as the first mask, as one machine applies it, when it judges each example by its
-    own row, given what the driver finds over the whole pool first (an image-based baseline's targets,
-    the intersect variant's threshold at its fraction's rank); empty: no baseline, or ``clip_score``'s
-    fraction, the driver's rank over the pool."""
-    mask = None if r.baseline is None else BaselineMask(r.baseline, r.params())
-    return () if mask is None or _pool_wide(mask, first=True) else (mask,)
 
 
 def _opened(stores: set[str]) -> tuple[str, ...]:
@@ -517,26 +576,28 @@ def check_reachable(root: str) -> None:
                              "an absolute path") from None
 
 
-def ray_score(spec: str, pool: Pool, inputs_dir: str | None = None) -> tuple[ScoreSource, set[str]]:
-    """The score source ``spec`` names and the input stores it reads, refused unless each partition can
-    compute it for its own rows (with the pool's statistics where it standardises): a pool column, an
-    input of an input store, a scoring model over those or the pool's embeddings, or an aggregate or
-    mixing model of those."""
+def ray_score(spec: str, pool: Pool, inputs_dir: str | None = None,
+              mask: str | None = None) -> tuple[ScoreSource, set[str]]:
+    """The score source ``spec`` names (``mask``: a top: mask's, named so) and the input stores it reads,
+    refused unless each partition can compute it for its own rows (with the pool's statistics where it
+    standardises): a pool column, an input of an input store, a scoring model over those or the pool's
+    embeddings, or an aggregate or mixing model of those."""
     source = resolve_score_source(spec, pool, inputs_dir=inputs_dir)
     if isinstance(source, Aggregate):
         inputs = [s for s, _ in source.terms()]
     elif isinstance(source, MixingScore):
         inputs = [source.input_spec(pool, name) for name in source.parse()[1]]
     else:
-        return source, {_row_score_store(source, spec, pool)} - {None}
-    return source, {_row_score_store(resolve_score_source(s, pool, inputs_dir=inputs_dir), s, pool, of=spec)
+        return source, {_row_score_store(source, spec, pool, mask=mask)} - {None}
+    return source, {_row_score_store(resolve_score_source(s, pool, inputs_dir=inputs_dir), s, pool, of=spec, mask=mask)
                     for s in inputs} - {None}
 
 
-def _row_score_store(source: ScoreSource, spec: str, pool: Pool, of: str | None = None) -> str | None:
-    """The input store a score (``of``: the aggregate or mixing model it is an input of) reads (None:
-    none), refused unless it is a pool column, an input of an input store, or a scoring model reading
-    those or the pool's embeddings."""
+def _row_score_store(source: ScoreSource, spec: str, pool: Pool, of: str | None = None,
+                     mask: str | None = None) -> str | None:
+    """The input store a score (``of``: the aggregate or mixing model it is an input of; ``mask``: the
+    top: mask it ranks by) reads (None: none), refused unless it is a pool column, an input of an input
+    store, or a scoring model reading those or the pool's embeddings."""
     if source.kind == "store":
         source.store().entry(source.spec)  # the input is there, complete, as one machine checks
         return source.inputs_dir
@@ -544,10 +605,11 @@ def _row_score_store(source: ScoreSource, spec: str, pool: Pool, of: str | None 
         return _model_store(source, pool)
     if source.kind != "column":
         where = "" if of is None else f" (an input of {quote(of)})"
-        raise FlytInputError(f"on Ray (`ray_address`) the `score` must be a column of the pool's parquet files, an input "
+        what, option = ("the `score`", "score") if mask is None else (f"the score of `masks` {quote(mask)}", "masks")
+        raise FlytInputError(f"on Ray (`ray_address`) {what} must be a column of the pool's parquet files, an input "
                              f"of the input store (store:NAME), a scoring model (model:PATH), or sum, standardized_sum, "
                              f"in_weighted or mixing over those; {quote(spec)}{where} is a {source.kind}; compute it "
-                             "into the pool or the input store, or run on one machine", params=["score", "ray_address"])
+                             "into the pool or the input store, or run on one machine", params=[option, "ray_address"])
     return None
 
 
@@ -562,29 +624,19 @@ def _model_store(source: ScoreSource, pool: Pool) -> str | None:
     return spec.inputs_dir if any(c not in pool.column_names for c in spec.columns) else None
 
 
-def ray_mask(spec: str, pool: Pool) -> MaskKind:
-    """The mask ``spec`` names, refused unless it keeps or drops each example by its own row."""
+def ray_mask(spec: str, pool: Pool, inputs_dir: str | None = None) -> tuple[MaskKind, ScoreSource | None, set[str]]:
+    """The mask ``spec`` names, refused unless it keeps or drops each example by its own row (given what
+    the driver finds over the whole pool: a CLIP fraction's threshold, an image-based baseline's targets)
+    or is a top: mask over a score the partitions compute for their own rows (:func:`ray_score`); with
+    a top: mask's score source and the input stores it reads."""
     mask = resolve_mask(spec, pool)
-    why = _pool_wide(mask)
-    if why:
-        raise FlytInputError(f"`masks` {quote(spec)} does not run on Ray (`ray_address`): {why}; run it on one machine",
-                             params=["masks", "ray_address"])
-    return mask
-
-
-def _pool_wide(mask: MaskKind, first: bool = False) -> str | None:
-    """Why a mask needs more than each example's own row (None: it needs only that, or, for an
-    image-based baseline, that and its target centroids, found once by the driver). ``first``: the
-    baseline, whose intersect variant's fraction the driver ranks over the pool before any mask."""
     if mask.kind == "top":
-        return "it ranks the examples of the whole pool"
+        return (mask, *ray_score(mask.source, pool, inputs_dir, mask=spec))
     if mask.kind not in ROW_MASKS:
-        return f"{mask.kind} masks are not among those it runs ({', '.join(ROW_MASKS)})"
-    if mask.kind == "baseline" and "clip_score" in mask.name and mask.params.threshold is None:
-        if first and mask.name != "clip_score":
-            return None
-        return "its fraction is a rank over the whole pool; give threshold=VALUE instead"
-    return None
+        raise FlytInputError(f"`masks` {quote(spec)} does not run on Ray (`ray_address`): {mask.kind} masks are not "
+                             f"among those it runs ({', '.join(ROW_MASKS + ('top',))}); run it on one machine",
+                             params=["masks", "ray_address"])
+    return mask, None, set()
 
 
 def run(sel: Selection, cluster: Cluster) -> SelectionResult:
@@ -621,10 +673,8 @@ def drive(sel: Selection, pool: Pool, actors, job: Job, start: float,
     """Everything after the partitions hold their values: select, then write (``actors``: Ray actors
     or in-process partitions, called the same way); ``cluster`` goes to the sidecar, with each worker's
     peak resident memory."""
-    if job.clip_rank is not None:  # the intersect baseline's threshold over the whole pool, then the masks
-        summaries = actors.call("summary")
-        t = fraction_threshold(actors, summaries, sum(s["size"] for s in summaries), job.clip_rank[1])
-        actors.call("read", (None if t is None else float(t),))
+    if job.ranks or job.tops:
+        pool_wide_masks(actors, job, pool.size)
     kept = Restriction(pool.size, None, None, merge_reports(actors.call("mask_report")) if job.masks else [], None)
     m = sum(s["size"] for s in actors.call("summary"))
     if job.masks and m == 0:  # the single-machine path's words
@@ -633,18 +683,55 @@ def drive(sel: Selection, pool: Pool, actors, job: Job, start: float,
                              "subset would be written; nothing was written")
     inputs = {"metadata_dir": sel.metadata_dir, "pool_size": pool.size, "metadata_shards": len(pool.shards),
               "shards_dir": None, "pool_size_downloaded": None, "pool_size_surviving": m if job.masks else None}
-    select = _keep_survivors if job.mode in ("column", "all") else _sample
+    select = _keep_survivors if job.mode == "all" else _sample
     info, notes, title = select(sel, actors, job, kept, m)
     info = {**info, "inputs": {**inputs, **info.get("inputs", {})}, "cluster": cluster}
     return _write(sel, pool, actors, info, notes, title, m, start)
 
 
+def pool_wide_masks(actors, job: Job, pool_size: int) -> None:
+    """Run the masks with what needs every partition, in their order: the CLIP fractions' thresholds
+    over the whole pool first (then each partition applies the masks up to the first top: mask), then
+    each top: mask's ranking of the examples that survived the masks before it (then each partition
+    applies the masks after it, up to the next)."""
+    if job.ranks:
+        thresholds = []
+        for i, (_, column, fraction) in enumerate(job.ranks):
+            if i:  # the first column was read with the partitions
+                actors.call("read_column", column)
+            summaries = actors.call("summary")
+            t = fraction_threshold(actors, summaries, sum(s["size"] for s in summaries), fraction)
+            thresholds.append(None if t is None else float(t))
+        actors.call("read", thresholds)
+    for i, terms in job.tops:
+        _top(actors, job.masks[i], terms, pool_size)
+
+
+def _top(actors, mask: TopMask, terms: Terms | None, pool_size: int) -> None:
+    """A top: mask over the partitions, as :meth:`TopMask.select`: of the examples that survived the
+    masks before it, the ``int(F * pool size)`` with the largest scores, ties at the cut broken by pool
+    position (the exact count's cut), all of them when fewer survived. An aggregate's inputs are
+    standardised with their statistics over the whole pool, as one machine's top: mask does."""
+    actors.call("top_read")
+    if terms is not None:
+        _aggregate(terms, actors, restricted=False)
+    summaries = actors.call("top_candidates")
+    m = sum(s["size"] for s in summaries)
+    count = mask.count(pool_size)
+    if count >= m:
+        t, ties = -math.inf, [(None,)] * len(actors)  # every candidate
+    elif count == 0:
+        t, ties = math.inf, [(None,)] * len(actors)  # none (the scores are finite)
+    else:
+        t, ties = exact_cut(actors, count, *value_range(summaries))
+    actors.call("top_keep", t, each=ties, details=mask.details(count, pool_size, m))
+
+
 def _keep_survivors(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tuple[dict, list[str], str]:
     """DataComp's baseline, or the survivors of the masks once each: the sidecar's record, notes and title."""
-    details = _baseline(sel, actors, job, actors.call("summary"), m)
+    actors.call("keep_at_least", None)
     baseline = sel.restrict.baseline
-    info = {"baseline": None if baseline is None else {"name": baseline, "params": sel.restrict.params().given(),
-                                                       **details},
+    info = {"baseline": None if baseline is None else {"name": baseline, "params": sel.restrict.params().given()},
             "masks": kept.report, "sampler": None, "selection": "every example that survives the masks, once",
             "sampler_params": {}, "seed": None}
     return info, kept.notes(), f"baseline {baseline}" if baseline else f"{len(job.masks)} mask(s)"
@@ -658,7 +745,7 @@ def _sample(sel: Selection, actors, job: Job, kept: Restriction, m: int) -> tupl
     if "num_samples" in params:
         check_subset_size(params["num_samples"], sel.output.path)
     if job.mode == "aggregate":
-        _aggregate(job, actors, restricted=bool(job.masks))
+        _aggregate(job.terms, actors, restricted=bool(job.masks))
     _transform(sel.transform, actors)
     summaries = actors.call("summary")
     lowest, highest = value_range(summaries)
@@ -713,15 +800,16 @@ def pool_moments(actors, which: str) -> list[tuple[float, float]]:
             for i, (mean, n) in enumerate(zip(means, counts))]
 
 
-def _aggregate(job: Job, actors, restricted: bool) -> None:
-    """An aggregate's scores on every partition: each input standardised (where it is) with its
-    statistics over the examples of every partition (``restricted``: those the masks kept)."""
+def _aggregate(terms: Terms, actors, restricted: bool) -> None:
+    """An aggregate's scores on every partition (its inputs ``terms``, held there): each input
+    standardised (where it is) with its statistics over the examples of every partition
+    (``restricted``: those the masks kept)."""
     stats = []
-    for (spec, weight), (mean, std) in zip(job.terms, pool_moments(actors, "inputs")):
+    for (spec, weight), (mean, std) in zip(terms, pool_moments(actors, "inputs")):
         if weight is not None:
             check_spread(std, input_what(spec), restricted=restricted)
         stats.append(None if weight is None else (mean, std))
-    actors.call("aggregate", stats)
+    actors.call("aggregate", stats, terms)
 
 
 def _transform(cfg: Transform, actors) -> None:
@@ -778,27 +866,22 @@ def _threshold(actors, params: dict[str, Any], m: int) -> int:
     k = max(1, int(m * f))
     if k >= m:
         return sum(actors.call("keep_at_least", lowest))
+    t, ties = exact_cut(actors, k, lowest, highest)
+    return sum(actors.call("keep_at_least", t, each=ties))
+
+
+def exact_cut(actors, k: int, lowest: float, highest: float) -> tuple[float, list[tuple[int]]]:
+    """The cut that keeps exactly the ``k`` largest of the partitions' values (``0 < k <`` their number,
+    none NaN): the value ``t`` at rank ``k - 1`` and how many values equal to it each partition keeps,
+    ties going to the lowest pool positions (the first partitions, each its first)."""
     t = rank_value(actors, k - 1, lowest, highest)
     above_at = actors.call("count_above_and_at", t)
     missing = k - sum(above for above, _ in above_at)
     ties = []
-    for _, at in above_at:  # ties go to the lowest pool positions: the first partitions
+    for _, at in above_at:
         ties.append((min(at, missing),))
         missing -= ties[-1][0]
-    return sum(actors.call("keep_at_least", t, each=ties))
-
-
-def _baseline(sel: Selection, actors, job: Job, summaries: list[dict], m: int) -> dict[str, Any]:
-    """DataComp's clip_score baseline with a fraction (the threshold at that rank of the whole pool, NaN
-    last); otherwise every example that survives the masks (a row-wise baseline among them)."""
-    if job.mode != "column":
-        actors.call("keep_at_least", None)
-        return {}
-    params = sel.restrict.params()
-    t = fraction_threshold(actors, summaries, m, params.fraction)
-    actors.call("keep_at_least", t, as_stored=True)
-    return {"column": baselines.ARCH_COLUMNS[params.arch], "threshold": None if t is None else float(t),
-            "threshold_over": "pool"}
+    return t, ties
 
 
 def fraction_threshold(actors, summaries: list[dict], m: int, fraction: float) -> float | None:

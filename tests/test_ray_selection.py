@@ -23,7 +23,7 @@ from scipy import stats
 from flyt_datacomp import ray_selection as rs
 from flyt_datacomp import selection
 from flyt_datacomp.baselines.assets import AssetPaths
-from flyt_datacomp.baselines.datacomp import BaselineParams
+from flyt_datacomp.baselines.datacomp import BaselineParams, RunSettings
 from flyt_datacomp.baselines.masks import MaskContext
 from flyt_datacomp.cli.baseline import baseline_command
 from flyt_datacomp.cli.filter import filter_command
@@ -261,21 +261,17 @@ def test_plan_partitions_cuts_consecutive_shards_by_rows(tied_pool):
 def test_what_ray_does_not_run_is_refused_before_any_work(tied_pool, tmp_path):
     runner = CliRunner()
     base = ["--metadata-dir", str(tied_pool), "--output", str(tmp_path / "x.npy"), "--quiet"]
-    cases = [
-        (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
-        (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", f"top:0.5:{COLUMN}"],
-         "--mask 'top:0.5:clip_b32_similarity_score' does not run on Ray"),
-        (["--name", "clip_score", "--arch", "l14", "--fraction", "0.3", "--mask", "original_width<1000", "--ray",
-          "local"], "baseline clip_score with a --fraction and --mask does not run on Ray (--ray): its fraction is a "
-         "rank over the whole pool"),
-        (["--name", "basic_filter", "--mask", "image_based_intersect_clip_score:arch=l14,fraction=0.3", "--ray", "local"],
-         "--mask 'image_based_intersect_clip_score:arch=l14,fraction=0.3' does not run on Ray (--ray): its fraction is "
-         "a rank over the whole pool; give threshold=VALUE instead"),
-        (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
-    ]
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
-    cases.append((["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "the --score must be a column"))
+    cases = [
+        (["--score", COLUMN, "--fraction", "0.3", "--partitions", "2"], "--partitions applies with --ray"),
+        (["--score", COLUMN, "--sampler", "nocap", "--ray", "local"], "sampler nocap does not run on Ray"),
+        (["--score", str(score_file), "--fraction", "0.3", "--ray", "local"], "the --score must be a column"),
+        (["--score", COLUMN, "--fraction", "0.3", "--ray", "local", "--mask", f"top:0.5:{score_file}"],
+         "on Ray (--ray) the score of --mask 'top:0.5:"),
+        (["--name", "clip_score", "--arch", "l14", "--fraction", "0.3", "--mask", f"top:0.5:sum:{COLUMN},{score_file}",
+          "--ray", "local"], f"the score of --mask 'top:0.5:sum:{COLUMN},"),
+    ]
     cases.append((["--demo", "--ray", "local"], "--ray does not run --demo"))
     for args, message in cases:
         result = runner.invoke(filter_command, base + args)
@@ -469,31 +465,215 @@ def test_scs_with_a_model_score_and_masks(scored_pool, models, tmp_path):
 
 
 def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_pool, tmp_path):
-    """Sources joined by uid, aggregates of aggregates and masks over the whole pool: each a clear error
-    before any partition starts."""
+    """Sources joined by uid and aggregates of aggregates, as the score or a top: mask's: each a clear
+    error naming the option, before any partition starts."""
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
     scores = {
         f"standardized_sum:a,{score_file}": "(an input of 'standardized_sum:a,",
         "sum:standardized_sum:a,b": "'standardized_sum:a' (an input of",
     }
-    masks = {
-        f"top:0.3:{COLUMN}": "it ranks the examples of the whole pool",
-        "clip_score:arch=b32,fraction=0.3": "give threshold=VALUE",
-        "image_based_intersect_clip_score:arch=b32,fraction=0.3": "its fraction is a rank over the whole pool",
+    masks = {  # a top: mask's score: what a --score may be
+        f"top:0.3:{score_file}": "the score of `masks` 'top:0.3:",
+        "top:0.3:sum:standardized_sum:a,b": "'standardized_sum:a' (an input of 'sum:standardized_sum:a,b') is a",
     }
     threshold = selection.Sample(options={"fraction": 0.3})
     cases = [(dict(score=selection.ScoreStage(src), sample=threshold), msg, "score") for src, msg in scores.items()]
-    cases += [(dict(restrict=selection.Restrict(masks=(spec,))), msg, "masks") for spec, msg in masks.items()]
-    cases.append((dict(restrict=selection.Restrict(baseline="clip_score", masks=("caption:basic",),
-                                                   baseline_params=BaselineParams(arch="b32", fraction=0.3))),
-                  "baseline clip_score with a `fraction` and `masks` does not run on Ray", "masks"))
+    cases += [(dict(restrict=selection.Restrict(masks=("caption:basic", spec))), msg, "masks")
+              for spec, msg in masks.items()]
     for kw, message, param in cases:
         sel = selection.Selection(str(scored_pool), selection.Output(tmp_path / "x.npy"), progress=False, **kw)
         with pytest.raises(FlytInputError) as err:
             rs.check_supported(sel)
             rs.job_of(sel, Pool(str(scored_pool), progress=False))
         assert message in str(err.value) and {param, "ray_address"} <= set(err.value.params), (kw, str(err.value))
+
+
+# ------------------------------------------------------------------------------ masks that rank the whole pool
+
+
+TOP_SHARDS = [260, 1, 190, 340, 75, 334]
+
+
+@pytest.fixture(scope="module")
+def top_pool(tmp_path_factory) -> Path:
+    """Two scores of two decimals (ties everywhere, -0.0 beside 0.0), ``negclip`` and ``normsim`` (float32),
+    image widths, and CLIP scores: B/32 of two decimals, L/14 of two decimals with missing values."""
+    rng = np.random.default_rng(21)
+    m = sum(TOP_SHARDS)
+    negclip = np.round(rng.normal(0.0, 0.05, m), 2)
+    negclip[rng.choice(m, 30, replace=False)] = -0.0
+    l14 = np.round(rng.normal(0.25, 0.05, m), 2).astype(np.float32)
+    l14[rng.choice(m, 50, replace=False)] = np.nan
+    columns = {"negclip": negclip, "normsim": np.round(rng.normal(0.5, 0.1, m), 2).astype(np.float32),
+               "original_width": rng.integers(64, 1024, m),
+               COLUMN: np.round(rng.normal(0.3, 0.05, m), 2).astype(np.float32), "clip_l14_similarity_score": l14}
+    return write_pool(tmp_path_factory.mktemp("top") / "metadata", columns, TOP_SHARDS, seed=21)
+
+
+L14_30 = BaselineParams(arch="l14", fraction=0.3)
+TOP_CASES = {
+    "row_mask_then_top": dict(masks=("original_width>=300", "top:0.3:negclip")),
+    "two_tops": dict(masks=("top:0.5:negclip", "top:0.2:normsim")),  # the negCLIPLoss-then-NormSim rule
+    "top_row_mask_top": dict(masks=("top:0.6:negclip", "original_width<900", "top:0.3:normsim")),
+    "fewer_survivors_than_the_count": dict(masks=("original_width>=900", "top:0.5:negclip")),
+    "top_of_an_aggregate": dict(masks=("normsim>=0.45", "top:0.3:standardized_sum:negclip,normsim")),
+    "clip_fraction_mask": dict(masks=("original_width>=300", "clip_score:arch=l14,fraction=0.3")),
+    "clip_fraction_mask_of_all": dict(masks=("top:0.7:negclip", "clip_score:arch=l14,fraction=1.0")),
+    "baseline_fraction_then_masks": dict(baseline="clip_score", baseline_params=L14_30,
+                                         masks=("original_width>=300", "top:0.2:negclip")),
+    "baseline_fraction_alone": dict(baseline="clip_score", baseline_params=L14_30),
+}
+SCORED = dict(score=selection.ScoreStage(COLUMN), sample=selection.Sample(options={"fraction": 0.4}),
+              transform=selection.Transform(standardize=True))
+
+
+@pytest.mark.parametrize("partitions", [3, 6])
+@pytest.mark.parametrize("case", list(TOP_CASES))
+def test_masks_that_rank_the_whole_pool_write_the_single_machine_bytes_and_sidecar(top_pool, tmp_path, case,
+                                                                                    partitions):
+    """top: masks (each ranking the survivors of the masks before it, ties at the cut split over the
+    partitions), a CLIP fraction as a mask (a threshold over the whole pool, missing scores last) and
+    DataComp's clip_score with a fraction before masks: the single-machine bytes and sidecar."""
+    one, parts = both(top_pool, tmp_path, inline_run, partitions, restrict=selection.Restrict(**TOP_CASES[case]))
+    assert len(one) > 128 and parts == one
+    sidecars = both_sidecars(tmp_path)
+    assert sidecars[1] == sidecars[0]
+    restrict = TOP_CASES[case]
+    assert len(sidecars[0]["masks"]) == len(restrict.get("masks", ())) + ("baseline" in restrict)
+    if case == "fewer_survivors_than_the_count":
+        assert sidecars[0]["masks"][1]["note"].startswith("only ") and sidecars[0]["warnings"]
+
+
+@pytest.mark.parametrize("masks", [("original_width>=300", "top:0.3:negclip"), ("top:0.5:negclip", "top:0.2:normsim"),
+                                   ("clip_score:arch=l14,fraction=0.3", "original_width>=300", "top:0.2:negclip")],
+                         ids=["row_mask_then_top", "two_tops", "clip_fraction_then_top"])
+def test_masks_that_rank_the_whole_pool_before_a_sampler(top_pool, tmp_path, masks):
+    """Such masks under a top fraction of a score standardised over their survivors: the single-machine
+    bytes, masks' report and warnings."""
+    one, parts = both(top_pool, tmp_path, inline_run, 4, restrict=selection.Restrict(masks=masks), **SCORED)
+    assert len(one) > 128 and parts == one
+    sidecars = both_sidecars(tmp_path)
+    for key in ("masks", "warnings", "score_transform"):
+        assert sidecars[1][key] == sidecars[0][key]
+    assert sidecars[1]["inputs"]["pool_size_surviving"] == sidecars[0]["inputs"]["pool_size_surviving"]
+
+
+def survivors_before_each_top(pool: Pool, masks: tuple[str, ...],
+                              inputs_dir: str | None = None) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """For each top: mask of ``masks`` (as one machine applies them): the positions that survived the masks
+    before it, their scores and the mask's count."""
+    from flyt_datacomp.baselines.masks import apply_masks, resolve_mask
+
+    ctx = MaskContext(pool, None, RunSettings(progress=False), inputs_dir=inputs_dir)
+    out = []
+    for i, spec in enumerate(masks):
+        mask = resolve_mask(spec, pool)
+        if mask.kind == "top":
+            survivors, _ = apply_masks(ctx, [resolve_mask(s, pool) for s in masks[:i]])
+            where = np.flatnonzero(survivors)
+            scores = load_scores(pool, mask.source, inputs_dir=inputs_dir).values[where]
+            out.append((where, scores, mask.count(pool.size)))
+    return out
+
+
+def assert_cut_in_a_split_tie(pool: Pool, where: np.ndarray, scores: np.ndarray, count: int,
+                              partitions: list[int]) -> None:
+    """The count-th largest score is tied with candidates on both sides of the cut (some kept, some not),
+    and in every partition plan the tied candidates lie in more than one partition."""
+    t = -np.sort(-scores)[count - 1]
+    assert np.count_nonzero(scores > t) < count < np.count_nonzero(scores >= t)
+    tied = where[scores == t]
+    for n in partitions:
+        ends = np.cumsum([sum(pool.shards[i].num_rows for i in p) for p in rs.plan_partitions(pool, n)])
+        assert len(set(np.searchsorted(ends, tied, side="right"))) > 1, n
+
+
+def test_the_top_cuts_fall_inside_ties_spread_over_partitions(top_pool):
+    """The byte tests above test the tie rule only where a top: mask's cut lies in a tie that several
+    partitions hold: it does, for each top: mask of these cases and each partition plan used."""
+    pool = Pool(str(top_pool), progress=False)
+    for case in ("row_mask_then_top", "two_tops", "top_row_mask_top", "top_of_an_aggregate"):
+        for where, scores, count in survivors_before_each_top(pool, TOP_CASES[case]["masks"]):
+            assert_cut_in_a_split_tie(pool, where, scores, count, [3, 4, 6])
+
+
+def test_a_top_mask_ranks_the_survivors_not_the_pool(top_pool):
+    """The top: masks after another mask keep other examples than a top of the whole pool intersected with
+    the survivors would (so the byte tests tell the two apart), and an aggregate's statistics over the
+    survivors would rank them otherwise than the pool's."""
+    pool = Pool(str(top_pool), progress=False)
+    for case in ("row_mask_then_top", "top_row_mask_top"):
+        where, scores, count = survivors_before_each_top(pool, TOP_CASES[case]["masks"])[-1]
+        spec = TOP_CASES[case]["masks"][-1]
+        everything = load_scores(pool, spec.split(":", 2)[2]).values
+        of_pool = set(np.argsort(-everything, kind="stable")[:count]) & set(where)
+        assert set(where[np.argsort(-scores, kind="stable")[:count]]) != of_pool
+    where, _, count = survivors_before_each_top(pool, TOP_CASES["top_of_an_aggregate"]["masks"])[0]
+    x = [pool.column(c).astype(np.float64) for c in ("negclip", "normsim")]
+    over_pool = sum((v - v.mean()) / v.std() for v in x)[where]
+    over_survivors = sum((v[where] - v[where].mean()) / v[where].std() for v in x)
+    assert set(np.argsort(-over_pool, kind="stable")[:count]) != set(np.argsort(-over_survivors, kind="stable")[:count])
+
+
+def test_a_clip_fraction_mask_after_another_takes_the_pools_threshold(top_pool):
+    """DataComp's threshold of a clip_score fraction is the whole pool's, whatever the masks before it keep:
+    the report's threshold is the value at rank int(0.3 M) of the pool's L/14 scores (missing ones last),
+    not of the survivors'."""
+    pool = Pool(str(top_pool), progress=False)
+    sel = selection.Selection(str(top_pool), selection.Output(Path("unused.npy")), progress=False,
+                              restrict=selection.Restrict(**TOP_CASES["clip_fraction_mask"]))
+    job = rs.job_of(sel, pool)
+    assert job.ranks == ((1, "clip_l14_similarity_score", 0.3),)
+    parts = [rs.Partition(pool, p, job) for p in rs.plan_partitions(pool, 3)]
+    for part in parts:
+        part.load()
+    rs.pool_wide_masks(rs.Inline(parts), job, pool.size)
+    line = rs.merge_reports([p.mask_report() for p in parts])[1]
+    scores = pool.column("clip_l14_similarity_score")
+    order = -np.sort(-scores)  # NaN last
+    assert line["threshold"] == float(order[int(0.3 * scores.size)])
+    survivors = scores[pool.column("original_width") >= 300]
+    assert line["threshold"] != float(-np.sort(-survivors)[int(0.3 * survivors.size)])
+
+
+def test_a_top_mask_over_missing_scores_is_refused_as_on_one_machine(top_pool, tmp_path):
+    """A top: mask's score must be finite for every example, as one machine's (a missing L/14 score): the
+    same error in one partition, the same kind of error naming the source in several; nothing written."""
+    kw = dict(restrict=selection.Restrict(masks=("original_width>=300", "top:0.3:clip_l14_similarity_score")))
+    errors = []
+    for name, runner in (("one", selection.run), ("one_part", lambda sel: inline_run(sel, 1)),
+                         ("parts", lambda sel: inline_run(sel, 3))):
+        with pytest.raises(FlytInputError) as err:
+            runner(selection.Selection(str(top_pool), selection.Output(tmp_path / f"{name}.npy"), progress=False, **kw))
+        errors.append(str(err.value))
+        assert not (tmp_path / f"{name}.npy").exists()
+    assert errors[1] == errors[0] and "score source 'clip_l14_similarity_score' has" in errors[2]
+
+
+def test_a_top_mask_over_an_input_store_writes_the_single_machine_bytes(scored_pool, store, tmp_path):
+    """top: over a stored input after a store mask, the cut inside the tie of the examples the store had no
+    value for (all given the mean), spread over the partitions; and over an aggregate of a stored input and
+    a pool column (their statistics the whole pool's): the single-machine bytes and masks' report."""
+    pool = Pool(str(scored_pool), progress=False)
+    where, scores, _ = survivors_before_each_top(pool, ("store:lang==1", "top:0.5:store:e"), store)[0]
+    values, counts = np.unique(scores, return_counts=True)
+    filled = values[np.argmax(counts)]  # the mean the store gave the examples it had no value for
+    first = int(np.count_nonzero(scores > filled))
+    count = first + int(counts.max()) // 2
+    fraction = (count + 0.5) / pool.size
+    assert int(pool.size * fraction) == count
+    assert_cut_in_a_split_tie(pool, where, scores, count, [2, 6])
+    for i, masks in enumerate([("store:lang==1", f"top:{fraction!r}:store:e"),
+                               ("original_width>=300", "top:0.4:standardized_sum:store:e,a", "store:lang==1")]):
+        kw = dict(restrict=selection.Restrict(masks=masks), score=selection.ScoreStage(None, inputs_dir=store))
+        for partitions in (2, 6):
+            folder = tmp_path / f"{i}_{partitions}"
+            folder.mkdir()
+            one, parts = both(scored_pool, folder, inline_run, partitions, **kw)
+            assert len(one) > 128 and parts == one
+            sidecars = both_sidecars(folder)
+            assert sidecars[1] == sidecars[0] and sidecars[0]["masks"][1]["kind"] == "top"
 
 
 # ------------------------------------------------------------------------------ DataComp's row-wise baselines
@@ -538,6 +718,9 @@ ROW_BASELINES = {
     "basic_filter_with_masks": dict(baseline="basic_filter", masks=("clip_score:arch=l14,threshold=0.25",
                                                                     "original_width<1000")),
     "clip_score_with_text_based": dict(baseline="clip_score", baseline_params=CLIP_THRESHOLD, masks=("text_based",)),
+    "clip_score_fraction": dict(baseline="clip_score", baseline_params=BaselineParams(arch="l14", fraction=0.4)),
+    "clip_score_fraction_with_masks": dict(baseline="clip_score", baseline_params=BaselineParams(arch="l14", fraction=0.6),
+                                           masks=("basic_filter", "top:0.05:clip_b32_similarity_score")),
 }
 VOLATILE = ("created", "output", "histogram", "seconds", "cluster")  # where and when, and Ray's record of its workers
 
@@ -629,6 +812,8 @@ IMAGE_BASELINES = {
     "intersect_fraction_with_masks": dict(baseline="image_based_intersect_clip_score", baseline_params=L14_FRACTION,
                                           masks=("caption:basic",)),
     "basic_filter_then_image_based": dict(baseline="basic_filter", masks=("image_based",)),
+    "basic_filter_then_intersect_fraction": dict(baseline="basic_filter",
+                                                 masks=("image_based_intersect_clip_score:arch=l14,fraction=0.3",)),
 }
 
 
@@ -727,6 +912,23 @@ def test_ray_workers_capped_below_the_pool_give_the_single_machine_subset(ray_cl
     with pytest.raises((WorkerDied, FlytInputError)):
         rs.run(sel, rs.Cluster("auto", partitions=1, memory_cap=cap))
     assert not (tmp_path / "whole.npy").exists()
+
+
+def test_ray_workers_run_masks_that_rank_the_whole_pool(ray_cluster, top_pool, tmp_path):
+    """``filter --mask ... --ray`` with a row mask, a clip_score fraction (DataComp's threshold over the
+    whole pool) and a top: mask ranking their survivors: the single-machine bytes and masks' report."""
+    masks = ("original_width>=300", "clip_score:arch=l14,fraction=0.3", "top:0.15:negclip")
+    selection.run(selection.Selection(str(top_pool), selection.Output(tmp_path / "one.npy"), progress=False,
+                                      restrict=selection.Restrict(masks=masks)))
+    args = [a for spec in masks for a in ("--mask", spec)]
+    result = CliRunner().invoke(filter_command, [*args, "--metadata-dir", str(top_pool), "--output", str(tmp_path / "ray.npy"),
+                                                 "--ray", "auto", "--partitions", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ray.npy").read_bytes() == (tmp_path / "one.npy").read_bytes()
+    ray, one = (json.loads((tmp_path / f"{n}.npy.json").read_text()) for n in ("ray", "one"))
+    assert ray["masks"] == one["masks"] and ray["cluster"]["partitions"] == 3
+    left = [one["inputs"]["pool_size"]] + [line["surviving"] for line in one["masks"]]
+    assert all(a > b for a, b in zip(left, left[1:]))
 
 
 def test_ray_clip_score_baseline_is_datacomps_bytes(ray_cluster, tied_pool, tmp_path):

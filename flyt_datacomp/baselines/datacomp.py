@@ -64,14 +64,15 @@ class RunSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Found:
-    """What an image-based baseline finds beyond each example's own row, found once and given to every
-    part of the pool (by the Ray driver), so each part judges its rows as one machine does: the target
-    centroids (the nearest centroids of the ImageNet-1k images) with the records of the files they came
-    from, and, for the intersect variant with a ``fraction``, the CLIP threshold at that rank of the whole
-    pool (``(t,)``; None: not found, the variant's ``threshold`` is used)."""
+    """What a baseline needs beyond each example's own row, found once and given to every part of the
+    pool (by the Ray driver), so each part judges its rows as one machine does: an image-based
+    baseline's target centroids (the nearest centroids of the ImageNet-1k images) with the records of
+    the files they came from (None for ``clip_score``), and, for ``clip_score`` and the intersect
+    variant with a ``fraction``, the CLIP threshold at that rank of the whole pool (``(t,)``; None: not
+    found, the baseline's ``threshold`` is used)."""
 
-    targets: np.ndarray
-    in1k: tuple[dict[str, Any], ...]
+    targets: np.ndarray | None = None
+    in1k: tuple[dict[str, Any], ...] = ()
     threshold: tuple[Any] | None = None
 
 
@@ -134,10 +135,11 @@ def evaluate(pool: Pool, name: str, params: BaselineParams, settings: RunSetting
              within: np.ndarray | None = None, found: Found | None = None) -> BaselineResult:
     """Which pool examples baseline ``name`` keeps. ``within`` (a bool mask) restricts the pool the
     clip_score fraction is taken over (DataComp: the whole pool); per-example rules ignore it.
-    ``found``: an image-based baseline's targets (and threshold) found beforehand over the whole pool."""
+    ``found``: an image-based baseline's targets (and threshold), or clip_score's threshold, found
+    beforehand over the whole pool."""
     locate_assets(name, params, settings, found=found)
     if found is not None:
-        return _image_based(pool, params, settings, within, found)
+        return (_image_based if "image_based" in name else _clip_score)(pool, params, settings, within, found)
     return _EVALUATORS[name](pool, params, settings, within)
 
 
@@ -206,8 +208,8 @@ def _clip_threshold(pool: Pool, params: BaselineParams, within,
     return column, scores, t, details
 
 
-def _clip_score(pool, params, settings, within) -> BaselineResult:
-    _, scores, t, details = _clip_threshold(pool, params, within)
+def _clip_score(pool, params, settings, within, found: Found | None = None) -> BaselineResult:
+    _, scores, t, details = _clip_threshold(pool, params, within, None if found is None else found.threshold)
     return BaselineResult(rules.at_least(scores, t), details)
 
 

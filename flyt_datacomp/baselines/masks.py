@@ -308,15 +308,24 @@ class TopMask(MaskKind):
 
         within = None if ctx.base is None else np.flatnonzero(ctx.base)
         scores = load_scores(ctx.pool, self.source, within=within, inputs_dir=ctx.inputs_dir).values
-        count = int(ctx.base_size * self.fraction)
+        count = self.count(ctx.base_size)
         candidates = np.flatnonzero(survivors)
         best = candidates[np.argsort(-scores[candidates], kind="stable")[:count]]
         out = np.zeros(ctx.pool.size, dtype=bool)
         out[best] = True
-        details = {"count": count, "of": ctx.base_size}
-        if len(candidates) < count:
-            details["note"] = f"only {len(candidates):,} examples survived the masks before it; all were kept"
-        return out, details
+        return out, self.details(count, ctx.base_size, len(candidates))
+
+    def count(self, size: int) -> int:
+        """How many examples it keeps of a pool of ``size`` (at most: those that survived before it)."""
+        return int(size * self.fraction)
+
+    @staticmethod
+    def details(count: int, size: int, candidates: int) -> dict[str, Any]:
+        """Its report line's details: ``count`` kept of a pool of ``size``, ``candidates`` having survived before it."""
+        details: dict[str, Any] = {"count": count, "of": size}
+        if candidates < count:
+            details["note"] = f"only {candidates:,} examples survived the masks before it; all were kept"
+        return details
 
 
 # --------------------------------------------------------------------------- applying masks
@@ -355,6 +364,10 @@ def apply_masks(ctx: MaskContext, masks: list[MaskKind]) -> tuple[np.ndarray, li
     for mask in masks:
         selected, details = mask.select(ctx, survivors)
         survivors &= selected
-        report.append({"mask": f"{mask.kind}:{mask.spec}", "kind": mask.kind, "surviving": int(survivors.sum()),
-                       **details})
+        report.append(report_line(mask, int(survivors.sum()), details))
     return survivors, report
+
+
+def report_line(mask: MaskKind, surviving: int, details: dict[str, Any]) -> dict[str, Any]:
+    """A mask's line of the sidecar's ``masks``: the mask, the examples left after it and its details."""
+    return {"mask": f"{mask.kind}:{mask.spec}", "kind": mask.kind, "surviving": surviving, **details}
