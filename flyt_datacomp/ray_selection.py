@@ -85,7 +85,7 @@ from .baselines.masks import BaselineMask, MaskContext, MaskKind, TopMask, repor
 from .errors import FlytError, FlytInputError, WorkerDied, quote
 from .inputs.executors import ray_session
 from .pool import Pool, plan_partitions
-from .process import stopping
+from .process import peak_rss_bytes, stopping
 from .progress import progress_bar
 from .scores import Scores, ScoreSource, load_scores, resolve_score_source
 from .scores.aggregate import Aggregate, input_what, term
@@ -410,7 +410,7 @@ class Partition:
 
     def peak_memory(self) -> int:
         """This process's peak resident memory in bytes."""
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return peak_rss_bytes()
 
 
 def _cap_address_space(extra: int) -> None:
@@ -608,9 +608,15 @@ def _row_score_store(source: ScoreSource, spec: str, pool: Pool, of: str | None 
         what, option = ("the `score`", "score") if mask is None else (f"the score of `masks` {quote(mask)}", "masks")
         raise FlytInputError(f"on Ray (`ray_address`) {what} must be a column of the pool's parquet files, an input "
                              f"of the input store (store:NAME), a scoring model (model:PATH), or sum, standardized_sum, "
-                             f"in_weighted or mixing over those; {quote(spec)}{where} is a {source.kind}; compute it "
-                             "into the pool or the input store, or run on one machine", params=[option, "ray_address"])
+                             f"in_weighted or mixing over those; {quote(spec)}{where} is a {source.kind}; "
+                             + (_IMPORT_HINT if source.kind == "file" else "compute it into the pool or the input store, "
+                                "or run on one machine"), params=[option, "ray_address"])
     return None
+
+
+_IMPORT_HINT = ("import the file into an input store on the cluster (`flyt-datacomp inputs import FILE --ray ADDRESS "
+                "--metadata-dir ... --inputs-dir STORE`: parquet files with `uid` and `score` columns, joined by buckets "
+                "on the cluster; the store keeps float32), then score by store:score, or run on one machine")
 
 
 def _model_store(source: ScoreSource, pool: Pool) -> str | None:

@@ -470,6 +470,7 @@ def test_scores_and_masks_ray_does_not_run_are_refused_naming_the_option(scored_
     score_file = tmp_path / "scores.csv"
     score_file.write_text("uid,score\n")
     scores = {
+        str(score_file): "import the file into an input store on the cluster (`flyt-datacomp inputs import FILE --ray",
         f"standardized_sum:a,{score_file}": "(an input of 'standardized_sum:a,",
         "sum:standardized_sum:a,b": "'standardized_sum:a' (an input of",
     }
