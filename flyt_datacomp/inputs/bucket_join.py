@@ -124,17 +124,21 @@ def _done(plan: Plan, stage: str, task: int) -> bool:
     return plan.path(stage, task).is_file()
 
 
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of a pass: its place (a bucket, a group, a file's or a chunk's number), the pool where it
+    reads or places rows, and its ``part`` of the input (download shards, a score file, a check)."""
+
+    plan: Plan
+    index: int
+    pool: Pool | None = None
+    part: Any = None
+
+
 # ------------------------------------------------------------------------------ the map tasks
 
 
-@dataclasses.dataclass(frozen=True)
-class DownloadTask:
-    plan: Plan
-    index: int
-    tars: tuple[str, ...]
-
-
-def map_downloads(task: DownloadTask) -> int:
+def map_downloads(task: Task) -> int:
     """Some download shards' (key, uid) of their successful downloads, bucketed by key."""
     from ..shards import _keys_of, open_folder
 
@@ -142,7 +146,7 @@ def map_downloads(task: DownloadTask) -> int:
     if _done(plan, "downloads", task.index):
         return 0
     fs, folder = open_folder(plan.shards_dir)
-    parts = [_keys_of(fs, folder, name) for name in task.tars]
+    parts = [_keys_of(fs, folder, name) for name in task.part]
     rows = np.zeros(sum(len(k) for k, _ in parts), dtype=[("key", "<i8"), ("uid", UID_DTYPE)])
     if len(rows):
         rows["key"] = np.concatenate([k for k, _ in parts])
@@ -151,29 +155,21 @@ def map_downloads(task: DownloadTask) -> int:
     return len(rows)
 
 
-@dataclasses.dataclass(frozen=True)
-class ScoreTask:
-    plan: Plan
-    index: int
-    schema: Any  # providers.imported.SourceSchema
-    path: str
-
-
-def map_scores(task: ScoreTask) -> int:
+def map_scores(task: Task) -> int:
     """One score file's rows, their fields as float32, bucketed by their key (or uid): a file per
     batch read, then an empty one that says the file is done (a task holds one batch, whatever the
     file's size)."""
-    plan, schema = task.plan, task.schema
+    plan, (schema, path) = task.plan, task.part
     if _done(plan, "scores", task.index):
         return 0
     total = 0
-    for k, batch in enumerate(batches(schema, task.path)):
+    for k, batch in enumerate(batches(schema, path)):
         rows = np.zeros(batch.num_rows, dtype=plan.rows_dtype(plan.mode))
-        rows[plan.mode] = row_keys(batch.column(schema.key), plan.mode, task.path)
+        rows[plan.mode] = row_keys(batch.column(schema.key), plan.mode, path)
         for j, name in enumerate(plan.fields):
             col = batch.column(name)
             if col.null_count:
-                raise FlytInputError(f"score file {task.path}: column {name!r} has {col.null_count} missing values")
+                raise FlytInputError(f"score file {path}: column {name!r} has {col.null_count} missing values")
             rows["v"][:, j] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
         del batch
         by = _key_bucket(rows["key"], plan.buckets) if plan.mode == "key" else _uid_bucket(rows["uid"], plan.buckets)
@@ -184,14 +180,7 @@ def map_scores(task: ScoreTask) -> int:
     return total
 
 
-@dataclasses.dataclass(frozen=True)
-class PoolTask:
-    plan: Plan
-    index: int
-    pool: Pool
-
-
-def map_pool(task: PoolTask) -> int:
+def map_pool(task: Task) -> int:
     """One group of metadata shards' (uid, pool position), bucketed by uid."""
     plan, pool = task.plan, task.pool
     if _done(plan, "pool", task.index):
@@ -210,14 +199,9 @@ def map_pool(task: PoolTask) -> int:
 # ------------------------------------------------------------------------------ the joins
 
 
-@dataclasses.dataclass(frozen=True)
-class BucketTask:
-    plan: Plan
-    index: int
-    pool: Pool | None = None
 
 
-def join_keys_bucket(task: BucketTask) -> tuple[int, int]:
+def join_keys_bucket(task: Task) -> tuple[int, int]:
     """One key bucket: its score rows get their downloads' uids, sent on bucketed by uid; (rows, rows
     whose key is a key of the download)."""
     plan, b = task.plan, task.index
@@ -247,7 +231,7 @@ def join_keys_bucket(task: BucketTask) -> tuple[int, int]:
     return len(scores), len(out)
 
 
-def join_uids_bucket(task: BucketTask) -> int:
+def join_uids_bucket(task: Task) -> int:
     """One uid bucket: its score rows get their pool positions, sent on bucketed by shard group; the
     rows that found a pool example."""
     plan, b, pool = task.plan, task.index, task.pool
@@ -295,7 +279,7 @@ def _first_repeat(sorted_uids: np.ndarray) -> int | None:
     return int(same[0]) if same.size else None
 
 
-def write_group(task: BucketTask) -> int:
+def write_group(task: Task) -> int:
     """One group of metadata shards: each shard's fields in pool order (``cols/<shard>.npy``, float32
     rows x fields, NaN where no row joined)."""
     plan, g, pool = task.plan, task.index, task.pool
@@ -321,22 +305,14 @@ def shard_values_path(folder: str | os.PathLike, parquet: str) -> Path:
     return Path(folder) / "cols" / f"{shard_stem(parquet)}.npy"
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckTask:
-    plan: Plan
-    index: int
-    pool: Pool
-    field: int
-    column: str
-
-
-def correlation_task(task: CheckTask) -> tuple[float, ...]:
+def correlation_task(task: Task) -> tuple[float, ...]:
     """One group's moments of a field against a pool column (:func:`.score_rows.correlation_part`)."""
+    field, name = task.part
     total = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
     for i in task.plan.groups[task.index]:
         s = task.pool.shards[i]
-        column = task.pool.read_shard(s, [task.column]).columns[task.column]
-        values = np.load(shard_values_path(task.plan.folder, s.parquet), mmap_mode="r")[:, task.field]
+        column = task.pool.read_shard(s, [name]).columns[name]
+        values = np.load(shard_values_path(task.plan.folder, s.parquet), mmap_mode="r")[:, field]
         total = merge_parts(total, correlation_part(np.asarray(values), column))
     return total
 
@@ -364,16 +340,17 @@ def run_join(plan: Plan, pool: Pool, schema: Any, run: Runner, *, progress: bool
 
         _, _, tars = check_folder(plan.shards_dir)
         chunks = [tuple(tars[i:i + DOWNLOAD_TASKS_SHARDS]) for i in range(0, len(tars), DOWNLOAD_TASKS_SHARDS)]
-        stage(map_downloads, [DownloadTask(plan, i, c) for i, c in enumerate(chunks)], "join: reading shard keys")
-    stage(map_scores, [ScoreTask(plan, i, schema, p) for i, p in enumerate(schema.files)], "join: reading score files")
-    stage(map_pool, [PoolTask(plan, i, pool) for i in range(len(plan.groups))], "join: reading the pool's uids")
+        stage(map_downloads, [Task(plan, i, part=c) for i, c in enumerate(chunks)], "join: reading shard keys")
+    stage(map_scores, [Task(plan, i, part=(schema, p)) for i, p in enumerate(schema.files)],
+          "join: reading score files")
+    stage(map_pool, [Task(plan, i, pool) for i in range(len(plan.groups))], "join: reading the pool's uids")
     if plan.mode == "key":
-        counts = stage(join_keys_bucket, [BucketTask(plan, i) for i in b], "join: keys to uids")
+        counts = stage(join_keys_bucket, [Task(plan, i) for i in b], "join: keys to uids")
         rows, known = sum(c[0] for c in counts), sum(c[1] for c in counts)
     else:
         rows = known = None
-    placed = sum(stage(join_uids_bucket, [BucketTask(plan, i, pool) for i in b], "join: uids to the pool"))
-    stage(write_group, [BucketTask(plan, g, pool) for g in range(len(plan.groups))], "join: writing the fields")
+    placed = sum(stage(join_uids_bucket, [Task(plan, i, pool) for i in b], "join: uids to the pool"))
+    stage(write_group, [Task(plan, g, pool) for g in range(len(plan.groups))], "join: writing the fields")
     if rows is None:
         rows = sum(int(np.load(p.with_suffix(".offsets.npy"))[-1])
                    for p in sorted((Path(plan.folder) / "scores").glob("*[0-9].npy")))
@@ -393,7 +370,7 @@ def check_correlation(plan: Plan, pool: Pool, field: str, column: str, run: Runn
     """A field's moments against a pool column over the whole pool, one task per shard group."""
     total = (0, 0.0, 0.0, 0.0, 0.0, 0.0)
     parts: list[Any] = [None] * len(plan.groups)
-    for i, (part, _, _) in run(measured, [(correlation_task, CheckTask(plan, g, pool, plan.fields.index(field), column))
+    for i, (part, _, _) in run(measured, [(correlation_task, Task(plan, g, pool, (plan.fields.index(field), column)))
                                           for g in range(len(plan.groups))]):
         parts[i] = part
     for part in parts:  # merged in group order: the same result whatever order the tasks finished in
