@@ -100,9 +100,14 @@ def render(results: dict) -> str:
              "1M and 10M), N = the pool's size. `sigterm` is that run stopped by SIGTERM: the exit code, how long it took, "
              "and what was left (no subset file, no Ray process). `stdsum` is the top 20% of the standardised sum of the two"
              " CLIP score columns, each input's mean and std combined from the partitions, against the same command on one "
-             "machine. The machine was shared with other work (load averages of 5-11 on 2 cores for the medium and tenth "
-             "runs; 3.9 before the large run and up to 19.4 during it, 12.9 on average, with another engineer's Ray tests "
-             "running), so times are upper bounds.", "",
+             "machine. `import` is `inputs import` of the pool's 12 released fields (keyed by webdataset key, joined "
+             "through the download shards) with `--ray local`: the join by buckets, `partitions` of them, each pass a set "
+             "of Ray tasks; its worker peaks come from the store's record of the join (each Ray worker process's "
+             "`ru_maxrss`; 2 worker processes on 2 cores), and its values are compared with `inputs import` on one "
+             "machine by a sha256 over every imported value in pool order. The machine was shared with other work (load "
+             "averages of 5-11 on 2 cores for the medium and tenth selection runs, 2-4 for the imports; 3.9 before the "
+             "large run and up to 19.4 during it, 12.9 on average, with Ray tests running beside it), so times are upper "
+             "bounds.", "",
              "| step | pool | partitions | wall | command process peak | worker peaks | same bytes as one machine | code |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["runs"].values():
