@@ -38,7 +38,10 @@ def in_process(monkeypatch):
     def run_inline(fn, tasks, address, gpus_per_task=0.0):
         named = fn.__name__ == "measured" and tasks  # a join's pass: each task is (its function, its part)
         calls.append((tasks[0][0].__name__ if named else fn.__name__, len(tasks)))
-        return executors.run_inline(fn, tasks)
+        for i, result in executors.run_inline(fn, tasks):
+            if fn.__name__ == "run_shard_task":  # a shard task on a cluster writes its file: no values come back
+                calls.append(("values returned", sum(v is not None for v in result[1].values())))
+            yield i, result
 
     monkeypatch.setattr(executors, "ray_session", lambda address, **kw: contextlib.nullcontext(None))
     monkeypatch.setattr(executors, "run_ray", run_inline)
@@ -75,6 +78,8 @@ def test_the_bucket_join_gives_the_single_machine_store(pool, in_process, tmp_pa
     assert "join check: vit-b-32 correlates 1.0000" in r.output
     passes = dict(in_process)
     assert passes["join_keys_bucket"] == partitions and passes["join_uids_bucket"] == partitions
+    returned = [n for what, n in in_process if what == "values returned"]
+    assert passes["run_shard_task"] == 5 and len(returned) == 5 and not any(returned)
     assert passes["write_group"] == min(partitions, 5) and passes["map_scores"] == 4
     want = naive_values(pool, FIELDS)
     got, single = stored(cluster, pool, FIELDS), stored(one, pool, FIELDS)

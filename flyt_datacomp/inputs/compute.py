@@ -54,6 +54,9 @@ class ShardTask:
     stored: list[str]  # inputs already in the store that providers of this task read
     manifest_shard: dict[str, Any] = dataclasses.field(default_factory=dict)  # the store's record of this shard
     stored_entries: dict[str, Any] = dataclasses.field(default_factory=dict)  # manifest entries of ``stored``
+    # on a cluster: every input's token; the task then writes its shard's store file itself (the store lies
+    # on a file system every node mounts) and returns no values, so nothing pool-sized passes the driver
+    write_tokens: dict[str, str] | None = None
 
 
 @dataclasses.dataclass
@@ -66,9 +69,10 @@ class TaskData:
     inputs: dict[str, np.ndarray]
 
 
-def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any, dict[str, dict]]:
+def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray | None], Any, dict[str, dict] | None]:
     """The per-shard computation: (shard stem, {input name: float32 values}, the shard's uid column,
-    {input name: what it read from the pool shard, for the inputs that read its columns or arrays})."""
+    {input name: what it read from the pool shard, for the inputs that read its columns or arrays});
+    with ``write_tokens``, the shard's store file written here and (stem, {input name: None}, None, None)."""
     columns = sorted({c for _, p, _ in task.inputs for c in p.columns} - {"uid"})
     keys = sorted({k for _, p, _ in task.inputs for k in p.npz_keys})
     stamps = pool_stamps(task.pool, task.shard)  # before reading: a file changed meanwhile shows a new stamp
@@ -94,6 +98,10 @@ def run_shard_task(task: ShardTask) -> tuple[str, dict[str, np.ndarray], Any, di
             raise FlytInputError(f"input {name} gave {values.shape} values for {task.shard.parquet} "
                                  f"({task.shard.num_rows} rows)")
         out[name] = data.inputs[name] = values
+    if task.write_tokens is not None:
+        InputStore(task.store_root).write_shard(stem, uid_hex, out, task.shard.num_rows,
+                                                task.manifest_shard["uid_sha256"], task.write_tokens, reads)
+        return stem, dict.fromkeys(out), None, None
     return stem, out, uid_hex, reads
 
 
@@ -299,7 +307,7 @@ def _run(pool: Pool, store: InputStore, manifest: dict[str, Any], fitted, worker
                                      f"(shard {stem}); compute them first")
             stored = sorted((needs & held) - computed_here)
             tasks.append(ShardTask(pool, shard, str(store.root), todo, stored, record,
-                                   {n: entries[n] for n in stored}))
+                                   {n: entries[n] for n in stored}, tokens if ray_address else None))
     bars = {n: progress_bar(total=sum(any(t[0] == n for t in task.inputs) for task in tasks), desc=n, unit="shard",
                             disable=not progress) for n in all_names}
     gpus = 1.0 if any(p.uses_gpu for _, p, _ in fitted) and _cuda() else 0.0
@@ -308,8 +316,9 @@ def _run(pool: Pool, store: InputStore, manifest: dict[str, Any], fitted, worker
     try:
         for i, (stem, columns, uids, reads) in runner:
             task = tasks[i]
-            store.write_shard(stem, uids, columns, task.shard.num_rows, task.manifest_shard["uid_sha256"], tokens,
-                              reads)
+            if task.write_tokens is None:  # else the task wrote its shard's file
+                store.write_shard(stem, uids, columns, task.shard.num_rows, task.manifest_shard["uid_sha256"], tokens,
+                                  reads)
             for name in columns:
                 bars[name].update(1)
     finally:
