@@ -4,7 +4,8 @@ The driver parses the specs, checks them against what the store already holds, f
 once, then plans one task per metadata shard that still lacks some of the inputs. A task
 (:func:`run_shard_task`, a pure function) reads the shard's columns and npz arrays, runs the
 providers in order (a later input may use an earlier one, e.g. an M-FLYT model over stored
-inputs) and returns the new columns; the driver writes them into the shard's store file. When
+inputs) and returns the new columns; the driver writes them into the shard's store file (on a Ray
+cluster the task writes the file itself, so no values pass through the driver). When
 every shard holds an input, its missing values are checked against the policy and its pool
 statistics are recorded in ``inputs.json``.
 
