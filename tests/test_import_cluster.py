@@ -206,6 +206,55 @@ def test_each_task_holds_one_bucket_and_a_killed_join_resumes(pool, in_process, 
     assert sum(held["pool"][:4]) == 12_000 and max(held["pool"]) < 12_000 / 2
 
 
+def test_a_damaged_file_of_a_stopped_join_is_one_line_naming_the_folder(pool, in_process, tmp_path, monkeypatch):
+    """A file of the join's folder damaged after a stop (each is written atomically, so only from outside):
+    exit 2, one line naming the folder to delete; once deleted, the join starts afresh."""
+    def stopped(task):
+        raise KeyboardInterrupt
+
+    keys_pass = bucket_join.join_keys_bucket
+    monkeypatch.setattr(bucket_join, "join_keys_bucket", stopped)
+    store = tmp_path / "store"
+    args = import_args(pool, store, "--ray", "local", "--partitions", "3", "--field", "FLYT")
+    invoke(args, code=1)
+    monkeypatch.setattr(bucket_join, "join_keys_bucket", keys_pass)
+    folder = next((store / "work").glob("import-*"))
+    damaged = sorted((folder / "scores").glob("*[0-9].npy"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    r = invoke(args, code=2)
+    assert f"delete {folder} and run again" in r.output and "Traceback" not in r.output
+    shutil.rmtree(folder)
+    invoke(args)
+    assert np.array_equal(stored(store, pool, ["FLYT"])["FLYT"],
+                          naive_values(pool, ["FLYT"])["FLYT"].astype(np.float64), equal_nan=True)
+
+
+def test_a_ray_tasks_own_error_is_raised_as_itself():
+    """Ray wraps a task's exception (its wrapper of an OSError has no errno); the executor raises the
+    package's errors and OSErrors as the task raised them, and anything else as Ray reports it."""
+    import errno
+    import types
+
+    from flyt_datacomp.errors import FlytInputError
+
+    class TaskError(Exception):
+        def __init__(self, cause):
+            self.cause = cause
+
+    def failing(cause):
+        def get(ref):
+            raise TaskError(cause)
+        return types.SimpleNamespace(exceptions=types.SimpleNamespace(RayTaskError=TaskError), get=get)
+
+    with pytest.raises(OSError) as err:
+        executors._result(failing(OSError(errno.ENOSPC, "No space left on device")), None)
+    assert err.value.errno == errno.ENOSPC and not isinstance(err.value, TaskError)
+    with pytest.raises(FlytInputError, match="bad input"):
+        executors._result(failing(FlytInputError("bad input")), None)
+    with pytest.raises(TaskError):
+        executors._result(failing(ZeroDivisionError()), None)
+
+
 def test_partitions_without_ray_is_refused(pool, tmp_path):
     r = invoke(import_args(pool, tmp_path / "store", "--partitions", "3"), code=2)
     assert "--partitions applies with --ray" in r.output
@@ -235,6 +284,12 @@ def test_a_local_ray_cluster_runs_the_join_stops_on_sigterm_and_resumes(tmp_path
     assert proc.returncode == 128 + signal.SIGTERM and time.monotonic() - sent < 10, proc.returncode
     time.sleep(2)
     assert not any(f"_{proc.pid}/" in line for line in _ray_processes()), "a Ray process outlived the command"
+    folder = next((cluster / "work").glob("import-*"))
+    damaged = sorted(folder.glob("*/*[0-9].npy"))[0]  # a task's error inside a Ray worker: one line, exit 2
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    r = invoke(args, code=2)
+    assert f"delete {folder} and run again" in r.output and "RayTaskError" not in r.output, r.output[-500:]
+    shutil.rmtree(folder)  # as the message says
     invoke(args)
     a, b = stored(one, big, ["FLYT", "vit-b-32"]), stored(cluster, big, ["FLYT", "vit-b-32"])
     for name in a:

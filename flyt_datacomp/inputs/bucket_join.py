@@ -106,10 +106,20 @@ def _gather(plan: Plan, stage: str, b: int, dtype: np.dtype) -> np.ndarray:
     """Bucket ``b`` of every file of ``stage``, in task order (each task's rows in its own order)."""
     parts = []
     for path in sorted((Path(plan.folder) / stage).glob("*[0-9].npy")):  # not the offsets' files
-        offsets = np.load(path.with_suffix(".offsets.npy"))
+        offsets = load(path.with_suffix(".offsets.npy"))
         if offsets[b + 1] > offsets[b]:
-            parts.append(np.load(path, mmap_mode="r")[offsets[b]:offsets[b + 1]])
+            parts.append(load(path, mapped=True)[offsets[b]:offsets[b + 1]])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+
+def load(path: Path, *, mapped: bool = False) -> np.ndarray:
+    """A file of the join's folder (no pickles); one that cannot be read is an error naming the folder to
+    delete (a file damaged after it was written: the join writes each file atomically)."""
+    try:
+        return np.load(path, mmap_mode="r" if mapped else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise FlytInputError(f"cannot read {path}, a file of the import's join ({exc}): delete {path.parent.parent} "
+                             "and run again to join afresh (the store's committed inputs are kept)") from None
 
 
 def _uid_bucket(uids: np.ndarray, count: int) -> np.ndarray:
@@ -207,7 +217,7 @@ def join_keys_bucket(task: Task) -> tuple[int, int]:
     plan, b = task.plan, task.index
     counts = plan.path("keyed", b).with_suffix(".counts.npy")
     if _done(plan, "keyed", b):
-        rows, known = np.load(counts)
+        rows, known = load(counts)
         return int(rows), int(known)
     scores = _gather(plan, "scores", b, plan.rows_dtype("key"))
     downloads = _gather(plan, "downloads", b, np.dtype([("key", "<i8"), ("uid", UID_DTYPE)]))
@@ -237,7 +247,7 @@ def join_uids_bucket(task: Task) -> int:
     plan, b, pool = task.plan, task.index, task.pool
     placed = plan.path("placed", b).with_suffix(".rows.npy")
     if _done(plan, "placed", b):
-        return int(np.load(placed))
+        return int(load(placed))
     members = _gather(plan, "pool", b, np.dtype([("uid", UID_DTYPE), ("pos", "<i8")]))
     members = members[uid_order(np.ascontiguousarray(members["uid"]))]
     twice = _first_repeat(members["uid"])
@@ -312,7 +322,7 @@ def correlation_task(task: Task) -> tuple[float, ...]:
     for i in task.plan.groups[task.index]:
         s = task.pool.shards[i]
         column = task.pool.read_shard(s, [name]).columns[name]
-        values = np.load(shard_values_path(task.plan.folder, s.parquet), mmap_mode="r")[:, field]
+        values = load(shard_values_path(task.plan.folder, s.parquet), mapped=True)[:, field]
         total = merge_parts(total, correlation_part(np.asarray(values), column))
     return total
 
@@ -352,7 +362,7 @@ def run_join(plan: Plan, pool: Pool, schema: Any, run: Runner, *, progress: bool
     placed = sum(stage(join_uids_bucket, [Task(plan, i, pool) for i in b], "join: uids to the pool"))
     stage(write_group, [Task(plan, g, pool) for g in range(len(plan.groups))], "join: writing the fields")
     if rows is None:
-        rows = sum(int(np.load(p.with_suffix(".offsets.npy"))[-1])
+        rows = sum(int(load(p.with_suffix(".offsets.npy"))[-1])
                    for p in sorted((Path(plan.folder) / "scores").glob("*[0-9].npy")))
         known = placed
     return {"rows": int(rows), "known": int(known), "placed": int(placed),

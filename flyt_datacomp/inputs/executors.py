@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from ..errors import FlytInputError
+from ..errors import FlytError, FlytInputError
 from ..parallel import process_map
 from ..process import child_pids, stopped_by_cleanup
 
@@ -88,4 +88,16 @@ def run_ray(fn: Callable, tasks: Sequence[Any], address: str, *, gpus_per_task: 
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)  # a stop signal is seen within a second
             for ref in ready:
-                yield refs.pop(ref), ray.get(ref)
+                yield refs.pop(ref), _result(ray, ref)
+
+
+def _result(ray, ref) -> Any:
+    """A finished task's result; a task that failed with the package's own error (bad input, a full
+    disk) raises that error itself, as the task would have in this process: Ray's wrapper of an
+    ``OSError`` has no ``errno``, by which a full disk is told apart and reported in one line."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, (FlytError, OSError)):
+            raise exc.cause from None
+        raise

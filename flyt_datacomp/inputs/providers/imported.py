@@ -127,10 +127,10 @@ class ImportedInput(Provider):
     def compute(self, data: Any, state: Any, shard_name: str) -> np.ndarray:
         shard = data.shard
         if isinstance(state, (tuple, list)):  # joined on a cluster: each shard's fields in a file of their own
-            from ..bucket_join import shard_values_path
+            from ..bucket_join import load, shard_values_path
 
             folder, field = state
-            return np.array(np.load(shard_values_path(folder, shard.parquet), mmap_mode="r")[:, field], dtype=np.float32)
+            return np.array(load(shard_values_path(folder, shard.parquet), mapped=True)[:, field], dtype=np.float32)
         values = np.load(state, mmap_mode="r")
         return np.array(values[shard.offset: shard.offset + shard.num_rows], dtype=np.float32)
 
@@ -327,6 +327,8 @@ def joined_table(src: str, ctx: FitContext, schema: SourceSchema, shards: str | 
     redo = ctx.recompute and not _memo(ctx, ("imported", str(folder)), lambda: False, peek=True)
     done = None if redo else _read_record(folder / "import.json", identity)
     if done is None and ctx.run_tasks is not None:
+        if redo:  # recomputed: joined afresh, none of the passes' files kept
+            shutil.rmtree(folder, ignore_errors=True)
         with _cache_writes(folder):
             done = _bucket_import(schema, ctx, folder, identity)
     elif done is None:
