@@ -229,6 +229,21 @@ def test_a_damaged_file_of_a_stopped_join_is_one_line_naming_the_folder(pool, in
                           naive_values(pool, ["FLYT"])["FLYT"].astype(np.float64), equal_nan=True)
 
 
+def test_recompute_joins_afresh(pool, in_process, tmp_path):
+    store = tmp_path / "store"
+    args = import_args(pool, store, "--ray", "local", "--partitions", "3", "--field", "FLYT")
+    invoke(args)
+    marker = next((store / "work").glob("import-*")) / "cols" / "planted.npy"  # a file no join writes
+    marker.write_bytes(b"")
+    in_process.clear()
+    invoke(args)  # reused: nothing joined again
+    assert marker.exists() and "map_scores" not in dict(in_process)
+    invoke([*args, "--recompute", "FLYT"])
+    assert not marker.exists() and "map_scores" in dict(in_process)
+    assert np.array_equal(stored(store, pool, ["FLYT"])["FLYT"],
+                          naive_values(pool, ["FLYT"])["FLYT"].astype(np.float64), equal_nan=True)
+
+
 def test_a_ray_tasks_own_error_is_raised_as_itself():
     """Ray wraps a task's exception (its wrapper of an OSError has no errno); the executor raises the
     package's errors and OSErrors as the task raised them, and anything else as Ray reports it."""
