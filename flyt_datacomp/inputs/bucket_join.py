@@ -42,7 +42,7 @@ from ..io import atomic_path
 from ..pool import Pool, plan_partitions
 from ..process import peak_rss_bytes
 from ..progress import progress_bar
-from ..uids import UID_DTYPE, lookup, uid_order, uids_to_hex
+from ..uids import UID_DTYPE, first_duplicate, lookup, uid_order, uids_to_hex
 from .score_rows import batches, correlation_part, merge_parts, row_keys
 
 BUCKET_ROWS = 1 << 22  # pool rows per bucket by default: a bucket task holds a few hundred MB at most
@@ -134,6 +134,11 @@ def _done(plan: Plan, stage: str, task: int) -> bool:
     return plan.path(stage, task).is_file()
 
 
+def _written(path: Path) -> int:
+    """The rows of a task's file (its offsets' last entry)."""
+    return int(load(path.with_suffix(".offsets.npy"))[-1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One task of a pass: its place (a bucket, a group, a file's or a chunk's number), the pool where it
@@ -209,16 +214,13 @@ def map_pool(task: Task) -> int:
 # ------------------------------------------------------------------------------ the joins
 
 
-
-
 def join_keys_bucket(task: Task) -> tuple[int, int]:
     """One key bucket: its score rows get their downloads' uids, sent on bucketed by uid; (rows, rows
     whose key is a key of the download)."""
     plan, b = task.plan, task.index
-    counts = plan.path("keyed", b).with_suffix(".counts.npy")
+    read = plan.path("keyed", b).with_suffix(".read.npy")  # the bucket's score rows (those it sends on: its offsets)
     if _done(plan, "keyed", b):
-        rows, known = load(counts)
-        return int(rows), int(known)
+        return int(load(read)), _written(plan.path("keyed", b))
     scores = _gather(plan, "scores", b, plan.rows_dtype("key"))
     downloads = _gather(plan, "downloads", b, np.dtype([("key", "<i8"), ("uid", UID_DTYPE)]))
     downloads = downloads[np.argsort(downloads["key"], kind="stable")]
@@ -235,8 +237,8 @@ def join_keys_bucket(task: Task) -> tuple[int, int]:
     out = np.zeros(int(known.sum()), dtype=plan.rows_dtype("uid"))
     out["uid"] = downloads["uid"][i[known]]
     out["v"] = scores["v"][known]
-    with atomic_path(counts) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.array([len(scores), len(out)], dtype=np.int64))
+    with atomic_path(read) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.int64(len(scores)))
     _scatter(plan, "keyed", b, out, _uid_bucket(out["uid"], plan.buckets), plan.buckets)
     return len(scores), len(out)
 
@@ -245,12 +247,11 @@ def join_uids_bucket(task: Task) -> int:
     """One uid bucket: its score rows get their pool positions, sent on bucketed by shard group; the
     rows that found a pool example."""
     plan, b, pool = task.plan, task.index, task.pool
-    placed = plan.path("placed", b).with_suffix(".rows.npy")
     if _done(plan, "placed", b):
-        return int(load(placed))
+        return _written(plan.path("placed", b))
     members = _gather(plan, "pool", b, np.dtype([("uid", UID_DTYPE), ("pos", "<i8")]))
     members = members[uid_order(np.ascontiguousarray(members["uid"]))]
-    twice = _first_repeat(members["uid"])
+    twice = first_duplicate(members["uid"])
     if twice is not None:
         a, c = sorted(int(p) for p in members["pos"][twice:twice + 2])
         raise FlytInputError(f"uid {uids_to_hex(members['uid'][twice:twice + 1])[0]} appears more than once in the "
@@ -263,7 +264,7 @@ def join_uids_bucket(task: Task) -> int:
     # (two keys of the download hold it), as one machine refuses them
     checked = uids if plan.mode == "uid" else uids[hit]
     order = uid_order(checked)
-    twice = _first_repeat(checked[order])
+    twice = first_duplicate(checked[order])
     if twice is not None:
         uid = uids_to_hex(checked[order[twice]:order[twice] + 1])[0]
         if plan.mode == "uid":
@@ -274,19 +275,8 @@ def join_uids_bucket(task: Task) -> int:
     out["pos"] = members["pos"][at[hit]]
     out["v"] = rows["v"][hit]
     starts = np.array([pool.shards[g[0]].offset for g in plan.groups])
-    with atomic_path(placed) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.int64(len(out)))
     _scatter(plan, "placed", b, out, np.searchsorted(starts, out["pos"], side="right") - 1, len(plan.groups))
     return len(out)
-
-
-def _first_repeat(sorted_uids: np.ndarray) -> int | None:
-    """The first index i of sorted uids with uid[i] == uid[i + 1] (None: all differ)."""
-    if len(sorted_uids) < 2:
-        return None
-    same = np.flatnonzero((sorted_uids["f0"][1:] == sorted_uids["f0"][:-1])
-                          & (sorted_uids["f1"][1:] == sorted_uids["f1"][:-1]))
-    return int(same[0]) if same.size else None
 
 
 def write_group(task: Task) -> int:
@@ -362,8 +352,7 @@ def run_join(plan: Plan, pool: Pool, schema: Any, run: Runner, *, progress: bool
     placed = sum(stage(join_uids_bucket, [Task(plan, i, pool) for i in b], "join: uids to the pool"))
     stage(write_group, [Task(plan, g, pool) for g in range(len(plan.groups))], "join: writing the fields")
     if rows is None:
-        rows = sum(int(load(p.with_suffix(".offsets.npy"))[-1])
-                   for p in sorted((Path(plan.folder) / "scores").glob("*[0-9].npy")))
+        rows = sum(_written(p) for p in (Path(plan.folder) / "scores").glob("*[0-9].npy"))
         known = placed
     return {"rows": int(rows), "known": int(known), "placed": int(placed),
             "worker_peak_rss_bytes": sorted(peaks.values(), reverse=True)}

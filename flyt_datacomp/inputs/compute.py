@@ -357,7 +357,8 @@ def _finalise(store: InputStore, pool: Pool, manifest: dict[str, Any], name: str
         infinite += int((~finite).sum())
         part = part[finite]
         if len(part):
-            kept = _merged(kept, (len(part), float(part.mean()), float(((part - part.mean()) ** 2).sum())))
+            mean = part.mean()
+            kept = _merged(kept, (len(part), float(mean), float(np.square(part - mean).sum())))
             lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
     fill = None
     if absent:

@@ -116,8 +116,7 @@ class ImportedInput(Provider):
             if "folder" in table:
                 from .. import bucket_join
 
-                check_column(ctx.pool, check, what)
-                plan = bucket_join.Plan(**table["plan"])
+                plan = bucket_join.Plan(**table["plan"])  # the check column was checked above
                 moments = bucket_join.check_correlation(plan, ctx.pool, column, check, ctx.run_tasks)
                 ctx.record["join_check"] = judge_join(moments, check, self.args["min_corr"], what)
             else:
